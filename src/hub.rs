@@ -1,0 +1,278 @@
+//! The hub: one thread that owns the list of connected clients and decides who gets
+//! what, in which order.
+//!
+//! Readers tell the hub what happened ([`Event`]) over one bounded crossbeam
+//! channel. Because a single thread takes events off that channel one after the
+//! other, there is exactly one order of events, and every client is sent the
+//! broadcasts in that order: the total order of the chat is the order of this
+//! channel. Message ids come from the same place, so they increase along it.
+//!
+//! The hub works in batches. It blocks until an event arrives, then takes every
+//! other event already waiting (up to [`MAX_BATCH_EVENTS`] or [`MAX_BATCH_BYTES`]), encodes the resulting
+//! broadcast frames once into one buffer, and hands that buffer to every client's
+//! [`Outbox`]. Under load a batch holds many messages, so one `send(2)` per client
+//! delivers them all; when the chat is quiet a batch is one message and nothing
+//! waits for more.
+//!
+//! The hub never blocks on a client: an outbox either takes the bytes at once or
+//! queues them for the client's own writer thread. The hub does block on nothing
+//! else either, except its channel: with nobody connected it sleeps in `select!`
+//! without even a heartbeat timer.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, never, select, tick};
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::frame;
+use crate::outbox::Outbox;
+use crate::protocol::{ChatMessage, Outgoing, Presence, SUBPROTOCOL};
+use crate::stats::Stats;
+
+/// Most events folded into one batch. Bounds the batch buffer and the time before
+/// the first client of a long burst hears anything.
+pub const MAX_BATCH_EVENTS: usize = 1_024;
+
+/// A batch stops taking more events once its frames reach this many bytes, so a
+/// burst of large messages cannot build one huge buffer that every client's outbox
+/// must take whole.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Capacity of the readers-to-hub channel. When the hub falls behind, readers wait
+/// in `send` (so fast talkers slow down) instead of memory growing without bound.
+pub const EVENT_QUEUE: usize = 4_096;
+
+/// Which endpoint a client connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/`: the chat.
+    Chat,
+    /// `/echo`: echoes its own messages; gets only heartbeats and shutdown from the
+    /// hub.
+    Echo,
+}
+
+/// What a reader (or the shutdown sequence) tells the hub.
+pub enum Event {
+    /// A client finished its handshake.
+    Join {
+        /// The client's id.
+        id: u64,
+        /// Where the hub writes to it.
+        outbox: Arc<Outbox>,
+        /// Chat or echo.
+        endpoint: Endpoint,
+    },
+    /// A chat client sent a valid message.
+    Message {
+        /// The sender's id (for the debug log).
+        from: u64,
+        /// The validated message.
+        message: ChatMessage,
+    },
+    /// A client's reader has ended.
+    Leave {
+        /// The client's id.
+        id: u64,
+    },
+    /// The server is stopping: send every client close 1001.
+    Shutdown,
+}
+
+/// One registered client.
+struct Member {
+    outbox: Arc<Outbox>,
+    /// Set when the client joined during the batch being built: its welcome frame
+    /// and where in the batch its broadcasts start (it must not get frames from
+    /// before it joined, and must get its welcome before anything else).
+    joining: Option<(Vec<u8>, usize)>,
+}
+
+/// The hub's state. Only the hub thread touches it, so it needs no lock.
+struct Hub {
+    /// Chat clients, by id.
+    chat: HashMap<u64, Member>,
+    /// Echo clients, by id: heartbeats and shutdown only.
+    echo: HashMap<u64, Arc<Outbox>>,
+    /// Id of the last relayed chat message.
+    last_message_id: u64,
+    ping_interval: Duration,
+    stats: Arc<Stats>,
+    /// Set once `Shutdown` arrives: a client that joins afterwards is closed at once.
+    shutting_down: bool,
+}
+
+/// Starts the hub thread.
+pub fn spawn(
+    events: Receiver<Event>,
+    ping_interval: Duration,
+    stats: Arc<Stats>,
+) -> io::Result<JoinHandle<()>> {
+    let hub = Hub {
+        chat: HashMap::new(),
+        echo: HashMap::new(),
+        last_message_id: 0,
+        ping_interval,
+        stats,
+        shutting_down: false,
+    };
+    thread::Builder::new()
+        .name("hub".into())
+        .spawn(move || hub.run(&events))
+}
+
+impl Hub {
+    fn run(mut self, events: &Receiver<Event>) {
+        let heartbeat = tick(self.ping_interval);
+        let nobody = never();
+        loop {
+            // With nobody connected there is nothing to ping: not even the timer may
+            // wake this thread.
+            let timer = if self.chat.is_empty() && self.echo.is_empty() {
+                &nobody
+            } else {
+                &heartbeat
+            };
+            let first = select! {
+                recv(events) -> event => match event {
+                    Ok(event) => event,
+                    Err(_) => return, // every sender is gone: the server is exiting
+                },
+                recv(timer) -> _ => {
+                    self.ping_everyone();
+                    continue;
+                }
+            };
+            let mut batch = Vec::new();
+            let mut relayed = 0;
+            relayed += self.apply(first, &mut batch);
+            for event in events.try_iter().take(MAX_BATCH_EVENTS - 1) {
+                relayed += self.apply(event, &mut batch);
+                if batch.len() >= MAX_BATCH_BYTES {
+                    break;
+                }
+            }
+            self.flush(batch);
+            self.stats.add_relayed(relayed);
+            self.stats.set_clients(self.chat.len());
+        }
+    }
+
+    /// Applies one event to the registry and appends what everyone must hear about
+    /// it to `batch`. Returns the number of chat messages relayed (0 or 1).
+    fn apply(&mut self, event: Event, batch: &mut Vec<u8>) -> u64 {
+        match event {
+            Event::Join { outbox, .. } if self.shutting_down => {
+                outbox.send_close(CloseCode::Away, "server shutting down");
+            }
+            Event::Join {
+                id,
+                outbox,
+                endpoint: Endpoint::Echo,
+            } => {
+                self.echo.insert(id, outbox);
+            }
+            Event::Join {
+                id,
+                outbox,
+                endpoint: Endpoint::Chat,
+            } => {
+                let count = self.chat.len() + 1;
+                let welcome = Outgoing::Welcome {
+                    id,
+                    count,
+                    protocol: SUBPROTOCOL,
+                };
+                let member = Member {
+                    outbox,
+                    joining: Some((frame::text(&welcome.to_json()), batch.len())),
+                };
+                self.chat.insert(id, member);
+                frame::append_text(batch, &Outgoing::presence(Presence::Join, count).to_json());
+            }
+            Event::Message { from, message } => {
+                self.last_message_id += 1;
+                log::debug!(
+                    "message {} from client {from}: {}: {}",
+                    self.last_message_id,
+                    message.name,
+                    message.msg
+                );
+                let out = Outgoing::Message {
+                    id: self.last_message_id,
+                    ts: unix_millis(),
+                    name: &message.name,
+                    msg: &message.msg,
+                };
+                frame::append_text(batch, &out.to_json());
+                return 1;
+            }
+            Event::Leave { id } => {
+                if self.chat.remove(&id).is_some() {
+                    let count = self.chat.len();
+                    frame::append_text(
+                        batch,
+                        &Outgoing::presence(Presence::Leave, count).to_json(),
+                    );
+                }
+                self.echo.remove(&id);
+            }
+            Event::Shutdown => {
+                self.shutting_down = true;
+                for member in self.chat.values() {
+                    member.outbox.send_close(CloseCode::Away, "server shutting down");
+                }
+                for outbox in self.echo.values() {
+                    outbox.send_close(CloseCode::Away, "server shutting down");
+                }
+                self.chat.clear();
+                self.echo.clear();
+                batch.clear();
+            }
+        }
+        0
+    }
+
+    /// Hands the batch to every chat client. Encoded once, shared by all.
+    fn flush(&mut self, batch: Vec<u8>) {
+        let batch = Arc::new(batch);
+        for member in self.chat.values_mut() {
+            // A failed send needs no action here: the outbox has already closed the
+            // client, whose reader will report the Leave.
+            match member.joining.take() {
+                Some((welcome, start)) => {
+                    let _ = member.outbox.send_shared(&Arc::new(welcome), 0);
+                    if start < batch.len() {
+                        let _ = member.outbox.send_shared(&batch, start);
+                    }
+                }
+                None if !batch.is_empty() => {
+                    let _ = member.outbox.send_shared(&batch, 0);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn ping_everyone(&self) {
+        let mut ping = Vec::new();
+        frame::append_ping(&mut ping);
+        let ping = Arc::new(ping);
+        for member in self.chat.values() {
+            let _ = member.outbox.send_shared(&ping, 0);
+        }
+        for outbox in self.echo.values() {
+            let _ = outbox.send_shared(&ping, 0);
+        }
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,47 @@
+//! Ctrl-C and SIGTERM: every client hears close 1001 ("going away"), and the
+//! process exits within two seconds whether or not they answer.
+//!
+//! Signals arrive on the main thread through signal-hook's iterator, which blocks
+//! like everything else here; no code runs inside the signal handler itself. The
+//! sequence, in order:
+//!
+//! 1. Tell the hub. It queues a Close 1001 in every client's outbox and marks each
+//!    one closed, so nothing follows the Close (and clients that finish their
+//!    handshake from now on are closed at once).
+//! 2. Wait, up to [`GRACE`], for every client thread to end. A client that answers
+//!    the Close ends its reader, whose outbox then shuts the socket down.
+//! 3. Return, and `main` exits with status 0. Threads still blocked on a client
+//!    that never answered end with the process.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::accept::Connections;
+use crate::hub::Event;
+
+/// How long clients get to answer the Close: leaves room within the 2 s promised.
+pub const GRACE: Duration = Duration::from_millis(1_500);
+
+/// Registers for SIGINT and SIGTERM. Done first thing, so a signal that arrives
+/// while the server is starting is not lost.
+pub fn signals() -> io::Result<Signals> {
+    Signals::new([SIGINT, SIGTERM])
+}
+
+/// Blocks until a signal arrives, then runs the shutdown sequence.
+pub fn wait_then_close(mut signals: Signals, hub: &Sender<Event>, connections: &Arc<Connections>) {
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+    log::info!("{name}: closing {} connections", connections.open());
+    let _ = hub.send(Event::Shutdown);
+    let left = connections.wait_until_empty(GRACE);
+    if left > 0 {
+        log::warn!("{left} connections did not close within {GRACE:?}; exiting anyway");
+    }
+    log::info!("bye");
+}
