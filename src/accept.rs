@@ -126,7 +126,11 @@ impl Connections {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.connections.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         *open -= 1;
         self.connections.changed.notify_all();
     }
@@ -186,7 +190,10 @@ impl Acceptor {
 
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let Some(slot) = self.connections.try_acquire() else {
-            log::warn!("connection from {} refused: too many connections", peer.ip());
+            log::warn!(
+                "connection from {} refused: too many connections",
+                peer.ip()
+            );
             refuse_without_thread(&stream);
             return;
         };
@@ -208,7 +215,10 @@ impl Acceptor {
         if let Err(e) = spawned {
             // The closure, with the socket and the slot, is dropped: the connection
             // closes and the slot is free again.
-            log::error!("client {id} from {}: cannot start a thread ({e}): refused", peer.ip());
+            log::error!(
+                "client {id} from {}: cannot start a thread ({e}): refused",
+                peer.ip()
+            );
         }
     }
 }
@@ -248,11 +258,15 @@ struct Admission {
 }
 
 impl Client {
+    #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
     fn run(self, stream: TcpStream) {
         // Batches are already coalesced by the hub: send each one at once.
         let _ = stream.set_nodelay(true);
         if let Err(e) = stream.set_write_timeout(Some(self.settings.write_timeout)) {
-            log::warn!("client {}: cannot set a write timeout ({e}): refused", self.id);
+            log::warn!(
+                "client {}: cannot set a write timeout ({e}): refused",
+                self.id
+            );
             return;
         }
         let socket = Arc::new(stream);
@@ -265,9 +279,8 @@ impl Client {
             .max_frame_size(Some(self.settings.reader.max_message));
 
         let mut admission = None;
-        let callback = |request: &Request, response: Response| {
-            self.check(request, response, &mut admission)
-        };
+        let callback =
+            |request: &Request, response: Response| self.check(request, response, &mut admission);
         let ws = match tungstenite::accept_hdr_with_config(stream, callback, Some(config)) {
             Ok(ws) => ws,
             Err(HandshakeError::Interrupted(_)) => {
@@ -280,12 +293,17 @@ impl Client {
                     self.id,
                     self.peer,
                     response.status(),
-                    String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).trim_end()
+                    String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                        .trim_end()
                 );
                 return;
             }
             Err(HandshakeError::Failure(e)) => {
-                log::info!("client {} from {}: handshake failed: {e}", self.id, self.peer);
+                log::info!(
+                    "client {} from {}: handshake failed: {e}",
+                    self.id,
+                    self.peer
+                );
                 return;
             }
         };
@@ -462,7 +480,10 @@ mod tests {
 
     #[test]
     fn same_host_name_on_another_port_is_accepted() {
-        let h = headers(&[("host", "chat.lan:8001"), ("origin", "http://chat.lan:8000")]);
+        let h = headers(&[
+            ("host", "chat.lan:8001"),
+            ("origin", "http://chat.lan:8000"),
+        ]);
         assert!(origin_allowed(&h, &[]));
         let h = headers(&[("host", "[::1]:8001"), ("origin", "http://[::1]:8000")]);
         assert!(origin_allowed(&h, &[]));
@@ -480,7 +501,10 @@ mod tests {
         let h = headers(&[("host", "chat.lan:8001"), ("origin", "null")]);
         assert!(!origin_allowed(&h, &[]));
         // A prefix of the host is not the host.
-        let h = headers(&[("host", "chat.lan:8001"), ("origin", "http://chat.lan.evil.example")]);
+        let h = headers(&[
+            ("host", "chat.lan:8001"),
+            ("origin", "http://chat.lan.evil.example"),
+        ]);
         assert!(!origin_allowed(&h, &[]));
     }
 
@@ -488,7 +512,10 @@ mod tests {
     fn subprotocol_is_found_among_several_offers() {
         let h = headers(&[("sec-websocket-protocol", "chat, threadchat.v1")]);
         assert!(offers_subprotocol(&h, SUBPROTOCOL));
-        let h = headers(&[("sec-websocket-protocol", "chat"), ("sec-websocket-protocol", "threadchat.v1")]);
+        let h = headers(&[
+            ("sec-websocket-protocol", "chat"),
+            ("sec-websocket-protocol", "threadchat.v1"),
+        ]);
         assert!(offers_subprotocol(&h, SUBPROTOCOL));
         let h = headers(&[("sec-websocket-protocol", "threadchat.v2")]);
         assert!(!offers_subprotocol(&h, SUBPROTOCOL));

@@ -108,14 +108,17 @@ pub fn plan(requested_clients: usize, limits: &Limits) -> Plan {
     let thread_budget = thread_ceiling * 3 / 4;
 
     // Threads: two per client, one per pending handshake, one per HTTP connection.
-    let clients_by_threads = thread_budget.saturating_sub(FIXED_THREADS + HANDSHAKE_SLOTS + HTTP_CONNECTIONS) / 2;
+    let clients_by_threads =
+        thread_budget.saturating_sub(FIXED_THREADS + HANDSHAKE_SLOTS + HTTP_CONNECTIONS) / 2;
     // Descriptors: one per client and per pending handshake, two per HTTP connection.
     let fd_ceiling = limits.open_files_hard.unwrap_or(1 << 20);
-    let clients_by_fds = fd_ceiling.saturating_sub(FIXED_FDS + HANDSHAKE_SLOTS + 2 * HTTP_CONNECTIONS);
+    let clients_by_fds =
+        fd_ceiling.saturating_sub(FIXED_FDS + HANDSHAKE_SLOTS + 2 * HTTP_CONNECTIONS);
 
     let fits = clients_by_threads.min(clients_by_fds).max(1);
     let max_clients = (requested_clients as u64).min(fits);
-    let open_files = (FIXED_FDS + HANDSHAKE_SLOTS + 2 * HTTP_CONNECTIONS + max_clients).min(fd_ceiling);
+    let open_files =
+        (FIXED_FDS + HANDSHAKE_SLOTS + 2 * HTTP_CONNECTIONS + max_clients).min(fd_ceiling);
     Plan {
         max_clients: max_clients as usize,
         clamped: max_clients < requested_clients as u64,

@@ -49,7 +49,11 @@ pub struct Config {
     /// Also accept WebSocket handshakes from this page origin, e.g.
     /// `http://chat.example:8000` (repeatable; `*` accepts any). Without it only pages
     /// from the same host name as the socket are accepted.
-    #[arg(long = "allow-origin", env = "THREADCHAT_ALLOW_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "allow-origin",
+        env = "THREADCHAT_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
     pub allow_origins: Vec<String>,
 
     /// Seconds a new TCP connection has to finish the WebSocket handshake. Counters

@@ -124,7 +124,9 @@ fn dispatch(listener: &TcpListener, requests: &Sender<Request>, current: &Curren
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    log::debug!("http: no new connection within the timeout; restarting the accept thread");
+                    log::debug!(
+                        "http: no new connection within the timeout; restarting the accept thread"
+                    );
                     break;
                 }
                 Err(e) => {

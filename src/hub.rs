@@ -224,7 +224,9 @@ impl Hub {
             Event::Shutdown => {
                 self.shutting_down = true;
                 for member in self.chat.values() {
-                    member.outbox.send_close(CloseCode::Away, "server shutting down");
+                    member
+                        .outbox
+                        .send_close(CloseCode::Away, "server shutting down");
                 }
                 for outbox in self.echo.values() {
                     outbox.send_close(CloseCode::Away, "server shutting down");

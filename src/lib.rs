@@ -116,7 +116,10 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
         );
     }
     if let Err(e) = capacity::apply(&plan) {
-        log::warn!("cannot set the open-files limit to {}: {e}", plan.open_files);
+        log::warn!(
+            "cannot set the open-files limit to {}: {e}",
+            plan.open_files
+        );
     }
 
     let root = config
@@ -144,7 +147,12 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
             idle_timeout: config.idle_timeout(),
         },
     };
-    accept::spawn(ws_listener, settings, hub_tx.clone(), Arc::clone(&connections))?;
+    accept::spawn(
+        ws_listener,
+        settings,
+        hub_tx.clone(),
+        Arc::clone(&connections),
+    )?;
     let site = http::Site {
         root,
         stats,

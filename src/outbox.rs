@@ -158,7 +158,11 @@ impl Outbox {
 
     /// Sends `bytes[start..]`, a batch shared with other clients (the hub's path).
     /// Refused once the close handshake has begun.
-    pub fn send_shared(self: &Arc<Self>, bytes: &Arc<Vec<u8>>, start: usize) -> Result<(), SendError> {
+    pub fn send_shared(
+        self: &Arc<Self>,
+        bytes: &Arc<Vec<u8>>,
+        start: usize,
+    ) -> Result<(), SendError> {
         let state = self.lock();
         if state.phase != Phase::Open {
             return Err(SendError::Closed);
@@ -230,7 +234,9 @@ impl Outbox {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug in this module; the state is
         // plain data and stays consistent, so keep serving rather than poisoning.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The one place that decides who writes. Called with the lock held.
@@ -317,7 +323,10 @@ impl Outbox {
         if let Err(e) = spawned {
             // Out of threads: this client cannot be served without blocking the hub,
             // so it is shed. Its reader wakes up and reports the leave.
-            log::error!("client {}: cannot start a writer thread ({e}): disconnecting", self.id);
+            log::error!(
+                "client {}: cannot start a writer thread ({e}): disconnecting",
+                self.id
+            );
             let mut state = self.lock();
             state.writer_running = false;
             state.backlog.clear();

@@ -51,17 +51,29 @@ impl std::fmt::Display for InputError {
         match self {
             InputError::Malformed(why) => write!(f, "invalid message: {why}"),
             InputError::UnknownType(kind) => {
-                write!(f, "unknown message type {kind:?}: only \"message\" is accepted")
+                write!(
+                    f,
+                    "unknown message type {kind:?}: only \"message\" is accepted"
+                )
             }
             InputError::EmptyMessage => write!(f, "msg is empty"),
             InputError::NameTooLong(n) => {
-                write!(f, "name is {n} characters long; at most {MAX_NAME_CHARS} are allowed")
+                write!(
+                    f,
+                    "name is {n} characters long; at most {MAX_NAME_CHARS} are allowed"
+                )
             }
             InputError::MessageTooLong(n) => {
-                write!(f, "msg is {n} characters long; at most {MAX_MSG_CHARS} are allowed")
+                write!(
+                    f,
+                    "msg is {n} characters long; at most {MAX_MSG_CHARS} are allowed"
+                )
             }
             InputError::Binary => {
-                write!(f, "binary frames are not accepted here: send JSON as a text frame")
+                write!(
+                    f,
+                    "binary frames are not accepted here: send JSON as a text frame"
+                )
             }
         }
     }
@@ -203,18 +215,27 @@ mod tests {
 
     #[test]
     fn refuses_each_kind_of_bad_input() {
-        let cases: &[(&str, fn(&InputError) -> bool)] = &[
+        type Expectation = fn(&InputError) -> bool;
+        let cases: &[(&str, Expectation)] = &[
             ("not json", |e| matches!(e, InputError::Malformed(_))),
             ("[1,2]", |e| matches!(e, InputError::Malformed(_))),
             (r#"{"msg":"hi"}"#, |e| matches!(e, InputError::Malformed(_))),
             (r#"{"name":"a"}"#, |e| matches!(e, InputError::Malformed(_))),
-            (r#"{"name":5,"msg":"hi"}"#, |e| matches!(e, InputError::Malformed(_))),
-            (r#"{"name":"a","msg":null}"#, |e| matches!(e, InputError::Malformed(_))),
+            (r#"{"name":5,"msg":"hi"}"#, |e| {
+                matches!(e, InputError::Malformed(_))
+            }),
+            (r#"{"name":"a","msg":null}"#, |e| {
+                matches!(e, InputError::Malformed(_))
+            }),
             (r#"{"type":"join","name":"a","msg":"x"}"#, |e| {
                 matches!(e, InputError::UnknownType(_))
             }),
-            (r#"{"name":"a","msg":""}"#, |e| *e == InputError::EmptyMessage),
-            (r#"{"name":"a","msg":"  \n"}"#, |e| *e == InputError::EmptyMessage),
+            (r#"{"name":"a","msg":""}"#, |e| {
+                *e == InputError::EmptyMessage
+            }),
+            (r#"{"name":"a","msg":"  \n"}"#, |e| {
+                *e == InputError::EmptyMessage
+            }),
         ];
         for (input, expected) in cases {
             let err = parse_chat(input).expect_err(input);

@@ -75,7 +75,10 @@ impl Read for ClientStream {
             // whole handshake has one deadline.
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake deadline passed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "handshake deadline passed",
+                ));
             }
             self.socket.set_read_timeout(Some(left))?;
         }
@@ -146,7 +149,10 @@ impl Drop for Registration<'_> {
 pub fn serve(mut conn: Connection, settings: &ReaderSettings, hub: &Sender<Event>) {
     let (limit, max_message) = match conn.endpoint {
         Endpoint::Chat => (settings.max_backlog, settings.max_message),
-        Endpoint::Echo => (2 * ECHO_MAX_MESSAGE + settings.max_backlog, ECHO_MAX_MESSAGE),
+        Endpoint::Echo => (
+            2 * ECHO_MAX_MESSAGE + settings.max_backlog,
+            ECHO_MAX_MESSAGE,
+        ),
     };
     conn.ws.set_config(|c| {
         c.max_message_size = Some(max_message);
@@ -155,7 +161,10 @@ pub fn serve(mut conn: Connection, settings: &ReaderSettings, hub: &Sender<Event
     let outbox = Outbox::new(conn.id, Arc::clone(&conn.socket), limit);
     conn.ws.get_mut().attach(Arc::clone(&outbox));
     if let Err(e) = conn.socket.set_read_timeout(Some(settings.idle_timeout)) {
-        log::warn!("client {}: cannot set a read timeout ({e}): disconnecting", conn.id);
+        log::warn!(
+            "client {}: cannot set a read timeout ({e}): disconnecting",
+            conn.id
+        );
         outbox.finish();
         return;
     }
@@ -229,16 +238,25 @@ fn end_after_error(conn: &mut Connection, outbox: &Outbox, error: tungstenite::E
     use tungstenite::error::ProtocolError;
     match error {
         Error::ConnectionClosed | Error::AlreadyClosed => "closed by client".into(),
-        Error::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Error::Io(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             "silent for two heartbeat intervals".into()
         }
         Error::Io(e) => format!("connection error: {e}"),
         Error::Capacity(e) => {
             close_with(conn, outbox, CloseCode::Size, "message too big");
+            // tungstenite cannot read on after a capacity error (it is mid-frame),
+            // so the peer's answering Close cannot be parsed: linger instead.
+            linger(&conn.socket);
             format!("closed with 1009: {e}")
         }
         Error::Utf8(_) => {
             close_with(conn, outbox, CloseCode::Invalid, "invalid UTF-8");
+            await_close(conn);
             "closed with 1007: invalid UTF-8 in a text message".into()
         }
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
@@ -246,29 +264,46 @@ fn end_after_error(conn: &mut Connection, outbox: &Outbox, error: tungstenite::E
         }
         Error::Protocol(e) => {
             close_with(conn, outbox, CloseCode::Protocol, "protocol error");
+            await_close(conn);
             format!("closed with 1002: {e}")
         }
         other => format!("error: {other}"),
     }
 }
 
-/// Sends a Close with `code` and waits, briefly, for the peer's answer.
+/// Sends a Close with `code`; nothing from the hub follows it.
 fn close_with(conn: &mut Connection, outbox: &Outbox, code: CloseCode, reason: &str) {
     outbox.stop_broadcasts();
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    if conn.ws.close(Some(frame)).is_err() {
-        return;
-    }
+    let _ = conn.ws.close(Some(frame));
+}
+
+/// Waits, briefly, for the peer's answering Close. Whatever it sends before that is
+/// dropped; its Close, an error or the deadline ends the wait.
+fn await_close(conn: &mut Connection) {
     let deadline = Instant::now() + CLOSE_WAIT;
     let _ = conn.socket.set_read_timeout(Some(CLOSE_WAIT));
-    // Whatever the peer sends before its Close is dropped; its Close (or an error,
-    // or the deadline) ends the wait.
     while Instant::now() < deadline {
         if conn.ws.read().is_err() {
             break;
+        }
+    }
+}
+
+/// Reads and drops raw bytes until the peer closes, goes quiet, or `CLOSE_WAIT`
+/// passes. Closing a socket with unread input makes the kernel send a reset, which
+/// can destroy our Close frame before the peer reads it; draining first avoids that.
+fn linger(socket: &TcpStream) {
+    let deadline = Instant::now() + CLOSE_WAIT;
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut sink = [0u8; 4096];
+    while Instant::now() < deadline {
+        match (&*socket).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
         }
     }
 }

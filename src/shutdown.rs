@@ -36,7 +36,11 @@ pub fn signals() -> io::Result<Signals> {
 /// Blocks until a signal arrives, then runs the shutdown sequence.
 pub fn wait_then_close(mut signals: Signals, hub: &Sender<Event>, connections: &Arc<Connections>) {
     let signal = signals.forever().next().unwrap_or(SIGTERM);
-    let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+    let name = if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
     log::info!("{name}: closing {} connections", connections.open());
     let _ = hub.send(Event::Shutdown);
     let left = connections.wait_until_empty(GRACE);

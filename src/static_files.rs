@@ -102,7 +102,10 @@ mod tests {
     fn plain_paths_resolve_relative_to_the_root() {
         assert_eq!(relative_path("/"), Ok(PathBuf::from("index.html")));
         assert_eq!(relative_path("/app.js"), Ok(PathBuf::from("app.js")));
-        assert_eq!(relative_path("/img/logo.svg"), Ok(PathBuf::from("img/logo.svg")));
+        assert_eq!(
+            relative_path("/img/logo.svg"),
+            Ok(PathBuf::from("img/logo.svg"))
+        );
         assert_eq!(relative_path("/img/"), Ok(PathBuf::from("img/index.html")));
         assert_eq!(relative_path("/a%2Djs"), Ok(PathBuf::from("a-js")));
     }

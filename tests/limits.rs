@@ -1,0 +1,240 @@
+//! Staying healthy: every limit and timeout, each cutting off only the client that
+//! earned it, and a clean shutdown.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use support::{Client, Server, eventually, socket_closed_within};
+use tungstenite::Message;
+
+#[test]
+fn an_oversize_message_closes_with_1009_and_only_that_client() {
+    let server = Server::start(&["--max-message", "4096"]);
+    let mut big = Client::join(&server);
+    let mut other = Client::join(&server);
+    big.recv_type("notification");
+    big.send_text(&format!(r#"{{"name":"a","msg":"{}"}}"#, "x".repeat(5000)));
+    assert_eq!(big.recv_close(), 1009);
+    let left = other.recv_type("notification");
+    assert_eq!(left["event"], "leave");
+    other.send_chat("b", "fine");
+    assert_eq!(other.recv_json()["msg"], "fine");
+    server.wait_for_log("closed with 1009");
+}
+
+#[test]
+fn past_max_clients_the_handshake_gets_503() {
+    let server = Server::start(&["--max-clients", "2"]);
+    let first = Client::join(&server);
+    let _second = Client::join(&server);
+    let refused = Client::connect_with(&server.ws_url("/"), &[])
+        .err()
+        .expect("a third client is refused");
+    assert_eq!(refused.status, 503);
+    let (status, head) = support::raw_handshake(server.ws, "/", &[]);
+    assert_eq!(status, 503);
+    assert!(head.to_ascii_lowercase().contains("retry-after"), "{head}");
+    // A place frees up when someone leaves.
+    drop(first);
+    eventually("a place is free again", || {
+        Client::connect_with(&server.ws_url("/"), &[]).is_ok()
+    });
+}
+
+#[test]
+fn a_connection_that_never_finishes_its_handshake_is_closed() {
+    let server = Server::start(&["--handshake-timeout", "1"]);
+    let mut silent = TcpStream::connect(server.ws).unwrap();
+    assert!(socket_closed_within(&mut silent, Duration::from_secs(6)));
+    server.wait_for_log("handshake timed out");
+}
+
+#[test]
+fn the_handshake_deadline_holds_against_a_trickle() {
+    // A slowloris that sends a byte every 200 ms never lets one read time out; the
+    // deadline is on the whole handshake, so it is closed all the same.
+    let server = Server::start(&["--handshake-timeout", "1"]);
+    let mut trickler = TcpStream::connect(server.ws).unwrap();
+    let writer = trickler.try_clone().unwrap();
+    let started = Instant::now();
+    let dribble = thread::spawn(move || {
+        let mut writer = writer;
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(200)); // the slow client being modelled
+        }
+    });
+    assert!(socket_closed_within(&mut trickler, Duration::from_secs(6)));
+    assert!(started.elapsed() < Duration::from_secs(6));
+    server.wait_for_log("handshake");
+    drop(trickler);
+    dribble.join().unwrap();
+}
+
+#[test]
+fn a_silent_client_is_dropped_by_the_heartbeat() {
+    let server = Server::start(&["--ping-interval", "1"]);
+    let mut observer = Client::join(&server);
+    // Completes the handshake, then never reads: it never answers a ping.
+    let mut silent = Client::join(&server);
+    observer.recv_type("notification");
+    let started = Instant::now();
+    let left = observer.recv_type("notification");
+    assert_eq!(
+        (left["event"].as_str(), left["count"].as_u64()),
+        (Some("leave"), Some(1))
+    );
+    // Dropped after about two intervals, not at once.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "dropped after {:?}",
+        started.elapsed()
+    );
+    server.wait_for_log("silent for two heartbeat intervals");
+    assert!(silent.wait_for_socket_closed());
+    // The observer, which answered every ping, is still served.
+    observer.send_chat("o", "still here");
+    assert_eq!(observer.recv_type("message")["msg"], "still here");
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_off_and_everyone_else_gets_everything() {
+    let server = Server::start(&["--max-backlog", "65536", "--max-message", "16384"]);
+    let mut observer = Client::join(&server);
+    let mut sender = Client::join(&server);
+    // A small receive window, so the kernel stops taking bytes for it early.
+    let mut slow = Client::join_over(
+        &server,
+        support::connect_with_receive_buffer(server.ws, 4096),
+    );
+    observer.recv_type("notification");
+    observer.recv_type("notification");
+    sender.recv_type("notification");
+
+    let text = "y".repeat(1900);
+    let observing = thread::spawn(move || {
+        // Every message, in order, until the slow client's leave and then "done".
+        let mut got = Vec::new();
+        let mut saw_leave = false;
+        loop {
+            let m = observer.recv_json();
+            match m["type"].as_str() {
+                Some("notification") if m["event"] == "leave" => saw_leave = true,
+                Some("message") if m["msg"] == "done" => return (got, saw_leave),
+                Some("message") => got.push(m["name"].as_str().unwrap().parse::<usize>().unwrap()),
+                _ => {}
+            }
+        }
+    });
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.count_log("slow consumer") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow client was never cut off"
+        );
+        // Bursts of 20, then read our own 20 back, so the sender keeps up.
+        for _ in 0..20 {
+            sender.send_chat(&sent.to_string(), &text);
+            sent += 1;
+        }
+        for _ in 0..20 {
+            sender.recv_type("message");
+        }
+    }
+    sender.send_chat("end", "done");
+    let (got, saw_leave) = observing.join().unwrap();
+    assert!(saw_leave, "no leave notification for the slow client");
+    assert_eq!(
+        got,
+        (0..sent).collect::<Vec<_>>(),
+        "the observer lost or reordered messages"
+    );
+    assert!(
+        slow.wait_for_socket_closed(),
+        "the slow client's socket is still open"
+    );
+}
+
+#[test]
+fn shutdown_sends_1001_and_exits_0_within_two_seconds() {
+    let mut server = Server::start(&[]);
+    let mut chat = Client::join(&server);
+    let mut echo = Client::connect(&server.ws_url("/echo"));
+    // One more that completed its handshake but will never answer anything.
+    let _mute = Client::join(&server);
+    chat.recv_type("notification");
+
+    let signalled = Instant::now();
+    server.signal(Signal::TERM);
+    assert_eq!(chat.recv_close(), 1001);
+    let _ = chat.ws.flush(); // our answering Close
+    assert_eq!(echo.recv_close(), 1001);
+    let _ = echo.ws.flush();
+    let status = server
+        .wait_exit(Duration::from_secs(3))
+        .expect("the server exits");
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+}
+
+#[test]
+fn ctrl_c_also_shuts_down_cleanly() {
+    let mut server = Server::start(&[]);
+    let mut chat = Client::join(&server);
+    server.signal(Signal::INT);
+    assert_eq!(chat.recv_close(), 1001);
+    let status = server
+        .wait_exit(Duration::from_secs(3))
+        .expect("the server exits");
+    assert!(status.success(), "exit status {status:?}");
+    server.wait_for_log("SIGINT");
+}
+
+#[test]
+fn threads_and_sockets_come_back_after_clients_leave() {
+    let server = Server::start(&[]);
+    let pid_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .count()
+    };
+    // Let the HTTP side's pool settle before taking the baseline.
+    assert_eq!(support::http_get(server.http, "/healthz").status, 200);
+    let threads_before = server.threads();
+    let fds_before = pid_fds();
+
+    let mut clients: Vec<Client> = (0..40).map(|_| Client::join(&server)).collect();
+    clients.extend((0..10).map(|_| Client::connect(&server.ws_url("/echo"))));
+    eventually("a reader thread per client", || {
+        server.threads() >= threads_before + 50
+    });
+    for client in clients.iter_mut().step_by(2) {
+        let _ = client.ws.close(None);
+        let _ = client.ws.flush();
+    }
+    drop(clients);
+    eventually("threads back to the baseline", || {
+        server.threads() == threads_before
+    });
+    eventually("descriptors back to the baseline", || {
+        pid_fds() == fds_before
+    });
+}
+
+#[test]
+fn echo_carries_large_messages_the_chat_refuses() {
+    let server = Server::start(&["--max-message", "4096"]);
+    let mut echo = Client::connect(&server.ws_url("/echo"));
+    let payload = vec![7u8; 1 << 20];
+    echo.ws.send(Message::binary(payload.clone())).unwrap();
+    assert_eq!(echo.recv(), Message::binary(payload));
+}

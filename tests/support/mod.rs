@@ -1,0 +1,452 @@
+//! Test support: the real `threadchat` binary on loopback ports chosen by the
+//! kernel, real WebSocket clients, raw HTTP, and waiting for events with a deadline.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// How long any single expected event may take before a test fails. Generous: a
+/// loaded CI machine is slow, and a passing test never waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A running server process.
+pub struct Server {
+    child: Child,
+    /// Every line the server logged, shared with the thread that reads its stderr.
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    pub http: SocketAddr,
+    pub ws: SocketAddr,
+}
+
+impl Server {
+    /// Starts the binary on 127.0.0.1 with free ports and `www/`, plus `args`.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_threadchat"));
+        command.args(["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"]);
+        if !args.contains(&"--www") {
+            command.args(["--www", www]);
+        }
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the threadchat binary");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("THREADCHAT_TEST_LOG").is_some() {
+                    eprintln!("server: {line}");
+                }
+                sink.0.lock().unwrap().push(line);
+                sink.1.notify_all();
+            }
+        });
+        let mut server = Server {
+            child,
+            log,
+            http: "0.0.0.0:0".parse().unwrap(),
+            ws: "0.0.0.0:0".parse().unwrap(),
+        };
+        let page = server.wait_for_log("listening: page http://");
+        server.http = address_after(&page, "http://");
+        let chat = server.wait_for_log("listening: chat ws://");
+        server.ws = address_after(&chat, "ws://");
+        server
+    }
+
+    /// `ws://127.0.0.1:<port><path>`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.ws)
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        self.try_wait_for_log(needle, PATIENCE).unwrap_or_else(|| {
+            panic!(
+                "no log line with {needle:?} within {PATIENCE:?}:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    pub fn try_wait_for_log(&self, needle: &str, patience: Duration) -> Option<String> {
+        let deadline = Instant::now() + patience;
+        let (lines, changed) = &*self.log;
+        let mut lines = lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            lines = changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Counts log lines containing `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.0.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid =
+            rustix::process::Pid::from_raw(self.child.id() as i32).expect("a live child has a pid");
+        rustix::process::kill_process(pid, signal).expect("signal the server");
+    }
+
+    /// Waits for the process to exit, up to `patience`.
+    pub fn wait_exit(&mut self, patience: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Polling the exit status of a child process: std offers no wait with a
+            // timeout. This checks a condition; it does not stand in for one.
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Number of threads of the server process now.
+    pub fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn address_after(line: &str, scheme: &str) -> SocketAddr {
+    let rest = &line[line.find(scheme).unwrap() + scheme.len()..];
+    let addr = rest.split('/').next().unwrap();
+    addr.parse()
+        .unwrap_or_else(|_| panic!("no address in {line:?}"))
+}
+
+/// Polls `condition` until it holds or `PATIENCE` passes.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A WebSocket client on a blocking socket with a short read timeout, so every
+/// receive can be bounded by a deadline.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    /// The subprotocol the server selected, if any.
+    pub protocol: Option<String>,
+}
+
+/// How a handshake went when it was refused.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Client {
+    /// Connects and completes the handshake, or panics.
+    pub fn connect(url: &str) -> Client {
+        Client::connect_with(url, &[]).unwrap_or_else(|r| panic!("handshake refused: {r:?}"))
+    }
+
+    /// Connects with extra request headers; `Err` carries a refusal's status.
+    pub fn connect_with(url: &str, headers: &[(&'static str, &str)]) -> Result<Client, Refused> {
+        let request = url.into_client_request().unwrap();
+        let addr = request.uri().authority().unwrap().as_str().to_string();
+        let stream = TcpStream::connect(addr).expect("connect");
+        Client::handshake(stream, url, headers)
+    }
+
+    /// Handshake over an already connected stream.
+    pub fn handshake(
+        stream: TcpStream,
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Client, Refused> {
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        match tungstenite::client(request, stream) {
+            Ok((ws, response)) => {
+                ws.get_ref()
+                    .set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                let protocol = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().unwrap().to_string());
+                Ok(Client { ws, protocol })
+            }
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(Refused {
+                    status: response.status().as_u16(),
+                    body: String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                        .into(),
+                })
+            }
+            Err(e) => panic!("handshake failed: {e}"),
+        }
+    }
+
+    /// A chat client that has read its welcome and its own join notification.
+    pub fn join(server: &Server) -> Client {
+        Client::join_over(server, TcpStream::connect(server.ws).expect("connect"))
+    }
+
+    /// [`Client::join`] over a given stream.
+    pub fn join_over(server: &Server, stream: TcpStream) -> Client {
+        let mut client = Client::handshake(stream, &server.ws_url("/"), &[]).expect("handshake");
+        let welcome = client.recv_json();
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client.recv_type("notification");
+        client
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    pub fn send_chat(&mut self, name: &str, msg: &str) {
+        self.send_text(&serde_json::json!({ "name": name, "msg": msg }).to_string());
+    }
+
+    /// The next data or close message, within `PATIENCE`. Pings are answered by
+    /// tungstenite on the way.
+    pub fn recv(&mut self) -> Message {
+        self.try_recv(PATIENCE)
+            .expect("a message within the deadline")
+    }
+
+    /// The next data or close message, or `None` if `patience` passes first.
+    pub fn try_recv(&mut self, patience: Duration) -> Option<Message> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(message) => return Some(message),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                }
+                Err(e) => panic!("connection failed while waiting for a message: {e}"),
+            }
+        }
+    }
+
+    /// The next text message, as JSON.
+    pub fn recv_json(&mut self) -> Value {
+        match self.recv() {
+            Message::Text(text) => serde_json::from_str(&text).expect("the server sends JSON"),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// Skips messages until one of type `kind` arrives.
+    pub fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let value = self.recv_json();
+            if value["type"] == kind {
+                return value;
+            }
+        }
+    }
+
+    /// Reads until the server's Close frame; returns its code (1005 if none).
+    pub fn recv_close(&mut self) -> u16 {
+        loop {
+            match self.recv() {
+                Message::Close(frame) => {
+                    return frame.map_or(1005, |f: CloseFrame| u16::from(f.code));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Whether the server has closed the TCP connection (EOF or reset), waiting up
+    /// to `PATIENCE`. Reads raw bytes, so use it on a client that stopped reading
+    /// WebSocket frames.
+    pub fn wait_for_socket_closed(&mut self) -> bool {
+        socket_closed_within(self.ws.get_mut(), PATIENCE)
+    }
+}
+
+/// Reads and discards until the peer closes `stream`; false if `patience` passes.
+pub fn socket_closed_within(stream: &mut TcpStream, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+            }
+            Err(_) => return true, // reset
+        }
+    }
+}
+
+/// A raw HTTP exchange: sends `request` as written and reads the whole response
+/// (the request should say `Connection: close`).
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+pub fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP port");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    HttpResponse {
+        status,
+        head,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// `GET path` with `Connection: close`.
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    http_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Sends a WebSocket upgrade request by hand and returns the response's status and
+/// head; for checking what tungstenite's client would refuse to look at.
+pub fn raw_handshake(addr: SocketAddr, path: &str, extra_headers: &[&str]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for header in extra_headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head)
+}
+
+/// A TCP connection whose receive buffer is set to `bytes` before connecting (set
+/// afterwards, the window already advertised would not shrink).
+pub fn connect_with_receive_buffer(addr: SocketAddr, bytes: usize) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, connect, socket, sockopt};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+    sockopt::set_socket_recv_buffer_size(&fd, bytes).expect("SO_RCVBUF");
+    connect(&fd, &addr).expect("connect");
+    TcpStream::from(fd)
+}
