@@ -16,6 +16,9 @@ pub struct Stats {
     clients: AtomicUsize,
     /// Chat messages relayed since start (each counted once, not per recipient).
     messages_relayed: AtomicU64,
+    /// Batches the hub has sent out. Messages relayed per batch shows how much the
+    /// hub's batching saves: every batch costs one `send` per client.
+    batches: AtomicU64,
 }
 
 /// What `GET /stats` returns.
@@ -27,6 +30,8 @@ pub struct Snapshot {
     pub messages_relayed: u64,
     /// Whole seconds since start.
     pub uptime_seconds: u64,
+    /// Batches the hub has sent to its clients since start.
+    pub batches: u64,
 }
 
 impl Stats {
@@ -36,6 +41,7 @@ impl Stats {
             started: Instant::now(),
             clients: AtomicUsize::new(0),
             messages_relayed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
         }
     }
 
@@ -44,9 +50,10 @@ impl Stats {
         self.clients.store(n, Ordering::Relaxed);
     }
 
-    /// Adds `n` relayed messages.
-    pub fn add_relayed(&self, n: u64) {
-        self.messages_relayed.fetch_add(n, Ordering::Relaxed);
+    /// Counts one batch sent out, holding `messages` chat messages.
+    pub fn add_batch(&self, messages: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.messages_relayed.fetch_add(messages, Ordering::Relaxed);
     }
 
     /// The current figures.
@@ -55,6 +62,7 @@ impl Stats {
             clients: self.clients.load(Ordering::Relaxed),
             messages_relayed: self.messages_relayed.load(Ordering::Relaxed),
             uptime_seconds: self.started.elapsed().as_secs(),
+            batches: self.batches.load(Ordering::Relaxed),
         }
     }
 }
