@@ -238,3 +238,31 @@ fn echo_carries_large_messages_the_chat_refuses() {
     echo.ws.send(Message::binary(payload.clone())).unwrap();
     assert_eq!(echo.recv(), Message::binary(payload));
 }
+
+#[test]
+fn running_out_of_descriptors_sheds_load_and_recovers() {
+    // With --max-clients 1 the server sets its own open-files limit to what that
+    // plan needs (a few hundred). 300 stalled HTTP connections take two descriptors
+    // each: accept() then fails with EMFILE, which ends tiny_http's accept thread.
+    // The process must survive it, and serve again once the stalled connections
+    // time out.
+    let server = Server::start(&["--max-clients", "1", "--http-timeout", "2"]);
+    let stalled: Vec<TcpStream> = (0..300)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(server.http).ok()?;
+            s.write_all(b"GET / HTTP/1.1\r\n").ok()?;
+            Some(s)
+        })
+        .collect();
+    assert!(stalled.len() > 200);
+    server.wait_for_log("Too many open files");
+    // A chat client gets in (at once if a descriptor is free, or from the listen
+    // backlog once the stalled connections time out), and chats.
+    let mut client = Client::join(&server);
+    client.send_chat("a", "back");
+    assert_eq!(client.recv_type("message")["msg"], "back");
+    eventually("the page is served again", || {
+        support::http_get(server.http, "/healthz").status == 200
+    });
+    drop(stalled);
+}
