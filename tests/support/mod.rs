@@ -379,34 +379,49 @@ impl HttpResponse {
 }
 
 pub fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP port");
+    try_http_raw(addr, request).unwrap_or_else(|e| panic!("HTTP exchange failed: {e}"))
+}
+
+/// [`http_raw`], with failures as values (for a server that may be refusing).
+pub fn try_http_raw(addr: SocketAddr, request: &str) -> Result<HttpResponse, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the response");
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("read: {e}"))?;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+        .ok_or_else(|| format!("no header end in {:?}", String::from_utf8_lossy(&raw)))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    HttpResponse {
+        .ok_or("no status code")?;
+    Ok(HttpResponse {
         status,
         head,
         body: raw[split + 4..].to_vec(),
-    }
+    })
 }
 
 /// `GET path` with `Connection: close`.
 pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
-    http_raw(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
-    )
+    http_raw(addr, &get_request(addr, path))
+}
+
+/// [`http_get`], with failures as values.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse, String> {
+    try_http_raw(addr, &get_request(addr, path))
+}
+
+fn get_request(addr: SocketAddr, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
 }
 
 /// Sends a WebSocket upgrade request by hand and returns the response's status and
