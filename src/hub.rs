@@ -180,9 +180,11 @@ impl Hub {
                     Err(_) => break,
                 }
             }
-            self.flush(batch);
+            // Counted before the clients can see the batch, so /stats never lags
+            // behind what a client has already received.
             self.stats.add_batch(relayed);
             self.stats.set_clients(self.chat.len());
+            self.flush(batch);
         }
     }
 
@@ -234,6 +236,7 @@ impl Hub {
                 let out = Outgoing::Message {
                     id: self.last_message_id,
                     ts: unix_millis(),
+                    from,
                     name: &message.name,
                     msg: &message.msg,
                 };

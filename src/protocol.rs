@@ -138,6 +138,9 @@ pub enum Outgoing<'a> {
         id: u64,
         /// Milliseconds since the Unix epoch when the hub relayed it.
         ts: u64,
+        /// The sender's connection id (its `welcome` id), so a page can tell its own
+        /// messages from others' even when two people pick the same name.
+        from: u64,
         /// The sender's name, as sent.
         name: &'a str,
         /// The text, as sent.
@@ -266,13 +269,14 @@ mod tests {
         let json = Outgoing::Message {
             id: 7,
             ts: 1,
+            from: 3,
             name: "a\"b",
             msg: "<b>",
         }
         .to_json();
         assert_eq!(
             json,
-            r#"{"type":"message","id":7,"ts":1,"name":"a\"b","msg":"<b>"}"#
+            r#"{"type":"message","id":7,"ts":1,"from":3,"name":"a\"b","msg":"<b>"}"#
         );
         let json = Outgoing::presence(Presence::Join, 3).to_json();
         assert_eq!(

@@ -50,11 +50,17 @@ fn a_message_reaches_every_client_including_its_sender() {
             client.recv_type("notification");
         }
     }
+    let clients_2_id = clients[2].id;
     clients[2].send_text(r#"{"name":"carol","msg":"hello <b>all</b> \"quoted\" 안녕 👋"}"#);
     for client in &mut clients {
         let m = client.recv_json();
         assert_eq!(m["type"], "message");
         assert_eq!(m["name"], "carol");
+        assert_eq!(
+            m["from"].as_u64(),
+            clients_2_id,
+            "from is the sender's welcome id"
+        );
         assert_eq!(m["msg"], "hello <b>all</b> \"quoted\" 안녕 👋");
         assert!(m["id"].as_u64().unwrap() >= 1);
         assert!(m["ts"].as_u64().unwrap() > 1_600_000_000_000);

@@ -172,8 +172,13 @@ fn address_after(line: &str, scheme: &str) -> SocketAddr {
 }
 
 /// Polls `condition` until it holds or `PATIENCE` passes.
-pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
+pub fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    eventually_within(PATIENCE, what, condition)
+}
+
+/// Polls `condition` until it holds or `patience` passes.
+pub fn eventually_within(patience: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + patience;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         thread::sleep(Duration::from_millis(20));
@@ -186,6 +191,8 @@ pub struct Client {
     pub ws: WebSocket<TcpStream>,
     /// The subprotocol the server selected, if any.
     pub protocol: Option<String>,
+    /// This client's id from its welcome frame, once read by [`Client::join`].
+    pub id: Option<u64>,
 }
 
 /// How a handshake went when it was refused.
@@ -231,7 +238,11 @@ impl Client {
                     .headers()
                     .get("sec-websocket-protocol")
                     .map(|v| v.to_str().unwrap().to_string());
-                Ok(Client { ws, protocol })
+                Ok(Client {
+                    ws,
+                    protocol,
+                    id: None,
+                })
             }
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
                 Err(Refused {
@@ -254,6 +265,7 @@ impl Client {
         let mut client = Client::handshake(stream, &server.ws_url("/"), &[]).expect("handshake");
         let welcome = client.recv_json();
         assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client.id = welcome["id"].as_u64();
         client.recv_type("notification");
         client
     }
@@ -379,13 +391,18 @@ impl HttpResponse {
 }
 
 pub fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
-    try_http_raw(addr, request).unwrap_or_else(|e| panic!("HTTP exchange failed: {e}"))
+    try_http_raw(addr, request, PATIENCE).unwrap_or_else(|e| panic!("HTTP exchange failed: {e}"))
 }
 
-/// [`http_raw`], with failures as values (for a server that may be refusing).
-pub fn try_http_raw(addr: SocketAddr, request: &str) -> Result<HttpResponse, String> {
+/// [`http_raw`], with failures as values (for a server that may be refusing) and a
+/// read timeout of its own.
+pub fn try_http_raw(
+    addr: SocketAddr,
+    request: &str,
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
@@ -415,9 +432,13 @@ pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     http_raw(addr, &get_request(addr, path))
 }
 
-/// [`http_get`], with failures as values.
-pub fn try_http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse, String> {
-    try_http_raw(addr, &get_request(addr, path))
+/// [`http_get`], with failures as values and a read timeout of its own.
+pub fn try_http_get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
+    try_http_raw(addr, &get_request(addr, path), timeout)
 }
 
 fn get_request(addr: SocketAddr, path: &str) -> String {
