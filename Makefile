@@ -1,8 +1,10 @@
 # threadchat — the two commands that matter are `make run` and `make test`.
 
 CARGO ?= cargo
+NPM ?= npm
+E2E := tests/e2e
 
-.PHONY: run build release test lint fmt clean
+.PHONY: run build release test unit e2e lint fmt clean
 
 ## Start the server on its defaults: page on :8000, chat on :8001.
 run:
@@ -16,9 +18,20 @@ build:
 release:
 	$(CARGO) build --release
 
-## Unit and end-to-end tests (real binary, real sockets on loopback).
-test:
+## Everything: Rust unit and end-to-end tests, then the page in a real browser.
+test: unit e2e
+
+## Unit tests and end-to-end tests of the binary (real sockets on loopback).
+unit:
 	$(CARGO) test --all-targets
+
+## The page in Debian's chromium (needs /usr/bin/chromium and node; see .ci/run).
+e2e: build $(E2E)/node_modules
+	cd $(E2E) && node --test --test-concurrency=1
+
+$(E2E)/node_modules: $(E2E)/package.json $(E2E)/package-lock.json
+	cd $(E2E) && $(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 ## rustfmt check and clippy with warnings denied.
 lint:
@@ -30,3 +43,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
+	rm -rf $(E2E)/node_modules

@@ -1,0 +1,280 @@
+// The page in a real browser: Debian's chromium, driven by playwright-core, against
+// the real threadchat binary on loopback ports chosen by the kernel.
+//
+// Run through `make e2e` (part of `make test`). Screenshots go to target/e2e/.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const BINARY = process.env.THREADCHAT_BIN || join(ROOT, 'target/debug/threadchat');
+const SHOTS = join(ROOT, 'target/e2e');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const PATIENCE_MS = 15000;
+
+// --- the server --------------------------------------------------------------
+
+/** Starts the binary; resolves once both ports are logged. Ports 0 = any free. */
+function startServer({ httpPort = 0, wsPort = 0 } = {}) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(BINARY, [
+      '--bind', '127.0.0.1',
+      '--http-port', String(httpPort),
+      '--ws-port', String(wsPort),
+      '--www', join(ROOT, 'www'),
+    ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'info' } });
+    const server = { proc, log: '', httpPort: null, wsPort: null };
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${server.log}`)), PATIENCE_MS);
+    proc.stderr.setEncoding('utf8');
+    proc.stderr.on('data', (chunk) => {
+      server.log += chunk;
+      const page = server.log.match(/listening: page http:\/\/127\.0\.0\.1:(\d+)\//);
+      const chat = server.log.match(/listening: chat ws:\/\/127\.0\.0\.1:(\d+)\//);
+      if (page && chat && server.httpPort === null) {
+        server.httpPort = Number(page[1]);
+        server.wsPort = Number(chat[1]);
+        clearTimeout(timer);
+        resolve(server);
+      }
+    });
+    proc.on('exit', (code) => {
+      server.exited = true;
+      if (server.httpPort === null) {
+        clearTimeout(timer);
+        reject(new Error(`server exited with ${code}:\n${server.log}`));
+      }
+    });
+  });
+}
+
+function stopServer(server) {
+  return new Promise((resolve) => {
+    if (server.exited) return resolve();
+    server.proc.once('exit', () => resolve());
+    server.proc.kill('SIGTERM');
+  });
+}
+
+// --- the browser -------------------------------------------------------------
+
+let browser;
+let server;
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  server = await startServer();
+  // launch() starts chromium with a fresh, empty profile of its own each time.
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) await stopServer(server);
+});
+
+/** A person: their own browser context (own storage), the page, open and online. */
+async function person(name, { viewport } = {}) {
+  const context = await browser.newContext(viewport ? { viewport } : {});
+  const page = await context.newPage();
+  page.setDefaultTimeout(PATIENCE_MS);
+  const dialogs = [];
+  page.on('dialog', (dialog) => {
+    dialogs.push(dialog.message());
+    dialog.dismiss().catch(() => {});
+  });
+  await page.goto(`http://127.0.0.1:${server.httpPort}/`);
+  await page.fill('#name', name);
+  await online(page);
+  return { context, page, dialogs };
+}
+
+async function online(page) {
+  await page.waitForSelector('#status[data-state="online"]');
+}
+
+async function say(page, text) {
+  await page.fill('#msg', text);
+  await page.press('#msg', 'Enter');
+}
+
+/** The last log entry whose text contains `text`, once it exists. */
+async function entry(page, text) {
+  const found = page.locator('#chat li', { hasText: text }).last();
+  await found.waitFor();
+  return found;
+}
+
+// --- the tests ---------------------------------------------------------------
+
+test('two people chat both ways, and their own messages look different', async () => {
+  const alice = await person('alice');
+  const bob = await person('bob');
+  await say(alice.page, 'hello bob');
+  const atBob = await entry(bob.page, 'hello bob');
+  const atAlice = await entry(alice.page, 'hello bob');
+  assert.equal(await atBob.locator('.who').textContent(), 'alice');
+  assert.match(await atAlice.getAttribute('class'), /\bmine\b/);
+  assert.doesNotMatch(await atBob.getAttribute('class'), /\bmine\b/);
+  assert.ok(await atBob.locator('time').textContent(), 'each entry shows its time');
+
+  await say(bob.page, 'hi alice');
+  await entry(alice.page, 'hi alice');
+  assert.equal(await alice.page.inputValue('#msg'), '', 'the input is cleared after sending');
+  await say(bob.page, '   '); // an empty message is not sent
+  await say(bob.page, 'still one');
+  await entry(alice.page, 'still one');
+  assert.equal(await alice.page.locator('#chat li.message').count(), 3);
+
+  const status = await alice.page.textContent('#status');
+  assert.match(status, /online/);
+  assert.match(status, /2/);
+  await alice.page.screenshot({ path: join(SHOTS, 'two-people-alice.png') });
+  await bob.page.screenshot({ path: join(SHOTS, 'two-people-bob.png') });
+  await alice.context.close();
+  await bob.context.close();
+});
+
+test('markup in a message or a name is shown as text and runs nothing', async () => {
+  const mallory = await person('<b onclick=alert(2)>m</b>');
+  const victim = await person('victim');
+  const payload = '<img src=x onerror=alert(1)><script>alert(3)</script>';
+  await say(mallory.page, payload);
+  const shown = await entry(victim.page, 'onerror');
+  assert.equal(await shown.locator('.text').textContent(), payload);
+  assert.equal(await shown.locator('.who').textContent(), '<b onclick=alert(2)>m</b>');
+  assert.equal(await victim.page.locator('#chat img, #chat script, #chat b').count(), 0);
+  await shown.locator('.who').click();
+  assert.deepEqual(victim.dialogs, []);
+  assert.deepEqual(mallory.dialogs, []);
+  await victim.page.screenshot({ path: join(SHOTS, 'markup-as-text.png') });
+  await mallory.context.close();
+  await victim.context.close();
+});
+
+test('Korean and emoji arrive intact', async () => {
+  const minji = await person('민지');
+  const joe = await person('joe');
+  const text = '안녕하세요! 반가워요 👋🏽🎉 — naïve café';
+  await say(minji.page, text);
+  const shown = await entry(joe.page, '안녕하세요');
+  assert.equal(await shown.locator('.text').textContent(), text);
+  assert.equal(await shown.locator('.who').textContent(), '민지');
+  await joe.page.screenshot({ path: join(SHOTS, 'korean-emoji.png') });
+  await minji.context.close();
+  await joe.context.close();
+});
+
+test("the other person's leave shows as a notification", async () => {
+  const stay = await person('stays');
+  const go = await person('goes');
+  // Both agree on how many are here once the second join has reached the first.
+  const here = Number((await go.page.textContent('#status')).match(/(\d+) here/)[1]);
+  await statusCount(stay.page, here);
+  const leavesBefore = await stay.page.locator('#chat li.notification', { hasText: 'left' }).count();
+  await go.context.close();
+  const left = stay.page.locator('#chat li.notification', { hasText: 'left' }).nth(leavesBefore);
+  await left.waitFor();
+  assert.match(await left.textContent(), new RegExp(`online: ${here - 1}`));
+  await statusCount(stay.page, here - 1);
+  await stay.page.screenshot({ path: join(SHOTS, 'leave.png') });
+  await stay.context.close();
+});
+
+/** Waits until the status line says `count` people are here. */
+async function statusCount(page, count) {
+  await page.waitForFunction(
+    (n) => document.getElementById('status').textContent.includes(`${n} here`), count);
+}
+
+test('the name survives a reload', async () => {
+  const carol = await person('carol');
+  await carol.page.reload();
+  await online(carol.page);
+  assert.equal(await carol.page.inputValue('#name'), 'carol');
+  await carol.context.close();
+});
+
+test('on a phone-sized screen everything is reachable by keyboard', async () => {
+  const phone = await person('phone', { viewport: { width: 375, height: 667 } });
+  await phone.page.focus('#name');
+  await phone.page.keyboard.press('Tab');
+  assert.equal(await phone.page.evaluate(() => document.activeElement.id), 'msg');
+  await phone.page.keyboard.type('typed on a phone');
+  await phone.page.keyboard.press('Enter');
+  await entry(phone.page, 'typed on a phone');
+  const box = await phone.page.locator('#send').boundingBox();
+  assert.ok(box.x + box.width <= 375, 'the send button fits the screen');
+  await phone.page.screenshot({ path: join(SHOTS, 'phone.png') });
+  await phone.context.close();
+});
+
+test('the log follows new messages unless the reader has scrolled up', async () => {
+  const reader = await person('reader', { viewport: { width: 800, height: 400 } });
+  const writer = await person('writer');
+  for (let i = 0; i < 30; i++) await say(writer.page, `line ${i}`);
+  await entry(reader.page, 'line 29');
+  const atBottom = () => reader.page.$eval('#chat',
+    (log) => log.scrollHeight - log.scrollTop - log.clientHeight < 5);
+  await reader.page.waitForFunction(() => {
+    const log = document.getElementById('chat');
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 5;
+  });
+  // Scrolled up to read: a new message must not yank the view down.
+  await reader.page.$eval('#chat', (log) => { log.scrollTop = 0; });
+  await say(writer.page, 'while reading');
+  await entry(reader.page, 'while reading');
+  assert.equal(await reader.page.$eval('#chat', (log) => log.scrollTop), 0);
+  assert.equal(await atBottom(), false);
+  await reader.context.close();
+  await writer.context.close();
+});
+
+test('disconnect and connect again with the button', async () => {
+  const dana = await person('dana');
+  await dana.page.click('#toggle');
+  await dana.page.waitForSelector('#status[data-state="offline"]');
+  await dana.page.click('#toggle');
+  await online(dana.page);
+  await say(dana.page, 'back again');
+  await entry(dana.page, 'back again');
+  await dana.context.close();
+});
+
+test('after a server restart the page reconnects by itself and nothing typed is lost', async () => {
+  const alice = await person('alice');
+  const bob = await person('bob');
+  await say(alice.page, 'before the restart');
+  await entry(bob.page, 'before the restart');
+
+  const { httpPort, wsPort } = server;
+  await stopServer(server);
+  await alice.page.waitForSelector('#status[data-state="reconnecting"]');
+  await alice.page.screenshot({ path: join(SHOTS, 'reconnecting.png') });
+  // Typed while the server is down: kept, and sent once the page is back.
+  await say(alice.page, 'typed while offline');
+  assert.match(await alice.page.textContent('#status'), /1 waiting to send/);
+
+  server = await startServer({ httpPort, wsPort });
+  await online(alice.page);
+  // Relayed: it comes back to Alice as her own message.
+  const queued = await entry(alice.page, 'typed while offline');
+  assert.match(await queued.getAttribute('class'), /\bmine\b/);
+  await online(bob.page);
+  await say(bob.page, 'after the restart');
+  await entry(alice.page, 'after the restart');
+  await alice.page.screenshot({ path: join(SHOTS, 'after-restart.png') });
+  await alice.context.close();
+  await bob.context.close();
+});
