@@ -4,7 +4,7 @@ CARGO ?= cargo
 NPM ?= npm
 E2E := tests/e2e
 
-.PHONY: run build release test unit e2e lint fmt clean
+.PHONY: run build release test unit autobahn e2e lint fmt clean
 
 ## Start the server on its defaults: page on :8000, chat on :8001.
 run:
@@ -18,12 +18,17 @@ build:
 release:
 	$(CARGO) build --release
 
-## Everything: Rust unit and end-to-end tests, then the page in a real browser.
-test: unit e2e
+## Everything: Rust tests, WebSocket conformance, then the page in a real browser.
+test: unit autobahn e2e
 
 ## Unit tests and end-to-end tests of the binary (real sockets on loopback).
 unit:
 	$(CARGO) test --all-targets
+
+## The Autobahn TestSuite's server cases against /echo, gated on
+## autobahn/expected-results.json (needs python3 with venv; kosoku is pinned).
+autobahn: build
+	autobahn/run.sh target/debug/threadchat
 
 ## The page in Debian's chromium (needs /usr/bin/chromium and node; see .ci/run).
 e2e: build $(E2E)/node_modules
