@@ -239,7 +239,7 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The one place that decides who writes. Called with the lock held.
+    /// Enforces the backlog bound, then sends or queues. Called with the lock held.
     fn write_or_queue(
         self: &Arc<Self>,
         state: MutexGuard<'_, State>,
@@ -252,6 +252,9 @@ impl Outbox {
         self.write_or_queue_unbounded(state, chunk)
     }
 
+    /// The one place that decides who writes: this caller, now, without blocking,
+    /// if no writer thread owns the socket; otherwise the writer, later, in order.
+    /// Called with the lock held; starts the writer thread when it is first needed.
     fn write_or_queue_unbounded(
         self: &Arc<Self>,
         mut state: MutexGuard<'_, State>,
