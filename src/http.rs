@@ -33,7 +33,11 @@
 //!   dispatcher, which restarts the server the same way.
 //!
 //! The price: with nobody connecting, the accept thread wakes once per
-//! `--http-timeout` to be restarted.
+//! `--http-timeout` to be restarted. And a keep-alive connection accepted by the
+//! old server stays with the old server's pool: a request on it that is parsed
+//! just after the switch lands in a queue nobody reads, and its connection ends
+//! at its read timeout (browsers retry such a request on a new connection). It
+//! takes a connection idle for almost exactly the timeout to hit that window.
 
 use std::fs::File;
 use std::io;
