@@ -4,7 +4,7 @@ CARGO ?= cargo
 NPM ?= npm
 E2E := tests/e2e
 
-.PHONY: run build release test unit autobahn e2e lint fmt clean
+.PHONY: run build release test unit autobahn bench bench-quick e2e lint fmt clean
 
 ## Start the server on its defaults: page on :8000, chat on :8001.
 run:
@@ -18,8 +18,9 @@ build:
 release:
 	$(CARGO) build --release
 
-## Everything: Rust tests, WebSocket conformance, then the page in a real browser.
-test: unit autobahn e2e
+## Everything: Rust tests, WebSocket conformance, a small load run, then the page
+## in a real browser.
+test: unit autobahn bench-quick e2e
 
 ## Unit tests and end-to-end tests of the binary (real sockets on loopback).
 unit:
@@ -29,6 +30,17 @@ unit:
 ## autobahn/expected-results.json (needs python3 with venv; kosoku is pinned).
 autobahn: build
 	autobahn/run.sh target/debug/threadchat
+
+## The load generator against the optimised server: chat, fanout, saturate, idle,
+## storm, every delivery checked (about two minutes; not part of `make test`).
+bench: release
+	$(CARGO) build --release -p threadchat-loadgen
+	target/release/loadgen --server target/release/threadchat
+
+## The same with small numbers, a few seconds, so the bench code cannot rot.
+bench-quick: build
+	$(CARGO) build -p threadchat-loadgen
+	target/debug/loadgen --quick --server target/debug/threadchat
 
 ## The page in Debian's chromium (needs /usr/bin/chromium and node; see .ci/run).
 e2e: build $(E2E)/node_modules
@@ -40,11 +52,11 @@ $(E2E)/node_modules: $(E2E)/package.json $(E2E)/package-lock.json
 
 ## rustfmt check and clippy with warnings denied.
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
 clean:
 	$(CARGO) clean

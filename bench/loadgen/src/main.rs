@@ -1,0 +1,726 @@
+//! threadchat's load generator, written like the server: blocking sockets and one
+//! thread per client.
+//!
+//! For each scenario it starts a fresh server (ports chosen by the kernel), opens
+//! the clients, waits for the join notifications to settle, drives messages, then
+//! checks every delivery: lost, duplicated, out of order, and whether every client
+//! saw the same total order. It prints one markdown table, the machine it ran on
+//! and the exact command.
+//!
+//! Every message a sender writes is `"<sender>:<seq>:<ns since start>:xxx…"`, so a
+//! receiver knows who sent it, its position, and its one-way latency (sender and
+//! receivers share this process's monotonic clock).
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::{Message, WebSocket};
+
+/// Drive a threadchat server and print what it did.
+#[derive(Parser, Debug)]
+struct Cli {
+    /// The server binary.
+    #[arg(long, default_value = "target/release/threadchat")]
+    server: String,
+    /// Small numbers, a few seconds in all (for `make test`).
+    #[arg(long)]
+    quick: bool,
+    /// Scenarios to run (chat, fanout, saturate, idle, storm).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "chat,fanout,saturate,idle,storm"
+    )]
+    scenarios: Vec<String>,
+}
+
+/// The clock every latency is measured on.
+fn since_start() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+// --- the server under test ---------------------------------------------------------
+
+struct Server {
+    child: Child,
+    ws: SocketAddr,
+}
+
+impl Server {
+    fn start(binary: &str) -> Server {
+        let mut child = Command::new(binary)
+            .args(["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"])
+            .args(["--max-clients", "100000", "--ping-interval", "3600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary}: {e} (build it with `cargo build --release`)")
+            });
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = bounded(1);
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("listening: chat ws://").nth(1) {
+                    let _ = tx.try_send(rest.split('/').next().unwrap_or("").to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the server logs its port");
+        Server {
+            child,
+            ws: addr.parse().expect("an address"),
+        }
+    }
+
+    fn status(&self, field: &str) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// --- one client ----------------------------------------------------------------------
+
+/// What one client's reader saw.
+#[derive(Default)]
+struct Seen {
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    /// Highest seq seen per sender (-1: none).
+    last_seq: Vec<i64>,
+    /// (sender << 24 | seq) in arrival order, measured messages only.
+    order: Vec<u32>,
+    /// One-way latencies in µs, measured messages only.
+    latencies: Vec<u32>,
+    /// Largest `count` in a notification so far.
+    max_count: u64,
+}
+
+/// Shared between the scenario and every reader.
+struct Shared {
+    senders: usize,
+    /// Only messages with `measured_from[sender] <= seq < measured_to[sender]`
+    /// count; each sender sets its own bounds as it passes them.
+    measured_from: Vec<AtomicU64>,
+    measured_to: Vec<AtomicU64>,
+    /// Messages received in the measured window, by all clients.
+    received: AtomicU64,
+    /// Clients whose notifications have reached the expected count.
+    settled: AtomicU64,
+    expected_count: AtomicU64,
+    /// Each sender's echo: wakes its writer in the closed loop.
+    echoes: Vec<Sender<()>>,
+    keep_latencies: AtomicBool,
+}
+
+struct Client {
+    socket: TcpStream,
+    reader: JoinHandle<Seen>,
+}
+
+fn connect(server: SocketAddr, index: usize, shared: &Arc<Shared>) -> std::io::Result<Client> {
+    let stream = TcpStream::connect(server)?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = tungstenite::client(format!("ws://{server}/"), stream.try_clone()?)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let shared = Arc::clone(shared);
+    let reader = thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || read_all(ws, index, &shared))?;
+    Ok(Client {
+        socket: stream,
+        reader,
+    })
+}
+
+fn read_all(mut ws: WebSocket<TcpStream>, index: usize, shared: &Shared) -> Seen {
+    let mut seen = Seen {
+        last_seq: vec![-1; shared.senders],
+        ..Seen::default()
+    };
+    let mut settled = false;
+    while let Ok(message) = ws.read() {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        match value["type"].as_str() {
+            Some("notification") | Some("welcome") => {
+                seen.max_count = seen.max_count.max(value["count"].as_u64().unwrap_or(0));
+                if !settled && seen.max_count >= shared.expected_count.load(Ordering::Relaxed) {
+                    settled = true;
+                    shared.settled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some("message") => record(
+                &mut seen,
+                value["msg"].as_str().unwrap_or(""),
+                index,
+                shared,
+            ),
+            _ => {}
+        }
+    }
+    seen
+}
+
+fn record(seen: &mut Seen, msg: &str, me: usize, shared: &Shared) {
+    let mut parts = msg.splitn(4, ':');
+    let (Some(s), Some(q), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
+        return;
+    };
+    let (Ok(sender), Ok(seq), Ok(sent_ns)) =
+        (s.parse::<usize>(), q.parse::<i64>(), t.parse::<u64>())
+    else {
+        return;
+    };
+    if sender >= shared.senders {
+        return;
+    }
+    if me == sender {
+        let _ = shared.echoes[sender].try_send(());
+    }
+    let last = &mut seen.last_seq[sender];
+    if seq == *last {
+        seen.duplicates += 1;
+        return;
+    }
+    if seq < *last {
+        seen.out_of_order += 1;
+        return;
+    }
+    *last = seq;
+    let from = shared.measured_from[sender].load(Ordering::SeqCst);
+    let to = shared.measured_to[sender].load(Ordering::SeqCst);
+    if (seq as u64) < from || seq as u64 >= to {
+        return;
+    }
+    seen.received += 1;
+    shared.received.fetch_add(1, Ordering::Relaxed);
+    seen.order
+        .push(((sender as u32) << 24) | (seq as u32 & 0xFF_FFFF));
+    if shared.keep_latencies.load(Ordering::Relaxed) {
+        seen.latencies
+            .push((since_start().saturating_sub(sent_ns) / 1000) as u32);
+    }
+}
+
+/// A client's text frame, masked as RFC 6455 requires of clients.
+fn client_frame(payload: &str) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x9e];
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        mask: Some(MASK),
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    header
+        .format(payload.len() as u64, &mut out)
+        .expect("a Vec takes it");
+    out.extend(payload.bytes().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    out
+}
+
+fn chat_message(sender: usize, seq: u64, size: usize) -> String {
+    let head = format!("{sender}:{seq}:{}:", since_start());
+    let text = format!("{head}{}", "x".repeat(size.saturating_sub(head.len())));
+    serde_json::json!({ "name": format!("s{sender}"), "msg": text }).to_string()
+}
+
+// --- scenarios ---------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+enum Drive {
+    /// Open loop: each sender sends `rate` per second on a fixed schedule.
+    Rate(f64),
+    /// Closed loop: each sender keeps `window` of its messages unechoed.
+    Window(usize),
+}
+
+struct Load {
+    clients: usize,
+    senders: usize,
+    drive: Drive,
+    warmup: Duration,
+    duration: Duration,
+    size: usize,
+}
+
+struct Outcome {
+    clients: usize,
+    deliveries_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    expected: u64,
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    same_order: bool,
+    settle_s: f64,
+}
+
+fn open_clients(server: &Server, n: usize, shared: &Arc<Shared>) -> Vec<Client> {
+    // One connect at a time per opener thread, so the accept backlog is not overrun.
+    let openers = 8;
+    let next = Arc::new(AtomicU64::new(0));
+    let clients = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let handles: Vec<_> = (0..openers)
+        .map(|_| {
+            let (next, clients, shared, addr) =
+                (next.clone(), clients.clone(), shared.clone(), server.ws);
+            thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= n {
+                        return;
+                    }
+                    let client = connect(addr, i, &shared).expect("client connects");
+                    clients.lock().unwrap().push((i, client));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("opener");
+    }
+    let mut clients = Arc::try_unwrap(clients)
+        .ok()
+        .expect("openers done")
+        .into_inner()
+        .unwrap();
+    clients.sort_by_key(|(i, _)| *i);
+    clients.into_iter().map(|(_, c)| c).collect()
+}
+
+fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while !done() {
+        if Instant::now() >= end {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+fn run_load(binary: &str, load: &Load) -> Outcome {
+    let server = Server::start(binary);
+    let (echo_tx, echo_rx): (Vec<_>, Vec<_>) =
+        (0..load.senders).map(|_| bounded::<()>(1 << 16)).unzip();
+    let shared = Arc::new(Shared {
+        senders: load.senders,
+        measured_from: (0..load.senders)
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect(),
+        measured_to: (0..load.senders)
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect(),
+        received: AtomicU64::new(0),
+        settled: AtomicU64::new(0),
+        expected_count: AtomicU64::new(load.clients as u64),
+        echoes: echo_tx,
+        keep_latencies: AtomicBool::new(true),
+    });
+    let started = Instant::now();
+    let clients = open_clients(&server, load.clients, &shared);
+    let settled = wait_until(Duration::from_secs(60), || {
+        shared.settled.load(Ordering::Relaxed) == load.clients as u64
+    });
+    assert!(settled, "join notifications did not settle");
+    let settle_s = started.elapsed().as_secs_f64();
+
+    // Senders are the first clients; each writes on its own clone of its socket.
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let end = t0 + load.warmup + load.duration;
+    let measure_from = t0 + load.warmup;
+    let sent_counts: Vec<_> = (0..load.senders)
+        .zip(echo_rx)
+        .map(|(s, echoes)| {
+            let socket = clients[s].socket.try_clone().expect("clone");
+            let (drive, size, shared) = (load.drive, load.size, Arc::clone(&shared));
+            thread::spawn(move || {
+                send_loop(
+                    socket,
+                    s,
+                    &shared,
+                    drive,
+                    size,
+                    t0,
+                    measure_from,
+                    end,
+                    &echoes,
+                )
+            })
+        })
+        .collect();
+    let windows: Vec<(u64, u64)> = sent_counts
+        .into_iter()
+        .map(|h| h.join().expect("sender"))
+        .collect();
+    let measured: u64 = windows.iter().map(|w| w.1 - w.0).sum();
+    let expected = measured * load.clients as u64;
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    wait_until(Duration::from_secs(30), || {
+        let now = shared.received.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+        now >= expected || last_change.elapsed() > Duration::from_secs(1)
+    });
+    for c in &clients {
+        let _ = c.socket.shutdown(Shutdown::Both);
+    }
+    let seen: Vec<Seen> = clients
+        .into_iter()
+        .map(|c| c.reader.join().expect("reader"))
+        .collect();
+    summarize(load.clients, seen, expected, load.duration, settle_s)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_loop(
+    mut socket: TcpStream,
+    me: usize,
+    shared: &Shared,
+    drive: Drive,
+    size: usize,
+    t0: Instant,
+    measure_from: Instant,
+    end: Instant,
+    echoes: &Receiver<()>,
+) -> (u64, u64) {
+    let (mut seq, mut first_measured) = (0u64, None);
+    let mut in_flight = 0usize;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        match drive {
+            Drive::Rate(rate) => {
+                let offset = me as f64 / shared.senders as f64;
+                let due = t0 + Duration::from_secs_f64((offset + seq as f64) / rate);
+                if due >= end {
+                    break;
+                }
+                if due > now {
+                    thread::sleep(due - now); // the schedule: an open-loop load
+                }
+            }
+            Drive::Window(window) => {
+                while in_flight >= window {
+                    match echoes.recv_timeout(Duration::from_secs(1)) {
+                        Ok(()) => in_flight -= 1,
+                        Err(_) => in_flight = 0, // an echo lost: free the slot anyway
+                    }
+                    if Instant::now() >= end {
+                        break;
+                    }
+                }
+                while echoes.try_recv().is_ok() {
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                if Instant::now() >= end {
+                    break;
+                }
+            }
+        }
+        if first_measured.is_none() && Instant::now() >= measure_from {
+            // Published before the message it names is written.
+            shared.measured_from[me].store(seq, Ordering::SeqCst);
+            first_measured = Some(seq);
+        }
+        if socket
+            .write_all(&client_frame(&chat_message(me, seq, size)))
+            .is_err()
+        {
+            break;
+        }
+        seq += 1;
+        in_flight += 1;
+    }
+    shared.measured_to[me].store(seq, Ordering::SeqCst);
+    (first_measured.unwrap_or(seq), seq)
+}
+
+fn summarize(
+    clients: usize,
+    seen: Vec<Seen>,
+    expected: u64,
+    duration: Duration,
+    settle_s: f64,
+) -> Outcome {
+    let received: u64 = seen.iter().map(|s| s.received).sum();
+    let duplicates = seen.iter().map(|s| s.duplicates).sum();
+    let out_of_order = seen.iter().map(|s| s.out_of_order).sum();
+    // Every client must hold the reference order restricted to what it got.
+    let reference = &seen[0].order;
+    let same_order = seen.iter().all(|s| {
+        let mine: std::collections::HashSet<u32> = s.order.iter().copied().collect();
+        let restricted: Vec<u32> = reference
+            .iter()
+            .copied()
+            .filter(|m| mine.contains(m))
+            .collect();
+        restricted == s.order
+    });
+    let mut latencies: Vec<u32> = seen.into_iter().flat_map(|s| s.latencies).collect();
+    latencies.sort_unstable();
+    let pick = |q: f64| {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1000.0
+    };
+    Outcome {
+        clients,
+        deliveries_per_s: received as f64 / duration.as_secs_f64(),
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+        max_ms: pick(1.0),
+        expected,
+        received,
+        duplicates,
+        out_of_order,
+        same_order,
+        settle_s,
+    }
+}
+
+struct Idle {
+    clients: usize,
+    kib_per_client: f64,
+    threads: (u64, u64, u64),
+    fds: (usize, usize, usize),
+    settle_s: f64,
+}
+
+fn run_idle(binary: &str, n: usize) -> Idle {
+    let server = Server::start(binary);
+    let (echo_tx, _echo_rx) = bounded(1);
+    let shared = Arc::new(Shared {
+        senders: 1,
+        measured_from: vec![AtomicU64::new(u64::MAX)],
+        measured_to: vec![AtomicU64::new(u64::MAX)],
+        received: AtomicU64::new(0),
+        settled: AtomicU64::new(0),
+        expected_count: AtomicU64::new(n as u64),
+        echoes: vec![echo_tx],
+        keep_latencies: AtomicBool::new(false),
+    });
+    // The baseline once the server has finished starting its own threads.
+    let mut last = (0, 0);
+    let mut stable_since = Instant::now();
+    wait_until(Duration::from_secs(5), || {
+        let now = (server.status("Threads"), server.fds() as u64);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+        stable_since.elapsed() > Duration::from_millis(300)
+    });
+    let (rss0, threads0, fds0) = (
+        server.status("VmRSS"),
+        server.status("Threads"),
+        server.fds(),
+    );
+    let started = Instant::now();
+    let clients = open_clients(&server, n, &shared);
+    wait_until(Duration::from_secs(120), || {
+        shared.settled.load(Ordering::Relaxed) == n as u64
+    });
+    let settle_s = started.elapsed().as_secs_f64();
+    let (rss1, threads1, fds1) = (
+        server.status("VmRSS"),
+        server.status("Threads"),
+        server.fds(),
+    );
+    for c in &clients {
+        let _ = c.socket.shutdown(Shutdown::Both);
+    }
+    for c in clients {
+        let _ = c.reader.join();
+    }
+    wait_until(Duration::from_secs(10), || {
+        server.status("Threads") <= threads0 && server.fds() <= fds0
+    });
+    Idle {
+        clients: n,
+        kib_per_client: (rss1.saturating_sub(rss0)) as f64 / n as f64,
+        threads: (threads0, threads1, server.status("Threads")),
+        fds: (fds0, fds1, server.fds()),
+        settle_s,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
+}
+
+/// Two descriptors per client (the socket and the sender's clone): raise the soft
+/// open-files limit to the hard one, as far as this process is allowed.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+}
+
+fn main() {
+    let cli = Cli::parse();
+    raise_open_files_limit();
+    since_start();
+    let q = cli.quick;
+    let secs = |full: u64, quick: u64| Duration::from_secs(if q { quick } else { full });
+    println!("threadchat load generator — {}", machine());
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    println!();
+    println!(
+        "| scenario | clients | deliveries/s | p50 / p99 / max ms | expected | lost | dup | out of order | same order | joins settled s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut failed = false;
+    let mut bad_scenarios = 0;
+    for name in &cli.scenarios {
+        let load = match name.as_str() {
+            "chat" => Load {
+                clients: if q { 20 } else { 100 },
+                senders: if q { 4 } else { 10 },
+                drive: Drive::Rate(20.0),
+                warmup: secs(2, 1),
+                duration: secs(10, 2),
+                size: 64,
+            },
+            "fanout" => Load {
+                clients: if q { 100 } else { 1000 },
+                senders: 5,
+                drive: Drive::Rate(20.0),
+                warmup: secs(2, 1),
+                duration: secs(10, 2),
+                size: 64,
+            },
+            "saturate" => Load {
+                clients: if q { 40 } else { 200 },
+                senders: 4,
+                drive: Drive::Window(8),
+                warmup: secs(2, 1),
+                duration: secs(10, 2),
+                size: 64,
+            },
+            "idle" | "storm" => {
+                let n = if q { 200 } else { 2000 };
+                let idle = run_idle(&cli.server, n);
+                let leak = idle.threads.2 > idle.threads.0 || idle.fds.2 > idle.fds.0;
+                failed |= leak;
+                bad_scenarios += usize::from(leak);
+                if name == "idle" {
+                    println!(
+                        "| idle | {} | {:.1} KiB RSS per connection; threads {} → {} → {}, fds {} → {} → {}{} | | | | | | | |",
+                        idle.clients,
+                        idle.kib_per_client,
+                        idle.threads.0,
+                        idle.threads.1,
+                        idle.threads.2,
+                        idle.fds.0,
+                        idle.fds.1,
+                        idle.fds.2,
+                        if leak { " ⚠ leak" } else { "" }
+                    );
+                } else {
+                    println!(
+                        "| storm | {} | | | | | | | | {:.2} |",
+                        idle.clients, idle.settle_s
+                    );
+                }
+                continue;
+            }
+            other => {
+                eprintln!("unknown scenario {other}");
+                std::process::exit(2);
+            }
+        };
+        let o = run_load(&cli.server, &load);
+        let lost = o.expected.saturating_sub(o.received);
+        let bad = lost > 0 || o.duplicates > 0 || o.out_of_order > 0 || !o.same_order;
+        failed |= bad;
+        bad_scenarios += usize::from(bad);
+        println!(
+            "| {name} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {lost} | {} | {} | {} | {:.2} |",
+            o.clients,
+            o.deliveries_per_s,
+            o.p50_ms,
+            o.p99_ms,
+            o.max_ms,
+            o.expected,
+            o.duplicates,
+            o.out_of_order,
+            if o.same_order { "yes" } else { "no ⚠" },
+            o.settle_s
+        );
+    }
+    println!();
+    println!(
+        "{} passed, {bad_scenarios} failed",
+        cli.scenarios.len() - bad_scenarios
+    );
+    if failed {
+        eprintln!("some deliveries were lost, duplicated, reordered, or something leaked");
+        std::process::exit(1);
+    }
+}
