@@ -146,7 +146,7 @@ pub enum Outgoing<'a> {
         /// The text, as sent.
         msg: &'a str,
     },
-    /// Someone joined or left; `count` is how many chat clients are connected now.
+    /// People joined or left; `count` is how many chat clients are connected now.
     Notification {
         /// Human-readable, with the count in it (as the Node original did).
         msg: String,
@@ -154,6 +154,8 @@ pub enum Outgoing<'a> {
         count: usize,
         /// `join` or `leave`.
         event: Presence,
+        /// How many joined or left at once (a storm of joins is announced in runs).
+        users: usize,
     },
     /// First frame a new client gets: who it is and how many are here.
     Welcome {
@@ -177,16 +179,23 @@ impl Outgoing<'_> {
         serde_json::to_string(self).expect("Outgoing holds only strings and integers")
     }
 
-    /// A join or leave notification with the count in its text.
-    pub fn presence(event: Presence, count: usize) -> Outgoing<'static> {
-        let what = match event {
-            Presence::Join => "user joined",
-            Presence::Leave => "user left",
+    /// A notification that `users` people joined (or left), leaving `count`
+    /// connected, with the count in its text.
+    pub fn presence(event: Presence, users: usize, count: usize) -> Outgoing<'static> {
+        let verb = match event {
+            Presence::Join => "joined",
+            Presence::Leave => "left",
+        };
+        let who = if users == 1 {
+            "user".to_string()
+        } else {
+            format!("{users} users")
         };
         Outgoing::Notification {
-            msg: format!("{what} [online: {count}]"),
+            msg: format!("{who} {verb} [online: {count}]"),
             count,
             event,
+            users,
         }
     }
 }
@@ -278,10 +287,15 @@ mod tests {
             json,
             r#"{"type":"message","id":7,"ts":1,"from":3,"name":"a\"b","msg":"<b>"}"#
         );
-        let json = Outgoing::presence(Presence::Join, 3).to_json();
+        let json = Outgoing::presence(Presence::Join, 1, 3).to_json();
         assert_eq!(
             json,
-            r#"{"type":"notification","msg":"user joined [online: 3]","count":3,"event":"join"}"#
+            r#"{"type":"notification","msg":"user joined [online: 3]","count":3,"event":"join","users":1}"#
+        );
+        let json = Outgoing::presence(Presence::Leave, 4, 10).to_json();
+        assert!(
+            json.contains(r#""msg":"4 users left [online: 10]""#),
+            "{json}"
         );
         let err = Outgoing::Error {
             msg: InputError::EmptyMessage.to_string(),

@@ -325,3 +325,46 @@ fn connects_are_logged_with_the_forwarded_for_address() {
     let line = server.wait_for_log("X-Forwarded-For: 203.0.113.9");
     assert!(line.contains("from 127.0.0.1"), "{line}");
 }
+
+#[test]
+fn a_join_storm_is_announced_in_runs_with_exact_counts() {
+    const STORM: usize = 60;
+    let server = Server::start(&[]);
+    let mut observer = Client::join(&server);
+    let joiners: Vec<_> = (0..STORM)
+        .map(|_| {
+            let url = server.ws_url("/");
+            thread::spawn(move || Client::connect(&url))
+        })
+        .collect();
+    let mut joiners: Vec<Client> = joiners.into_iter().map(|h| h.join().unwrap()).collect();
+    // The observer hears every join exactly once, folded into runs.
+    let (mut announced, mut last_count) = (0, 0);
+    while announced < STORM {
+        let note = observer.recv_type("notification");
+        assert_eq!(note["event"], "join", "{note}");
+        let users = note["users"].as_u64().unwrap() as usize;
+        announced += users;
+        last_count = note["count"].as_u64().unwrap();
+        assert!(
+            note["msg"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("[online: {last_count}]")),
+            "{note}"
+        );
+    }
+    assert_eq!(announced, STORM);
+    assert_eq!(last_count, STORM as u64 + 1);
+    // Every joiner got its welcome first, then a notification that counts it.
+    for joiner in &mut joiners {
+        let welcome = joiner.recv_json();
+        assert_eq!(welcome["type"], "welcome");
+        let note = joiner.recv_json();
+        assert_eq!(note["type"], "notification");
+        assert!(
+            note["count"].as_u64() >= welcome["count"].as_u64(),
+            "{welcome} then {note}"
+        );
+    }
+}
