@@ -4,7 +4,7 @@ CARGO ?= cargo
 NPM ?= npm
 E2E := tests/e2e
 
-.PHONY: run build release test unit autobahn bench bench-quick e2e lint fmt clean
+.PHONY: run build release test unit deny audit autobahn bench bench-quick e2e lint fmt clean
 
 ## Start the server on its defaults: page on :8000, chat on :8001.
 run:
@@ -20,11 +20,20 @@ release:
 
 ## Everything: Rust tests, WebSocket conformance, a small load run, then the page
 ## in a real browser.
-test: unit autobahn bench-quick e2e
+test: unit deny autobahn bench-quick e2e
 
 ## Unit tests and end-to-end tests of the binary (real sockets on loopback).
 unit:
 	$(CARGO) test --all-targets
+
+## Supply chain, offline: licenses, banned crates, where crates come from.
+deny:
+	@command -v cargo-deny >/dev/null || { echo "cargo-deny is missing: cargo install cargo-deny --locked" >&2; exit 1; }
+	$(CARGO) deny check licenses bans sources
+
+## Known vulnerabilities (RustSec). Needs the network to fetch the advisory database.
+audit:
+	$(CARGO) deny check advisories
 
 ## The Autobahn TestSuite's server cases against /echo, gated on
 ## autobahn/expected-results.json (needs python3 with venv; kosoku is pinned).
