@@ -4,7 +4,7 @@ CARGO ?= cargo
 NPM ?= npm
 E2E := tests/e2e
 
-.PHONY: run build release test unit deny audit autobahn bench bench-quick e2e lint fmt clean
+.PHONY: run build release test unit deny audit autobahn bench bench-quick fuzz e2e lint fmt clean
 
 ## Start the server on its defaults: page on :8000, chat on :8001.
 run:
@@ -50,6 +50,15 @@ bench: release
 bench-quick: build
 	$(CARGO) build -p threadchat-loadgen
 	target/debug/loadgen --quick --server target/debug/threadchat
+
+## Coverage-guided fuzzing of the protocol parser and the path resolver, each for
+## FUZZ_SECONDS (default 60). Needs `cargo install cargo-fuzz`. cargo-fuzz wants
+## nightly compiler flags; RUSTC_BOOTSTRAP=1 lets the stable compiler accept them.
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd fuzz && for target in protocol static_path; do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 ## The page in Debian's chromium (needs /usr/bin/chromium and node; see .ci/run).
 e2e: build $(E2E)/node_modules

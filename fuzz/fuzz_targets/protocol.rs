@@ -1,0 +1,18 @@
+//! The chat message parser on arbitrary bytes: it must never panic, and whatever
+//! it accepts must obey the limits and go out again exactly as sent.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use threadchat::protocol::{MAX_MSG_CHARS, MAX_NAME_CHARS, Outgoing, parse_chat};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(message) = parse_chat(text) else { return };
+    assert!(message.name.chars().count() <= MAX_NAME_CHARS);
+    assert!(message.msg.chars().count() <= MAX_MSG_CHARS);
+    assert!(!message.msg.trim().is_empty());
+    let out = Outgoing::Message { id: 1, ts: 1, from: 1, name: &message.name, msg: &message.msg }.to_json();
+    let back: serde_json::Value = serde_json::from_str(&out).expect("we emit valid JSON");
+    assert_eq!(back["name"].as_str(), Some(message.name.as_str()));
+    assert_eq!(back["msg"].as_str(), Some(message.msg.as_str()));
+});
