@@ -27,9 +27,11 @@ pub struct Config {
     #[arg(long, env = "THREADCHAT_WS_PORT", default_value_t = 8001)]
     pub ws_port: u16,
 
-    /// Folder the page is served from.
-    #[arg(long, env = "THREADCHAT_WWW", default_value = "www")]
-    pub www: PathBuf,
+    /// Serve the page from this folder instead of the copy compiled into the binary
+    /// (for editing the page: files are read on every request, so a reload shows
+    /// the change).
+    #[arg(long, env = "THREADCHAT_WWW")]
+    pub www: Option<PathBuf>,
 
     /// Most WebSocket clients at once; the next handshake gets HTTP 503. Lowered at
     /// start if the machine's thread or file limits cannot carry that many.

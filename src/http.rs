@@ -1,8 +1,10 @@
 //! The web page on port 8000: tiny_http, a dispatcher thread and a few workers.
 //!
 //! Routes: `GET /healthz`, `GET /stats` (JSON), `GET /config.json` (tells the page
-//! which port the WebSocket is on), and every other `GET`/`HEAD` a file under `www/`
-//! (see [`crate::static_files`]). Other methods get 405.
+//! which port the WebSocket is on), and every other `GET`/`HEAD` a file of the page
+//! (see [`crate::assets`]), with `ETag` and `Cache-Control: no-cache`: the browser
+//! keeps a copy and asks each time whether it is current, and a match costs a `304`
+//! with no body. Other methods get 405.
 //!
 //! # Keeping tiny_http within bounds
 //!
@@ -32,26 +34,40 @@
 //!   `EMFILE`; a panic hook notices panics from tiny_http's code and unblocks the
 //!   dispatcher, which restarts the server the same way.
 //!
-//! The price: with nobody connecting, the accept thread wakes once per
-//! `--http-timeout` to be restarted. And a keep-alive connection accepted by the
-//! old server stays with the old server's pool: a request on it that is parsed
-//! just after the switch lands in a queue nobody reads, and its connection ends
-//! at its read timeout (browsers retry such a request on a new connection). It
-//! takes a connection idle for almost exactly the timeout to hit that window.
+//! # Sleeping while nobody visits
+//!
+//! The listener's timeout also ends the idle accept: with nobody visiting,
+//! tiny_http's accept thread would die and be restarted once per `--http-timeout`,
+//! for ever, and a small host would never sleep. So the dispatcher does not
+//! restart it straight away: it blocks in `poll()` on the listening socket until a
+//! client is waiting in the backlog, and only then starts the next server. A
+//! server that nobody visits costs no wake-up at all; a visit costs one more, a
+//! timeout after the last connection.
+//!
+//! That is also when the dead server is dropped: tiny_http's `Drop` connects to its
+//! own port to unblock an accept thread that is already gone. Dropped while nobody
+//! is visiting, that goodbye connection would sit in the backlog and wake the
+//! dispatcher at once; dropped after a real client arrived, it is one more
+//! connection the new server reads to its end.
+//!
+//! One window remains: a keep-alive connection accepted by the old server stays
+//! with the old server's pool, and a request on it that is parsed just after the
+//! switch lands in a queue nobody reads; its connection ends at its read timeout
+//! (browsers retry such a request on a new connection). It takes a connection idle
+//! for almost exactly the timeout to hit that window.
 
-use std::fs::File;
-use std::io;
+use std::io::{self, Cursor};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use rustix::event::{PollFd, PollFlags, poll};
 use rustix::net::sockopt::{Timeout, set_socket_timeout};
 use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
 
-use crate::static_files::{self, Refusal};
+use crate::assets::{Page, Unavailable};
 use crate::stats::Stats;
 
 /// Threads that answer requests. tiny_http's pool reads and parses requests; these
@@ -67,8 +83,8 @@ const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Durati
 
 /// What the request handlers need.
 pub struct Site {
-    /// The `www/` folder, canonical.
-    pub root: PathBuf,
+    /// The page's files.
+    pub page: Page,
     /// Counters for `/stats`.
     pub stats: Arc<Stats>,
     /// The WebSocket port, for `/config.json`.
@@ -100,11 +116,20 @@ pub fn start(listener: TcpListener, timeout: Duration, site: Site) -> io::Result
     Ok(())
 }
 
-/// The dispatcher: run a tiny_http server on the listener, hand its requests to the
-/// workers, and start a new one whenever it dies.
+/// The dispatcher: wait for a visitor, run a tiny_http server on the listener,
+/// hand its requests to the workers, and when it dies go back to waiting.
 fn dispatch(listener: &TcpListener, requests: &Sender<Request>, current: &Current) {
     let mut backoff = RESTART_BACKOFF.0;
+    let mut retired: Option<Arc<Server>> = None;
     loop {
+        if let Err(e) = wait_for_a_client(listener) {
+            log::warn!("http: cannot wait for connections ({e}); retrying in {backoff:?}");
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(RESTART_BACKOFF.1);
+            continue;
+        }
+        // Its goodbye connection now lands behind the client that woke us.
+        drop(retired.take());
         let server = match listener.try_clone() {
             Ok(clone) => Server::from_listener(clone, None).map(Arc::new),
             Err(e) => Err(e.into()),
@@ -129,7 +154,7 @@ fn dispatch(listener: &TcpListener, requests: &Sender<Request>, current: &Curren
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     log::debug!(
-                        "http: no new connection within the timeout; restarting the accept thread"
+                        "http: no new connection within the timeout; sleeping until the next one"
                     );
                     break;
                 }
@@ -140,6 +165,19 @@ fn dispatch(listener: &TcpListener, requests: &Sender<Request>, current: &Curren
                     break;
                 }
             }
+        }
+        retired = Some(server);
+    }
+}
+
+/// Blocks, with no timeout, until a connection waits in the listen backlog.
+fn wait_for_a_client(listener: &TcpListener) -> io::Result<()> {
+    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, None) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -184,37 +222,48 @@ fn respond_to(request: &Request, site: &Site) -> Response<Box<dyn io::Read + Sen
         "/healthz" => text(200, "ok\n"),
         "/stats" => json(&site.stats.snapshot()),
         "/config.json" => json(&serde_json::json!({ "wsPort": site.ws_port, "wsPath": "/" })),
-        _ => file(&site.root, path),
+        _ => file(request, &site.page, path),
     }
 }
 
-fn file(root: &Path, path: &str) -> Response<Box<dyn io::Read + Send>> {
-    let found = static_files::resolve(root, path).and_then(|p| {
-        let file = File::open(&p).map_err(|_| Refusal::NotFound)?;
-        Ok((p, file))
-    });
-    match found {
-        Ok((path, file)) => Response::from_file(file)
-            .with_header(header("Content-Type", &content_type(&path)))
-            .with_header(header("Cache-Control", "no-cache"))
-            .with_header(header("X-Content-Type-Options", "nosniff"))
-            .boxed(),
-        Err(Refusal::BadRequest) => text(400, "bad request\n"),
-        Err(Refusal::NotFound) => text(404, "not found\n"),
+/// A file of the page, or 304 when the browser's copy is current.
+fn file(request: &Request, page: &Page, path: &str) -> Response<Box<dyn io::Read + Send>> {
+    let asset = match page.get(path) {
+        Ok(asset) => asset,
+        Err(Unavailable::BadRequest) => return text(400, "bad request\n"),
+        Err(Unavailable::NotFound) => return text(404, "not found\n"),
+        Err(Unavailable::TooLarge) => return text(500, "file too large to serve\n"),
+    };
+    let validators = vec![
+        header("ETag", &asset.etag),
+        header("Cache-Control", "no-cache"),
+    ];
+    let if_none_match = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("If-None-Match"));
+    if if_none_match.is_some_and(|h| etag_matches(h.value.as_str(), &asset.etag)) {
+        // No body; a Content-Length, if any, must be the 200's (RFC 9110, 8.6).
+        let empty: Box<dyn io::Read + Send> = Box::new(io::empty());
+        let length = Some(asset.bytes.len());
+        return Response::new(StatusCode(304), validators, empty, length, None);
     }
+    let length = asset.bytes.len();
+    let mut headers = validators;
+    headers.push(header("Content-Type", &asset.content_type));
+    headers.push(header("X-Content-Type-Options", "nosniff"));
+    let body: Box<dyn io::Read + Send> = Box::new(Cursor::new(asset.bytes));
+    Response::new(StatusCode(200), headers, body, Some(length), None)
 }
 
-/// The Content-Type for a file, with a charset for text so Korean and emoji arrive
-/// intact whatever the browser's default.
-pub fn content_type(path: &Path) -> String {
-    let mime = mime_guess::from_path(path).first_or_octet_stream();
-    let textual = mime.type_() == mime_guess::mime::TEXT
-        || matches!(mime.subtype().as_str(), "javascript" | "json");
-    if textual {
-        format!("{mime}; charset=utf-8")
-    } else {
-        mime.to_string()
-    }
+/// `If-None-Match`: `*`, or a list of tags compared weakly (a `W/` prefix is
+/// ignored), as RFC 9110 asks for this header.
+fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match.trim() == "*"
+        || if_none_match
+            .split(',')
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == etag)
 }
 
 fn text(status: u16, body: &str) -> Response<Box<dyn io::Read + Send>> {
@@ -242,18 +291,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_types_for_the_page_assets() {
-        for (file, expected) in [
-            ("index.html", "text/html; charset=utf-8"),
-            ("app.js", "text/javascript; charset=utf-8"),
-            ("style.css", "text/css; charset=utf-8"),
-            ("icon.svg", "image/svg+xml"),
-            ("icon.png", "image/png"),
-            ("data.json", "application/json; charset=utf-8"),
-            ("noext", "application/octet-stream"),
-        ] {
-            assert_eq!(content_type(Path::new(file)), expected, "{file}");
-        }
-        assert!(content_type(Path::new("favicon.ico")).starts_with("image/"));
+    fn if_none_match_lists_and_weak_tags() {
+        let tag = "\"5-00aa\"";
+        assert!(etag_matches("\"5-00aa\"", tag));
+        assert!(etag_matches("W/\"5-00aa\"", tag));
+        assert!(etag_matches("\"x\", \"5-00aa\"", tag));
+        assert!(etag_matches(" * ", tag));
+        assert!(!etag_matches("\"5-00ab\"", tag));
+        assert!(!etag_matches("5-00aa", tag));
+        assert!(!etag_matches("", tag));
     }
 }

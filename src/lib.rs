@@ -43,6 +43,7 @@
 //! | [`config`] | flags and environment, every limit with its reason |
 //! | [`capacity`] | thread and descriptor ceilings; how many clients fit |
 //! | [`http`] | the page: tiny_http, its dispatcher and workers, keeping it alive |
+//! | [`assets`] | the page's files: compiled in, or a folder; Content-Type, ETag |
 //! | [`static_files`] | request path → file under `www/`, and nothing outside it |
 //! | [`accept`] | the acceptor thread, the handshake: limits, origin, subprotocol |
 //! | [`reader`] | a client's thread after the handshake: read loop → hub events |
@@ -56,6 +57,7 @@
 #![deny(missing_docs)]
 
 pub mod accept;
+pub mod assets;
 pub mod capacity;
 pub mod config;
 pub mod frame;
@@ -73,6 +75,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use crate::accept::{Connections, WsSettings};
+use crate::assets::Page;
 use crate::config::Config;
 use crate::reader::ReaderSettings;
 use crate::stats::Stats;
@@ -122,10 +125,10 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
         );
     }
 
-    let root = config
-        .www
-        .canonicalize()
-        .map_err(|e| format!("--www {}: {e}", config.www.display()))?;
+    let page = match &config.www {
+        Some(dir) => Page::folder(dir)?,
+        None => Page::compiled_in(),
+    };
     let http_listener = bind(&config, config.http_port, "--http-port")?;
     let ws_listener = bind(&config, config.ws_port, "--ws-port")?;
     let http_addr = http_listener.local_addr()?;
@@ -153,8 +156,9 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
         hub_tx.clone(),
         Arc::clone(&connections),
     )?;
+    log::info!("page: {page}");
     let site = http::Site {
-        root,
+        page,
         stats,
         ws_port: ws_addr.port(),
     };

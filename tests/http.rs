@@ -1,5 +1,6 @@
-//! The page side: files with their Content-Type, nothing outside `www/`, the JSON
-//! endpoints, and staying up under slow clients.
+//! The page side: files with their Content-Type and ETag, the same compiled in and
+//! from a folder, nothing outside `www/`, the JSON endpoints, and staying up under
+//! slow clients.
 
 mod support;
 
@@ -7,7 +8,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{Server, http_get, http_raw, socket_closed_within};
+use support::{Server, WWW, http_get, http_get_with, http_raw, socket_closed_within};
 
 #[test]
 fn page_and_assets_are_served_with_their_content_type() {
@@ -38,6 +39,117 @@ fn page_and_assets_are_served_with_their_content_type() {
     }
     assert_eq!(http_get(server.http, "/missing.js").status, 404);
     assert_eq!(http_get(server.http, "/app.js?v=3").status, 200);
+}
+
+/// The headers a cache and a browser act on.
+const FILE_HEADERS: [&str; 4] = [
+    "content-type",
+    "etag",
+    "cache-control",
+    "x-content-type-options",
+];
+
+#[test]
+fn the_page_is_the_same_compiled_in_and_from_a_folder() {
+    let compiled_in = Server::start(&[]);
+    let folder = Server::start(&["--www", WWW]);
+    compiled_in.wait_for_log("page: compiled in (4 files)");
+    folder.wait_for_log("page: folder ");
+
+    for path in ["/", "/index.html", "/app.js", "/style.css", "/favicon.svg"] {
+        let a = http_get(compiled_in.http, path);
+        let b = http_get(folder.http, path);
+        assert_eq!((a.status, b.status), (200, 200), "{path}");
+        assert_eq!(a.body, b.body, "{path}");
+        for name in FILE_HEADERS {
+            assert!(a.header(name).is_some(), "{path}: no {name}");
+            assert_eq!(a.header(name), b.header(name), "{path}: {name}");
+        }
+        assert_eq!(a.header("cache-control").as_deref(), Some("no-cache"));
+        let file = if path == "/" { "/index.html" } else { path };
+        let on_disk = std::fs::read(format!("{WWW}{file}")).unwrap();
+        assert_eq!(a.body, on_disk, "{path}");
+    }
+    for (server, way) in [(&compiled_in, "compiled in"), (&folder, "folder")] {
+        for path in [
+            "/missing.js",
+            "/../Cargo.toml",
+            "/.git/config",
+            "/%2e%2e/Cargo.toml",
+        ] {
+            assert_eq!(http_get(server.http, path).status, 404, "{way}: {path}");
+        }
+        assert_eq!(http_get(server.http, "/%zz").status, 400, "{way}");
+    }
+}
+
+#[test]
+fn a_current_copy_is_answered_304_both_ways() {
+    for args in [&[][..], &["--www", WWW][..]] {
+        let server = Server::start(args);
+        for path in ["/", "/app.js", "/favicon.svg"] {
+            let full = http_get(server.http, path);
+            let etag = full.header("etag").expect("an ETag");
+
+            let not_modified =
+                http_get_with(server.http, path, &[&format!("If-None-Match: {etag}")]);
+            assert_eq!(not_modified.status, 304, "{args:?} {path}");
+            assert!(not_modified.body.is_empty(), "{args:?} {path}");
+            assert_eq!(not_modified.header("etag"), Some(etag.clone()));
+            assert_eq!(
+                not_modified.header("cache-control").as_deref(),
+                Some("no-cache")
+            );
+            // A Content-Length on a 304 must be the full response's (RFC 9110, 8.6).
+            if let Some(length) = not_modified.header("content-length") {
+                assert_eq!(length, full.body.len().to_string(), "{args:?} {path}");
+            }
+
+            let weak_in_a_list = format!("If-None-Match: \"old\", W/{etag}");
+            assert_eq!(
+                http_get_with(server.http, path, &[&weak_in_a_list]).status,
+                304
+            );
+            let stale = http_get_with(server.http, path, &["If-None-Match: \"0-0\""]);
+            assert_eq!(stale.status, 200, "{args:?} {path}");
+            assert_eq!(stale.body, full.body);
+        }
+    }
+}
+
+#[test]
+fn a_folder_is_read_on_every_request() {
+    let www = std::env::temp_dir().join(format!("threadchat-edit-{}", std::process::id()));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "<p>first</p>").unwrap();
+    let server = Server::start(&["--www", www.to_str().unwrap()]);
+
+    let first = http_get(server.http, "/");
+    assert_eq!(first.body, b"<p>first</p>");
+    let first_tag = first.header("etag").unwrap();
+
+    std::fs::write(www.join("index.html"), "<p>edited</p>").unwrap();
+    let revalidated = http_get_with(server.http, "/", &[&format!("If-None-Match: {first_tag}")]);
+    assert_eq!(revalidated.status, 200);
+    assert_eq!(revalidated.body, b"<p>edited</p>");
+    assert_ne!(revalidated.header("etag").unwrap(), first_tag);
+    std::fs::remove_dir_all(&www).unwrap();
+}
+
+#[test]
+fn a_folder_without_a_page_is_refused_at_start() {
+    let empty = std::env::temp_dir().join(format!("threadchat-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_threadchat"))
+        .args(["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"])
+        .arg("--www")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no index.html"), "{stderr}");
+    std::fs::remove_dir_all(&empty).unwrap();
 }
 
 #[test]
@@ -181,16 +293,18 @@ fn stalled_http_clients_neither_block_the_page_nor_stay_forever() {
 #[test]
 fn the_http_side_comes_back_after_its_accept_thread_ends() {
     // With a 1 s timeout the idle accept() times out and tiny_http's accept thread
-    // ends, as it would on EMFILE; the dispatcher must start a new one each time.
+    // ends, as it would on EMFILE; the dispatcher sleeps until the next visitor and
+    // then starts a new one, each time.
     let server = Server::start_with_env(
         &["--http-timeout", "1"],
         &[("RUST_LOG", "info,threadchat::http=debug")],
     );
     assert_eq!(http_get(server.http, "/healthz").status, 200);
-    server.wait_for_log("restarting the accept thread");
+    server.wait_for_log("sleeping until the next one");
     assert_eq!(http_get(server.http, "/healthz").status, 200);
-    support::eventually("a second restart", || {
-        server.count_log("restarting the accept thread") >= 2
+    support::eventually("a second sleep", || {
+        server.count_log("sleeping until the next one") >= 2
     });
     assert_eq!(http_get(server.http, "/").status, 200);
+    assert_eq!(http_get(server.http, "/app.js").status, 200);
 }

@@ -19,14 +19,16 @@ const PATIENCE_MS = 15000;
 
 // --- the server --------------------------------------------------------------
 
-/** Starts the binary; resolves once both ports are logged. Ports 0 = any free. */
+/**
+ * Starts the binary, serving the page compiled into it (what ships); resolves once
+ * both ports are logged. Ports 0 = any free.
+ */
 function startServer({ httpPort = 0, wsPort = 0 } = {}) {
   return new Promise((resolve, reject) => {
     const proc = spawn(BINARY, [
       '--bind', '127.0.0.1',
       '--http-port', String(httpPort),
       '--ws-port', String(wsPort),
-      '--www', join(ROOT, 'www'),
     ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'info' } });
     const server = { proc, log: '', httpPort: null, wsPort: null };
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${server.log}`)), PATIENCE_MS);

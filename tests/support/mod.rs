@@ -29,18 +29,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the binary on 127.0.0.1 with free ports and `www/`, plus `args`.
+    /// Starts the binary on 127.0.0.1 with free ports and the compiled-in page, plus
+    /// `args`.
     pub fn start(args: &[&str]) -> Server {
         Server::start_with_env(args, &[])
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
         let mut command = Command::new(env!("CARGO_BIN_EXE_threadchat"));
         command.args(["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"]);
-        if !args.contains(&"--www") {
-            command.args(["--www", www]);
-        }
         command
             .args(args)
             .env("RUST_LOG", "info")
@@ -440,6 +437,18 @@ pub fn try_http_get(
 ) -> Result<HttpResponse, String> {
     try_http_raw(addr, &get_request(addr, path), timeout)
 }
+
+/// `GET path` with extra header lines (`"If-None-Match: ..."`).
+pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[&str]) -> HttpResponse {
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    http_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"),
+    )
+}
+
+/// The `www/` folder of this checkout.
+pub const WWW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
 
 fn get_request(addr: SocketAddr, path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
