@@ -83,6 +83,7 @@ impl Limits {
             read_number("/proc/sys/kernel/threads-max"),
             read_number("/proc/sys/kernel/pid_max"),
             read_number("/sys/fs/cgroup/pids.max"),
+            own_cgroup_file("pids.max").and_then(|path| read_number(&path)),
             nproc.current,
         ]
         .into_iter()
@@ -117,8 +118,7 @@ pub fn plan(requested_clients: usize, limits: &Limits) -> Plan {
 
     let fits = clients_by_threads.min(clients_by_fds).max(1);
     let max_clients = (requested_clients as u64).min(fits);
-    let open_files =
-        (FIXED_FDS + HANDSHAKE_SLOTS + 2 * HTTP_CONNECTIONS + max_clients).min(fd_ceiling);
+    let open_files = open_files_needed(max_clients).min(fd_ceiling);
     Plan {
         max_clients: max_clients as usize,
         clamped: max_clients < requested_clients as u64,
@@ -127,6 +127,20 @@ pub fn plan(requested_clients: usize, limits: &Limits) -> Plan {
         open_files_hard: fd_ceiling,
         max_map_count: limits.max_map_count,
     }
+}
+
+/// The descriptors `clients` WebSocket clients need: the `LimitNOFILE` a service
+/// manager must allow for them.
+pub fn open_files_needed(clients: u64) -> u64 {
+    FIXED_FDS + HANDSHAKE_SLOTS + 2 * HTTP_CONNECTIONS + clients
+}
+
+/// The task limit (`TasksMax`) under which `clients` WebSocket clients fit, the
+/// spare quarter included: two threads per client plus the fixed, handshake and
+/// HTTP threads, times 4/3.
+pub fn tasks_needed(clients: u64) -> u64 {
+    let threads = 2 * clients + FIXED_THREADS + HANDSHAKE_SLOTS + HTTP_CONNECTIONS;
+    (threads * 4).div_ceil(3)
 }
 
 /// Sets this process's soft descriptor limit to what the plan needs.
@@ -140,6 +154,16 @@ pub fn apply(plan: &Plan) -> std::io::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// A file of this process's own cgroup (v2), where systemd puts a unit's `TasksMax`.
+fn own_cgroup_file(name: &str) -> Option<String> {
+    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
+    Some(format!(
+        "/sys/fs/cgroup{}/{name}",
+        path.trim_end_matches('/')
+    ))
 }
 
 fn read_number(path: &str) -> Option<u64> {
@@ -183,6 +207,20 @@ mod tests {
         assert!(p.clamped);
         assert_eq!(p.max_clients, 1024 - 64 - 64 - 256);
         assert_eq!(p.open_files, 1024);
+    }
+
+    #[test]
+    fn the_service_limits_carry_exactly_the_clients_asked_for() {
+        for clients in [1, 1024, 5000] {
+            let nofile = open_files_needed(clients);
+            let tasks = tasks_needed(clients);
+            let p = plan(clients as usize, &limits(1 << 30, tasks, nofile));
+            assert_eq!(p.max_clients as u64, clients, "{clients}");
+            assert!(!p.clamped);
+            let one_fewer = plan(clients as usize, &limits(1 << 30, tasks, nofile - 1));
+            assert!(one_fewer.clamped, "{clients}");
+        }
+        assert_eq!(open_files_needed(1024), 1408);
     }
 
     #[test]

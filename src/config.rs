@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// A small real-time chat server: a web page on one port, WebSocket chat on another.
 #[derive(Debug, Clone, Parser)]
@@ -76,6 +76,25 @@ pub struct Config {
     /// Seconds a blocked write to one client may take before it is disconnected.
     #[arg(long, env = "THREADCHAT_WRITE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub write_timeout: u64,
+
+    /// Log lines for people (`human`), or one JSON object per line for journald and
+    /// log shippers (`json`). `RUST_LOG` sets the level either way.
+    #[arg(long, env = "THREADCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Check the settings and files, print what the server would run with, and exit
+    /// (0: fine; 1: something is wrong, and the error says what).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`.
+    Human,
+    /// `{"ts":…,"level":…,"target":…,"msg":…}`.
+    Json,
 }
 
 impl Config {

@@ -41,6 +41,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | flags and environment, every limit with its reason |
+//! | [`logging`] | log lines: human, or JSON for journald |
 //! | [`capacity`] | thread and descriptor ceilings; how many clients fit |
 //! | [`http`] | the page: tiny_http, its dispatcher and workers, keeping it alive |
 //! | [`assets`] | the page's files: compiled in, or a folder; Content-Type, ETag |
@@ -63,6 +64,7 @@ pub mod config;
 pub mod frame;
 pub mod http;
 pub mod hub;
+pub mod logging;
 pub mod outbox;
 pub mod protocol;
 pub mod reader;
@@ -79,19 +81,6 @@ use crate::assets::Page;
 use crate::config::Config;
 use crate::reader::ReaderSettings;
 use crate::stats::Stats;
-
-/// Starts logging to stderr: `info` unless `RUST_LOG` says otherwise.
-///
-/// tiny_http logs an `error` each time its accept thread ends, which here is also
-/// the routine idle restart (see [`http`]); the dispatcher logs those itself with
-/// their real weight, so tiny_http's own lines are off unless `RUST_LOG` asks.
-pub fn init_logging() {
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Info)
-        .filter_module("tiny_http", log::LevelFilter::Off)
-        .parse_env(env_logger::Env::default())
-        .init();
-}
 
 /// Runs the server until SIGINT or SIGTERM. Returns `Err` only when it cannot
 /// start (a port taken, the `www` folder missing); after that, trouble with one
@@ -159,7 +148,7 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
     log::info!("page: {page}");
     let site = http::Site {
         page,
-        stats,
+        stats: Arc::clone(&stats),
         ws_port: ws_addr.port(),
     };
     http::start(http_listener, config.http_timeout(), site)?;
@@ -173,8 +162,45 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
         );
     }
 
-    shutdown::wait_then_close(signals, &hub_tx, &connections);
+    shutdown::wait_then_close(signals, &hub_tx, &connections, &stats);
     Ok(())
+}
+
+/// `--check-config`: checks the settings and the files they name without starting
+/// anything, and reports what the server would run with. The ports themselves are
+/// not tried: a running server may hold them, and checking a new configuration
+/// before restarting it is the point.
+pub fn check(config: &Config) -> Result<String, Box<dyn Error>> {
+    config.validate()?;
+    let page = match &config.www {
+        Some(dir) => Page::folder(dir)?,
+        None => Page::compiled_in(),
+    };
+    // Port 0: proves the address belongs to this machine, and takes no real port.
+    TcpListener::bind(SocketAddr::new(config.bind, 0))
+        .map_err(|e| format!("--bind {}: cannot listen on this address: {e}", config.bind))?;
+    let plan = capacity::plan(config.max_clients, &capacity::Limits::read());
+    let asked = config.max_clients as u64;
+    let http = SocketAddr::new(config.bind, config.http_port);
+    let ws = SocketAddr::new(config.bind, config.ws_port);
+    let mut report = format!("page: {page}\nlisten: page http://{http}/, chat ws://{ws}/\n");
+    if plan.clamped {
+        report += &format!(
+            "warning: --max-clients {asked} would be lowered to {}: raise the open-files \
+             limit to {} and the task limit to {}\n",
+            plan.max_clients,
+            capacity::open_files_needed(asked),
+            capacity::tasks_needed(asked)
+        );
+    } else {
+        report += &format!("clients: up to {}\n", plan.max_clients);
+    }
+    report += &format!(
+        "a service needs: LimitNOFILE={} TasksMax={}\nconfiguration ok\n",
+        capacity::open_files_needed(asked),
+        capacity::tasks_needed(asked)
+    );
+    Ok(report)
 }
 
 fn bind(config: &Config, port: u16, flag: &str) -> Result<TcpListener, String> {

@@ -1,5 +1,9 @@
 //! Ctrl-C and SIGTERM: every client hears close 1001 ("going away"), and the
-//! process exits within two seconds whether or not they answer.
+//! process exits within two seconds whether or not they answer. SIGHUP, which
+//! would otherwise kill the process (a closed terminal, a `systemctl reload`), only
+//! logs a status line: there is nothing to reload, since the settings come from
+//! flags and the environment, which a running process cannot re-read, the page
+//! compiled in cannot change, and `--www` files are read on every request anyway.
 //!
 //! Signals arrive on the main thread through signal-hook's iterator, which blocks
 //! like everything else here; no code runs inside the signal handler itself. The
@@ -18,24 +22,46 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::accept::Connections;
 use crate::hub::Event;
+use crate::stats::Stats;
 
 /// How long clients get to answer the Close: leaves room within the 2 s promised.
 pub const GRACE: Duration = Duration::from_millis(1_500);
 
-/// Registers for SIGINT and SIGTERM. Done first thing, so a signal that arrives
-/// while the server is starting is not lost.
+/// Registers for SIGINT, SIGTERM and SIGHUP. Done first thing, so a signal that
+/// arrives while the server is starting is not lost.
 pub fn signals() -> io::Result<Signals> {
-    Signals::new([SIGINT, SIGTERM])
+    Signals::new([SIGINT, SIGTERM, SIGHUP])
 }
 
-/// Blocks until a signal arrives, then runs the shutdown sequence.
-pub fn wait_then_close(mut signals: Signals, hub: &Sender<Event>, connections: &Arc<Connections>) {
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
+/// Blocks until SIGINT or SIGTERM arrives, then runs the shutdown sequence.
+pub fn wait_then_close(
+    mut signals: Signals,
+    hub: &Sender<Event>,
+    connections: &Arc<Connections>,
+    stats: &Stats,
+) {
+    let mut signals = signals.forever();
+    let signal = loop {
+        match signals.next() {
+            Some(SIGHUP) => {
+                let now = stats.snapshot();
+                log::info!(
+                    "SIGHUP: {} clients, {} messages relayed, up {} s; nothing to reload \
+                     (settings take a restart)",
+                    now.clients,
+                    now.messages_relayed,
+                    now.uptime_seconds
+                );
+            }
+            Some(signal) => break signal,
+            None => break SIGTERM,
+        }
+    };
     let name = if signal == SIGINT {
         "SIGINT"
     } else {

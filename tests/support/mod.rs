@@ -36,8 +36,15 @@ impl Server {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut all = vec!["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"];
+        all.extend_from_slice(args);
+        Server::start_exactly(&all, env)
+    }
+
+    /// Starts the binary with exactly `args` and `env` (plus `RUST_LOG=info` unless
+    /// `env` sets it); they must make it listen on 127.0.0.1.
+    pub fn start_exactly(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_threadchat"));
-        command.args(["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"]);
         command
             .args(args)
             .env("RUST_LOG", "info")
@@ -445,6 +452,23 @@ pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[&str]) -> HttpResp
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"),
     )
+}
+
+/// Runs the binary to completion (`--check-config`, `--help`) with `args` and `env`,
+/// and without any `THREADCHAT_*` variable of the caller's.
+pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_threadchat"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("THREADCHAT_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the threadchat binary")
 }
 
 /// The `www/` folder of this checkout.
