@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn the_service_limits_carry_exactly_the_clients_asked_for() {
-        for clients in [1, 1024, 5000] {
+        for clients in [2, 1024, 5000] {
             let nofile = open_files_needed(clients);
             let tasks = tasks_needed(clients);
             let p = plan(clients as usize, &limits(1 << 30, tasks, nofile));
