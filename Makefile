@@ -4,7 +4,7 @@ CARGO ?= cargo
 NPM ?= npm
 E2E := tests/e2e
 
-.PHONY: run build release test unit deny audit autobahn bench bench-quick fuzz e2e lint fmt clean
+.PHONY: run build release test unit deny audit autobahn bench bench-quick fuzz e2e deb deb-test lint fmt clean
 
 ## Start the server on its defaults: page on :8000, chat on :8001.
 run:
@@ -67,6 +67,18 @@ e2e: build $(E2E)/node_modules
 $(E2E)/node_modules: $(E2E)/package.json $(E2E)/package-lock.json
 	cd $(E2E) && $(NPM) ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+## The Debian package: target/debian/threadchat_<version>_<arch>.deb, with the
+## binary (page inside), the systemd unit and /etc/default/threadchat.
+deb:
+	@command -v cargo-deb >/dev/null || { echo "cargo-deb is missing: cargo install cargo-deb --locked" >&2; exit 1; }
+	$(CARGO) deb
+
+## Installs that package into THIS machine, runs it as its unit would, chats with
+## it, then purges it. Needs root and free ports 8000/8001; CI runs it.
+deb-test: deb
+	THREADCHAT_DEB="$$(ls -t target/debian/threadchat_*.deb | head -n 1)" \
+		$(CARGO) test --test package -- --ignored
 
 ## rustfmt check and clippy with warnings denied.
 lint:

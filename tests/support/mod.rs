@@ -131,18 +131,7 @@ impl Server {
 
     /// Waits for the process to exit, up to `patience`.
     pub fn wait_exit(&mut self, patience: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + patience;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the server") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            // Polling the exit status of a child process: std offers no wait with a
-            // timeout. This checks a condition; it does not stand in for one.
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_exit(&mut self.child, patience)
     }
 
     /// The server's process id.
@@ -165,6 +154,22 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits for a child process to exit, up to `patience`.
+pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the process") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // Polling the exit status of a child process: std offers no wait with a
+        // timeout. This checks a condition; it does not stand in for one.
+        thread::sleep(Duration::from_millis(10));
     }
 }
 
