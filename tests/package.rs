@@ -105,6 +105,11 @@ fn the_package_installs_runs_as_its_unit_and_leaves_nothing_behind() {
         "the unit is enabled (multi-user.target.wants)"
     );
     assert_eq!(processes_of("threadchat"), "", "installed, not started");
+    // systemd's own reading of the unit: unknown keys and a missing binary are
+    // only warnings on stderr, so stderr must be empty too.
+    let verify = run("systemd-analyze", &["verify", UNIT]);
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && complaints.is_empty(), "{complaints}");
     assert!(
         port_is_free(8000) && port_is_free(8001),
         "nothing listens yet"
