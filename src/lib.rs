@@ -6,7 +6,7 @@
 //! ```text
 //!  browser ──HTTP :8000──▶ [tiny_http accept + pool] ──Request──▶ [http] ──▶ [http-1..4]
 //!                                                                 dispatcher   workers: files,
-//!                                                                              /stats, /healthz
+//!                                    sleeps in poll() while nobody visits ┘    /stats, /healthz
 //!
 //!  client ──TCP :8001──▶ [ws-accept] ──spawn──▶ [client-7]  handshake, then the reader:
 //!                                                   │       blocks in read(), owns the read side
@@ -22,6 +22,7 @@
 //!                                     [writer-7]  only while client 7 is behind
 //!
 //!  [main]  waits for SIGINT/SIGTERM, then Event::Shutdown → close 1001 to everyone
+//!          (SIGHUP: a status line in the log, nothing else)
 //! ```
 //!
 //! A message's path: client 7's reader parses and validates it

@@ -109,7 +109,10 @@ fn the_package_installs_runs_as_its_unit_and_leaves_nothing_behind() {
     // only warnings on stderr, so stderr must be empty too.
     let verify = run("systemd-analyze", &["verify", UNIT]);
     let complaints = String::from_utf8_lossy(&verify.stderr);
-    assert!(verify.status.success() && complaints.is_empty(), "{complaints}");
+    assert!(
+        verify.status.success() && complaints.is_empty(),
+        "{complaints}"
+    );
     assert!(
         port_is_free(8000) && port_is_free(8001),
         "nothing listens yet"

@@ -11,6 +11,8 @@
 //! receiver knows who sent it, its position, and its one-way latency (sender and
 //! receivers share this process's monotonic clock).
 
+mod footprint;
+
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -34,13 +36,29 @@ struct Cli {
     /// Small numbers, a few seconds in all (for `make test`).
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run (chat, fanout, saturate, idle, storm).
+    /// Scenarios to run (chat, fanout, saturate, idle, storm, footprint).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "chat,fanout,saturate,idle,storm"
+        default_value = "chat,fanout,saturate,idle,storm,footprint"
     )]
     scenarios: Vec<String>,
+    /// footprint only: measure this shell command instead of `--server`. It gets
+    /// `WS_PORT` and `HTTP_PORT` in its environment and should `exec` the server.
+    #[arg(long, requires = "name")]
+    server_cmd: Option<String>,
+    /// footprint only: the name of the `--server-cmd` server in the table.
+    #[arg(long)]
+    name: Option<String>,
+    /// footprint only: the file whose size is reported for `--server-cmd`.
+    #[arg(long)]
+    binary: Option<String>,
+    /// footprint only: the `--server-cmd` server has no HTTP port to wait for.
+    #[arg(long)]
+    no_http: bool,
+    /// footprint only: seconds of the idle window (default 60; 3 with --quick).
+    #[arg(long)]
+    idle_seconds: Option<u64>,
 }
 
 /// The clock every latency is measured on.
@@ -591,6 +609,63 @@ fn run_idle(binary: &str, n: usize) -> Idle {
     }
 }
 
+/// The footprint scenario as a table of its own, with the targets threadchat
+/// holds itself to (marked, not failed: the bench fails on wrong deliveries only).
+fn run_footprint(cli: &Cli) -> String {
+    let target = match &cli.server_cmd {
+        Some(command) => footprint::Target {
+            command: command.clone(),
+            binary: cli.binary.clone(),
+            http: !cli.no_http,
+        },
+        None => footprint::Target {
+            command: format!(
+                "exec '{}' --bind 127.0.0.1 --http-port \"$HTTP_PORT\" --ws-port \"$WS_PORT\"",
+                cli.server
+            ),
+            binary: Some(cli.server.clone()),
+            http: true,
+        },
+    };
+    let idle = Duration::from_secs(cli.idle_seconds.unwrap_or(if cli.quick { 3 } else { 60 }));
+    let f = footprint::measure(&target, idle);
+    let ours = cli.server_cmd.is_none();
+    let mark = |ok: bool| {
+        if !ours {
+            ""
+        } else if ok {
+            " ✓"
+        } else {
+            " ⚠"
+        }
+    };
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let binary = f.binary_bytes.map_or("–".to_string(), |b| {
+        format!("{:.2} MiB{}", b as f64 / 1048576.0, mark(b <= 2 << 20))
+    });
+    let mut table = format!(
+        "| footprint | binary | start → ports listening | RSS at start | RSS, {} idle clients | wake-ups, {} s idle | CPU, {} s idle |\n|---|---|---|---|---|---|---|\n",
+        f.clients_connected, f.idle_seconds, f.idle_seconds
+    );
+    table += &format!(
+        "| {} | {binary} | {:.1} ms{} | {:.1} MiB{} | {:.1} MiB | {} ({:.2}/s){} | {} ms |\n",
+        cli.name.as_deref().unwrap_or("threadchat"),
+        f.start_ms,
+        mark(f.start_ms <= 100.0),
+        mib(f.rss_start_kib),
+        mark(f.rss_start_kib <= 4096),
+        mib(f.rss_100_kib),
+        f.wakeups,
+        f.wakeups as f64 / f.idle_seconds.max(1) as f64,
+        mark(f.wakeups == 0),
+        f.cpu_ms
+    );
+    if ours {
+        table += "| target | ≤ 2 MiB, page inside | ≤ 100 ms | ≤ 4 MiB | | 0 | |\n";
+    }
+    table
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -631,14 +706,21 @@ fn main() {
         std::env::args().collect::<Vec<_>>().join(" ")
     );
     println!();
-    println!(
-        "| scenario | clients | deliveries/s | p50 / p99 / max ms | expected | lost | dup | out of order | same order | joins settled s |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    if cli.scenarios.iter().any(|s| s != "footprint") {
+        println!(
+            "| scenario | clients | deliveries/s | p50 / p99 / max ms | expected | lost | dup | out of order | same order | joins settled s |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+    }
     let mut failed = false;
     let mut bad_scenarios = 0;
+    let mut footprint = None;
     for name in &cli.scenarios {
         let load = match name.as_str() {
+            "footprint" => {
+                footprint = Some(run_footprint(&cli));
+                continue;
+            }
             "chat" => Load {
                 clients: if q { 20 } else { 100 },
                 senders: if q { 4 } else { 10 },
@@ -713,6 +795,10 @@ fn main() {
             if o.same_order { "yes" } else { "no ⚠" },
             o.settle_s
         );
+    }
+    if let Some(table) = footprint {
+        println!();
+        print!("{table}");
     }
     println!();
     println!(

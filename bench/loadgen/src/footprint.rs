@@ -1,0 +1,246 @@
+//! The `footprint` scenario: what a server costs a small host when little happens.
+//!
+//! * **binary**: the size of the server's file.
+//! * **start**: from `spawn` to every port in LISTEN state. Read from
+//!   `/proc/net/tcp*` rather than by connecting, because a probe connection is a
+//!   visitor and would wake the server.
+//! * **RSS at start**: `VmRSS` once the thread count has been stable for 300 ms.
+//! * **idle**: over a window with nobody connected, the server's wake-ups (the sum
+//!   of every thread's voluntary and involuntary context switches: each is one
+//!   time a thread ran) and its CPU time (`utime + stime`).
+//! * **RSS with 100 idle clients**: 100 WebSocket clients connected and reading,
+//!   once the frames they receive (join notifications) have stopped for 300 ms.
+//!
+//! The server is any command: threadchat by default, or `--server-cmd` (run by
+//! `bash -c` with `WS_PORT` and `HTTP_PORT` set) to measure another server the
+//! same way.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How to start the server under test.
+pub struct Target {
+    /// A shell command with `$WS_PORT` / `$HTTP_PORT`; it should `exec` the server
+    /// so that the process measured is the server.
+    pub command: String,
+    /// The file whose size is reported.
+    pub binary: Option<String>,
+    /// Whether the server opens an HTTP port too (start = both listening).
+    pub http: bool,
+}
+
+/// What was measured.
+pub struct Footprint {
+    pub binary_bytes: Option<u64>,
+    pub start_ms: f64,
+    pub rss_start_kib: u64,
+    pub idle_seconds: u64,
+    pub wakeups: u64,
+    pub cpu_ms: u64,
+    pub rss_100_kib: u64,
+    pub clients_connected: usize,
+}
+
+pub fn measure(target: &Target, idle: Duration) -> Footprint {
+    let ws_port = free_port();
+    let http_port = free_port();
+    let started = Instant::now();
+    let mut child = Command::new("bash")
+        .args(["-c", &target.command])
+        .env("WS_PORT", ws_port.to_string())
+        .env("HTTP_PORT", http_port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", target.command));
+    let mut ports = vec![ws_port];
+    if target.http {
+        ports.push(http_port);
+    }
+    let listening = poll_until(Duration::from_secs(10), Duration::from_micros(200), || {
+        ports.iter().all(|&p| is_listening(p))
+    });
+    let start_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let server = Measured { child: &mut child };
+    assert!(
+        listening,
+        "`{}` did not listen on {ports:?}",
+        target.command
+    );
+
+    let mut last = 0;
+    let mut stable_since = Instant::now();
+    poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let now = server.threads();
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+        stable_since.elapsed() > Duration::from_millis(300)
+    });
+    let rss_start_kib = server.status("VmRSS");
+
+    let (switches0, cpu0) = (server.context_switches(), server.cpu_ticks());
+    thread::sleep(idle); // the measurement window itself
+    let (switches1, cpu1) = (server.context_switches(), server.cpu_ticks());
+    let ticks_per_s = 100; // USER_HZ on Linux
+
+    let received = Arc::new(AtomicU64::new(0));
+    let addr = SocketAddr::from(([127, 0, 0, 1], ws_port));
+    let clients: Vec<TcpStream> = (0..100)
+        .filter_map(|_| idle_client(addr, &received))
+        .collect();
+    let mut last = u64::MAX;
+    let mut quiet_since = Instant::now();
+    poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let now = received.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+        quiet_since.elapsed() > Duration::from_millis(300)
+    });
+    let rss_100_kib = server.status("VmRSS");
+    for c in &clients {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    drop(server);
+
+    Footprint {
+        binary_bytes: target
+            .binary
+            .as_ref()
+            .and_then(|b| std::fs::metadata(b).ok())
+            .map(|m| m.len()),
+        start_ms,
+        rss_start_kib,
+        idle_seconds: idle.as_secs(),
+        wakeups: switches1.saturating_sub(switches0),
+        cpu_ms: cpu1.saturating_sub(cpu0) * 1000 / ticks_per_s,
+        rss_100_kib,
+        clients_connected: clients.len(),
+    }
+}
+
+/// The server process, killed (with its process) when dropped.
+struct Measured<'a> {
+    child: &'a mut Child,
+}
+
+impl Measured<'_> {
+    fn proc(&self, file: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap_or_default()
+    }
+
+    fn status(&self, field: &str) -> u64 {
+        field_of(&self.proc("status"), field)
+    }
+
+    fn threads(&self) -> u64 {
+        self.status("Threads")
+    }
+
+    /// Every thread's context switches, summed: each is one time a thread ran.
+    fn context_switches(&self) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .map(|task| {
+                let status =
+                    std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+                field_of(&status, "voluntary_ctxt_switches")
+                    + field_of(&status, "nonvoluntary_ctxt_switches")
+            })
+            .sum()
+    }
+
+    /// `utime + stime` of the whole process, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat = self.proc("stat");
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<u64> = after_name
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // Fields 14 and 15 of /proc/pid/stat; 0-based 11 and 12 after the name.
+        fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Measured<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field_of(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A port nobody listens on right now (the kernel picks it; released at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Whether some socket on this machine is in LISTEN state on `port`.
+fn is_listening(port: u16) -> bool {
+    let wanted = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let mut fields = line.split_whitespace();
+                let local = fields.nth(1).unwrap_or("");
+                let state = fields.nth(1).unwrap_or("");
+                state == "0A" && format!("{local} ").ends_with(&wanted)
+            })
+    })
+}
+
+/// A WebSocket client that connects and reads whatever comes, counting frames.
+fn idle_client(addr: SocketAddr, received: &Arc<AtomicU64>) -> Option<TcpStream> {
+    let stream = TcpStream::connect(addr).ok()?;
+    let (mut ws, _) =
+        tungstenite::client(format!("ws://{addr}/"), stream.try_clone().ok()?).ok()?;
+    let received = Arc::clone(received);
+    thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            while ws.read().is_ok() {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .ok()?;
+    Some(stream)
+}
+
+/// Checks `done` every `every` until it holds or `patience` passes.
+fn poll_until(patience: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(every);
+    }
+}
