@@ -661,7 +661,7 @@ fn run_footprint(cli: &Cli) -> String {
         f.cpu_ms
     );
     if ours {
-        table += "| target | ≤ 2 MiB, page inside | ≤ 100 ms | ≤ 4 MiB | | 0 | |\n";
+        table += "| target (release build) | ≤ 2 MiB, page inside | ≤ 100 ms | ≤ 4 MiB | | 0 | |\n";
     }
     table
 }
