@@ -158,8 +158,14 @@ pub fn apply(plan: &Plan) -> std::io::Result<()> {
 
 /// A file of this process's own cgroup (v2), where systemd puts a unit's `TasksMax`.
 fn own_cgroup_file(name: &str) -> Option<String> {
-    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
+    cgroup_file(&fs::read_to_string("/proc/self/cgroup").ok()?, name)
+}
+
+/// The path of `name` in the cgroup v2 hierarchy that `/proc/self/cgroup` names.
+fn cgroup_file(proc_self_cgroup: &str, name: &str) -> Option<String> {
+    let path = proc_self_cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))?;
     Some(format!(
         "/sys/fs/cgroup{}/{name}",
         path.trim_end_matches('/')
@@ -221,6 +227,20 @@ mod tests {
             assert!(one_fewer.clamped, "{clients}");
         }
         assert_eq!(open_files_needed(1024), 1408);
+    }
+
+    #[test]
+    fn the_own_cgroup_is_where_systemd_puts_tasks_max() {
+        assert_eq!(
+            cgroup_file("0::/system.slice/threadchat.service\n", "pids.max").as_deref(),
+            Some("/sys/fs/cgroup/system.slice/threadchat.service/pids.max")
+        );
+        assert_eq!(
+            cgroup_file("0::/\n", "pids.max").as_deref(),
+            Some("/sys/fs/cgroup/pids.max")
+        );
+        // cgroup v1 only: no unified hierarchy line.
+        assert_eq!(cgroup_file("4:pids:/user.slice\n", "pids.max"), None);
     }
 
     #[test]

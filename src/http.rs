@@ -27,7 +27,8 @@
 //! * **A dead accept thread.** The listener's timeout also makes the idle `accept()`
 //!   time out, and `EMFILE` is an accept error too: both end tiny_http's accept
 //!   thread, and `recv()` returns the error. The dispatcher then starts a fresh
-//!   `Server` on a clone of the same listening socket. The socket itself never
+//!   `Server` on a clone of the same listening socket (once a client is waiting:
+//!   see the next section). The socket itself never
 //!   closes, so a client connecting meanwhile waits in the listen backlog instead of
 //!   being refused. The old server's idle pool threads exit within 5 s. tiny_http
 //!   also `unwrap`s a `try_clone` in its accept thread, which panics under
