@@ -24,6 +24,18 @@ const SETTINGS: &str = "/etc/default/threadchat";
 const BINARY: &str = "/usr/bin/threadchat";
 const ENABLED: &str = "/etc/systemd/system/multi-user.target.wants/threadchat.service";
 
+/// The unit's `ProtectSystem=strict` (everything read-only but the API file
+/// systems), `PrivateTmp=yes` (an empty /tmp of its own) and `ProtectHome=yes`
+/// (home folders inaccessible), copied in a private mount namespace; then `$@`.
+/// The remount changes this namespace's copy of `/` only.
+const SANDBOX: &str = r#"set -e
+mount -o remount,bind,ro /
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+for home in /home /root /run/user; do
+    if [ -d "$home" ]; then mount -t tmpfs -o ro,mode=000 tmpfs "$home"; fi
+done
+exec "$@""#;
+
 fn run(program: &str, args: &[&str]) -> std::process::Output {
     Command::new(program)
         .args(args)
@@ -86,6 +98,7 @@ fn the_package_installs_runs_as_its_unit_and_leaves_nothing_behind() {
     );
     // A leftover from an interrupted run would make this a test of an upgrade.
     let _ = run("dpkg", &["--purge", "threadchat"]);
+    let cleanup = Cleanup;
 
     // Install: files in place, a system user, the unit enabled but not started.
     succeeds("dpkg", &["-i", &deb]);
@@ -119,15 +132,23 @@ fn the_package_installs_runs_as_its_unit_and_leaves_nothing_behind() {
     );
 
     // Start it as the unit says: its user, its descriptor limit, no new
-    // privileges, its environment file, working directory /, ExecStartPre first.
+    // privileges, its environment file, working directory /, ExecStartPre first,
+    // and its file system sandbox as far as a mount namespace can copy it.
     let unit = std::fs::read_to_string(UNIT).unwrap();
     assert_eq!(unit_setting(&unit, "User"), "threadchat");
     let nofile = unit_setting(&unit, "LimitNOFILE");
     let settings_file = unit_setting(&unit, "EnvironmentFile").trim_start_matches('-');
     assert_eq!(settings_file, SETTINGS);
+    assert_eq!(unit_setting(&unit, "ProtectSystem"), "strict");
+    assert_eq!(unit_setting(&unit, "PrivateTmp"), "yes");
+    assert_eq!(unit_setting(&unit, "ProtectHome"), "yes");
     let as_the_unit = |command_line: &str| {
-        let mut command = Command::new("prlimit");
+        let mut command = Command::new("unshare");
         command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(SANDBOX)
+            .arg("sandbox")
+            .arg("prlimit")
             .arg(format!("--nofile={nofile}:{nofile}"))
             .args([
                 "setpriv",
@@ -155,11 +176,12 @@ fn the_package_installs_runs_as_its_unit_and_leaves_nothing_behind() {
     );
     assert!(String::from_utf8_lossy(&check.stdout).contains("configuration ok"));
 
-    let mut server = as_the_unit(unit_setting(&unit, "ExecStart"))
+    let server = as_the_unit(unit_setting(&unit, "ExecStart"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut server = KillOnDrop(server);
     let (lines_tx, lines) = mpsc::channel();
     let stderr = server.stderr.take().unwrap();
     thread::spawn(move || {
@@ -179,11 +201,26 @@ fn the_package_installs_runs_as_its_unit_and_leaves_nothing_behind() {
 
     // It runs as the unit's user with no new privileges, and serves the page
     // from inside the binary: nothing but /usr/bin/threadchat was installed.
-    // prlimit and setpriv exec in place, so the child's pid is the server's.
+    // unshare, sh, prlimit and setpriv exec in place: the child's pid is the server's.
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
     assert!(status.contains("Name:\tthreadchat"), "{status}");
     assert!(status.contains(&format!("Uid:\t{uid}\t{uid}")), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", server.id())).unwrap();
+    let mount_options = |point: &str| -> Vec<String> {
+        mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 5 && f[4] == point)
+            .map(|f| f[5].to_string())
+            .collect()
+    };
+    let root = mount_options("/");
+    assert!(
+        root.len() == 1 && root[0].split(',').any(|x| x == "ro"),
+        "/ is read-only for the server: {root:?}"
+    );
+    assert!(!mount_options("/tmp").is_empty(), "a private /tmp");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.id())).unwrap();
     assert!(
         limits.lines().any(|l| l.starts_with("Max open files")
@@ -228,4 +265,41 @@ fn the_package_installs_runs_as_its_unit_and_leaves_nothing_behind() {
     }
     assert_eq!(processes_of("threadchat"), "", "nothing left running");
     assert!(port_is_free(8000) && port_is_free(8001), "ports closed");
+    std::mem::forget(cleanup);
+}
+
+/// On a failed assertion: stop the server and remove the package, so that the
+/// machine is as before and the next run starts clean.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = run("pkill", &["-KILL", "-u", "threadchat"]);
+        let _ = run("dpkg", &["--purge", "threadchat"]);
+    }
+}
+
+/// The server process, killed if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
