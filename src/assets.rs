@@ -100,6 +100,11 @@ impl Page {
         Page::CompiledIn(files)
     }
 
+    /// The folder given with `--www`, or else the compiled-in page.
+    pub fn chosen_by(www: Option<&Path>) -> Result<Page, String> {
+        www.map_or_else(|| Ok(Page::compiled_in()), Page::folder)
+    }
+
     /// A folder to serve instead. It must exist and hold an `index.html`, or the
     /// server would start and answer every visitor with 404.
     pub fn folder(dir: &Path) -> Result<Page, String> {

@@ -115,10 +115,7 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
         );
     }
 
-    let page = match &config.www {
-        Some(dir) => Page::folder(dir)?,
-        None => Page::compiled_in(),
-    };
+    let page = Page::chosen_by(config.www.as_deref())?;
     let http_listener = bind(&config, config.http_port, "--http-port")?;
     let ws_listener = bind(&config, config.ws_port, "--ws-port")?;
     let http_addr = http_listener.local_addr()?;
@@ -173,10 +170,7 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
 /// before restarting it is the point.
 pub fn check(config: &Config) -> Result<String, Box<dyn Error>> {
     config.validate()?;
-    let page = match &config.www {
-        Some(dir) => Page::folder(dir)?,
-        None => Page::compiled_in(),
-    };
+    let page = Page::chosen_by(config.www.as_deref())?;
     // Port 0: proves the address belongs to this machine, and takes no real port.
     TcpListener::bind(SocketAddr::new(config.bind, 0))
         .map_err(|e| format!("--bind {}: cannot listen on this address: {e}", config.bind))?;

@@ -1,9 +1,10 @@
 //! Ctrl-C and SIGTERM: every client hears close 1001 ("going away"), and the
 //! process exits within two seconds whether or not they answer. SIGHUP, which
-//! would otherwise kill the process (a closed terminal, a `systemctl reload`), only
-//! logs a status line: there is nothing to reload, since the settings come from
-//! flags and the environment, which a running process cannot re-read, the page
-//! compiled in cannot change, and `--www` files are read on every request anyway.
+//! would otherwise kill the process (a closed terminal, a `kill -HUP` out of
+//! habit), only logs a status line: there is nothing to reload, since the settings
+//! come from flags and the environment, which a running process cannot re-read,
+//! the page compiled in cannot change, and `--www` files are read on every request
+//! anyway.
 //!
 //! Signals arrive on the main thread through signal-hook's iterator, which blocks
 //! like everything else here; no code runs inside the signal handler itself. The

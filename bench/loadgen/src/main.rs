@@ -7,6 +7,10 @@
 //! saw the same total order. It prints one markdown table, the machine it ran on
 //! and the exact command.
 //!
+//! The `footprint` scenario (see `footprint.rs`) measures what a server costs a
+//! small host at rest: binary size, start-up time, memory, and wake-ups while idle;
+//! `--server-cmd` points it at any other server for comparison.
+//!
 //! Every message a sender writes is `"<sender>:<seq>:<ns since start>:xxx…"`, so a
 //! receiver knows who sent it, its position, and its one-way latency (sender and
 //! receivers share this process's monotonic clock).
