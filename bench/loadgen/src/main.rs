@@ -40,11 +40,11 @@ struct Cli {
     /// Small numbers, a few seconds in all (for `make test`).
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run (chat, fanout, saturate, idle, storm, footprint).
+    /// Scenarios to run (footprint, chat, fanout, saturate, idle, storm).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "chat,fanout,saturate,idle,storm,footprint"
+        default_value = "footprint,chat,fanout,saturate,idle,storm"
     )]
     scenarios: Vec<String>,
     /// footprint only: measure this shell command instead of `--server`. It gets
@@ -648,7 +648,7 @@ fn run_footprint(cli: &Cli) -> String {
         format!("{:.2} MiB{}", b as f64 / 1048576.0, mark(b <= 2 << 20))
     });
     let mut table = format!(
-        "| footprint | binary | start → ports listening | RSS at start | RSS, {} idle clients | wake-ups, {} s idle | CPU, {} s idle |\n|---|---|---|---|---|---|---|\n",
+        "| footprint | binary | start → ports listening (median of 5) | RSS at start | RSS, {} idle clients | wake-ups, {} s idle | CPU, {} s idle |\n|---|---|---|---|---|---|---|\n",
         f.clients_connected, f.idle_seconds, f.idle_seconds
     );
     table += &format!(
