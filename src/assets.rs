@@ -24,7 +24,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::static_files::{self, Refusal};
@@ -138,7 +140,9 @@ impl Page {
             }
             Page::Folder(root) => {
                 let path = static_files::resolve(root, raw_path)?;
-                let size = path.metadata().map_err(|_| Unavailable::NotFound)?.len();
+                // One open: its size and its bytes come from the same file.
+                let mut file = File::open(&path).map_err(|_| Unavailable::NotFound)?;
+                let size = file.metadata().map_err(|_| Unavailable::NotFound)?.len();
                 if size > MAX_FOLDER_FILE {
                     log::warn!(
                         "http: {} is {size} bytes, over the {MAX_FOLDER_FILE}-byte limit for --www files",
@@ -146,7 +150,9 @@ impl Page {
                     );
                     return Err(Unavailable::TooLarge);
                 }
-                let bytes = std::fs::read(&path).map_err(|_| Unavailable::NotFound)?;
+                let mut bytes = Vec::with_capacity(size as usize);
+                file.read_to_end(&mut bytes)
+                    .map_err(|_| Unavailable::NotFound)?;
                 Ok(Asset::new(&path, Cow::Owned(bytes)))
             }
         }

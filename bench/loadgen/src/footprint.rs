@@ -263,7 +263,7 @@ fn idle_client(addr: SocketAddr, received: &Arc<AtomicU64>) -> Option<TcpStream>
 }
 
 /// Checks `done` every `every` until it holds or `patience` passes.
-fn poll_until(patience: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub fn poll_until(patience: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + patience;
     loop {
         if done() {

@@ -350,15 +350,8 @@ fn open_clients(server: &Server, n: usize, shared: &Arc<Shared>) -> Vec<Client> 
     clients.into_iter().map(|(_, c)| c).collect()
 }
 
-fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while !done() {
-        if Instant::now() >= end {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    true
+fn wait_until(deadline: Duration, done: impl FnMut() -> bool) -> bool {
+    footprint::poll_until(deadline, Duration::from_millis(5), done)
 }
 
 fn run_load(binary: &str, load: &Load) -> Outcome {
