@@ -40,8 +40,10 @@ const COMPILED_IN: &[(&str, &[u8])] = &[
 ];
 
 /// Files in a folder larger than this are not served: each is read whole to hash
-/// it, by one of four workers. `www/` holds a page, not a media library.
-pub const MAX_FOLDER_FILE: u64 = 8 * 1024 * 1024;
+/// it, and every page connection may hold one in memory while it is sent, so this
+/// times `--max-http` is part of the capacity plan. `www/` holds a page, not a
+/// media library.
+pub const MAX_FOLDER_FILE: u64 = 1024 * 1024;
 
 /// One file ready to send.
 #[derive(Debug, Clone)]
@@ -155,6 +157,21 @@ impl Page {
                     .map_err(|_| Unavailable::NotFound)?;
                 Ok(Asset::new(&path, Cow::Owned(bytes)))
             }
+        }
+    }
+}
+
+impl Page {
+    /// The most bytes one answer can hold in memory: the largest compiled-in file,
+    /// or [`MAX_FOLDER_FILE`] for a folder (whose files may change).
+    pub fn largest_answer(&self) -> u64 {
+        match self {
+            Page::CompiledIn(files) => files
+                .iter()
+                .map(|(_, asset)| asset.bytes.len() as u64)
+                .max()
+                .unwrap_or(0),
+            Page::Folder(_) => MAX_FOLDER_FILE,
         }
     }
 }

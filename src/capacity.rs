@@ -1,11 +1,20 @@
-//! How many clients this process can carry, worked out at start from the limits the
-//! kernel will actually enforce, so that load is refused one client at a time
-//! instead of the process dying.
+//! How many connections of each kind this process can carry, worked out at start
+//! from the limits the kernel will actually enforce, so that load is refused one
+//! connection at a time instead of the process dying.
 //!
-//! Every WebSocket client costs one file descriptor and one thread (its reader), and
-//! a second thread while it has a backlog (its writer). Every HTTP connection costs
-//! a thread in tiny_http's pool and two descriptors (tiny_http clones each socket).
-//! Two ceilings matter:
+//! What each connection costs, at most:
+//!
+//! | connection | threads | descriptors | memory |
+//! |---|---|---|---|
+//! | chat or echo client | 2 (reader; writer while behind) | 1 | `--max-backlog` + 3 × `--max-message` + 2 threads |
+//! | handshake in progress | 1 | 1 | tungstenite's 64 KiB handshake cap + 1 thread |
+//! | page connection | 1 | 2 (the socket; a `--www` file) | [`MAX_HEAD`] + the largest answer + 1 thread |
+//!
+//! A client's memory: its backlog is bounded by `--max-backlog` as the outbox counts
+//! it (overhead included, see [`crate::outbox`]); tungstenite holds at most one
+//! frame and one message of `--max-message` each, and the parsed message is a third.
+//!
+//! Three ceilings matter:
 //!
 //! * **Threads.** Each Rust thread is four memory mappings (stack, guard page,
 //!   signal stack, its guard). Past `vm.max_map_count` (65,530 by default) a thread
@@ -15,40 +24,76 @@
 //!   `pids.max` and `RLIMIT_NPROC` cap threads too. We keep a quarter of the lowest
 //!   of them spare for the rest of the process and the machine.
 //! * **File descriptors.** `RLIMIT_NOFILE`. The soft limit is often 1,024 while the
-//!   hard one is far higher; the process may raise its own soft limit up to the hard
-//!   one, and does.
+//!   hard one is far higher; the process may set its own soft limit anywhere up to
+//!   the hard one, and sets it to what the plan needs.
+//! * **Memory.** `MemTotal`, or the cgroup's `memory.max` when lower. A quarter is
+//!   left to the rest of the machine; the rest must hold every place's worst case.
 //!
-//! The plan then also *lowers* the soft descriptor limit to exactly what the plan
-//! needs. That turns the descriptor limit into a cap on HTTP connections too, which
-//! tiny_http itself does not have: an HTTP flood gets `EMFILE` (refused, retried
-//! after a back-off) long before its threads could reach the thread ceiling.
+//! The page's and the handshakes' places come first, as asked, when everything
+//! fits. When it does not, each is cut to a sixteenth of what is spare (but never
+//! below [`MIN_RESERVE`]), so that on a small budget most of it still goes to chat
+//! clients: with `ulimit -n 128`, 97 clients fit beside 4 page connections and 7
+//! handshakes. The places in [`crate::places`] are exactly this plan.
 
 use std::fs;
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
-/// Threads and descriptors the server uses whatever the load: main, hub, acceptor,
-/// signal thread, HTTP dispatcher and workers, tiny_http's accept thread and the
-/// idle threads of its pool (four, and four more lingering for 5 s after each
-/// restart), stdin/stdout/stderr, the two listeners, files being served.
-pub const FIXED_THREADS: u64 = 32;
-/// See [`FIXED_THREADS`].
-pub const FIXED_FDS: u64 = 64;
+use crate::http::MAX_HEAD;
 
-/// TCP connections that may be mid-handshake on top of `--max-clients`, each with
-/// its own thread. Beyond this the acceptor closes new connections at once.
-pub const HANDSHAKE_SLOTS: u64 = 64;
+/// Threads the server has whatever the load: main (waiting for signals), the hub,
+/// the two acceptors, and room for a few more.
+pub const FIXED_THREADS: u64 = 8;
 
-/// HTTP connections the descriptor budget leaves room for. A page load is a few
-/// connections per browser; this serves dozens of browsers at once.
-pub const HTTP_CONNECTIONS: u64 = 128;
+/// Descriptors the server holds whatever the load: stdin, stdout, stderr, the two
+/// listeners, signal-hook's pipe, a `/proc` file being read, and room.
+pub const FIXED_FDS: u64 = 16;
+
+/// Handshakes in progress the server allows when it can, from all addresses
+/// together. Honest handshakes take a millisecond; these places only run out
+/// when connections sit on them.
+pub const HANDSHAKES: u64 = 128;
+
+/// The page's and the handshakes' places never shrink below this many.
+pub const MIN_RESERVE: u64 = 4;
+
+/// Memory of one thread beyond its stack's touched pages: its kernel stack and
+/// task structures (16 KiB of kernel stack, measured) and the few KiB of user
+/// stack a parked thread touches.
+pub const THREAD_MEMORY: u64 = 32 * 1024;
+
+/// The most tungstenite reads of a handshake (its own cap, 64 KiB), plus the
+/// read buffer.
+const HANDSHAKE_MEMORY: u64 = 65 * 1024;
+
+/// What the server is asked to carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// Chat clients (`--max-clients`).
+    pub clients: u64,
+    /// Page connections (`--max-http`).
+    pub http: u64,
+    /// Echo clients: [`crate::places::ECHO_CLIENTS`] with `--echo`, else 0.
+    pub echo: u64,
+    /// Most memory one client can make the server hold: [`client_memory`].
+    pub client_bytes: u64,
+    /// Most memory one page connection can make the server hold: [`http_memory`].
+    pub http_bytes: u64,
+}
 
 /// The result of planning: what the server will allow and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// WebSocket clients allowed at once (at most what was asked for).
+    /// Chat clients allowed at once (at most what was asked for).
     pub max_clients: usize,
-    /// True when `max_clients` is lower than asked because the machine cannot carry it.
+    /// Page connections allowed at once.
+    pub max_http: usize,
+    /// Handshakes in progress allowed at once.
+    pub handshakes: usize,
+    /// Echo clients allowed at once.
+    pub echo: usize,
+    /// True when clients or page connections are fewer than asked because the
+    /// machine cannot carry them.
     pub clamped: bool,
     /// Threads this process may have, with the margin already taken off.
     pub thread_budget: u64,
@@ -58,9 +103,13 @@ pub struct Plan {
     pub open_files_hard: u64,
     /// `vm.max_map_count`, when readable.
     pub max_map_count: Option<u64>,
+    /// Memory the plan may use, with the margin taken off, when known.
+    pub memory_budget: Option<u64>,
+    /// The most memory every place taken at once could make the server hold.
+    pub worst_case_memory: u64,
 }
 
-/// The kernel limits that bound threads and descriptors.
+/// The kernel limits that bound threads, descriptors and memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// `vm.max_map_count`.
@@ -68,10 +117,14 @@ pub struct Limits {
     /// Lowest of `kernel.threads-max`, `kernel.pid_max`, cgroup `pids.max` and
     /// `RLIMIT_NPROC`.
     pub task_limit: Option<u64>,
-    /// Soft and hard `RLIMIT_NOFILE` (hard `None` = unlimited).
-    pub open_files_soft: u64,
-    /// See `open_files_soft`.
+    /// The hard `RLIMIT_NOFILE` (`None` = unlimited).
     pub open_files_hard: Option<u64>,
+    /// Lowest of `MemTotal` and the own cgroup's `memory.max`, in bytes.
+    pub memory: Option<u64>,
+    /// Descriptors open before the server opened any, beyond stdin, stdout and
+    /// stderr: whatever the parent process let this one inherit. They count
+    /// against the same limit.
+    pub inherited_fds: u64,
 }
 
 impl Limits {
@@ -89,17 +142,65 @@ impl Limits {
         .into_iter()
         .flatten()
         .min();
+        let memory = [
+            mem_total(),
+            own_cgroup_file("memory.max").and_then(|path| read_number(&path)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        // Listing the folder opens one more descriptor of its own.
+        let open_now = fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
         Limits {
             max_map_count: read_number("/proc/sys/vm/max_map_count"),
             task_limit,
-            open_files_soft: nofile.current.unwrap_or(u64::MAX),
             open_files_hard: nofile.maximum,
+            memory,
+            inherited_fds: open_now.saturating_sub(4),
         }
     }
 }
 
-/// Works out how many clients fit within `limits`.
-pub fn plan(requested_clients: usize, limits: &Limits) -> Plan {
+/// Most memory one chat or echo client can make the server hold.
+pub fn client_memory(max_backlog: usize, max_message: usize) -> u64 {
+    max_backlog as u64 + 3 * max_message as u64 + 2 * THREAD_MEMORY
+}
+
+/// Most memory one page connection can make the server hold, when the largest
+/// answer it can be sent is `largest_answer` bytes.
+pub fn http_memory(largest_answer: u64) -> u64 {
+    MAX_HEAD as u64 + 1024 + largest_answer + THREAD_MEMORY
+}
+
+/// How many of each kind of place, and what they cost together.
+#[derive(Debug, Clone, Copy)]
+struct Places {
+    clients: u64,
+    http: u64,
+    handshakes: u64,
+    echo: u64,
+    /// Descriptors that were open before the server started.
+    inherited_fds: u64,
+}
+
+impl Places {
+    fn threads(&self) -> u64 {
+        FIXED_THREADS + 2 * (self.clients + self.echo) + self.handshakes + self.http
+    }
+
+    fn fds(&self) -> u64 {
+        FIXED_FDS + self.inherited_fds + self.clients + self.echo + self.handshakes + 2 * self.http
+    }
+
+    fn memory(&self, wanted: &Wanted) -> u64 {
+        (self.clients + self.echo) * wanted.client_bytes
+            + self.handshakes * (HANDSHAKE_MEMORY + THREAD_MEMORY)
+            + self.http * wanted.http_bytes
+    }
+}
+
+/// Works out how many connections fit within `limits`.
+pub fn plan(wanted: &Wanted, limits: &Limits) -> Plan {
     let by_maps = limits.max_map_count.map(|maps| maps / 4);
     let thread_ceiling = [by_maps, limits.task_limit]
         .into_iter()
@@ -107,43 +208,85 @@ pub fn plan(requested_clients: usize, limits: &Limits) -> Plan {
         .min()
         .unwrap_or(16_000);
     let thread_budget = thread_ceiling * 3 / 4;
-
-    // Threads: two per client, one per pending handshake, one per HTTP connection.
-    let clients_by_threads =
-        thread_budget.saturating_sub(FIXED_THREADS + HANDSHAKE_SLOTS + HTTP_CONNECTIONS) / 2;
-    // Descriptors: one per client and per pending handshake, two per HTTP connection.
     let fd_ceiling = limits.open_files_hard.unwrap_or(1 << 20);
-    let clients_by_fds =
-        fd_ceiling.saturating_sub(FIXED_FDS + HANDSHAKE_SLOTS + 2 * HTTP_CONNECTIONS);
+    let memory_budget = limits.memory.map(|m| m / 4 * 3);
+    let fits = |p: &Places| {
+        p.threads() <= thread_budget
+            && p.fds() <= fd_ceiling
+            && memory_budget.is_none_or(|m| p.memory(wanted) <= m)
+    };
 
-    let fits = clients_by_threads.min(clients_by_fds).max(1);
-    let max_clients = (requested_clients as u64).min(fits);
-    let open_files = open_files_needed(max_clients).min(fd_ceiling);
+    let asked = Places {
+        inherited_fds: limits.inherited_fds,
+        ..everything_asked(wanted)
+    };
+    let places = if fits(&asked) {
+        asked
+    } else {
+        let spare_threads = thread_budget.saturating_sub(FIXED_THREADS);
+        let spare_fds = fd_ceiling.saturating_sub(FIXED_FDS + limits.inherited_fds);
+        let share = |per_thread: u64, per_fd: u64| {
+            (spare_threads / per_thread).min(spare_fds / per_fd) / 16
+        };
+        let mut reduced = Places {
+            clients: 0,
+            http: wanted.http.min(share(1, 2).max(MIN_RESERVE)),
+            handshakes: HANDSHAKES.min(share(1, 1).max(MIN_RESERVE)),
+            echo: wanted.echo,
+            inherited_fds: limits.inherited_fds,
+        };
+        let room = |p: &Places| {
+            let threads = thread_budget.saturating_sub(p.threads()) / 2;
+            let fds = fd_ceiling.saturating_sub(p.fds());
+            let memory = memory_budget.map_or(u64::MAX, |m| {
+                m.saturating_sub(p.memory(wanted)) / wanted.client_bytes.max(1)
+            });
+            threads.min(fds).min(memory)
+        };
+        // One client is always allowed: a server that admits nobody is no server.
+        reduced.clients = wanted.clients.min(room(&reduced)).max(1);
+        reduced
+    };
     Plan {
-        max_clients: max_clients as usize,
-        clamped: max_clients < requested_clients as u64,
+        max_clients: places.clients as usize,
+        max_http: places.http as usize,
+        handshakes: places.handshakes as usize,
+        echo: places.echo as usize,
+        clamped: places.clients < wanted.clients || places.http < wanted.http,
         thread_budget,
-        open_files,
+        open_files: places.fds().min(fd_ceiling),
         open_files_hard: fd_ceiling,
         max_map_count: limits.max_map_count,
+        memory_budget,
+        worst_case_memory: places.memory(wanted),
     }
 }
 
-/// The descriptors `clients` WebSocket clients need: the `LimitNOFILE` a service
-/// manager must allow for them.
-pub fn open_files_needed(clients: u64) -> u64 {
-    FIXED_FDS + HANDSHAKE_SLOTS + 2 * HTTP_CONNECTIONS + clients
+/// The descriptors the server needs for everything it is asked to carry: the
+/// `LimitNOFILE` a service manager must allow.
+pub fn open_files_needed(wanted: &Wanted) -> u64 {
+    everything_asked(wanted).fds()
 }
 
-/// The task limit (`TasksMax`) under which `clients` WebSocket clients fit, the
-/// spare quarter included: two threads per client plus the fixed, handshake and
-/// HTTP threads, times 4/3.
-pub fn tasks_needed(clients: u64) -> u64 {
-    let threads = 2 * clients + FIXED_THREADS + HANDSHAKE_SLOTS + HTTP_CONNECTIONS;
-    (threads * 4).div_ceil(3)
+/// The task limit (`TasksMax`) under which everything asked for fits, the spare
+/// quarter included.
+pub fn tasks_needed(wanted: &Wanted) -> u64 {
+    (everything_asked(wanted).threads() * 4).div_ceil(3)
 }
 
-/// Sets this process's soft descriptor limit to what the plan needs.
+fn everything_asked(wanted: &Wanted) -> Places {
+    Places {
+        clients: wanted.clients,
+        http: wanted.http,
+        handshakes: HANDSHAKES,
+        echo: wanted.echo,
+        inherited_fds: 0,
+    }
+}
+
+/// Sets this process's soft descriptor limit to what the plan needs. Lowering it
+/// is a backstop: the places already keep the count below it, and a miscount shows
+/// up as `EMFILE` in one `accept` (which backs off) rather than as a crash.
 pub fn apply(plan: &Plan) -> std::io::Result<()> {
     let current = getrlimit(Resource::Nofile);
     setrlimit(
@@ -156,7 +299,8 @@ pub fn apply(plan: &Plan) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A file of this process's own cgroup (v2), where systemd puts a unit's `TasksMax`.
+/// A file of this process's own cgroup (v2), where systemd puts a unit's
+/// `TasksMax` and `MemoryMax`.
 fn own_cgroup_file(name: &str) -> Option<String> {
     cgroup_file(&fs::read_to_string("/proc/self/cgroup").ok()?, name)
 }
@@ -172,8 +316,22 @@ fn cgroup_file(proc_self_cgroup: &str, name: &str) -> Option<String> {
     ))
 }
 
+/// `MemTotal` from `/proc/meminfo`, in bytes.
+fn mem_total() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 fn read_number(path: &str) -> Option<u64> {
-    // `pids.max` may say "max": no limit there.
+    // `pids.max` and `memory.max` may say "max": no limit there.
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
@@ -181,52 +339,109 @@ fn read_number(path: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    const MIB: u64 = 1 << 20;
+
+    fn wanted(clients: u64) -> Wanted {
+        Wanted {
+            clients,
+            http: 256,
+            echo: 0,
+            client_bytes: client_memory(1 << 20, 64 << 10),
+            http_bytes: http_memory(6_286),
+        }
+    }
+
     fn limits(maps: u64, tasks: u64, hard: u64) -> Limits {
         Limits {
             max_map_count: Some(maps),
             task_limit: Some(tasks),
-            open_files_soft: 1024,
             open_files_hard: Some(hard),
+            memory: None,
+            inherited_fds: 0,
         }
     }
 
     #[test]
     fn a_roomy_machine_keeps_the_request() {
-        let p = plan(1024, &limits(65_530, 100_000, 20_000));
-        assert_eq!(p.max_clients, 1024);
+        let p = plan(&wanted(1024), &limits(65_530, 100_000, 20_000));
+        assert_eq!((p.max_clients, p.max_http, p.handshakes), (1024, 256, 128));
         assert!(!p.clamped);
-        assert_eq!(p.open_files, 64 + 64 + 256 + 1024);
+        assert_eq!(p.open_files, 16 + 1024 + 128 + 2 * 256);
     }
 
     #[test]
     fn the_map_count_bounds_threads() {
-        // 65,530 maps / 4 = 16,382 threads, 3/4 of it = 12,286; minus fixed, handshake
-        // and HTTP threads, halved (reader + writer).
-        let p = plan(100_000, &limits(65_530, 100_000, 1 << 20));
+        // 65,530 maps / 4 = 16,382 threads, 3/4 of it = 12,286; the page's and the
+        // handshakes' places as asked (they fit in a sixteenth), the rest halved
+        // (reader + writer).
+        let p = plan(&wanted(100_000), &limits(65_530, 100_000, 1 << 20));
         assert!(p.clamped);
-        assert_eq!(p.max_clients, (12_286 - 32 - 64 - 128) / 2);
+        assert_eq!((p.max_http, p.handshakes), (256, 128));
+        assert_eq!(p.max_clients, (12_286 - 8 - 256 - 128) / 2);
     }
 
     #[test]
-    fn the_descriptor_limit_bounds_clients() {
-        let p = plan(1024, &limits(65_530, 100_000, 1024));
+    fn the_descriptor_limit_bounds_clients_and_the_reserves_shrink_with_it() {
+        let p = plan(&wanted(1024), &limits(65_530, 100_000, 1024));
         assert!(p.clamped);
-        assert_eq!(p.max_clients, 1024 - 64 - 64 - 256);
+        // A sixteenth of the 1,008 spare descriptors for each reserve.
+        assert_eq!((p.max_http, p.handshakes), (31, 63));
+        assert_eq!(p.max_clients, 1008 - 62 - 63);
         assert_eq!(p.open_files, 1024);
     }
 
     #[test]
-    fn the_service_limits_carry_exactly_the_clients_asked_for() {
+    fn with_128_descriptors_dozens_of_clients_fit() {
+        let p = plan(&wanted(1024), &limits(65_530, 100_000, 128));
+        assert_eq!((p.max_http, p.handshakes), (MIN_RESERVE as usize, 7));
+        assert_eq!(p.max_clients, 112 - 8 - 7);
+        assert!(p.open_files <= 128);
+    }
+
+    #[test]
+    fn memory_bounds_clients_too() {
+        // A 1 GiB Raspberry Pi: three quarters for the plan.
+        let mut l = limits(65_530, 30_000, 1 << 20);
+        l.memory = Some(1024 * MIB);
+        let w = wanted(1024);
+        let p = plan(&w, &l);
+        assert!(p.clamped);
+        assert!(p.worst_case_memory <= 768 * MIB, "{}", p.worst_case_memory);
+        let one_more = Places {
+            clients: p.max_clients as u64 + 1,
+            http: p.max_http as u64,
+            handshakes: p.handshakes as u64,
+            echo: 0,
+            inherited_fds: 0,
+        };
+        assert!(one_more.memory(&w) > 768 * MIB);
+        assert!(p.max_clients > 400, "{}", p.max_clients);
+    }
+
+    #[test]
+    fn the_service_limits_carry_exactly_what_is_asked_for() {
         for clients in [2, 1024, 5000] {
-            let nofile = open_files_needed(clients);
-            let tasks = tasks_needed(clients);
-            let p = plan(clients as usize, &limits(1 << 30, tasks, nofile));
+            let w = wanted(clients);
+            let nofile = open_files_needed(&w);
+            let tasks = tasks_needed(&w);
+            let p = plan(&w, &limits(1 << 30, tasks, nofile));
             assert_eq!(p.max_clients as u64, clients, "{clients}");
+            assert_eq!(p.max_http, 256);
             assert!(!p.clamped);
-            let one_fewer = plan(clients as usize, &limits(1 << 30, tasks, nofile - 1));
+            let one_fewer = plan(&w, &limits(1 << 30, tasks, nofile - 1));
             assert!(one_fewer.clamped, "{clients}");
         }
-        assert_eq!(open_files_needed(1024), 1408);
+        assert_eq!(open_files_needed(&wanted(1024)), 1680);
+    }
+
+    #[test]
+    fn inherited_descriptors_count_against_the_limit() {
+        let mut l = limits(65_530, 100_000, 1024);
+        let without = plan(&wanted(1024), &l);
+        l.inherited_fds = 300;
+        let with = plan(&wanted(1024), &l);
+        assert!(with.max_clients < without.max_clients - 200, "{with:?}");
+        assert!(with.open_files <= 1024);
     }
 
     #[test]
@@ -245,7 +460,11 @@ mod tests {
 
     #[test]
     fn a_tiny_machine_still_serves_someone() {
-        let p = plan(1024, &limits(400, 50, 200));
+        // 50 tasks: a budget of 37 threads, 8 fixed, 4 + 4 reserved, two per client.
+        let p = plan(&wanted(1024), &limits(400, 50, 200));
+        assert_eq!(p.max_clients, (37 - 8 - 4 - 4) / 2);
+        // Not even the fixed threads fit: one client all the same.
+        let p = plan(&wanted(1024), &limits(400, 20, 40));
         assert_eq!(p.max_clients, 1);
     }
 }

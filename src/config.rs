@@ -10,6 +10,13 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::hub::LARGEST_BATCH;
+use crate::outbox::smallest_useful_backlog;
+
+/// Most bytes a WebSocket frame header adds to a message (2 + 8 length bytes, plus
+/// a 4-byte mask on the way in).
+const FRAME_HEADER: usize = 14;
+
 /// A small real-time chat server: a web page on one port, WebSocket chat on another.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "threadchat", version, about)]
@@ -33,13 +40,35 @@ pub struct Config {
     #[arg(long, env = "THREADCHAT_WWW")]
     pub www: Option<PathBuf>,
 
-    /// Most WebSocket clients at once; the next handshake gets HTTP 503. Lowered at
+    /// Most chat clients at once; the next handshake gets HTTP 503. Lowered at
     /// start if the machine's thread or file limits cannot carry that many.
     #[arg(long, env = "THREADCHAT_MAX_CLIENTS", default_value_t = 1024)]
     pub max_clients: usize,
 
-    /// Largest chat message in bytes; a larger one closes the connection with 1009.
-    /// Counters memory exhaustion by one client.
+    /// Most chat (and echo) clients from one address at once; 0 = no limit (behind
+    /// a reverse proxy, where every client has the proxy's address). Counters one
+    /// host taking every place.
+    #[arg(long, env = "THREADCHAT_MAX_PER_HOST", default_value_t = 32)]
+    pub max_per_host: usize,
+
+    /// Most WebSocket handshakes in progress from one address; 0 = no limit.
+    /// Counters one host holding every handshake place with idle connections.
+    #[arg(long, env = "THREADCHAT_MAX_HANDSHAKES_PER_HOST", default_value_t = 8)]
+    pub max_handshakes_per_host: usize,
+
+    /// Most page (HTTP) connections at once, apart from the chat's places. Past it
+    /// new visitors wait in the listen queue until one closes. Lowered at start if
+    /// the machine cannot carry that many.
+    #[arg(long, env = "THREADCHAT_MAX_HTTP", default_value_t = 256)]
+    pub max_http: usize,
+
+    /// Most page connections from one address at once; 0 = no limit. A browser
+    /// opens up to six.
+    #[arg(long, env = "THREADCHAT_MAX_HTTP_PER_HOST", default_value_t = 16)]
+    pub max_http_per_host: usize,
+
+    /// Largest message in bytes, chat and echo; a larger one closes the connection
+    /// with 1009. Counters memory exhaustion by one client.
     #[arg(long, env = "THREADCHAT_MAX_MESSAGE", default_value_t = 64 * 1024)]
     pub max_message: usize,
 
@@ -47,6 +76,16 @@ pub struct Config {
     /// Finds peers that vanished without closing (a laptop lid, a dead Wi-Fi).
     #[arg(long, env = "THREADCHAT_PING_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval: u64,
+
+    /// Also answer to this host name (repeatable; `*` = any). IP addresses,
+    /// `localhost`, this machine's host name and `<host name>.local` are always
+    /// answered; any other name in `Host` gets 421. Counters DNS rebinding.
+    #[arg(
+        long = "server-name",
+        env = "THREADCHAT_SERVER_NAME",
+        value_delimiter = ','
+    )]
+    pub server_names: Vec<String>,
 
     /// Also accept WebSocket handshakes from this page origin, e.g.
     /// `http://chat.example:8000` (repeatable; `*` accepts any). Without it only pages
@@ -63,19 +102,27 @@ pub struct Config {
     #[arg(long, env = "THREADCHAT_HANDSHAKE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub handshake_timeout: u64,
 
-    /// Seconds an HTTP connection may sit idle or half-sent before it is closed.
-    /// Counters slow or idle page clients holding a thread each.
+    /// Seconds a page connection has for each request head, each answer, and to
+    /// sit idle between requests. Counters slow or idle page clients.
     #[arg(long, env = "THREADCHAT_HTTP_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_timeout: u64,
 
-    /// Bytes that may wait for one slow client before it is disconnected (close 1008).
-    /// Counters a client that stops reading: without a bound its backlog grows forever.
+    /// Bytes that may wait for one slow client before it is disconnected (close
+    /// 1008), each queued chunk counted with its overhead. Counters a client that
+    /// stops reading: without a bound its backlog grows for ever.
     #[arg(long, env = "THREADCHAT_MAX_BACKLOG", default_value_t = 1024 * 1024)]
     pub max_backlog: usize,
 
-    /// Seconds a blocked write to one client may take before it is disconnected.
+    /// Seconds a blocked write to one client may take before it is disconnected;
+    /// also how long the rest of its backlog may take once it has left.
     #[arg(long, env = "THREADCHAT_WRITE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub write_timeout: u64,
+
+    /// Serve `ws://…/echo`, which sends every message back (for WebSocket
+    /// conformance tools), to at most 8 clients at once. Off by default: it is no
+    /// use to a chat, and a way to make the server hold memory.
+    #[arg(long)]
+    pub echo: bool,
 
     /// Log lines for people (`human`), or one JSON object per line for journald and
     /// log shippers (`json`). `RUST_LOG` sets the level either way.
@@ -113,7 +160,7 @@ impl Config {
         Duration::from_secs(self.handshake_timeout)
     }
 
-    /// The HTTP read and write timeout.
+    /// The page's deadline for a request head, an answer, and an idle connection.
     pub fn http_timeout(&self) -> Duration {
         Duration::from_secs(self.http_timeout)
     }
@@ -131,11 +178,20 @@ impl Config {
         if self.max_message < 1024 {
             return Err("--max-message must be at least 1024 bytes".into());
         }
-        if self.max_backlog < 2 * self.max_message {
+        if self.max_http == 0 {
+            return Err("--max-http must be at least 1".into());
+        }
+        // A client that reads normally must never be cut off: its backlog has to
+        // hold the largest thing it can be sent (a batch of the hub's, or an echo
+        // of the largest message) while the one before is still being written.
+        let largest = LARGEST_BATCH.max(self.max_message + FRAME_HEADER);
+        let least = smallest_useful_backlog(largest);
+        if self.max_backlog < least {
             return Err(format!(
-                "--max-backlog ({}) must be at least twice --max-message ({}), or one large \
-                 message would count as a slow consumer",
-                self.max_backlog, self.max_message
+                "--max-backlog ({}) must be at least {least}: a client can be sent {largest} \
+                 bytes at once (the hub's largest batch, or an echo of --max-message), and \
+                 with less room than two of those every client would count as a slow consumer",
+                self.max_backlog
             ));
         }
         Ok(())

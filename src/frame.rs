@@ -42,6 +42,11 @@ pub fn close(code: CloseCode, reason: &str) -> Vec<u8> {
     out
 }
 
+/// Whether `frame`, which starts at a frame boundary, is a close frame.
+pub fn is_close(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|byte| byte & 0x0F == 0x8)
+}
+
 fn append(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let header = FrameHeader {
         opcode,
@@ -72,5 +77,7 @@ mod tests {
         append_ping(&mut ping);
         assert_eq!(ping, vec![0x89, 0]);
         assert_eq!(close(CloseCode::Away, ""), vec![0x88, 2, 0x03, 0xE9]);
+        assert!(is_close(&close(CloseCode::Normal, "bye")));
+        assert!(!is_close(&ping) && !is_close(&text("x")) && !is_close(&[]));
     }
 }

@@ -1,260 +1,340 @@
-//! The web page on port 8000: tiny_http, a dispatcher thread and a few workers.
+//! The page on port 8000: a small HTTP/1.1 server for `GET` and `HEAD`, one thread
+//! per connection, like the chat port.
 //!
-//! Routes: `GET /healthz`, `GET /stats` (JSON), `GET /config.json` (tells the page
-//! which port the WebSocket is on), and every other `GET`/`HEAD` a file of the page
-//! (see [`crate::assets`]), with `ETag` and `Cache-Control: no-cache`: the browser
-//! keeps a copy and asks each time whether it is current, and a match costs a `304`
-//! with no body. Other methods get 405.
+//! Routes: `GET /healthz` (200 while the hub turns over, else 503), `GET /stats`
+//! (JSON), `GET /config.json` (tells the page which port the WebSocket is on), and
+//! every other path a file of the page (see [`crate::assets`]), with `ETag` and
+//! `Cache-Control: no-cache`: the browser keeps a copy and asks each time whether
+//! it is current, and a match costs a `304` with no body. Other methods get 405.
 //!
-//! # Keeping tiny_http within bounds
+//! # The designs that do not hold
 //!
-//! tiny_http 0.12 is simple and small, and has three gaps for a server that must
-//! not fall over: it has no timeouts (a client that sends half a request holds a
-//! pool thread for ever), its pool grows a thread per connection without bound, and
-//! its accept thread treats any `accept` error as fatal (it ends, and port 8000
-//! silently stops answering). Rather than fork it, we close each gap from outside:
+//! * *Read a line until its end, then the next.* The classic loop (and
+//!   tiny_http's) keeps a header line in memory until its CRLF arrives. One
+//!   client that never sends it grows that buffer until the machine runs out:
+//!   four connections took a server to 2.9 GiB in 15 s.
+//! * *Parse requests as they come, answer them from a queue.* A client may send
+//!   thousands of requests without reading an answer (pipelining). The queue grows
+//!   without bound, and the worker writing to that client blocks, with every other
+//!   visitor's answer behind it.
+//! * *A timeout on each read.* A client that sends one byte just inside every
+//!   timeout keeps its connection for ever.
 //!
-//! * **Time.** `SO_RCVTIMEO` and `SO_SNDTIMEO` set on the *listening* socket are
-//!   inherited by every socket it accepts (Linux). So every read or write on an
-//!   HTTP connection gives up after `--http-timeout`, and a stalled or idle client
-//!   loses its connection and frees its thread. This bounds each wait, not a whole
-//!   request: a client that trickles a byte just inside every timeout keeps its
-//!   connection, and is bounded by the count below instead.
-//! * **Count.** Each HTTP connection costs two descriptors, and the process's soft
-//!   `RLIMIT_NOFILE` is set at start to what the capacity plan allows (see
-//!   [`crate::capacity`]). A flood of connections hits `EMFILE` long before its
-//!   threads could reach the thread ceiling.
-//! * **A dead accept thread.** The listener's timeout also makes the idle `accept()`
-//!   time out, and `EMFILE` is an accept error too: both end tiny_http's accept
-//!   thread, and `recv()` returns the error. The dispatcher then starts a fresh
-//!   `Server` on a clone of the same listening socket (once a client is waiting:
-//!   see the next section). The socket itself never
-//!   closes, so a client connecting meanwhile waits in the listen backlog instead of
-//!   being refused. The old server's idle pool threads exit within 5 s. tiny_http
-//!   also `unwrap`s a `try_clone` in its accept thread, which panics under
-//!   `EMFILE`; a panic hook notices panics from tiny_http's code and unblocks the
-//!   dispatcher, which restarts the server the same way.
+//! # The design we use
 //!
-//! # Sleeping while nobody visits
+//! Each connection has its own thread (it holds one of the page's places, see
+//! [`crate::places`]) and one fixed-size buffer of [`MAX_HEAD`] bytes. The thread
+//! reads into the buffer until it holds a whole request head, which `httparse`
+//! parses: request line and at most [`MAX_HEADERS`] header fields within
+//! `MAX_HEAD` bytes, or `431` and close. The whole head must arrive within
+//! `--http-timeout` (a deadline, not a per-read timeout), or `408` and close; a
+//! keep-alive connection with no new request by then is closed silently.
 //!
-//! The listener's timeout also ends the idle accept: with nobody visiting,
-//! tiny_http's accept thread would die and be restarted once per `--http-timeout`,
-//! for ever, and a small host would never sleep. So the dispatcher does not
-//! restart it straight away: it blocks in `poll()` on the listening socket until a
-//! client is waiting in the backlog, and only then starts the next server. A
-//! server that nobody visits costs no wake-up at all; a visit costs one more, a
-//! timeout after the last connection.
-//!
-//! That is also when the dead server is dropped: tiny_http's `Drop` connects to its
-//! own port to unblock an accept thread that is already gone. Dropped while nobody
-//! is visiting, that goodbye connection would sit in the backlog and wake the
-//! dispatcher at once; dropped after a real client arrived, it is one more
-//! connection the new server reads to its end.
-//!
-//! One window remains: a keep-alive connection accepted by the old server stays
-//! with the old server's pool, and a request on it that is parsed just after the
-//! switch lands in a queue nobody reads; its connection ends at its read timeout
-//! (browsers retry such a request on a new connection). It takes a connection idle
-//! for almost exactly the timeout to hit that window.
+//! Then it answers that request, and only then reads the next: a pipelined
+//! request waits in the same buffer (or in the kernel) until its turn, so a client
+//! that sends many and reads none stops being read from as soon as its answers
+//! fill the socket. Answers are written with a deadline too; a client that does
+//! not read them loses its connection at `--http-timeout`, and nothing it held is
+//! shared with anyone else. No request body is ever read: a request with one is
+//! answered, then its connection is closed.
 
-use std::io::{self, Cursor};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex, Weak};
-use std::thread;
-use std::time::Duration;
+use std::borrow::Cow;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, Shutdown, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, bounded};
-use rustix::event::{PollFd, PollFlags, poll};
-use rustix::net::sockopt::{Timeout, set_socket_timeout};
-use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
+use crossbeam_channel::Sender;
+use serde::Serialize;
 
+use crate::accept::Accepted;
 use crate::assets::{Page, Unavailable};
-use crate::stats::Stats;
+use crate::hosts::ServerNames;
+use crate::hub::Event;
+use crate::places::{Occupancy, Places};
+use crate::stats::{Snapshot, Stats};
 
-/// Threads that answer requests. tiny_http's pool reads and parses requests; these
-/// only write responses, each bounded by the write timeout.
-const WORKERS: usize = 4;
+/// Most bytes of one request head (request line and headers). Browsers send 1–2
+/// KiB; nginx's default is 8 KiB per line.
+pub const MAX_HEAD: usize = 16 * 1024;
 
-/// Requests parsed but not yet picked up by a worker.
-const QUEUE: usize = 64;
+/// Most header fields in one request.
+pub const MAX_HEADERS: usize = 100;
 
-/// Shortest and longest pause before restarting tiny_http after an error other
-/// than the idle timeout.
-const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+/// After the last answer on a connection, how long the rest of the client's input
+/// is read and dropped before the socket closes. Closing with unread input makes
+/// the kernel send a reset, which can destroy the answer before the client reads
+/// it (a 431 to a client still sending its endless header, say).
+const LINGER: Duration = Duration::from_secs(1);
 
-/// What the request handlers need.
+/// How much is read and dropped while lingering, at most.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// How long `/healthz` waits for the hub to answer.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What the request handlers need, shared by every page connection.
 pub struct Site {
     /// The page's files.
     pub page: Page,
     /// Counters for `/stats`.
     pub stats: Arc<Stats>,
+    /// Places taken, for `/stats`.
+    pub places: Arc<Places>,
+    /// The hub, which `/healthz` asks whether it is turning over.
+    pub hub: Sender<Event>,
     /// The WebSocket port, for `/config.json`.
     pub ws_port: u16,
+    /// Names accepted in `Host`.
+    pub server_names: ServerNames,
+    /// `--http-timeout`: the deadline of a request head, of an answer, and of an
+    /// idle keep-alive connection.
+    pub timeout: Duration,
 }
 
-/// The server being served from now, so the panic hook can unblock it.
-type Current = Arc<Mutex<Weak<Server>>>;
-
-/// Starts the HTTP side on `listener`: the dispatcher thread `http` and workers
-/// `http-1`..`http-4`.
-pub fn start(listener: TcpListener, timeout: Duration, site: Site) -> io::Result<()> {
-    set_socket_timeout(&listener, Timeout::Recv, Some(timeout))?;
-    set_socket_timeout(&listener, Timeout::Send, Some(timeout))?;
-    let site = Arc::new(site);
-    let (requests, work) = bounded::<Request>(QUEUE);
-    for n in 1..=WORKERS {
-        let work = work.clone();
-        let site = Arc::clone(&site);
-        thread::Builder::new()
-            .name(format!("http-{n}"))
-            .spawn(move || serve_requests(&work, &site))?;
-    }
-    let current: Current = Arc::new(Mutex::new(Weak::new()));
-    watch_for_tiny_http_panics(Arc::clone(&current));
-    thread::Builder::new()
-        .name("http".into())
-        .spawn(move || dispatch(&listener, &requests, &current))?;
-    Ok(())
+/// The parts of a request head that are used, copied out of the buffer so that the
+/// buffer can take the next request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Request {
+    method: String,
+    /// The request target as sent (not decoded; may include `?query`).
+    target: String,
+    /// HTTP/1.1 (true) or HTTP/1.0.
+    http11: bool,
+    host: Option<String>,
+    if_none_match: Option<String>,
+    /// The client wants the connection kept open after this answer.
+    keep_alive: bool,
+    /// The request announces a body, which is never read.
+    has_body: bool,
 }
 
-/// The dispatcher: wait for a visitor, run a tiny_http server on the listener,
-/// hand its requests to the workers, and when it dies go back to waiting.
-fn dispatch(listener: &TcpListener, requests: &Sender<Request>, current: &Current) {
-    let mut backoff = RESTART_BACKOFF.0;
-    let mut retired: Option<Arc<Server>> = None;
+/// Why no request was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRequest {
+    /// The client closed, or sent nothing before the deadline: close quietly.
+    Gone,
+    /// Answer this status, then close.
+    Refuse(u16),
+}
+
+/// One answer.
+struct Response {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Cow<'static, [u8]>,
+    /// Close the connection after this answer.
+    close: bool,
+}
+
+/// Serves one page connection until it closes. Runs on the connection's own thread.
+pub fn serve(conn: Accepted, site: &Site) {
+    let Accepted {
+        stream,
+        peer,
+        place,
+        ..
+    } = conn;
+    // Answers are written whole; waiting for more to coalesce would only delay them.
+    let _ = stream.set_nodelay(true);
+    let mut input = Vec::with_capacity(MAX_HEAD);
     loop {
-        if let Err(e) = wait_for_a_client(listener) {
-            log::warn!("http: cannot wait for connections ({e}); retrying in {backoff:?}");
-            thread::sleep(backoff);
-            backoff = (backoff * 2).min(RESTART_BACKOFF.1);
-            continue;
-        }
-        // Its goodbye connection now lands behind the client that woke us.
-        drop(retired.take());
-        let server = match listener.try_clone() {
-            Ok(clone) => Server::from_listener(clone, None).map(Arc::new),
-            Err(e) => Err(e.into()),
-        };
-        let server = match server {
-            Ok(server) => server,
-            Err(e) => {
-                log::warn!("http: cannot start ({e}); retrying in {backoff:?}");
-                thread::sleep(backoff);
-                backoff = (backoff * 2).min(RESTART_BACKOFF.1);
-                continue;
+        let deadline = Instant::now() + site.timeout;
+        let request = match read_request(&stream, &mut input, deadline) {
+            Ok(request) => request,
+            Err(NoRequest::Gone) => break,
+            Err(NoRequest::Refuse(status)) => {
+                let response = text(status, reason(status)).closing();
+                let _ = write_response(&stream, &response, true, site.timeout);
+                linger(&stream);
+                break;
             }
         };
-        *current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&server);
-        loop {
-            match server.recv() {
-                Ok(request) => {
-                    backoff = RESTART_BACKOFF.0;
-                    if requests.send(request).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    log::debug!(
-                        "http: no new connection within the timeout; sleeping until the next one"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    log::warn!("http: accept thread ended ({e}); restarting in {backoff:?}");
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(RESTART_BACKOFF.1);
-                    break;
-                }
-            }
+        let mut response = respond_to(&request, site, peer);
+        response.close |= !request.keep_alive || request.has_body;
+        let head_only = request.method == "HEAD";
+        if write_response(&stream, &response, head_only, site.timeout).is_err() {
+            break;
         }
-        retired = Some(server);
+        if response.close {
+            linger(&stream);
+            break;
+        }
     }
+    drop(stream);
+    drop(place);
 }
 
-/// Blocks, with no timeout, until a connection waits in the listen backlog.
-fn wait_for_a_client(listener: &TcpListener) -> io::Result<()> {
-    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+/// Reads until `input` holds a whole request head, parses it, and removes it from
+/// `input` (a pipelined request after it stays there for the next call).
+fn read_request(
+    stream: &TcpStream,
+    input: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<Request, NoRequest> {
+    // Bytes left over from the previous request may already hold a whole head.
+    let mut fresh = !input.is_empty();
     loop {
-        match poll(&mut fds, None) {
-            Ok(_) => return Ok(()),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        // A head can only be complete once a line has ended, so the (linear) parse
+        // runs once per line that arrives, not once per byte.
+        if fresh && let Some((request, len)) = parse_head(input)? {
+            input.drain(..len);
+            return Ok(request);
+        }
+        if input.len() >= MAX_HEAD {
+            return Err(NoRequest::Refuse(431));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(if input.is_empty() {
+                NoRequest::Gone
+            } else {
+                NoRequest::Refuse(408)
+            });
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|_| NoRequest::Gone)?;
+        let mut chunk = [0u8; 4096];
+        let room = (MAX_HEAD - input.len()).min(chunk.len());
+        match (&*stream).read(&mut chunk[..room]) {
+            Ok(0) => return Err(NoRequest::Gone),
+            Ok(n) => {
+                input.extend_from_slice(&chunk[..n]);
+                fresh = chunk[..n].contains(&b'\n');
+            }
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => fresh = false,
+            Err(_) => return Err(NoRequest::Gone),
         }
     }
 }
 
-/// Makes a panic in tiny_http's own threads (its accept thread `unwrap`s) restart
-/// the HTTP side instead of leaving port 8000 dead. Other panics go to the
-/// previous hook as usual.
-fn watch_for_tiny_http_panics(current: Current) {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let in_tiny_http = info
-            .location()
-            .is_some_and(|l| l.file().contains("tiny_http"));
-        if !in_tiny_http {
-            previous(info);
-            return;
-        }
-        log::warn!("http: a tiny_http thread panicked ({info}); restarting the HTTP side");
-        let server = current.lock().ok().and_then(|weak| weak.upgrade());
-        if let Some(server) = server {
-            server.unblock();
-        }
-    }));
-}
-
-fn serve_requests(work: &Receiver<Request>, site: &Site) {
-    for request in work {
-        let response = respond_to(&request, site);
-        if let Err(e) = request.respond(response) {
-            log::debug!("http: response not sent: {e}");
-        }
+/// Parses a request head at the start of `input`: `Ok(None)` while it is
+/// incomplete, `Ok(Some((request, length)))` once it is whole.
+fn parse_head(input: &[u8]) -> Result<Option<(Request, usize)>, NoRequest> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(input) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(NoRequest::Refuse(431)),
+        Err(_) => return Err(NoRequest::Refuse(400)),
+    };
+    let http11 = parsed.version == Some(1);
+    let mut hosts = parsed
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let host = hosts
+        .next()
+        .map(|h| String::from_utf8_lossy(h.value).into_owned());
+    if hosts.next().is_some() {
+        // Two Host headers: which one a proxy in front of us believed is anyone's
+        // guess (RFC 9112 §3.2 asks for a 400).
+        return Err(NoRequest::Refuse(400));
     }
+    let header = |name: &str| {
+        parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let connection = header("connection")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let has_body = header("transfer-encoding").is_some()
+        || header("content-length").is_some_and(|l| l.trim() != "0");
+    let request = Request {
+        method: parsed.method.unwrap_or_default().to_string(),
+        target: parsed.path.unwrap_or_default().to_string(),
+        http11,
+        keep_alive: http11 && !connection.split(',').any(|t| t.trim() == "close"),
+        host,
+        if_none_match: header("if-none-match"),
+        has_body,
+    };
+    Ok(Some((request, len)))
 }
 
 /// Routes one request.
-fn respond_to(request: &Request, site: &Site) -> Response<Box<dyn io::Read + Send>> {
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        return text(405, "method not allowed\n").with_header(header("Allow", "GET, HEAD"));
+fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
+    if request.method != "GET" && request.method != "HEAD" {
+        return text(405, "method not allowed\n")
+            .with("Allow", "GET, HEAD")
+            .closing();
     }
-    let path = request.url().split(['?', '#']).next().unwrap_or("");
+    match &request.host {
+        Some(host) if !site.server_names.accepts(host) => {
+            let why = ServerNames::refusal(host);
+            log::info!("page request from {peer} refused with 421: {why}");
+            return text(421, &format!("{why}\n")).closing();
+        }
+        None if request.http11 => return text(400, "an HTTP/1.1 request needs a Host\n").closing(),
+        _ => {}
+    }
+    let path = request.target.split(['?', '#']).next().unwrap_or("");
     match path {
-        "/healthz" => text(200, "ok\n"),
-        "/stats" => json(&site.stats.snapshot()),
+        "/healthz" if hub_answers(&site.hub) => text(200, "ok\n"),
+        "/healthz" => text(503, "the hub is not answering\n"),
+        "/stats" => json(&StatsBody {
+            stats: site.stats.snapshot(),
+            places: site.places.occupancy(),
+        }),
         "/config.json" => json(&serde_json::json!({ "wsPort": site.ws_port, "wsPath": "/" })),
         _ => file(request, &site.page, path),
     }
 }
 
+/// What `GET /stats` returns: the counters, and the places taken.
+#[derive(Serialize)]
+struct StatsBody {
+    #[serde(flatten)]
+    stats: Snapshot,
+    places: Occupancy,
+}
+
+/// Whether the hub takes an event and answers it within [`HEALTH_DEADLINE`]. The
+/// probe waits behind every event already queued, so a hub that is stuck, gone or
+/// hopelessly behind fails it; an idle hub answers at once (and is woken only by
+/// the probe itself: nothing ticks to prove it alive).
+pub fn hub_answers(hub: &Sender<Event>) -> bool {
+    let deadline = Instant::now() + HEALTH_DEADLINE;
+    let (answer, answered) = crossbeam_channel::bounded(1);
+    hub.send_deadline(Event::Probe { answer }, deadline).is_ok()
+        && answered.recv_deadline(deadline).is_ok()
+}
+
 /// A file of the page, or 304 when the browser's copy is current.
-fn file(request: &Request, page: &Page, path: &str) -> Response<Box<dyn io::Read + Send>> {
+fn file(request: &Request, page: &Page, path: &str) -> Response {
     let asset = match page.get(path) {
         Ok(asset) => asset,
         Err(Unavailable::BadRequest) => return text(400, "bad request\n"),
         Err(Unavailable::NotFound) => return text(404, "not found\n"),
         Err(Unavailable::TooLarge) => return text(500, "file too large to serve\n"),
     };
-    let validators = vec![
-        header("ETag", &asset.etag),
-        header("Cache-Control", "no-cache"),
-    ];
-    let if_none_match = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("If-None-Match"));
-    if if_none_match.is_some_and(|h| etag_matches(h.value.as_str(), &asset.etag)) {
-        // No body; a Content-Length, if any, must be the 200's (RFC 9110, 8.6).
-        let empty: Box<dyn io::Read + Send> = Box::new(io::empty());
-        let length = Some(asset.bytes.len());
-        return Response::new(StatusCode(304), validators, empty, length, None);
+    let current = request
+        .if_none_match
+        .as_deref()
+        .is_some_and(|tags| etag_matches(tags, &asset.etag));
+    let response = Response {
+        status: if current { 304 } else { 200 },
+        headers: Vec::new(),
+        body: if current {
+            Cow::Borrowed(&[])
+        } else {
+            asset.bytes
+        },
+        close: false,
     }
-    let length = asset.bytes.len();
-    let mut headers = validators;
-    headers.push(header("Content-Type", &asset.content_type));
-    headers.push(header("X-Content-Type-Options", "nosniff"));
-    let body: Box<dyn io::Read + Send> = Box::new(Cursor::new(asset.bytes));
-    Response::new(StatusCode(200), headers, body, Some(length), None)
+    .with("ETag", &asset.etag)
+    .with("Cache-Control", "no-cache");
+    if current {
+        return response;
+    }
+    response
+        .with("Content-Type", &asset.content_type)
+        .with("X-Content-Type-Options", "nosniff")
 }
 
 /// `If-None-Match`: `*`, or a list of tags compared weakly (a `W/` prefix is
@@ -267,24 +347,135 @@ fn etag_matches(if_none_match: &str, etag: &str) -> bool {
             .any(|tag| tag == etag)
 }
 
-fn text(status: u16, body: &str) -> Response<Box<dyn io::Read + Send>> {
-    Response::from_string(body)
-        .with_status_code(StatusCode(status))
-        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
-        .boxed()
+impl Response {
+    fn with(mut self, name: &'static str, value: &str) -> Response {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
+    fn closing(mut self) -> Response {
+        self.close = true;
+        self
+    }
 }
 
-fn json(value: &impl serde::Serialize) -> Response<Box<dyn io::Read + Send>> {
-    let body = serde_json::to_string(value).expect("plain data serialises");
-    Response::from_string(body)
-        .with_header(header("Content-Type", "application/json"))
-        .with_header(header("Cache-Control", "no-store"))
-        .boxed()
+fn text(status: u16, body: &str) -> Response {
+    Response {
+        status,
+        headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
+        body: Cow::Owned(body.as_bytes().to_vec()),
+        close: false,
+    }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("header names and values here are ASCII written by us")
+fn json(value: &impl Serialize) -> Response {
+    let body = serde_json::to_vec(value).expect("plain data serialises");
+    Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "application/json".into()),
+            ("Cache-Control", "no-store".into()),
+        ],
+        body: Cow::Owned(body),
+        close: false,
+    }
+}
+
+/// Writes one answer (only its head for `HEAD`), all of it within `timeout`.
+fn write_response(
+    stream: &TcpStream,
+    response: &Response,
+    head_only: bool,
+    timeout: Duration,
+) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nDate: {}\r\n",
+        response.status,
+        reason(response.status),
+        httpdate::fmt_http_date(SystemTime::now())
+    );
+    // A 304 has no body, and its length, if sent, would have to be the 200's.
+    if response.status != 304 {
+        out += &format!("Content-Length: {}\r\n", response.body.len());
+    }
+    for (name, value) in &response.headers {
+        out += &format!("{name}: {value}\r\n");
+    }
+    if response.close {
+        out += "Connection: close\r\n";
+    }
+    out += "\r\n";
+    let body: &[u8] = if head_only { &[] } else { &response.body };
+    // Head and body in one write, without copying the body next to the head.
+    let mut parts = [IoSlice::new(out.as_bytes()), IoSlice::new(body)];
+    write_before(stream, &mut parts, Instant::now() + timeout)
+}
+
+/// Writes all of `parts`, each blocking write bounded by what is left until
+/// `deadline`: a client that reads a byte now and then cannot stretch it.
+fn write_before(
+    stream: &TcpStream,
+    parts: &mut [IoSlice<'_>],
+    deadline: Instant,
+) -> io::Result<()> {
+    let mut parts = parts;
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match (&*stream).write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Ends the sending side, then reads and drops what the client still sends for a
+/// moment (see [`LINGER`]).
+fn linger(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + LINGER;
+    let mut dropped = 0;
+    let mut sink = [0u8; 4096];
+    while dropped < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match (&*stream).read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => dropped += n,
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        421 => "Misdirected Request",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
 }
 
 #[cfg(test)]
@@ -301,5 +492,49 @@ mod tests {
         assert!(!etag_matches("\"5-00ab\"", tag));
         assert!(!etag_matches("5-00aa", tag));
         assert!(!etag_matches("", tag));
+    }
+
+    #[test]
+    fn a_head_is_parsed_only_once_whole() {
+        let head =
+            b"GET /app.js?v=1 HTTP/1.1\r\nHost: pi:8000\r\nIf-None-Match: \"x\"\r\n\r\nGET /";
+        for cut in 0..head.len() - 5 {
+            assert_eq!(parse_head(&head[..cut]), Ok(None), "cut at {cut}");
+        }
+        let (request, len) = parse_head(head).unwrap().unwrap();
+        assert_eq!(len, head.len() - 5, "the pipelined request stays");
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.target, "/app.js?v=1");
+        assert_eq!(request.host.as_deref(), Some("pi:8000"));
+        assert_eq!(request.if_none_match.as_deref(), Some("\"x\""));
+        assert!(request.http11 && request.keep_alive && !request.has_body);
+    }
+
+    #[test]
+    fn connection_close_http10_and_bodies_end_the_connection() {
+        let parse = |head: &str| parse_head(head.as_bytes()).unwrap().unwrap().0;
+        assert!(!parse("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!parse("GET / HTTP/1.1\r\nConnection: TE, Close\r\n\r\n").keep_alive);
+        assert!(!parse("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(parse("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n").has_body);
+        assert!(parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").has_body);
+        assert!(!parse("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").has_body);
+    }
+
+    #[test]
+    fn malformed_and_oversized_heads_are_refused() {
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"),
+            Err(NoRequest::Refuse(400))
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(NoRequest::Refuse(400))
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(
+            parse_head(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            Err(NoRequest::Refuse(431))
+        );
     }
 }

@@ -28,9 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, never, select, tick};
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crossbeam_channel::Sender;
+
 use crate::frame;
 use crate::outbox::Outbox;
-use crate::protocol::{ChatMessage, Outgoing, Presence, SUBPROTOCOL};
+use crate::protocol::{self, ChatMessage, Outgoing, Presence, SUBPROTOCOL};
 use crate::stats::Stats;
 
 /// Most events folded into one batch. Bounds the batch buffer and the time before
@@ -41,6 +43,12 @@ pub const MAX_BATCH_EVENTS: usize = 1_024;
 /// burst of large messages cannot build one huge buffer that every client's outbox
 /// must take whole.
 pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// The most bytes one batch can hold: it may pass [`MAX_BATCH_BYTES`] by its last
+/// event, a chat message (with the presence run before it written first) or a
+/// presence run written at the end. `--max-backlog` must leave room for this.
+pub const LARGEST_BATCH: usize =
+    MAX_BATCH_BYTES + protocol::MAX_MESSAGE_FRAME + 2 * protocol::MAX_PRESENCE_FRAME;
 
 /// How long a busy hub waits for more events before sending a batch out.
 ///
@@ -92,6 +100,13 @@ pub enum Event {
     },
     /// The server is stopping: send every client close 1001.
     Shutdown,
+    /// `/healthz` asks whether the hub is turning over: it answers on `answer`
+    /// when it reaches this event, which it can only do by having taken every
+    /// event before it.
+    Probe {
+        /// Where the hub answers.
+        answer: Sender<()>,
+    },
 }
 
 /// The frames of the batch being built.
@@ -105,24 +120,42 @@ pub enum Event {
 #[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,
-    /// A run of joins or leaves not written yet: its kind, its length, and the
-    /// count after it.
-    presence: Option<(Presence, usize, usize)>,
+    /// The run of joins or leaves not written yet.
+    pending: Option<PresenceRun>,
+}
+
+/// Joins (or leaves) in a row, announced as one notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PresenceRun {
+    event: Presence,
+    /// How many joined (or left) in this run.
+    users: usize,
+    /// Chat clients after the run.
+    count: usize,
 }
 
 impl Batch {
     /// Records a join or leave; `count` is the number of chat clients after it.
-    fn presence(&mut self, event: Presence, count: usize) {
-        match &mut self.presence {
-            Some((kind, run, after)) if *kind == event => {
-                *run += 1;
-                *after = count;
+    /// Returns where a client joining now starts reading: the run it belongs to is
+    /// written there, and nothing before it (an earlier leave, say) is its news.
+    fn presence(&mut self, event: Presence, count: usize) -> usize {
+        match &mut self.pending {
+            Some(run) if run.event == event => {
+                run.users += 1;
+                run.count = count;
             }
             _ => {
                 self.write_presence();
-                self.presence = Some((event, 1, count));
+                self.pending = Some(PresenceRun {
+                    event,
+                    users: 1,
+                    count,
+                });
             }
         }
+        // Nothing else is appended while a run is pending, so the run will be
+        // written exactly here.
+        self.bytes.len()
     }
 
     /// Appends a chat message, after any presence run before it.
@@ -131,26 +164,20 @@ impl Batch {
         frame::append_text(&mut self.bytes, json);
     }
 
-    /// Where a client joining now starts reading: its own join notification is
-    /// written here (nothing else is appended while a run is pending).
-    fn offset(&self) -> usize {
-        self.bytes.len()
-    }
-
     fn len(&self) -> usize {
         self.bytes.len()
     }
 
     fn clear(&mut self) {
         self.bytes.clear();
-        self.presence = None;
+        self.pending = None;
     }
 
     fn write_presence(&mut self) {
-        if let Some((event, run, count)) = self.presence.take() {
+        if let Some(run) = self.pending.take() {
             frame::append_text(
                 &mut self.bytes,
-                &Outgoing::presence(event, run, count).to_json(),
+                &Outgoing::presence(run.event, run.users, run.count).to_json(),
             );
         }
     }
@@ -284,13 +311,13 @@ impl Hub {
                     count,
                     protocol: SUBPROTOCOL,
                 };
+                let start = batch.presence(Presence::Join, count);
                 let member = Member {
                     id,
                     outbox,
-                    joining: Some((frame::text(&welcome.to_json()), batch.offset())),
+                    joining: Some((frame::text(&welcome.to_json()), start)),
                 };
                 self.chat.push(member);
-                batch.presence(Presence::Join, count);
             }
             Event::Message { from, message } => {
                 self.last_message_id += 1;
@@ -316,6 +343,9 @@ impl Hub {
                     batch.presence(Presence::Leave, self.chat.len());
                 }
                 self.echo.retain(|m| m.id != id);
+            }
+            Event::Probe { answer } => {
+                let _ = answer.try_send(());
             }
             Event::Shutdown => {
                 self.shutting_down = true;
@@ -367,4 +397,91 @@ fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON texts of the unmasked text frames in `bytes`.
+    fn texts(bytes: &[u8]) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            assert_eq!(bytes[at], 0x81, "a final text frame");
+            let (len, header) = match bytes[at + 1] {
+                126 => (
+                    u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
+                    4,
+                ),
+                127 => panic!("no frame here is that long"),
+                n => (n as usize, 2),
+            };
+            let payload = &bytes[at + header..at + header + len];
+            out.push(serde_json::from_slice(payload).unwrap());
+            at += header + len;
+        }
+        out
+    }
+
+    #[test]
+    fn a_run_of_joins_is_one_notification_with_the_count_after_it() {
+        let mut batch = Batch::default();
+        for count in 4..=6 {
+            batch.presence(Presence::Join, count);
+        }
+        let frames = texts(&batch.finish());
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0]["users"], 3);
+        assert_eq!(frames[0]["count"], 6);
+        assert_eq!(frames[0]["msg"], "3 users joined [online: 6]");
+    }
+
+    #[test]
+    fn a_client_joining_after_a_leave_starts_after_it() {
+        let mut batch = Batch::default();
+        batch.message(r#"{"type":"message","msg":"before"}"#);
+        batch.presence(Presence::Leave, 4);
+        let start = batch.presence(Presence::Join, 5);
+        let bytes = batch.finish();
+        let all = texts(&bytes);
+        assert_eq!(all.len(), 3);
+        let heard = texts(&bytes[start..]);
+        assert_eq!(heard.len(), 1, "the joiner heard {heard:?}");
+        assert_eq!(heard[0]["event"], "join");
+        assert_eq!(heard[0]["count"], 5);
+    }
+
+    #[test]
+    fn joiners_in_one_run_share_its_start_and_a_message_splits_runs() {
+        let mut batch = Batch::default();
+        let first = batch.presence(Presence::Join, 1);
+        let second = batch.presence(Presence::Join, 2);
+        assert_eq!(first, second);
+        batch.message(r#"{"type":"message","msg":"hi"}"#);
+        let third = batch.presence(Presence::Join, 3);
+        let bytes = batch.finish();
+        let kinds: Vec<_> = texts(&bytes)
+            .iter()
+            .map(|f| f["type"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kinds, ["notification", "message", "notification"]);
+        assert_eq!(texts(&bytes[third..]).len(), 1);
+        assert_eq!(texts(&bytes[first..]).len(), 3);
+    }
+
+    #[test]
+    fn a_full_batch_stays_within_its_bound() {
+        let worst = protocol::largest_message_json();
+        let mut batch = Batch::default();
+        let mut count = 0;
+        // As the hub fills one: an event is taken while the batch is under its size.
+        while batch.len() < MAX_BATCH_BYTES {
+            count += 1;
+            batch.presence(Presence::Leave, usize::MAX - count);
+            batch.message(&worst);
+        }
+        batch.presence(Presence::Join, usize::MAX);
+        assert!(batch.finish().len() <= LARGEST_BATCH);
+    }
 }

@@ -12,15 +12,10 @@ use serde::Serialize;
 use crate::config::LogFormat;
 
 /// Starts logging to stderr: `info` unless `RUST_LOG` says otherwise.
-///
-/// tiny_http logs an `error` each time its accept thread ends, which here is also
-/// the routine idle restart (see [`crate::http`]); the dispatcher logs those itself
-/// with their real weight, so tiny_http's own lines are off unless `RUST_LOG` asks.
 pub fn init(format: LogFormat) {
     let mut builder = env_logger::Builder::new();
     builder
         .filter_level(log::LevelFilter::Info)
-        .filter_module("tiny_http", log::LevelFilter::Off)
         .parse_env(env_logger::Env::default());
     if format == LogFormat::Json {
         builder.format(|out, record| {

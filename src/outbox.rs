@@ -49,43 +49,91 @@
 //!   to false under the lock only when it finds the backlog empty, so nothing can be
 //!   appended behind its back and then overtaken by a direct write.
 //!
-//! A backlog above its byte limit means the client does not read as fast as the
-//! chat talks (a slow consumer). That client alone is cut off: the backlog is
-//! dropped (except a chunk that may already be half on the wire), a close frame
-//! with 1008 is queued behind it, and its reader is woken with `shutdown(Read)`.
+//! # What a backlog costs, and its bound
+//!
+//! A backlog above its limit means the client does not read as fast as the chat
+//! talks (a slow consumer). That client alone is cut off: the backlog is dropped
+//! (except a chunk that may already be half on the wire), a close frame with 1008
+//! is queued behind it, and its reader is woken with `shutdown(Read)`.
+//!
+//! The limit counts what the backlog really holds, not just its payload: every
+//! chunk is charged [`CHUNK_OVERHEAD`] bytes on top of its unwritten bytes (its
+//! slot in the queue, the shared buffer's header, the allocator's rounding). A
+//! client that sends a thousand pings and reads nothing would otherwise hold a
+//! thousand two-byte pongs at some hundred bytes each while being charged two. The
+//! reader's own small frames (pongs, error frames) are also appended to the last
+//! chunk when it is theirs, so a flood of them costs what its bytes cost.
+//!
+//! # The end, and the place
 //!
 //! After a close frame, nothing more may be sent (RFC 6455 §5.5.1). The outbox
 //! tracks that with [`Phase`]; the reader moves it forward when the close
-//! handshake starts, and the socket is shut down once the last byte is written.
+//! handshake starts, and the socket is shut down once the last byte is written,
+//! or when the drain deadline passes, whichever is first: a client that reads one
+//! byte every few seconds must not keep a writer thread for ever after it left.
+//!
+//! The outbox holds the client's [`Place`] and gives it back when it is dropped,
+//! that is when the last of the hub, the reader and the writer thread has let go
+//! of it (a few microseconds before that thread has finished exiting; the
+//! capacity plan's spare quarter covers the difference). So the places count
+//! threads and sockets that really exist, not clients the hub still lists.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use rustix::net::SendFlags;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::frame;
+use crate::places::Place;
 
 /// Stack size of a writer thread. It only calls `write`; 64 KiB is ample and keeps
 /// a slow client's second thread cheap.
 const WRITER_STACK_SIZE: usize = 64 * 1024;
 
-/// A run of bytes to write, shared between every outbox that got the same batch.
+/// What one chunk in a backlog costs beyond its unwritten bytes: the queue slot
+/// (24 bytes), the shared buffer's reference counts and `Vec` header (40), and the
+/// allocator's header and rounding (up to 32). Charged per chunk so that many tiny
+/// chunks cannot hold far more memory than the limit says.
+pub const CHUNK_OVERHEAD: usize = 96;
+
+/// The reader's small frames are appended to the backlog's last chunk while it is
+/// the reader's own and smaller than this: a burst of pongs or error frames then
+/// costs one chunk, not one each.
+const COALESCE_UP_TO: usize = 16 * 1024;
+
+/// The smallest backlog limit under which a client that reads normally is never
+/// cut off: room for the largest chunk (a batch or a frame) being written while
+/// the next one waits, each with its overhead.
+pub fn smallest_useful_backlog(largest_chunk: usize) -> usize {
+    2 * (largest_chunk + CHUNK_OVERHEAD)
+}
+
+/// A run of bytes to write.
 #[derive(Clone)]
 struct Chunk {
-    /// The batch, shared: the hub encodes once and every slow client keeps a
-    /// reference instead of a copy.
+    /// The bytes. A batch is shared: the hub encodes once and every slow client
+    /// keeps a reference instead of a copy.
     bytes: Arc<Vec<u8>>,
     /// Where the unwritten part starts.
     start: usize,
+    /// Made by this client's reader (pongs, errors, echoes) rather than the hub:
+    /// nobody else holds it, so more of the reader's bytes may be appended.
+    own: bool,
 }
 
 impl Chunk {
     fn remaining(&self) -> &[u8] {
         &self.bytes[self.start..]
+    }
+
+    /// What this chunk counts against the backlog limit.
+    fn cost(&self) -> usize {
+        self.remaining().len() + CHUNK_OVERHEAD
     }
 }
 
@@ -95,7 +143,8 @@ enum Phase {
     /// Anything may be sent.
     Open,
     /// The close handshake has started on the reader's side: the reader (through
-    /// tungstenite) may still send its close frame and pongs, the hub nothing.
+    /// tungstenite) will send its close frame, and nobody else may send one or
+    /// anything else.
     Closing,
     /// Our close frame is queued: nothing more may be sent.
     Closed,
@@ -114,15 +163,16 @@ struct State {
     /// Bytes the socket has not taken yet, oldest first. Empty whenever
     /// `writer_running` is false.
     backlog: VecDeque<Chunk>,
-    /// Sum of `remaining()` over `backlog`.
-    backlog_bytes: usize,
+    /// Sum of `cost()` over `backlog`.
+    backlog_cost: usize,
     /// A writer thread owns the write side of the socket until it finds the
     /// backlog empty. See the module docs.
     writer_running: bool,
     /// What may still be sent.
     phase: Phase,
-    /// The reader has finished: shut the socket down once the backlog is written.
-    finished: bool,
+    /// Set when the reader has finished: shut the socket down once the backlog is
+    /// written, and stop writing at this instant even if it is not.
+    drain_deadline: Option<Instant>,
 }
 
 /// The write side of one client connection. Shared (`Arc`) by the hub's registry,
@@ -133,26 +183,39 @@ pub struct Outbox {
     /// The socket. Reads happen on the reader's own handle to the same socket; this
     /// one is only written and shut down.
     socket: Arc<TcpStream>,
-    /// Most bytes the backlog may hold before the client counts as a slow consumer.
+    /// Most the backlog may cost before the client counts as a slow consumer.
     limit: usize,
+    /// How long writing may go on once the reader has finished.
+    drain_timeout: Duration,
     state: Mutex<State>,
+    /// The client's place, given back when the outbox is dropped. Declared after
+    /// `socket` so that the socket is closed first.
+    _place: Place,
 }
 
 impl Outbox {
     /// An outbox for `socket`, which should have `SO_SNDTIMEO` set so the writer
-    /// thread cannot block forever on a peer that stopped reading.
-    pub fn new(id: u64, socket: Arc<TcpStream>, limit: usize) -> Arc<Outbox> {
+    /// thread cannot block for long in one write to a peer that stopped reading.
+    pub fn new(
+        id: u64,
+        socket: Arc<TcpStream>,
+        limit: usize,
+        drain_timeout: Duration,
+        place: Place,
+    ) -> Arc<Outbox> {
         Arc::new(Outbox {
             id,
             socket,
             limit,
+            drain_timeout,
             state: Mutex::new(State {
                 backlog: VecDeque::new(),
-                backlog_bytes: 0,
+                backlog_cost: 0,
                 writer_running: false,
                 phase: Phase::Open,
-                finished: false,
+                drain_deadline: None,
             }),
+            _place: place,
         })
     }
 
@@ -167,29 +230,58 @@ impl Outbox {
         if state.phase != Phase::Open {
             return Err(SendError::Closed);
         }
-        self.write_or_queue(
-            state,
-            Chunk {
-                bytes: Arc::clone(bytes),
-                start,
-            },
-        )
+        let chunk = Chunk {
+            bytes: Arc::clone(bytes),
+            start,
+            own: false,
+        };
+        self.write_or_queue(state, chunk)
     }
 
-    /// Sends bytes that tungstenite produced on the reader's thread: pongs, close
-    /// frames, error frames, echoes. Allowed until our close frame has gone out.
-    pub fn send_own(self: &Arc<Self>, bytes: &[u8]) -> Result<(), SendError> {
-        let state = self.lock();
+    /// Sends one frame that tungstenite produced on the reader's thread: a pong, a
+    /// close frame, an error frame, an echo. Allowed until our close frame is out.
+    ///
+    /// tungstenite hands over whole frames, one per call: it runs with a write
+    /// buffer of 0 and our `Write` takes every byte it is given (see
+    /// [`crate::reader::ClientStream`]). So the first byte tells whether this is a
+    /// close frame, after which nothing more may follow.
+    pub fn send_own(self: &Arc<Self>, frame: &[u8]) -> Result<(), SendError> {
+        let mut state = self.lock();
         if state.phase == Phase::Closed {
             return Err(SendError::Closed);
         }
-        self.write_or_queue(
-            state,
-            Chunk {
-                bytes: Arc::new(bytes.to_vec()),
-                start: 0,
-            },
-        )
+        if frame::is_close(frame) {
+            state.phase = Phase::Closed;
+        }
+        let coalescable = state.backlog.len() > 1
+            && state.backlog.back().is_some_and(|last| {
+                last.own
+                    && last.bytes.len() + frame.len() <= COALESCE_UP_TO
+                    && Arc::strong_count(&last.bytes) == 1
+            });
+        if coalescable {
+            // Not the front chunk (the only one the writer clones) and nobody else
+            // holds it: append instead of queueing one more chunk.
+            if state.backlog_cost + frame.len() > self.limit {
+                self.cut_off_slow_consumer(state);
+                return Err(SendError::SlowConsumer);
+            }
+            let last = state
+                .backlog
+                .back_mut()
+                .expect("checked: the backlog has 2+ chunks");
+            Arc::get_mut(&mut last.bytes)
+                .expect("checked: the last chunk's bytes have one owner")
+                .extend_from_slice(frame);
+            state.backlog_cost += frame.len();
+            return Ok(());
+        }
+        let chunk = Chunk {
+            bytes: Arc::new(frame.to_vec()),
+            start: 0,
+            own: true,
+        };
+        self.write_or_queue(state, chunk)
     }
 
     /// The close handshake has started (the peer sent Close, or the reader is about
@@ -203,9 +295,12 @@ impl Outbox {
 
     /// Sends a close frame on the server's initiative (shutdown): after it nothing
     /// more is sent, not even the reader's reply to the peer's answering Close.
+    /// Does nothing once the close handshake has begun: then the reader's own close
+    /// frame is already out or on its way, and a second one would be a protocol
+    /// error.
     pub fn send_close(self: &Arc<Self>, code: CloseCode, reason: &str) {
         let mut state = self.lock();
-        if state.phase == Phase::Closed {
+        if state.phase != Phase::Open {
             return;
         }
         // Closed before the frame is even written, under the same lock, so nothing
@@ -214,20 +309,34 @@ impl Outbox {
         let chunk = Chunk {
             bytes: Arc::new(frame::close(code, reason)),
             start: 0,
+            own: false,
         };
         // A close frame may push a backlog over its limit; it goes out regardless.
         let _ = self.write_or_queue_unbounded(state, chunk);
     }
 
     /// The reader is done with this client: shut the socket down now, or when the
-    /// writer thread has written the rest. Wakes nothing; the reader has left.
+    /// writer thread has written the rest, or at the drain deadline.
     pub fn finish(&self) {
         let mut state = self.lock();
         state.phase = Phase::Closed;
-        state.finished = true;
+        self.set_drain_deadline(&mut state);
         if !state.writer_running {
             drop(state);
             let _ = self.socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Unwritten bytes and chunks in the backlog, with their overhead.
+    #[cfg(test)]
+    fn backlog_cost(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.backlog_cost, state.backlog.len())
+    }
+
+    fn set_drain_deadline(&self, state: &mut State) {
+        if state.drain_deadline.is_none() {
+            state.drain_deadline = Some(Instant::now() + self.drain_timeout);
         }
     }
 
@@ -245,7 +354,7 @@ impl Outbox {
         state: MutexGuard<'_, State>,
         chunk: Chunk,
     ) -> Result<(), SendError> {
-        if state.backlog_bytes + chunk.remaining().len() > self.limit {
+        if state.backlog_cost + chunk.cost() > self.limit {
             self.cut_off_slow_consumer(state);
             return Err(SendError::SlowConsumer);
         }
@@ -280,7 +389,7 @@ impl Outbox {
                 }
             }
         }
-        state.backlog_bytes += chunk.remaining().len();
+        state.backlog_cost += chunk.cost();
         state.backlog.push_back(chunk);
         if !state.writer_running {
             state.writer_running = true;
@@ -298,21 +407,23 @@ impl Outbox {
             return;
         }
         log::warn!(
-            "client {}: slow consumer, {} bytes waiting (limit {}): disconnecting",
+            "client {}: slow consumer, {} bytes waiting in {} chunks (limit {}): disconnecting",
             self.id,
-            state.backlog_bytes,
+            state.backlog_cost,
+            state.backlog.len(),
             self.limit
         );
         // The front chunk may be partly on the wire already (or being written by the
         // writer right now): dropping it would cut a frame in half.
         state.backlog.truncate(1);
-        state.backlog_bytes = state.backlog.front().map_or(0, |c| c.remaining().len());
+        state.backlog_cost = state.backlog.front().map_or(0, Chunk::cost);
         let close = Chunk {
             bytes: Arc::new(frame::close(CloseCode::Policy, "slow consumer")),
             start: 0,
+            own: false,
         };
         state.phase = Phase::Closed;
-        state.finished = true;
+        self.set_drain_deadline(&mut state);
         let _ = self.write_or_queue_unbounded(state, close);
         let _ = self.socket.shutdown(Shutdown::Read);
     }
@@ -330,13 +441,7 @@ impl Outbox {
                 "client {}: cannot start a writer thread ({e}): disconnecting",
                 self.id
             );
-            let mut state = self.lock();
-            state.writer_running = false;
-            state.backlog.clear();
-            state.backlog_bytes = 0;
-            state.phase = Phase::Closed;
-            drop(state);
-            let _ = self.socket.shutdown(Shutdown::Both);
+            self.give_up(self.lock());
         }
     }
 
@@ -349,7 +454,7 @@ impl Outbox {
                     Some(chunk) => chunk.clone(),
                     None => {
                         state.writer_running = false;
-                        if state.finished {
+                        if state.drain_deadline.is_some() {
                             drop(state);
                             let _ = self.socket.shutdown(Shutdown::Both);
                         }
@@ -358,46 +463,119 @@ impl Outbox {
                 }
             };
             // Blocking, without the lock: others append meanwhile, nobody else writes.
-            let written = (&*self.socket).write_all(chunk.remaining());
-            let mut state = self.lock();
-            if let Err(e) = written {
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
-                    log::warn!("client {}: write timed out: disconnecting", self.id);
-                } else {
-                    log::debug!("client {}: write failed: {e}", self.id);
+            if let Err(e) = self.write_chunk(chunk.remaining()) {
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        log::warn!("client {}: {e}: disconnecting", self.id);
+                    }
+                    _ => log::debug!("client {}: write failed: {e}", self.id),
                 }
-                state.backlog.clear();
-                state.backlog_bytes = 0;
-                state.phase = Phase::Closed;
-                state.writer_running = false;
-                drop(state);
-                let _ = self.socket.shutdown(Shutdown::Both);
+                self.give_up(self.lock());
                 return;
             }
+            let mut state = self.lock();
             if let Some(done) = state.backlog.pop_front() {
-                state.backlog_bytes -= done.remaining().len();
+                state.backlog_cost -= done.cost();
             }
         }
+    }
+
+    /// Writes `bytes` with blocking writes, each bounded by `SO_SNDTIMEO`, and stops
+    /// at the drain deadline once there is one.
+    fn write_chunk(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let deadline = self.lock().drain_deadline;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "still writing at the drain deadline",
+                ));
+            }
+            match (&*self.socket).write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(e.kind(), "write timed out"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing more can be written: drop the backlog and close the socket.
+    fn give_up(&self, mut state: MutexGuard<'_, State>) {
+        state.backlog.clear();
+        state.backlog_cost = 0;
+        state.phase = Phase::Closed;
+        state.writer_running = false;
+        drop(state);
+        let _ = self.socket.shutdown(Shutdown::Both);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::places::{Caps, Kind, Places};
     use std::io::Read;
-    use std::net::TcpListener;
+    use std::net::{Ipv4Addr, TcpListener};
 
-    fn pair() -> (TcpStream, TcpStream) {
+    const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// A connected pair; `small` shrinks both buffers so a few KiB fill the pipe.
+    fn pair(small: bool) -> (TcpStream, TcpStream) {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let fd = rustix::net::socket_with(
+            AddressFamily::INET,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        if small {
+            sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+        }
+        rustix::net::connect(&fd, &listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        (server, client)
+        if small {
+            sockopt::set_socket_send_buffer_size(&server, 4096).unwrap();
+        }
+        (server, TcpStream::from(fd))
+    }
+
+    fn places() -> Arc<Places> {
+        Places::new(Caps {
+            total: [0, 0, 10, 0],
+            per_host: [0, 0, 0],
+        })
+    }
+
+    fn outbox(
+        server: TcpStream,
+        limit: usize,
+        drain: Duration,
+        places: &Arc<Places>,
+    ) -> Arc<Outbox> {
+        let place = places.take(Kind::Chat, LOCAL).unwrap();
+        Outbox::new(1, Arc::new(server), limit, drain, place)
+    }
+
+    /// Sends one large shared batch, so that the pipe is full and a writer thread
+    /// owns the socket: whatever is sent next waits in the backlog.
+    fn fill_the_pipe(outbox: &Arc<Outbox>) {
+        outbox
+            .send_shared(&Arc::new(vec![b'.'; 60_000]), 0)
+            .unwrap();
+        assert!(outbox.lock().writer_running, "the pipe took 60 KB at once");
     }
 
     #[test]
     fn bytes_arrive_in_order_through_write_through_and_the_writer() {
-        let (server, mut client) = pair();
-        let outbox = Outbox::new(1, Arc::new(server), 64 << 20);
+        let (server, mut client) = pair(false);
+        let outbox = outbox(server, 64 << 20, Duration::from_secs(10), &places());
         // Far more than a socket buffer holds, so the writer thread must take over.
         let mut expected = Vec::new();
         for i in 0..2_000u32 {
@@ -406,7 +584,11 @@ mod tests {
             if i % 2 == 0 {
                 outbox.send_shared(&Arc::new(batch), 0).unwrap();
             } else {
-                outbox.send_own(&batch).unwrap();
+                // Not a close frame: its first byte's low bits are not 0x8.
+                let mut own = batch;
+                own[0] = 0x81;
+                expected[i as usize * 1_000] = 0x81;
+                outbox.send_own(&own).unwrap();
             }
         }
         outbox.finish();
@@ -418,8 +600,8 @@ mod tests {
 
     #[test]
     fn a_backlog_past_its_limit_cuts_the_client_off() {
-        let (server, _client_never_reads) = pair();
-        let outbox = Outbox::new(2, Arc::new(server), 100_000);
+        let (server, _client_never_reads) = pair(false);
+        let outbox = outbox(server, 100_000, Duration::from_secs(10), &places());
         let batch = Arc::new(vec![0u8; 10_000]);
         let mut result = Ok(());
         for _ in 0..10_000 {
@@ -433,14 +615,128 @@ mod tests {
     }
 
     #[test]
+    fn tiny_chunks_are_charged_their_overhead() {
+        let (server, _client_never_reads) = pair(true);
+        let limit = 100_000;
+        let outbox = outbox(server, limit, Duration::from_secs(10), &places());
+        fill_the_pipe(&outbox);
+        let ping = Arc::new(vec![0x89, 0]);
+        let mut accepted = 0;
+        while outbox.send_shared(&ping, 0).is_ok() {
+            accepted += 1;
+            assert!(accepted < limit / 2, "two-byte chunks counted as two bytes");
+        }
+        assert!(
+            accepted <= limit / CHUNK_OVERHEAD,
+            "{accepted} chunks accepted"
+        );
+    }
+
+    #[test]
+    fn the_readers_small_frames_share_one_chunk() {
+        let (server, _client_never_reads) = pair(true);
+        let outbox = outbox(server, 100_000, Duration::from_secs(10), &places());
+        fill_the_pipe(&outbox);
+        outbox.send_own(&[0x8A, 0]).unwrap();
+        // Ten thousand pongs, 20 KB: as chunks of their own they would cost 980 KB.
+        for _ in 0..10_000 {
+            outbox.send_own(&[0x8A, 0]).unwrap();
+        }
+        let (cost, chunks) = outbox.backlog_cost();
+        assert!(chunks <= 4, "{chunks} chunks");
+        assert!(cost < 60_000 + 20_002 + 4 * CHUNK_OVERHEAD, "cost {cost}");
+    }
+
+    #[test]
     fn nothing_is_sent_after_close() {
-        let (server, mut client) = pair();
-        let outbox = Outbox::new(3, Arc::new(server), 1 << 20);
+        let (server, mut client) = pair(false);
+        let outbox = outbox(server, 1 << 20, Duration::from_secs(10), &places());
         outbox.send_close(CloseCode::Away, "");
-        assert_eq!(outbox.send_own(b"late"), Err(SendError::Closed));
+        assert_eq!(outbox.send_own(b"\x81\x01x"), Err(SendError::Closed));
         outbox.finish();
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, frame::close(CloseCode::Away, ""));
+    }
+
+    #[test]
+    fn after_the_readers_close_the_server_sends_no_close_of_its_own() {
+        let (server, mut client) = pair(false);
+        let outbox = outbox(server, 1 << 20, Duration::from_secs(10), &places());
+        // The peer's Close arrived: the reader stops broadcasts, then tungstenite
+        // answers it through the outbox.
+        outbox.stop_broadcasts();
+        let answer = frame::close(CloseCode::Normal, "");
+        outbox.send_own(&answer).unwrap();
+        // Shutdown comes a moment later: no 1001 may follow the answer.
+        outbox.send_close(CloseCode::Away, "server shutting down");
+        assert_eq!(outbox.send_own(&[0x8A, 0]), Err(SendError::Closed));
+        outbox.finish();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, answer);
+    }
+
+    #[test]
+    fn the_place_is_kept_until_the_writer_has_let_go_of_the_socket() {
+        let (server, client) = pair(true);
+        let places = places();
+        let outbox = outbox(server, 1 << 20, Duration::from_secs(60), &places);
+        fill_the_pipe(&outbox);
+        // The reader has finished and the hub has let go: only the writer, blocked
+        // on a client that does not read, still holds the outbox.
+        outbox.finish();
+        drop(outbox);
+        assert_eq!(
+            places.occupancy().chat,
+            1,
+            "given back while a thread still writes"
+        );
+        // The client goes away; the writer's write fails, and it lets go.
+        drop(client);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while places.occupancy().chat != 0 {
+            assert!(Instant::now() < deadline, "the place was never given back");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn draining_after_the_reader_ends_stops_at_the_deadline() {
+        let (server, mut client) = pair(true);
+        server
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let places = places();
+        let outbox = outbox(server, 4 << 20, Duration::from_millis(300), &places);
+        // A client that reads, but a trickle: 1 KB every 20 ms, 50 KB/s. Each write
+        // makes progress well within the write timeout; 2 MB would take 40 s.
+        let trickle = thread::spawn(move || {
+            let mut got = 0;
+            let mut buf = [0u8; 1024];
+            loop {
+                match client.read(&mut buf) {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got += n,
+                }
+                thread::sleep(Duration::from_millis(20)); // the slow reader being modelled
+            }
+        });
+        for _ in 0..32 {
+            outbox
+                .send_shared(&Arc::new(vec![b'x'; 64 * 1024]), 0)
+                .unwrap();
+        }
+        let finished = Instant::now();
+        outbox.finish();
+        drop(outbox);
+        let got = trickle.join().unwrap();
+        assert!(got < 2 << 20, "everything was written: {got} bytes");
+        assert!(
+            finished.elapsed() < Duration::from_secs(10),
+            "the writer went on for {:?}",
+            finished.elapsed()
+        );
+        assert_eq!(places.occupancy().chat, 0);
     }
 }

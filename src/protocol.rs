@@ -18,6 +18,15 @@ pub const MAX_NAME_CHARS: usize = 32;
 /// Longest accepted `msg`, in characters.
 pub const MAX_MSG_CHARS: usize = 2_000;
 
+/// The most bytes one relayed chat message takes on the wire, frame header
+/// included: every character of the longest name and text escaped by JSON to six
+/// bytes (`\u0001`), and the largest ids. The hub's batch bound and the smallest
+/// useful `--max-backlog` are worked out from it.
+pub const MAX_MESSAGE_FRAME: usize = 13 * 1024;
+
+/// The most bytes one join or leave notification takes on the wire.
+pub const MAX_PRESENCE_FRAME: usize = 256;
+
 /// A chat message that passed validation, ready for the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
@@ -200,6 +209,22 @@ impl Outgoing<'_> {
     }
 }
 
+/// The longest message frame's JSON: every character of the longest name and text
+/// one that JSON escapes to six bytes, and the largest ids.
+#[cfg(test)]
+pub(crate) fn largest_message_json() -> String {
+    let name = "\u{1}".repeat(MAX_NAME_CHARS);
+    let msg = "\u{1}".repeat(MAX_MSG_CHARS);
+    Outgoing::Message {
+        id: u64::MAX,
+        ts: u64::MAX,
+        from: u64::MAX,
+        name: &name,
+        msg: &msg,
+    }
+    .to_json()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +296,20 @@ mod tests {
             parse_chat(&format!(r#"{{"name":"a","msg":"{long_msg}"}}"#)),
             Err(InputError::MessageTooLong(MAX_MSG_CHARS + 1))
         );
+    }
+
+    #[test]
+    fn the_largest_frames_fit_their_bounds() {
+        let json = largest_message_json();
+        assert!(json.len() > 6 * MAX_MSG_CHARS, "escaped: {}", json.len());
+        assert!(crate::frame::text(&json).len() <= MAX_MESSAGE_FRAME);
+        for event in [Presence::Join, Presence::Leave] {
+            let json = Outgoing::presence(event, usize::MAX, usize::MAX).to_json();
+            assert!(
+                crate::frame::text(&json).len() <= MAX_PRESENCE_FRAME,
+                "{json}"
+            );
+        }
     }
 
     #[test]

@@ -27,11 +27,8 @@ use tungstenite::{Message, WebSocket};
 
 use crate::hub::{Endpoint, Event};
 use crate::outbox::{Outbox, SendError};
+use crate::places::Place;
 use crate::protocol::{self, InputError, Outgoing};
-
-/// Largest message on `/echo`. Larger than the chat's limit on purpose: the echo
-/// endpoint serves protocol conformance tools, which send messages up to 16 MiB.
-pub const ECHO_MAX_MESSAGE: usize = 16 << 20;
 
 /// How long we wait for the peer's answering Close after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -86,6 +83,9 @@ impl Read for ClientStream {
     }
 }
 
+/// After the handshake, every call takes all of `buf`, so tungstenite (which runs
+/// with a write buffer of 0) hands over exactly one whole frame per call; the
+/// outbox relies on that to see a close frame go by.
 impl Write for ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &self.outbox {
@@ -107,15 +107,18 @@ impl Write for ClientStream {
     }
 }
 
-/// The limits a reader applies.
+/// The limits a reader applies, the same on both endpoints.
 #[derive(Debug, Clone)]
 pub struct ReaderSettings {
-    /// Largest chat message in bytes (the echo endpoint has [`ECHO_MAX_MESSAGE`]).
+    /// Largest message in bytes: tungstenite buffers at most this much of a frame
+    /// and of a message.
     pub max_message: usize,
-    /// Bytes that may wait for a slow chat client.
+    /// What may wait for a slow client, in bytes as [`Outbox`] counts them.
     pub max_backlog: usize,
     /// A client silent this long is dropped (two heartbeat intervals).
     pub idle_timeout: Duration,
+    /// How long the writer may go on after the reader has ended.
+    pub drain_timeout: Duration,
 }
 
 /// A client whose handshake succeeded.
@@ -146,19 +149,17 @@ impl Drop for Registration<'_> {
 }
 
 /// Serves one client until it leaves. Runs on the client's own thread.
-pub fn serve(mut conn: Connection, settings: &ReaderSettings, hub: &Sender<Event>) {
-    let (limit, max_message) = match conn.endpoint {
-        Endpoint::Chat => (settings.max_backlog, settings.max_message),
-        Endpoint::Echo => (
-            2 * ECHO_MAX_MESSAGE + settings.max_backlog,
-            ECHO_MAX_MESSAGE,
-        ),
-    };
-    conn.ws.set_config(|c| {
-        c.max_message_size = Some(max_message);
-        c.max_frame_size = Some(max_message);
-    });
-    let outbox = Outbox::new(conn.id, Arc::clone(&conn.socket), limit);
+///
+/// `place` is the client's place: the outbox keeps it, so it is given back only
+/// when the last of the client's threads (reader, writer) has let go of the socket.
+pub fn serve(mut conn: Connection, place: Place, settings: &ReaderSettings, hub: &Sender<Event>) {
+    let outbox = Outbox::new(
+        conn.id,
+        Arc::clone(&conn.socket),
+        settings.max_backlog,
+        settings.drain_timeout,
+        place,
+    );
     conn.ws.get_mut().attach(Arc::clone(&outbox));
     if let Err(e) = conn.socket.set_read_timeout(Some(settings.idle_timeout)) {
         log::warn!(

@@ -13,8 +13,10 @@
 //! 1. Tell the hub. It queues a Close 1001 in every client's outbox and marks each
 //!    one closed, so nothing follows the Close (and clients that finish their
 //!    handshake from now on are closed at once).
-//! 2. Wait, up to [`GRACE`], for every client thread to end. A client that answers
-//!    the Close ends its reader, whose outbox then shuts the socket down.
+//! 2. Wait, up to [`GRACE`], for every chat-port connection to give back its place.
+//!    A client that answers the Close ends its reader, whose outbox then shuts the
+//!    socket down. Page connections are not waited for: a page load that is cut
+//!    short is retried by the browser.
 //! 3. Return, and `main` exits with status 0. Threads still blocked on a client
 //!    that never answered end with the process.
 
@@ -26,8 +28,8 @@ use crossbeam_channel::Sender;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::accept::Connections;
 use crate::hub::Event;
+use crate::places::Places;
 use crate::stats::Stats;
 
 /// How long clients get to answer the Close: leaves room within the 2 s promised.
@@ -43,7 +45,7 @@ pub fn signals() -> io::Result<Signals> {
 pub fn wait_then_close(
     mut signals: Signals,
     hub: &Sender<Event>,
-    connections: &Arc<Connections>,
+    places: &Arc<Places>,
     stats: &Stats,
 ) {
     let mut signals = signals.forever();
@@ -68,9 +70,13 @@ pub fn wait_then_close(
     } else {
         "SIGTERM"
     };
-    log::info!("{name}: closing {} connections", connections.open());
+    let open = places.occupancy();
+    log::info!(
+        "{name}: closing {} connections",
+        open.chat + open.echo + open.handshakes
+    );
     let _ = hub.send(Event::Shutdown);
-    let left = connections.wait_until_empty(GRACE);
+    let left = places.wait_until_ws_empty(GRACE);
     if left > 0 {
         log::warn!("{left} connections did not close within {GRACE:?}; exiting anyway");
     }

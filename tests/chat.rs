@@ -162,7 +162,7 @@ fn join_and_leave_notifications_carry_the_count() {
 
 #[test]
 fn echo_returns_text_and_binary_unchanged_and_is_not_in_the_chat() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--echo", "--max-message", "262144"]);
     let mut chat = Client::join(&server);
     let mut echo = Client::connect(&server.ws_url("/echo"));
     echo.ws.send(Message::text("héllo 👋")).unwrap();
@@ -176,6 +176,21 @@ fn echo_returns_text_and_binary_unchanged_and_is_not_in_the_chat() {
     // The echo client never joined the chat: the chat client heard no notification.
     chat.send_chat("a", "only chat");
     assert_eq!(chat.recv_json()["type"], "message");
+    // Echo obeys the same message limit as the chat.
+    echo.ws.send(Message::binary(vec![0u8; 262_145])).unwrap();
+    assert_eq!(echo.recv_close(), 1009);
+}
+
+#[test]
+fn echo_is_off_unless_asked_for() {
+    let server = Server::start(&[]);
+    let refused = Client::connect_with(&server.ws_url("/echo"), &[])
+        .err()
+        .expect("/echo is off");
+    assert_eq!(refused.status, 404);
+    assert!(refused.body.contains("--echo"), "{}", refused.body);
+    server.wait_for_log("listening: chat ws://127.0.0.1");
+    assert_eq!(server.count_log("/echo"), 0, "the log offers /echo");
 }
 
 #[test]
@@ -328,13 +343,18 @@ fn connects_are_logged_with_the_forwarded_for_address() {
 
 #[test]
 fn a_join_storm_is_announced_in_runs_with_exact_counts() {
+    // A classroom connecting at once: every device has an address of its own, so
+    // no per-address cap is in the way.
     const STORM: usize = 60;
     let server = Server::start(&[]);
     let mut observer = Client::join(&server);
     let joiners: Vec<_> = (0..STORM)
-        .map(|_| {
-            let url = server.ws_url("/");
-            thread::spawn(move || Client::connect(&url))
+        .map(|i| {
+            let (addr, url) = (server.ws, server.ws_url("/"));
+            thread::spawn(move || {
+                let stream = support::connect_from(support::lan_host(i), addr);
+                Client::handshake(stream, &url, &[]).expect("handshake")
+            })
         })
         .collect();
     let mut joiners: Vec<Client> = joiners.into_iter().map(|h| h.join().unwrap()).collect();

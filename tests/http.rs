@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -256,55 +256,138 @@ fn healthz_stats_and_config() {
     assert!(stats["uptime_seconds"].is_u64(), "{stats}");
 }
 
-#[test]
-fn stalled_http_clients_neither_block_the_page_nor_stay_forever() {
-    let server = Server::start(&["--http-timeout", "2"]);
-    // 200 clients that send half a request and stall.
-    let mut stalled: Vec<TcpStream> = (0..200)
-        .map(|_| {
-            let mut s = TcpStream::connect(server.http).unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
-            s
+/// Reads one response from a kept-alive connection: status, head, body (by its
+/// Content-Length; none for 304 and for HEAD).
+fn read_response(stream: &mut TcpStream, head_only: bool) -> (u16, String, Vec<u8>) {
+    stream.set_read_timeout(Some(support::PATIENCE)).unwrap();
+    let head = support::read_head(stream);
+    let status = support::status_in(&head).unwrap_or_else(|| panic!("no response: {head:?}"));
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
         })
-        .collect();
-
-    let started = Instant::now();
-    let page = http_get(server.http, "/");
-    let took = started.elapsed();
-    assert_eq!(page.status, 200);
-    assert!(
-        took < Duration::from_secs(1),
-        "GET / took {took:?} with 200 stalled clients"
-    );
-
-    // Each stalled connection is closed by the server within its timeout (2 s),
-    // with margin for a slow machine.
-    let deadline = Instant::now() + Duration::from_secs(8);
-    for (i, s) in stalled.iter_mut().enumerate() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            socket_closed_within(s, left),
-            "stalled client {i} still open after the timeout"
-        );
-    }
-    assert_eq!(http_get(server.http, "/").status, 200);
+        .unwrap_or(0);
+    let mut body = vec![
+        0u8;
+        if head_only || status == 304 {
+            0
+        } else {
+            length
+        }
+    ];
+    stream.read_exact(&mut body).unwrap();
+    (status, head, body)
 }
 
 #[test]
-fn the_http_side_comes_back_after_its_accept_thread_ends() {
-    // With a 1 s timeout the idle accept() times out and tiny_http's accept thread
-    // ends, as it would on EMFILE; the dispatcher sleeps until the next visitor and
-    // then starts a new one, each time.
-    let server = Server::start_with_env(
-        &["--http-timeout", "1"],
-        &[("RUST_LOG", "info,threadchat::http=debug")],
+fn pipelined_requests_on_one_connection_are_answered_in_order() {
+    let server = Server::start(&[]);
+    let mut stream = TcpStream::connect(server.http).unwrap();
+    let host = server.http;
+    stream
+        .write_all(
+            format!(
+                "GET /app.js HTTP/1.1\r\nHost: {host}\r\n\r\n\
+                 GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n\
+                 HEAD / HTTP/1.1\r\nHost: {host}\r\n\r\n\
+                 GET /missing HTTP/1.1\r\nHost: {host}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let (status, head, body) = read_response(&mut stream, false);
+    assert_eq!(status, 200);
+    assert!(head.contains("text/javascript"), "{head}");
+    assert_eq!(body, std::fs::read(format!("{WWW}/app.js")).unwrap());
+    assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "{head}");
+    let (status, _, body) = read_response(&mut stream, false);
+    assert_eq!((status, body.as_slice()), (200, &b"ok\n"[..]));
+    let (status, head, _) = read_response(&mut stream, true);
+    assert_eq!(status, 200);
+    let index = std::fs::read(format!("{WWW}/index.html")).unwrap();
+    assert!(
+        head.contains(&format!("Content-Length: {}", index.len())),
+        "{head}"
     );
-    assert_eq!(http_get(server.http, "/healthz").status, 200);
-    server.wait_for_log("sleeping until the next one");
-    assert_eq!(http_get(server.http, "/healthz").status, 200);
-    support::eventually("a second sleep", || {
-        server.count_log("sleeping until the next one") >= 2
-    });
-    assert_eq!(http_get(server.http, "/").status, 200);
-    assert_eq!(http_get(server.http, "/app.js").status, 200);
+    assert_eq!(read_response(&mut stream, false).0, 404);
+    // Still open; `Connection: close` ends it after the answer.
+    stream
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let (status, head, _) = read_response(&mut stream, false);
+    assert_eq!(status, 200);
+    assert!(head.contains("Connection: close"), "{head}");
+    assert!(socket_closed_within(&mut stream, support::PATIENCE));
+}
+
+#[test]
+fn an_idle_connection_is_closed_at_the_timeout_and_http10_at_once() {
+    let server = Server::start(&["--http-timeout", "1"]);
+    let mut idle = TcpStream::connect(server.http).unwrap();
+    let host = server.http;
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut idle, false).0, 200);
+    let waited = Instant::now();
+    assert!(socket_closed_within(&mut idle, support::PATIENCE));
+    assert!(
+        waited.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        waited.elapsed()
+    );
+
+    let mut old = TcpStream::connect(server.http).unwrap();
+    old.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut old, false).0, 200);
+    assert!(socket_closed_within(&mut old, Duration::from_millis(900)));
+}
+
+#[test]
+fn heads_without_a_host_or_with_too_many_fields_are_refused() {
+    let server = Server::start(&[]);
+    let no_host = http_raw(server.http, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(no_host.status, 400);
+    let fields: String = (0..101).map(|i| format!("X-Field-{i}: y\r\n")).collect();
+    let many = http_raw(
+        server.http,
+        &format!("GET / HTTP/1.1\r\nHost: {}\r\n{fields}\r\n", server.http),
+    );
+    assert_eq!(many.status, 431);
+    let garbage = http_raw(server.http, "\x01\x02 nonsense\r\n\r\n");
+    assert_eq!(garbage.status, 400);
+}
+
+#[test]
+fn when_every_page_place_is_taken_a_visitor_waits_for_one() {
+    // Two places, both held by connections that send nothing. The third visitor
+    // is not refused: it waits in the listen queue until a place is given back.
+    let server = Server::start(&["--max-http", "2", "--http-timeout", "60"]);
+    let before = server.threads();
+    let mut idle: Vec<TcpStream> = (0..2)
+        .map(|i| support::connect_from(support::lan_host(i), server.http))
+        .collect();
+    support::eventually("both places are taken", || server.threads() == before + 2);
+    let mut visitor = TcpStream::connect(server.http).unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.http);
+    visitor.write_all(request.as_bytes()).unwrap();
+    visitor
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = visitor.read(&mut byte);
+    assert!(
+        early
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "answered while every place was taken: {early:?}"
+    );
+    // One idle visitor leaves; its place goes to the one waiting.
+    drop(idle.pop());
+    assert_eq!(read_response(&mut visitor, false).0, 200);
 }

@@ -114,6 +114,13 @@ fn check_config_reports_and_exits() {
         (&[][..], &[("THREADCHAT_WWW", "/tmp")][..], "no index.html"),
         (&["--bind", "192.0.2.1"][..], &[][..], "--bind 192.0.2.1"),
         (&[][..], &[("THREADCHAT_MAX_CLIENTS", "lots")][..], "lots"),
+        // Below two of the hub's largest batches, every client would be cut off.
+        (
+            &["--max-backlog", "100000"][..],
+            &[][..],
+            "--max-backlog (100000) must be",
+        ),
+        (&["--max-http", "0"][..], &[][..], "--max-http"),
     ] {
         let mut all = vec!["--check-config"];
         all.extend_from_slice(args);

@@ -44,10 +44,18 @@ impl Server {
     /// Starts the binary with exactly `args` and `env` (plus `RUST_LOG=info` unless
     /// `env` sets it); they must make it listen on 127.0.0.1.
     pub fn start_exactly(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_threadchat"));
+        Server::start_program(env!("CARGO_BIN_EXE_threadchat"), args, env)
+    }
+
+    /// Starts `program` (the binary, or a shell that `exec`s it) with `args`.
+    pub fn start_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(program);
         command
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("THREADCHAT_TEST_RUST_LOG").unwrap_or("info".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -233,9 +241,10 @@ impl Client {
     ) -> Result<Client, Refused> {
         let mut request = url.into_client_request().unwrap();
         for (name, value) in headers {
+            // Insert, not append: a test's Host replaces the one from the URL.
             request
                 .headers_mut()
-                .append(*name, HeaderValue::from_str(value).unwrap());
+                .insert(*name, HeaderValue::from_str(value).unwrap());
         }
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         match tungstenite::client(request, stream) {
@@ -498,6 +507,13 @@ pub fn raw_handshake(addr: SocketAddr, path: &str, extra_headers: &[&str]) -> (u
     }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut stream);
+    (status_in(&head).unwrap_or(0), head)
+}
+
+/// Reads an HTTP response head byte by byte (so nothing after it is consumed),
+/// up to its blank line or until the server closes; empty if it sent nothing.
+pub fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -506,21 +522,104 @@ pub fn raw_handshake(addr: SocketAddr, path: &str, extra_headers: &[&str]) -> (u
             _ => break,
         }
     }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head)
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The status code in a response head.
+pub fn status_in(head: &str) -> Option<u16> {
+    head.split(' ').nth(1).and_then(|s| s.parse().ok())
 }
 
 /// A TCP connection whose receive buffer is set to `bytes` before connecting (set
 /// afterwards, the window already advertised would not shrink).
 pub fn connect_with_receive_buffer(addr: SocketAddr, bytes: usize) -> TcpStream {
-    use rustix::net::{AddressFamily, SocketType, connect, socket, sockopt};
-    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+    use rustix::net::{connect, sockopt};
+    let fd = test_socket();
     sockopt::set_socket_recv_buffer_size(&fd, bytes).expect("SO_RCVBUF");
     connect(&fd, &addr).expect("connect");
     TcpStream::from(fd)
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (all of 127/8
+/// answers on Linux): how a test plays several hosts, an attacker on `127.0.0.2`
+/// beside an honest user on `127.0.0.1`.
+pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    use rustix::net::{bind, connect};
+    let fd = test_socket();
+    bind(&fd, &SocketAddr::new(source, 0)).expect("bind the source address");
+    connect(&fd, &addr).expect("connect");
+    TcpStream::from(fd)
+}
+
+/// The loopback address of the `n`th device of a LAN (127.0.1.1, 127.0.1.2, …).
+pub fn lan_host(n: usize) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        127,
+        0,
+        1 + (n / 250) as u8,
+        1 + (n % 250) as u8,
+    ))
+}
+
+/// What the server process holds now, from `/proc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub rss_kib: u64,
+    pub threads: usize,
+    pub fds: usize,
+}
+
+impl Server {
+    pub fn footprint(&self) -> Footprint {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap()
+        };
+        Footprint {
+            rss_kib: field("VmRSS:"),
+            threads: field("Threads:") as usize,
+            fds: std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+                .unwrap()
+                .count(),
+        }
+    }
+
+    /// `GET /stats` as JSON.
+    pub fn stats(&self) -> Value {
+        let response = http_get(self.http, "/stats");
+        assert_eq!(response.status, 200);
+        serde_json::from_slice(&response.body).expect("/stats is JSON")
+    }
+}
+
+/// [`connect_with_receive_buffer`] from the loopback address `source`.
+pub fn connect_with_receive_buffer_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    bytes: usize,
+) -> TcpStream {
+    use rustix::net::{bind, connect, sockopt};
+    let fd = test_socket();
+    sockopt::set_socket_recv_buffer_size(&fd, bytes).expect("SO_RCVBUF");
+    bind(&fd, &SocketAddr::new(source, 0)).expect("bind the source address");
+    connect(&fd, &addr).expect("connect");
+    TcpStream::from(fd)
+}
+
+/// A TCP socket that a server this test starts does not inherit: without
+/// close-on-exec, every socket open in any test thread would land in the child
+/// process and count against its open-files limit.
+fn test_socket() -> rustix::fd::OwnedFd {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socket_with};
+    socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("socket")
 }

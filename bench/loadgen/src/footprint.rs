@@ -129,6 +129,11 @@ fn launch(target: &Target) -> (Child, Vec<u16>) {
         .args(["-c", &target.command])
         .env("WS_PORT", ws_port.to_string())
         .env("HTTP_PORT", http_port.to_string())
+        // 100 clients from one address: threadchat's per-address caps off (other
+        // servers ignore these).
+        .env("THREADCHAT_MAX_PER_HOST", "0")
+        .env("THREADCHAT_MAX_HANDSHAKES_PER_HOST", "0")
+        .env("THREADCHAT_MAX_HTTP_PER_HOST", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

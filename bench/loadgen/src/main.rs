@@ -83,6 +83,12 @@ impl Server {
         let mut child = Command::new(binary)
             .args(["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"])
             .args(["--max-clients", "100000", "--ping-interval", "3600"])
+            // Thousands of clients from 127.0.0.1 are one address: the per-address
+            // caps are off for the bench. Set through the environment, so that a
+            // server from before these flags (compared side by side) ignores them.
+            .env("THREADCHAT_MAX_PER_HOST", "0")
+            .env("THREADCHAT_MAX_HANDSHAKES_PER_HOST", "0")
+            .env("THREADCHAT_MAX_HTTP_PER_HOST", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

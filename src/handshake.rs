@@ -1,0 +1,348 @@
+//! The first half of a chat-port connection's thread: the WebSocket handshake.
+//!
+//! The connection arrives from the acceptor ([`crate::accept`]) holding a handshake
+//! place. Here it must finish the handshake within `--handshake-timeout`, a
+//! deadline on the whole handshake rather than on each read (a slowloris sending
+//! one byte every few seconds would otherwise hold its thread for ever), and pass
+//! these checks, in this order:
+//!
+//! 1. **The path**: `/` is the chat, `/echo` the echo endpoint if `--echo` is on.
+//! 2. **The name** in `Host` is one of this server's ([`crate::hosts`]: DNS
+//!    rebinding).
+//! 3. **The origin**: a web page on another site must not be able to open a socket
+//!    to us with its visitor's browser ([`origin_allowed`]).
+//! 4. **A client place** for this address ([`crate::places`]): `503` when the chat
+//!    is full or the address has its share.
+//!
+//! Then it selects the `threadchat.v1` subprotocol when offered (and never one
+//! that was not), gives back the handshake place, and becomes the client's reader
+//! ([`crate::reader`]), which keeps the client place until its last thread and its
+//! socket are gone.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::http::{self, HeaderMap, StatusCode, header};
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::accept::Accepted;
+use crate::hosts::ServerNames;
+use crate::hub::{Endpoint, Event};
+use crate::places::{Kind, Place, Places};
+use crate::protocol::SUBPROTOCOL;
+use crate::reader::{self, ClientStream, ReaderSettings};
+
+/// tungstenite's read buffer per client. Its default, 128 KiB, is allocated and
+/// zero-filled per connection: 135 KiB of RSS per idle client. Chat messages are
+/// small; 1 KiB keeps an idle client near 24 KiB in all.
+const READ_BUFFER_SIZE: usize = 1024;
+
+/// What every chat-port thread needs to know, shared by all of them.
+pub struct WsSettings {
+    /// Deadline for the whole handshake.
+    pub handshake_timeout: Duration,
+    /// Timeout of one blocked write.
+    pub write_timeout: Duration,
+    /// `--allow-origin` values (`*` = any).
+    pub allowed_origins: Vec<String>,
+    /// Names accepted in `Host`.
+    pub server_names: ServerNames,
+    /// Whether `/echo` is served (`--echo`).
+    pub echo: bool,
+    /// Where client places come from.
+    pub places: Arc<Places>,
+    /// What the reader needs once the handshake is done.
+    pub reader: ReaderSettings,
+}
+
+/// What the handshake callback found out, for the reader.
+struct Admission {
+    endpoint: Endpoint,
+    forwarded_for: Option<String>,
+    /// The client place, held from now until the client's last thread is gone.
+    place: Place,
+}
+
+/// Runs a chat-port connection: the handshake here, then the reader.
+#[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
+pub fn serve(conn: Accepted, settings: &WsSettings, hub: &Sender<Event>) {
+    let Accepted {
+        id,
+        stream,
+        peer,
+        place: handshake_place,
+    } = conn;
+    // Batches are already coalesced by the hub: send each one at once.
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = stream.set_write_timeout(Some(settings.write_timeout)) {
+        log::warn!("client {id}: cannot set a write timeout ({e}): refused");
+        return;
+    }
+    let socket = Arc::new(stream);
+    let deadline = Instant::now() + settings.handshake_timeout;
+    let handshake_stream = ClientStream::for_handshake(Arc::clone(&socket), deadline);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(0)
+        .max_message_size(Some(settings.reader.max_message))
+        .max_frame_size(Some(settings.reader.max_message));
+
+    let mut admission = None;
+    let callback = |request: &Request, response: Response| {
+        check(settings, peer, request, response, &mut admission)
+    };
+    let ws = match tungstenite::accept_hdr_with_config(handshake_stream, callback, Some(config)) {
+        Ok(ws) => ws,
+        Err(HandshakeError::Interrupted(_)) => {
+            log::info!("client {id} from {peer}: handshake timed out");
+            return;
+        }
+        Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            log::info!(
+                "client {id} from {peer}: refused with {}: {}",
+                response.status(),
+                String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).trim_end()
+            );
+            return;
+        }
+        Err(HandshakeError::Failure(e)) => {
+            log::info!("client {id} from {peer}: handshake failed: {e}");
+            return;
+        }
+    };
+    drop(handshake_place);
+    let Some(admission) = admission else {
+        // The callback returned Ok only after filling `admission`.
+        log::error!("client {id}: handshake finished without admission");
+        return;
+    };
+    match &admission.forwarded_for {
+        Some(xff) => log::info!(
+            "client {id} connected from {peer} (X-Forwarded-For: {xff}) to {:?}",
+            admission.endpoint
+        ),
+        None => log::info!(
+            "client {id} connected from {peer} to {:?}",
+            admission.endpoint
+        ),
+    }
+    reader::serve(
+        reader::Connection {
+            id,
+            endpoint: admission.endpoint,
+            socket,
+            ws,
+        },
+        admission.place,
+        &settings.reader,
+        hub,
+    );
+}
+
+/// The handshake callback: path, name, origin, place, subprotocol, in that order.
+#[allow(clippy::result_large_err)] // the signature is tungstenite's
+fn check(
+    settings: &WsSettings,
+    peer: IpAddr,
+    request: &Request,
+    mut response: Response,
+    admission: &mut Option<Admission>,
+) -> Result<Response, ErrorResponse> {
+    let (endpoint, kind) = match request.uri().path() {
+        "/" => (Endpoint::Chat, Kind::Chat),
+        "/echo" if settings.echo => (Endpoint::Echo, Kind::Echo),
+        "/echo" => {
+            return Err(refusal(
+                StatusCode::NOT_FOUND,
+                "the echo endpoint is off (start the server with --echo)",
+            ));
+        }
+        _ => {
+            return Err(refusal(
+                StatusCode::NOT_FOUND,
+                "no WebSocket endpoint here: the chat is at /",
+            ));
+        }
+    };
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next().and_then(|h| h.to_str().ok()).unwrap_or("");
+    if hosts.next().is_some() {
+        // Which of two names a proxy in front of us believed is anyone's guess.
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "more than one Host header",
+        ));
+    }
+    if !settings.server_names.accepts(host) {
+        // Logged with its text (which names the flag to use) by `serve`.
+        return Err(refusal(
+            StatusCode::MISDIRECTED_REQUEST,
+            &ServerNames::refusal(host),
+        ));
+    }
+    if !origin_allowed(request.headers(), &settings.allowed_origins) {
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "this page's origin may not open a chat socket (see --allow-origin)",
+        ));
+    }
+    let place = settings
+        .places
+        .take(kind, peer)
+        .map_err(|why| refusal(StatusCode::SERVICE_UNAVAILABLE, &why.to_string()))?;
+    if offers_subprotocol(request.headers(), SUBPROTOCOL) {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    let forwarded_for = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    *admission = Some(Admission {
+        endpoint,
+        forwarded_for,
+        place,
+    });
+    Ok(response)
+}
+
+/// A complete HTTP error response: tungstenite writes exactly what we give it.
+fn refusal(status: StatusCode, text: &str) -> ErrorResponse {
+    let body = format!("{text}\n");
+    let mut builder = http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_LENGTH, body.len())
+        .header(header::CONNECTION, "close");
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        builder = builder.header(header::RETRY_AFTER, "5");
+    }
+    builder
+        .body(Some(body))
+        .expect("a status and fixed headers make a valid response")
+}
+
+/// Whether the page that opened this socket may use it.
+///
+/// Browsers send `Origin` on every WebSocket handshake and let any page open a
+/// socket to any host, with the visitor's cookies and network position. So a
+/// handshake without `Origin` (not a browser) is accepted, one from a page on the
+/// same host name as the socket is accepted (the page is on port 8000 and the
+/// socket on 8001, so ports are not compared), and any other only when
+/// `--allow-origin` names it or is `*`. This alone does not stop DNS rebinding,
+/// where both names are the attacker's: the `Host` check before it does.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| host_without_port(rest));
+    let socket_host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(host_without_port);
+    match (origin_host, socket_host) {
+        (Some(a), Some(b)) => !a.is_empty() && a.eq_ignore_ascii_case(b),
+        _ => false,
+    }
+}
+
+/// `example.com:8000` → `example.com`, `[::1]:8001` → `[::1]`.
+fn host_without_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        };
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+/// Whether any `Sec-WebSocket-Protocol` header lists `wanted`.
+fn offers_subprotocol(headers: &HeaderMap, wanted: &str) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, http::HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn no_origin_is_a_non_browser_client_and_is_accepted() {
+        assert!(origin_allowed(&headers(&[("host", "chat.lan:8001")]), &[]));
+    }
+
+    #[test]
+    fn same_host_name_on_another_port_is_accepted() {
+        let h = headers(&[
+            ("host", "chat.lan:8001"),
+            ("origin", "http://chat.lan:8000"),
+        ]);
+        assert!(origin_allowed(&h, &[]));
+        let h = headers(&[("host", "[::1]:8001"), ("origin", "http://[::1]:8000")]);
+        assert!(origin_allowed(&h, &[]));
+        let h = headers(&[("host", "Chat.LAN:8001"), ("origin", "https://chat.lan")]);
+        assert!(origin_allowed(&h, &[]));
+    }
+
+    #[test]
+    fn foreign_origins_are_refused_unless_allowed() {
+        let h = headers(&[("host", "chat.lan:8001"), ("origin", "http://evil.example")]);
+        assert!(!origin_allowed(&h, &[]));
+        assert!(origin_allowed(&h, &["http://evil.example".into()]));
+        assert!(origin_allowed(&h, &["*".into()]));
+        assert!(!origin_allowed(&h, &["http://other.example".into()]));
+        let h = headers(&[("host", "chat.lan:8001"), ("origin", "null")]);
+        assert!(!origin_allowed(&h, &[]));
+        // A prefix of the host is not the host.
+        let h = headers(&[
+            ("host", "chat.lan:8001"),
+            ("origin", "http://chat.lan.evil.example"),
+        ]);
+        assert!(!origin_allowed(&h, &[]));
+    }
+
+    #[test]
+    fn subprotocol_is_found_among_several_offers() {
+        let h = headers(&[("sec-websocket-protocol", "chat, threadchat.v1")]);
+        assert!(offers_subprotocol(&h, SUBPROTOCOL));
+        let h = headers(&[
+            ("sec-websocket-protocol", "chat"),
+            ("sec-websocket-protocol", "threadchat.v1"),
+        ]);
+        assert!(offers_subprotocol(&h, SUBPROTOCOL));
+        let h = headers(&[("sec-websocket-protocol", "threadchat.v2")]);
+        assert!(!offers_subprotocol(&h, SUBPROTOCOL));
+    }
+}
