@@ -36,7 +36,7 @@ rm -rf "$REPORT"
 "$VENV/bin/kosoku" --mode fuzzingclient --parallelism 4 --exclude '12.*' --exclude '13.*' \
     --outdir "$REPORT" "ws://127.0.0.1:$port/echo" >/dev/null
 
-python3 - "$REPORT/index.json" autobahn/expected-results.json <<'PY'
+if ! python3 - "$REPORT/index.json" autobahn/expected-results.json <<'PY'
 import json, sys
 from collections import Counter
 (got,) = json.load(open(sys.argv[1])).values()
@@ -52,3 +52,8 @@ print("autobahn: " + ", ".join(f"{n} {b}" for b, n in sorted(tally.items())) + f
 print(f"{len(expected) - len(differ)} passed, {len(differ)} failed")
 sys.exit(1 if differ else 0)
 PY
+then
+    echo "the server's warnings and refusals during the run:" >&2
+    grep -E "WARN|ERROR|refused" "$log" | tail -n 20 >&2 || true
+    exit 1
+fi

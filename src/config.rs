@@ -119,7 +119,7 @@ pub struct Config {
     pub write_timeout: u64,
 
     /// Serve `ws://…/echo`, which sends every message back (for WebSocket
-    /// conformance tools), to at most 8 clients at once. Off by default: it is no
+    /// conformance tools), to at most 16 clients at once. Off by default: it is no
     /// use to a chat, and a way to make the server hold memory.
     #[arg(long)]
     pub echo: bool,

@@ -495,6 +495,24 @@ mod tests {
     }
 
     #[test]
+    fn healthz_is_the_hub_answering() {
+        use crate::stats::Stats;
+        // A hub that turns over answers.
+        let (hub, events) = crossbeam_channel::bounded(16);
+        crate::hub::spawn(events, Duration::from_secs(30), Arc::new(Stats::new())).unwrap();
+        assert!(hub_answers(&hub));
+        // A hub whose thread is gone fails at once.
+        let (gone, events) = crossbeam_channel::bounded::<Event>(16);
+        drop(events);
+        assert!(!hub_answers(&gone));
+        // A hub that never takes the probe fails at the deadline.
+        let (stuck, _events_never_taken) = crossbeam_channel::bounded::<Event>(16);
+        let asked = Instant::now();
+        assert!(!hub_answers(&stuck));
+        assert!(asked.elapsed() >= HEALTH_DEADLINE);
+    }
+
+    #[test]
     fn a_head_is_parsed_only_once_whole() {
         let head =
             b"GET /app.js?v=1 HTTP/1.1\r\nHost: pi:8000\r\nIf-None-Match: \"x\"\r\n\r\nGET /";

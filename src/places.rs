@@ -37,7 +37,7 @@ use serde::Serialize;
 /// Echo connections at once with `--echo`. The endpoint serves conformance tools
 /// (which open a few at a time), not people; a small cap keeps it from becoming a
 /// way around the chat's.
-pub const ECHO_CLIENTS: usize = 8;
+pub const ECHO_CLIENTS: usize = 16;
 
 /// What a connection is doing, as far as places go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -212,7 +212,7 @@ fn threads_and_sockets_come_back_after_clients_leave() {
     let threads_before = server.threads();
     let fds_before = pid_fds();
 
-    // Forty people on forty devices, and the echo endpoint's eight clients.
+    // Forty people on forty devices, and eight echo clients.
     let mut clients: Vec<Client> = (0..40)
         .map(|i| {
             Client::join_over(
