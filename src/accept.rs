@@ -23,12 +23,12 @@
 //! chat port.
 
 use std::io;
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use rustix::net::SendFlags;
+use rustix::net::{RecvFlags, SendFlags};
 
 use crate::places::{Kind, Place, Places, Refusal};
 
@@ -155,7 +155,7 @@ fn is_out_of_resources(e: &io::Error) -> bool {
         .any(|errno| code == Some(errno.raw_os_error()))
 }
 
-/// Answers `503` without reading the request or starting a thread: one
+/// Answers `503` without waiting for the request or starting a thread: one
 /// non-blocking send, then the socket closes. Both ports speak HTTP first, so the
 /// same answer fits both.
 fn refuse_without_thread(stream: &TcpStream, refusal: Refusal) {
@@ -170,6 +170,12 @@ fn refuse_without_thread(stream: &TcpStream, refusal: Refusal) {
         response.as_bytes(),
         SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
     );
+    let _ = stream.shutdown(Shutdown::Write);
+    // Closing with unread input makes the kernel answer with a reset, which can
+    // destroy the 503 before the client reads it: take what has already arrived,
+    // without waiting for more.
+    let mut sink = [0u8; 4096];
+    let _ = rustix::net::recv(stream, &mut sink[..], RecvFlags::DONTWAIT);
 }
 
 /// Logs refusals at most once per [`REFUSAL_LOG_INTERVAL`], with how many were

@@ -143,7 +143,7 @@ impl Page {
             Page::Folder(root) => {
                 let path = static_files::resolve(root, raw_path)?;
                 // One open: its size and its bytes come from the same file.
-                let mut file = File::open(&path).map_err(|_| Unavailable::NotFound)?;
+                let file = File::open(&path).map_err(|_| Unavailable::NotFound)?;
                 let size = file.metadata().map_err(|_| Unavailable::NotFound)?.len();
                 if size > MAX_FOLDER_FILE {
                     log::warn!(
@@ -152,9 +152,15 @@ impl Page {
                     );
                     return Err(Unavailable::TooLarge);
                 }
+                // The file may grow between the size and the read: read no more than
+                // the cap allows, and refuse it if there was more.
                 let mut bytes = Vec::with_capacity(size as usize);
-                file.read_to_end(&mut bytes)
+                file.take(MAX_FOLDER_FILE + 1)
+                    .read_to_end(&mut bytes)
                     .map_err(|_| Unavailable::NotFound)?;
+                if bytes.len() as u64 > MAX_FOLDER_FILE {
+                    return Err(Unavailable::TooLarge);
+                }
                 Ok(Asset::new(&path, Cow::Owned(bytes)))
             }
         }

@@ -63,8 +63,8 @@ pub const MIN_RESERVE: u64 = 4;
 pub const THREAD_MEMORY: u64 = 32 * 1024;
 
 /// The most tungstenite reads of a handshake (its own cap, 64 KiB), plus the
-/// read buffer.
-const HANDSHAKE_MEMORY: u64 = 65 * 1024;
+/// read buffer and the thread.
+const HANDSHAKE_BYTES: u64 = 65 * 1024 + THREAD_MEMORY;
 
 /// What the server is asked to carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +163,9 @@ impl Limits {
 
 /// Most memory one chat or echo client can make the server hold.
 pub fn client_memory(max_backlog: usize, max_message: usize) -> u64 {
-    max_backlog as u64 + 3 * max_message as u64 + 2 * THREAD_MEMORY
+    (max_backlog as u64)
+        .saturating_add((max_message as u64).saturating_mul(3))
+        .saturating_add(2 * THREAD_MEMORY)
 }
 
 /// Most memory one page connection can make the server hold, when the largest
@@ -193,9 +195,10 @@ impl Places {
     }
 
     fn memory(&self, wanted: &Wanted) -> u64 {
-        (self.clients + self.echo) * wanted.client_bytes
-            + self.handshakes * (HANDSHAKE_MEMORY + THREAD_MEMORY)
-            + self.http * wanted.http_bytes
+        (self.clients + self.echo)
+            .saturating_mul(wanted.client_bytes)
+            .saturating_add(self.handshakes * HANDSHAKE_BYTES)
+            .saturating_add(self.http.saturating_mul(wanted.http_bytes))
     }
 }
 
@@ -225,13 +228,20 @@ pub fn plan(wanted: &Wanted, limits: &Limits) -> Plan {
     } else {
         let spare_threads = thread_budget.saturating_sub(FIXED_THREADS);
         let spare_fds = fd_ceiling.saturating_sub(FIXED_FDS + limits.inherited_fds);
-        let share = |per_thread: u64, per_fd: u64| {
-            (spare_threads / per_thread).min(spare_fds / per_fd) / 16
+        // A sixteenth of each budget, counted in connections of that kind.
+        let share = |per_thread: u64, per_fd: u64, bytes: u64| {
+            let by_memory = memory_budget.map_or(u64::MAX, |m| m / bytes.max(1));
+            (spare_threads / per_thread)
+                .min(spare_fds / per_fd)
+                .min(by_memory)
+                / 16
         };
         let mut reduced = Places {
             clients: 0,
-            http: wanted.http.min(share(1, 2).max(MIN_RESERVE)),
-            handshakes: HANDSHAKES.min(share(1, 1).max(MIN_RESERVE)),
+            http: wanted
+                .http
+                .min(share(1, 2, wanted.http_bytes).max(MIN_RESERVE)),
+            handshakes: HANDSHAKES.min(share(1, 1, HANDSHAKE_BYTES).max(MIN_RESERVE)),
             echo: wanted.echo,
             inherited_fds: limits.inherited_fds,
         };
@@ -416,6 +426,20 @@ mod tests {
         };
         assert!(one_more.memory(&w) > 768 * MIB);
         assert!(p.max_clients > 400, "{}", p.max_clients);
+    }
+
+    #[test]
+    fn the_page_reserve_shrinks_with_memory_too() {
+        // --www: every page connection may hold a 1 MiB file. On a machine with
+        // 256 MiB, 256 of them would take everything.
+        let mut l = limits(65_530, 30_000, 1 << 20);
+        l.memory = Some(256 * MIB);
+        let mut w = wanted(1024);
+        w.http_bytes = http_memory(1 << 20);
+        let p = plan(&w, &l);
+        assert!(p.max_http < 16, "{}", p.max_http);
+        assert!(p.worst_case_memory <= 192 * MIB, "{}", p.worst_case_memory);
+        assert!(p.max_clients > 100, "{}", p.max_clients);
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub struct Config {
 
     /// Seconds between heartbeat pings; a client silent for two intervals is dropped.
     /// Finds peers that vanished without closing (a laptop lid, a dead Wi-Fi).
-    #[arg(long, env = "THREADCHAT_PING_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "THREADCHAT_PING_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub ping_interval: u64,
 
     /// Also answer to this host name (repeatable; `*` = any). IP addresses,
@@ -99,12 +99,12 @@ pub struct Config {
 
     /// Seconds a new TCP connection has to finish the WebSocket handshake. Counters
     /// slowloris clients holding a thread each.
-    #[arg(long, env = "THREADCHAT_HANDSHAKE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "THREADCHAT_HANDSHAKE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub handshake_timeout: u64,
 
     /// Seconds a page connection has for each request head, each answer, and to
     /// sit idle between requests. Counters slow or idle page clients.
-    #[arg(long, env = "THREADCHAT_HTTP_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "THREADCHAT_HTTP_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub http_timeout: u64,
 
     /// Bytes that may wait for one slow client before it is disconnected (close
@@ -115,7 +115,7 @@ pub struct Config {
 
     /// Seconds a blocked write to one client may take before it is disconnected;
     /// also how long the rest of its backlog may take once it has left.
-    #[arg(long, env = "THREADCHAT_WRITE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "THREADCHAT_WRITE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub write_timeout: u64,
 
     /// Serve `ws://…/echo`, which sends every message back (for WebSocket
@@ -180,6 +180,17 @@ impl Config {
         }
         if self.max_http == 0 {
             return Err("--max-http must be at least 1".into());
+        }
+        // Far beyond any machine, and small enough that no sum of them overflows.
+        for (flag, value, most) in [
+            ("--max-clients", self.max_clients, 1 << 20),
+            ("--max-http", self.max_http, 1 << 20),
+            ("--max-message", self.max_message, 1 << 30),
+            ("--max-backlog", self.max_backlog, 1 << 32),
+        ] {
+            if value > most {
+                return Err(format!("{flag} ({value}) may be at most {most}"));
+            }
         }
         // A client that reads normally must never be cut off: its backlog has to
         // hold the largest thing it can be sent (a batch of the hub's, or an echo

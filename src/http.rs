@@ -144,8 +144,8 @@ pub fn serve(conn: Accepted, site: &Site) {
             Ok(request) => request,
             Err(NoRequest::Gone) => break,
             Err(NoRequest::Refuse(status)) => {
-                let response = text(status, reason(status)).closing();
-                let _ = write_response(&stream, &response, true, site.timeout);
+                let response = text(status, &format!("{}\n", reason(status))).closing();
+                let _ = write_response(&stream, &response, false, site.timeout);
                 linger(&stream);
                 break;
             }
@@ -240,6 +240,16 @@ fn parse_head(input: &[u8]) -> Result<Option<(Request, usize)>, NoRequest> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| String::from_utf8_lossy(h.value).into_owned())
     };
+    let lengths = parsed
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .count();
+    if lengths > 1 {
+        // Where this request ends depends on which length one believes: a proxy in
+        // front of us and we could disagree (request smuggling; RFC 9112 §6.3).
+        return Err(NoRequest::Refuse(400));
+    }
     let connection = header("connection")
         .unwrap_or_default()
         .to_ascii_lowercase();
@@ -547,6 +557,10 @@ mod tests {
         );
         assert_eq!(
             parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(NoRequest::Refuse(400))
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 40\r\n\r\n"),
             Err(NoRequest::Refuse(400))
         );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();

@@ -235,7 +235,7 @@ impl Outbox {
             start,
             own: false,
         };
-        self.write_or_queue(state, chunk)
+        self.write_or_queue(state, chunk, false)
     }
 
     /// Sends one frame that tungstenite produced on the reader's thread: a pong, a
@@ -250,9 +250,7 @@ impl Outbox {
         if state.phase == Phase::Closed {
             return Err(SendError::Closed);
         }
-        if frame::is_close(frame) {
-            state.phase = Phase::Closed;
-        }
+        let closes = frame::is_close(frame);
         let coalescable = state.backlog.len() > 1
             && state.backlog.back().is_some_and(|last| {
                 last.own
@@ -274,6 +272,9 @@ impl Outbox {
                 .expect("checked: the last chunk's bytes have one owner")
                 .extend_from_slice(frame);
             state.backlog_cost += frame.len();
+            if closes {
+                state.phase = Phase::Closed;
+            }
             return Ok(());
         }
         let chunk = Chunk {
@@ -281,7 +282,7 @@ impl Outbox {
             start: 0,
             own: true,
         };
-        self.write_or_queue(state, chunk)
+        self.write_or_queue(state, chunk, closes)
     }
 
     /// The close handshake has started (the peer sent Close, or the reader is about
@@ -348,15 +349,20 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Enforces the backlog bound, then sends or queues. Called with the lock held.
+    /// Enforces the backlog bound, then sends or queues; a close frame that is
+    /// accepted (`closes`) ends what may be sent. Called with the lock held.
     fn write_or_queue(
         self: &Arc<Self>,
-        state: MutexGuard<'_, State>,
+        mut state: MutexGuard<'_, State>,
         chunk: Chunk,
+        closes: bool,
     ) -> Result<(), SendError> {
         if state.backlog_cost + chunk.cost() > self.limit {
             self.cut_off_slow_consumer(state);
             return Err(SendError::SlowConsumer);
+        }
+        if closes {
+            state.phase = Phase::Closed;
         }
         self.write_or_queue_unbounded(state, chunk)
     }

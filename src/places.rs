@@ -18,8 +18,11 @@
 //! | echo clients (`--echo`) | [`ECHO_CLIENTS`] | (the same) |
 //!
 //! The address is the TCP peer's, never a header: `X-Forwarded-For` is whatever the
-//! client writes. Behind a reverse proxy every connection comes from the proxy, so
-//! there the per-address caps are turned off (0) and the proxy does that job.
+//! client writes. An IPv6 "address" here is its /64: one host is normally given a
+//! whole /64 and can pick any address in it, so counting single IPv6 addresses would
+//! give it millions of shares. Behind a reverse proxy every connection comes from
+//! the proxy, so there the per-address caps are turned off (0) and the proxy does
+//! that job.
 //!
 //! Why a mutex and a map, not atomics: a place is taken once per connection, not
 //! per message, and taking one checks two counters that must move together (the
@@ -28,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -140,8 +143,8 @@ pub struct Occupancy {
 
 struct Ledger {
     taken: [usize; 4],
-    /// Places held per address: page, handshake, client. Only addresses that hold
-    /// at least one place are here.
+    /// Places held per address ([`host_of`]): page, handshake, client. Only
+    /// addresses that hold at least one place are here.
     hosts: HashMap<IpAddr, [usize; 3]>,
     refused_full: u64,
     refused_per_host: u64,
@@ -180,7 +183,8 @@ impl Places {
 
     /// Takes a place of `kind` for a connection from `host`, if one is free in all
     /// and `host` has not used up its share.
-    pub fn take(self: &Arc<Self>, kind: Kind, host: IpAddr) -> Result<Place, Refusal> {
+    pub fn take(self: &Arc<Self>, kind: Kind, peer: IpAddr) -> Result<Place, Refusal> {
+        let host = host_of(peer);
         let mut ledger = self.lock();
         if ledger.taken[kind.index()] >= self.caps.total[kind.index()] {
             ledger.refused_full += 1;
@@ -247,6 +251,18 @@ impl Places {
         // The ledger is counters only, updated in single statements: a panic
         // elsewhere while it was locked cannot leave it half-changed.
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The address a peer counts as: itself for IPv4 (also when it arrives as an
+/// IPv4-mapped IPv6 address), its /64 for IPv6.
+pub fn host_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
     }
 }
 
@@ -343,6 +359,24 @@ mod tests {
         drop(held);
         assert!(waiter.join().unwrap());
         assert_eq!(places.wait_until_ws_empty(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn an_ipv6_host_is_its_slash_64() {
+        let places = caps([10; 4], [0, 0, 2]);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _one = places.take(Kind::Chat, a).unwrap();
+        let _two = places.take(Kind::Chat, b).unwrap();
+        assert!(
+            places
+                .take(Kind::Chat, "2001:db8:1:2::7".parse().unwrap())
+                .is_err()
+        );
+        assert!(places.take(Kind::Chat, other).is_ok());
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert_eq!(host_of(mapped), B);
     }
 
     #[test]

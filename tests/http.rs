@@ -361,6 +361,9 @@ fn heads_without_a_host_or_with_too_many_fields_are_refused() {
     assert_eq!(many.status, 431);
     let garbage = http_raw(server.http, "\x01\x02 nonsense\r\n\r\n");
     assert_eq!(garbage.status, 400);
+    // The refusal's body is there, as long as its Content-Length says.
+    assert_eq!(garbage.body, b"Bad Request\n");
+    assert_eq!(many.body, b"Request Header Fields Too Large\n");
 }
 
 #[test]
