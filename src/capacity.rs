@@ -29,11 +29,13 @@
 //! * **Memory.** `MemTotal`, or the cgroup's `memory.max` when lower. A quarter is
 //!   left to the rest of the machine; the rest must hold every place's worst case.
 //!
-//! The page's and the handshakes' places come first, as asked, when everything
-//! fits. When it does not, each is cut to a sixteenth of what is spare (but never
-//! below [`MIN_RESERVE`]), so that on a small budget most of it still goes to chat
-//! clients: with `ulimit -n 128`, 97 clients fit beside 4 page connections and 7
-//! handshakes. The places in [`crate::places`] are exactly this plan.
+//! When everything asked for does not fit, the page's and the handshakes' places
+//! still come first, as asked, while they take at most half of each budget; past
+//! that they shrink together to half (never below [`MIN_RESERVE`]), and the chat
+//! clients get what is left. So one descriptor too few costs one chat client, and
+//! on a small budget the chat still gets half: with `ulimit -n 128`, 57 clients
+//! fit beside 22 page connections and 11 handshakes. The places in
+//! [`crate::places`] are exactly this plan.
 
 use std::fs;
 
@@ -226,24 +228,27 @@ pub fn plan(wanted: &Wanted, limits: &Limits) -> Plan {
     let places = if fits(&asked) {
         asked
     } else {
+        // The reserves (page and handshake places, and echo's) as asked, and what
+        // they take of each budget beyond the fixed part.
+        let reserves = Places {
+            clients: 0,
+            ..asked
+        };
         let spare_threads = thread_budget.saturating_sub(FIXED_THREADS);
         let spare_fds = fd_ceiling.saturating_sub(FIXED_FDS + limits.inherited_fds);
-        // A sixteenth of each budget, counted in connections of that kind.
-        let share = |per_thread: u64, per_fd: u64, bytes: u64| {
-            let by_memory = memory_budget.map_or(u64::MAX, |m| m / bytes.max(1));
-            (spare_threads / per_thread)
-                .min(spare_fds / per_fd)
-                .min(by_memory)
-                / 16
-        };
+        let half_of = |spare: u64, used: u64| spare as f64 / 2.0 / used.max(1) as f64;
+        let scale = [
+            half_of(spare_threads, reserves.threads() - FIXED_THREADS),
+            half_of(spare_fds, reserves.fds() - FIXED_FDS - limits.inherited_fds),
+            memory_budget.map_or(f64::INFINITY, |m| half_of(m, reserves.memory(wanted))),
+        ]
+        .into_iter()
+        .fold(1.0, f64::min);
+        let shrunk = |asked: u64| asked.min(((asked as f64 * scale) as u64).max(MIN_RESERVE));
         let mut reduced = Places {
-            clients: 0,
-            http: wanted
-                .http
-                .min(share(1, 2, wanted.http_bytes).max(MIN_RESERVE)),
-            handshakes: HANDSHAKES.min(share(1, 1, HANDSHAKE_BYTES).max(MIN_RESERVE)),
-            echo: wanted.echo,
-            inherited_fds: limits.inherited_fds,
+            http: shrunk(wanted.http),
+            handshakes: shrunk(HANDSHAKES),
+            ..reserves
         };
         let room = |p: &Places| {
             let threads = thread_budget.saturating_sub(p.threads()) / 2;
@@ -394,17 +399,27 @@ mod tests {
     fn the_descriptor_limit_bounds_clients_and_the_reserves_shrink_with_it() {
         let p = plan(&wanted(1024), &limits(65_530, 100_000, 1024));
         assert!(p.clamped);
-        // A sixteenth of the 1,008 spare descriptors for each reserve.
-        assert_eq!((p.max_http, p.handshakes), (31, 63));
-        assert_eq!(p.max_clients, 1008 - 62 - 63);
+        // The reserves would take 512 + 128 of the 1,008 spare descriptors: more
+        // than half, so they shrink to half (504 / 640 of what was asked).
+        assert_eq!((p.max_http, p.handshakes), (201, 100));
+        assert_eq!(p.max_clients, 1008 - 2 * 201 - 100);
         assert_eq!(p.open_files, 1024);
+    }
+
+    #[test]
+    fn one_descriptor_too_few_costs_one_client() {
+        let w = wanted(1024);
+        let p = plan(&w, &limits(1 << 30, 100_000, open_files_needed(&w) - 1));
+        assert_eq!((p.max_clients, p.max_http, p.handshakes), (1023, 256, 128));
+        assert!(p.clamped);
     }
 
     #[test]
     fn with_128_descriptors_dozens_of_clients_fit() {
         let p = plan(&wanted(1024), &limits(65_530, 100_000, 128));
-        assert_eq!((p.max_http, p.handshakes), (MIN_RESERVE as usize, 7));
-        assert_eq!(p.max_clients, 112 - 8 - 7);
+        // Half of the 112 spare descriptors for the reserves: 56 / 640 of them.
+        assert_eq!((p.max_http, p.handshakes), (22, 11));
+        assert_eq!(p.max_clients, 112 - 2 * 22 - 11);
         assert!(p.open_files <= 128);
     }
 
@@ -437,9 +452,10 @@ mod tests {
         let mut w = wanted(1024);
         w.http_bytes = http_memory(1 << 20);
         let p = plan(&w, &l);
-        assert!(p.max_http < 16, "{}", p.max_http);
+        // The reserves get half of the 192 MiB, the chat clients the other half.
+        assert!(p.max_http < 100, "{}", p.max_http);
         assert!(p.worst_case_memory <= 192 * MIB, "{}", p.worst_case_memory);
-        assert!(p.max_clients > 100, "{}", p.max_clients);
+        assert!(p.max_clients > 70, "{}", p.max_clients);
     }
 
     #[test]
@@ -464,8 +480,9 @@ mod tests {
         let without = plan(&wanted(1024), &l);
         l.inherited_fds = 300;
         let with = plan(&wanted(1024), &l);
-        assert!(with.max_clients < without.max_clients - 200, "{with:?}");
-        assert!(with.open_files <= 1024);
+        assert!(with.max_clients + 100 < without.max_clients, "{with:?}");
+        assert!(with.max_http < without.max_http, "{with:?}");
+        assert!(with.open_files <= 1024, "the inherited ones are in it too");
     }
 
     #[test]
@@ -484,9 +501,12 @@ mod tests {
 
     #[test]
     fn a_tiny_machine_still_serves_someone() {
-        // 50 tasks: a budget of 37 threads, 8 fixed, 4 + 4 reserved, two per client.
+        // 50 tasks: a budget of 37 threads, 8 fixed, half of the other 29 for the
+        // reserves (14 / 384 of them: 9 page connections, 4 handshakes), two
+        // threads per client.
         let p = plan(&wanted(1024), &limits(400, 50, 200));
-        assert_eq!(p.max_clients, (37 - 8 - 4 - 4) / 2);
+        assert_eq!((p.max_http, p.handshakes), (9, 4));
+        assert_eq!(p.max_clients, (37 - 8 - 9 - 4) / 2);
         // Not even the fixed threads fit: one client all the same.
         let p = plan(&wanted(1024), &limits(400, 20, 40));
         assert_eq!(p.max_clients, 1);

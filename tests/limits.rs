@@ -242,7 +242,7 @@ fn threads_and_sockets_come_back_after_clients_leave() {
 fn with_128_open_files_dozens_of_clients_chat() {
     // The fixed reserves used to take 384 descriptors, leaving one client under
     // `ulimit -n 128`. Now the page's and the handshakes' places shrink with the
-    // budget, and most of it goes to the chat.
+    // budget, to half of it, and the other half goes to the chat.
     let server = Server::start_program(
         "sh",
         &[
@@ -258,7 +258,7 @@ fn with_128_open_files_dozens_of_clients_chat() {
         ],
         &[],
     );
-    let mut clients: Vec<Client> = (0..60)
+    let mut clients: Vec<Client> = (0..50)
         .map(|i| {
             Client::join_over(
                 &server,
@@ -266,9 +266,9 @@ fn with_128_open_files_dozens_of_clients_chat() {
             )
         })
         .collect();
-    clients[0].send_chat("a", "sixty of us");
+    clients[0].send_chat("a", "fifty of us");
     for client in &mut clients {
-        assert_eq!(client.recv_type("message")["msg"], "sixty of us");
+        assert_eq!(client.recv_type("message")["msg"], "fifty of us");
     }
     assert_eq!(support::http_get(server.http, "/").status, 200);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
