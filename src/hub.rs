@@ -275,10 +275,14 @@ impl Hub {
                 }
             }
             // Counted before the clients can see the batch, so /stats never lags
-            // behind what a client has already received.
-            self.stats.add_batch(relayed);
+            // behind what a client has already received. A batch with nothing to
+            // send (a health probe, a shutdown) is no batch.
+            let batch = batch.finish();
+            if !batch.is_empty() {
+                self.stats.add_batch(relayed);
+            }
             self.stats.set_clients(self.chat.len());
-            self.flush(batch.finish());
+            self.flush(batch);
         }
     }
 
