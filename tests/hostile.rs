@@ -201,6 +201,8 @@ fn a_head_that_trickles_in_is_cut_at_its_deadline() {
     // A byte every 100 ms never lets a single read time out; the deadline is on
     // the whole head.
     let server = Server::start(&["--http-timeout", "1"]);
+    let base = baseline(&server);
+    let peak = Peak::watch(&server);
     let mut slow = connect_from(ATTACKER, server.http);
     let mut writer = slow.try_clone().unwrap();
     let started = Instant::now();
@@ -224,6 +226,8 @@ fn a_head_that_trickles_in_is_cut_at_its_deadline() {
     drop(slow);
     dribble.join().unwrap();
     honest_user_is_served(&server);
+    assert_within(peak.stop(), base, 1024, 3, 3);
+    back_to(&server, base, 1024);
 }
 
 #[test]
@@ -329,6 +333,7 @@ fn idle_page_connections_from_one_host_leave_the_chat_and_the_page_alone() {
 fn one_host_cannot_fill_the_chat() {
     let server = Server::start(&["--max-clients", "40"]);
     let base = baseline(&server);
+    let peak = Peak::watch(&server);
     let mut theirs = Vec::new();
     let mut refusals = Vec::new();
     for _ in 0..60 {
@@ -347,6 +352,9 @@ fn one_host_cannot_fill_the_chat() {
     );
     // Eight places are left, and the honest user takes one.
     honest_user_is_served(&server);
+    // 32 idle clients, a parked reader each; up to 8 refused handshakes still
+    // ending; the honest user's page connection and client.
+    assert_within(peak.stop(), base, 4 * 1024, 44, 44);
     drop(theirs);
     back_to(&server, base, 4 * 1024);
 }
@@ -411,11 +419,15 @@ fn a_slow_clients_place_is_given_back_only_when_its_writer_is_gone() {
     let server = Server::start(&[
         "--max-clients",
         "2",
+        // Long enough that a slow machine's flood below does not time the writer out
+        // before the client leaves.
         "--write-timeout",
-        "5",
+        "30",
         "--max-backlog",
         "67108864",
     ]);
+    let base = baseline(&server);
+    let peak = Peak::watch(&server);
     let mut talker = Client::join(&server);
     let mut slow = Client::join_over(
         &server,
@@ -465,6 +477,11 @@ fn a_slow_clients_place_is_given_back_only_when_its_writer_is_gone() {
             .iter()
             .any(|name| name.starts_with("writer-"))
     );
+    // What the slow client was owed is in batches shared with the talker, at most
+    // the 8 MB sent; the kernel's buffers are not in the process's RSS.
+    assert_within(peak.stop(), base, 24 * 1024, 6, 6);
+    drop((talker, slow));
+    back_to(&server, base, 16 * 1024);
 }
 
 /// The names of the server's threads now.
@@ -479,6 +496,7 @@ fn thread_names(server: &Server) -> Vec<String> {
 #[test]
 fn a_rebinding_page_reaches_neither_port() {
     let server = Server::start(&[]);
+    let base = baseline(&server);
     // The attacker's page, under the attacker's name, after its DNS answer changed
     // to our address: Host and Origin both say attacker.example.
     let evil = [
@@ -540,6 +558,8 @@ fn a_rebinding_page_reaches_neither_port() {
     assert!(Client::connect_with(&named.ws_url("/"), &evil[..1]).is_err());
     let any = Server::start(&["--server-name", "*"]);
     assert!(Client::connect_with(&any.ws_url("/"), &evil).is_ok());
+    // Refusals held nothing.
+    back_to(&server, base, 1024);
 }
 
 fn host_name() -> String {
