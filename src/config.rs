@@ -41,7 +41,7 @@ pub struct Config {
     pub www: Option<PathBuf>,
 
     /// Most chat clients at once; the next handshake gets HTTP 503. Lowered at
-    /// start if the machine's thread or file limits cannot carry that many.
+    /// start if the machine's thread, file or memory limits cannot carry that many.
     #[arg(long, env = "THREADCHAT_MAX_CLIENTS", default_value_t = 1024)]
     pub max_clients: usize,
 
