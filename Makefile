@@ -44,12 +44,14 @@ autobahn: build
 ## storm, every delivery checked (about two minutes; not part of `make test`).
 bench: release
 	$(CARGO) build --release -p threadchat-loadgen
-	target/release/loadgen --server target/release/threadchat
+	$(CARGO) build --release --example naive
+	target/release/loadgen --server target/release/threadchat --naive target/release/examples/naive
 
 ## The same with small numbers, a few seconds, so the bench code cannot rot.
 bench-quick: build
 	$(CARGO) build -p threadchat-loadgen
-	target/debug/loadgen --quick --server target/debug/threadchat
+	$(CARGO) build --example naive
+	target/debug/loadgen --quick --server target/debug/threadchat --naive target/debug/examples/naive
 
 ## Coverage-guided fuzzing of the protocol parser and the path resolver, each for
 ## FUZZ_SECONDS (default 60). Needs `cargo install cargo-fuzz`. cargo-fuzz wants

@@ -25,6 +25,7 @@
 use std::io;
 use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -39,15 +40,36 @@ use crate::places::{Kind, Place, Places, Refusal};
 /// 64 KiB leaves room for both, and thousands of clients still fit.
 pub const CONNECTION_STACK_SIZE: usize = 64 * 1024;
 
-/// Shortest and longest pause after an `accept` error such as `EMFILE`.
-const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+/// Pauses after an `accept` error such as `EMFILE`: 5 ms, doubling up to a second,
+/// for as long as the errors last.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const LONGEST: Duration = Duration::from_secs(1);
+
+    fn new() -> Backoff {
+        Backoff {
+            next: Backoff::FIRST,
+        }
+    }
+
+    /// The pause to take now; the next one is twice as long.
+    fn pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (pause * 2).min(Backoff::LONGEST);
+        pause
+    }
+}
 
 /// How often a refusal is logged at most. One host can be refused thousands of
 /// times a second; the log gets a line a second with the count.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A connection that has a place and a thread of its own.
-pub struct Accepted {
+pub struct Connection {
     /// Unique per port: the chat's client id, or the page connection's number.
     pub id: u64,
     /// The socket.
@@ -70,41 +92,69 @@ pub struct Door {
     pub places: Arc<Places>,
 }
 
-/// Starts the acceptor thread on `listener`; `serve` runs on each connection's own
-/// thread.
-pub fn spawn<F>(listener: TcpListener, door: Door, serve: F) -> io::Result<JoinHandle<()>>
-where
-    F: Fn(Accepted) + Send + Sync + 'static,
-{
-    let serve = Arc::new(serve);
-    thread::Builder::new()
-        .name(door.name.into())
-        .spawn(move || run(&listener, &door, &serve))
+/// A running acceptor thread.
+pub struct Acceptor {
+    /// The same listening socket, kept to wake the thread from `accept`.
+    listener: TcpListener,
+    stopping: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
 }
 
-fn run<F>(listener: &TcpListener, door: &Door, serve: &Arc<F>)
+impl Acceptor {
+    /// Stops accepting and waits for the thread to end. Connections already
+    /// accepted go on until their own end.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // On Linux a blocked `accept` returns (EINVAL) once its socket is shut down.
+        let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Both);
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the acceptor thread on `listener`; `serve` runs on each connection's own
+/// thread.
+pub fn spawn<F>(listener: TcpListener, door: Door, serve: F) -> io::Result<Acceptor>
 where
-    F: Fn(Accepted) + Send + Sync + 'static,
+    F: Fn(Connection) + Send + Sync + 'static,
 {
-    let mut backoff = ACCEPT_BACKOFF.0;
+    let serve = Arc::new(serve);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let own = listener.try_clone()?;
+    let stop = Arc::clone(&stopping);
+    let thread = thread::Builder::new()
+        .name(door.name.into())
+        .spawn(move || run(&own, &door, &serve, &stop))?;
+    Ok(Acceptor {
+        listener,
+        stopping,
+        thread,
+    })
+}
+
+fn run<F>(listener: &TcpListener, door: &Door, serve: &Arc<F>, stopping: &AtomicBool)
+where
+    F: Fn(Connection) + Send + Sync + 'static,
+{
+    let mut backoff = Backoff::new();
     let mut next_id = 1u64;
     let mut refusals = RefusalLog::default();
     loop {
-        // A long wait is fine: the places are given back by connection threads,
-        // and every one of them ends within its own deadlines.
-        if !door
-            .places
-            .wait_for_room(door.kind, Duration::from_secs(3600))
-        {
-            continue;
+        // As long as it takes: places are given back by connection threads, each of
+        // which ends within its own deadlines. False: the server is stopping.
+        if !door.places.wait_for_room(door.kind) {
+            return;
         }
-        let (stream, peer) = match listener.accept() {
+        let accepted = listener.accept();
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) if is_out_of_resources(&e) => {
                 // Retrying at once would spin; clients wait in the listen queue.
-                log::warn!("{}: {e}; retrying in {backoff:?}", door.name);
-                thread::sleep(backoff);
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                let pause = backoff.pause();
+                log::warn!("{}: {e}; retrying in {pause:?}", door.name);
+                thread::sleep(pause);
                 continue;
             }
             Err(e) => {
@@ -112,7 +162,7 @@ where
                 continue;
             }
         };
-        backoff = ACCEPT_BACKOFF.0;
+        backoff = Backoff::new();
         let peer = peer.ip();
         let place = match door.places.take(door.kind, peer) {
             Ok(place) => place,
@@ -125,7 +175,7 @@ where
         let id = next_id;
         next_id += 1;
         let serve = Arc::clone(serve);
-        let connection = Accepted {
+        let connection = Connection {
             id,
             stream,
             peer,

@@ -29,12 +29,13 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{self, HeaderMap, StatusCode, header};
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::accept::Accepted;
+use crate::accept::Connection;
 use crate::hosts::ServerNames;
 use crate::hub::{Endpoint, Event};
 use crate::places::{Kind, Place, Places};
 use crate::protocol::SUBPROTOCOL;
 use crate::reader::{self, ClientStream, ReaderSettings};
+use crate::stats::{HandshakeEnd, Stats};
 
 /// tungstenite's read buffer per client. Its default, 128 KiB, is allocated and
 /// zero-filled per connection: 135 KiB of RSS per idle client. Chat messages are
@@ -55,6 +56,8 @@ pub struct WsSettings {
     pub echo: bool,
     /// Where client places come from.
     pub places: Arc<Places>,
+    /// Where handshakes and disconnects are counted.
+    pub stats: Arc<Stats>,
     /// What the reader needs once the handshake is done.
     pub reader: ReaderSettings,
 }
@@ -69,8 +72,8 @@ struct Admission {
 
 /// Runs a chat-port connection: the handshake here, then the reader.
 #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
-pub fn serve(conn: Accepted, settings: &WsSettings, hub: &Sender<Event>) {
-    let Accepted {
+pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
+    let Connection {
         id,
         stream,
         peer,
@@ -97,11 +100,22 @@ pub fn serve(conn: Accepted, settings: &WsSettings, hub: &Sender<Event>) {
     };
     let ws = match tungstenite::accept_hdr_with_config(handshake_stream, callback, Some(config)) {
         Ok(ws) => ws,
+        // A read that timed out is `Interrupted`; the deadline passing between reads
+        // is our own `TimedOut` (see `ClientStream`).
         Err(HandshakeError::Interrupted(_)) => {
+            settings.stats.count_handshake(HandshakeEnd::TimedOut);
+            log::info!("client {id} from {peer}: handshake timed out");
+            return;
+        }
+        Err(HandshakeError::Failure(tungstenite::Error::Io(e)))
+            if e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            settings.stats.count_handshake(HandshakeEnd::TimedOut);
             log::info!("client {id} from {peer}: handshake timed out");
             return;
         }
         Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            settings.stats.count_handshake(HandshakeEnd::Refused);
             log::info!(
                 "client {id} from {peer}: refused with {}: {}",
                 response.status(),
@@ -110,6 +124,7 @@ pub fn serve(conn: Accepted, settings: &WsSettings, hub: &Sender<Event>) {
             return;
         }
         Err(HandshakeError::Failure(e)) => {
+            settings.stats.count_handshake(HandshakeEnd::Failed);
             log::info!("client {id} from {peer}: handshake failed: {e}");
             return;
         }
@@ -131,7 +146,7 @@ pub fn serve(conn: Accepted, settings: &WsSettings, hub: &Sender<Event>) {
         ),
     }
     reader::serve(
-        reader::Connection {
+        reader::Client {
             id,
             endpoint: admission.endpoint,
             socket,
@@ -140,6 +155,7 @@ pub fn serve(conn: Accepted, settings: &WsSettings, hub: &Sender<Event>) {
         admission.place,
         &settings.reader,
         hub,
+        &settings.stats,
     );
 }
 

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
-use crate::accept::Accepted;
+use crate::accept::Connection;
 use crate::assets::{Page, Unavailable};
 use crate::hosts::ServerNames;
 use crate::hub::Event;
@@ -128,8 +128,8 @@ struct Response {
 }
 
 /// Serves one page connection until it closes. Runs on the connection's own thread.
-pub fn serve(conn: Accepted, site: &Site) {
-    let Accepted {
+pub fn serve(conn: Connection, site: &Site) {
+    let Connection {
         stream,
         peer,
         place,

@@ -188,14 +188,20 @@ impl Batch {
     }
 }
 
-/// One registered client.
-struct Member {
+/// A client, as the hub's registry holds it.
+struct Client {
     id: u64,
     outbox: Arc<Outbox>,
-    /// Set when the client joined during the batch being built: its welcome frame
-    /// and where in the batch its broadcasts start (it must not get frames from
-    /// before it joined, and must get its welcome before anything else).
-    joining: Option<(Vec<u8>, usize)>,
+    /// Set when the client joined during the batch being built.
+    joining: Option<Joining>,
+}
+
+/// A client that joined during the batch being built: it must get its welcome
+/// before anything else, and nothing from before it joined.
+struct Joining {
+    welcome: Vec<u8>,
+    /// Where in the batch its broadcasts start.
+    start: usize,
 }
 
 /// The hub's state. Only the hub thread touches it, so it needs no lock.
@@ -203,9 +209,9 @@ struct Hub {
     /// Chat clients, in the order they joined: a batch goes out in that order, so
     /// the longest-connected clients hear it first. Leaving is a linear search, which
     /// at a few thousand clients costs less than the `send` calls of one batch.
-    chat: Vec<Member>,
+    chat: Vec<Client>,
     /// Echo clients: heartbeats and shutdown only.
-    echo: Vec<Member>,
+    echo: Vec<Client>,
     /// Id of the last relayed chat message.
     last_message_id: u64,
     ping_interval: Duration,
@@ -298,7 +304,7 @@ impl Hub {
                 outbox,
                 endpoint: Endpoint::Echo,
             } => {
-                self.echo.push(Member {
+                self.echo.push(Client {
                     id,
                     outbox,
                     joining: None,
@@ -316,12 +322,15 @@ impl Hub {
                     protocol: SUBPROTOCOL,
                 };
                 let start = batch.presence(Presence::Join, count);
-                let member = Member {
+                let client = Client {
                     id,
                     outbox,
-                    joining: Some((frame::text(&welcome.to_json()), start)),
+                    joining: Some(Joining {
+                        welcome: frame::text(&welcome.to_json()),
+                        start,
+                    }),
                 };
-                self.chat.push(member);
+                self.chat.push(client);
             }
             Event::Message { from, message } => {
                 self.last_message_id += 1;
@@ -353,8 +362,8 @@ impl Hub {
             }
             Event::Shutdown => {
                 self.shutting_down = true;
-                for member in self.chat.iter().chain(&self.echo) {
-                    member
+                for client in self.chat.iter().chain(&self.echo) {
+                    client
                         .outbox
                         .send_close(CloseCode::Away, "server shutting down");
                 }
@@ -369,18 +378,18 @@ impl Hub {
     /// Hands the batch to every chat client. Encoded once, shared by all.
     fn flush(&mut self, batch: Vec<u8>) {
         let batch = Arc::new(batch);
-        for member in &mut self.chat {
+        for client in &mut self.chat {
             // A failed send needs no action here: the outbox has already closed the
             // client, whose reader will report the Leave.
-            match member.joining.take() {
-                Some((welcome, start)) => {
-                    let _ = member.outbox.send_shared(&Arc::new(welcome), 0);
+            match client.joining.take() {
+                Some(Joining { welcome, start }) => {
+                    let _ = client.outbox.send_shared(&Arc::new(welcome), 0);
                     if start < batch.len() {
-                        let _ = member.outbox.send_shared(&batch, start);
+                        let _ = client.outbox.send_shared(&batch, start);
                     }
                 }
                 None if !batch.is_empty() => {
-                    let _ = member.outbox.send_shared(&batch, 0);
+                    let _ = client.outbox.send_shared(&batch, 0);
                 }
                 None => {}
             }
@@ -391,8 +400,8 @@ impl Hub {
         let mut ping = Vec::new();
         frame::append_ping(&mut ping);
         let ping = Arc::new(ping);
-        for member in self.chat.iter().chain(&self.echo) {
-            let _ = member.outbox.send_shared(&ping, 0);
+        for client in self.chat.iter().chain(&self.echo) {
+            let _ = client.outbox.send_shared(&ping, 0);
         }
     }
 }

@@ -1,45 +1,25 @@
 //! threadchat: a WebSocket chat server written the plain way, with blocking I/O and
-//! one OS thread per client.
+//! one OS thread per connection.
 //!
-//! # The threads and channels
+//! The README's first screen has the picture of the threads and the channels
+//! between them, and a table of where to read each idea; `docs/DESIGN.md` has the
+//! capacity plan and the limits. In one paragraph: an acceptor thread per port
+//! gives every connection a place ([`places`]) and a thread of its own; a chat
+//! client's thread ([`reader`]) turns what it reads into events for the hub
+//! ([`hub`]), the one thread that owns the list of clients and decides who gets
+//! what, in which order; the hub hands each batch of frames to every client's
+//! outbox ([`outbox`]), which writes it straight to the socket when the kernel
+//! takes it and starts a writer thread for that client when it does not.
 //!
-//! ```text
-//!  browser ──HTTP :8000──▶ [http-accept] ──spawn──▶ [http-3]  one thread per page
-//!                           waits for a free place,            connection: a bounded
-//!                           then accept()                      head, one answer at a time
+//! # Entry points
 //!
-//!  client ──TCP :8001──▶ [ws-accept] ──spawn──▶ [client-7]  handshake, then the reader:
-//!                                                   │       blocks in read(), owns the read side
-//!                                                   │ Event::{Join, Message, Leave}
-//!                                                   ▼ (one bounded crossbeam channel)
-//!                                                [hub]  the registry, message ids, batches
-//!                                                   │
-//!                              send(MSG_DONTWAIT) per client per batch
-//!                                                   ▼
-//!                                       Outbox of client 7 ──▶ socket
-//!                                         │ what the kernel did not take, in order
-//!                                         ▼
-//!                                     [writer-7]  only while client 7 is behind
-//!
-//!  [main]  waits for SIGINT/SIGTERM, then Event::Shutdown → close 1001 to everyone
-//!          (SIGHUP: a status line in the log, nothing else)
-//! ```
-//!
-//! Every connection on either port holds a place ([`places`]) for as long as it
-//! holds a thread or a socket; the places add up to the capacity plan
-//! ([`capacity`]), and one address can take only its share of them.
-//!
-//! A message's path: client 7's reader parses and validates it
-//! ([`protocol::parse_chat`]) and sends `Event::Message` to the hub. The hub takes
-//! it together with every other event already waiting, gives each message the next
-//! id, encodes all their frames once into one buffer, and hands that buffer to every
-//! client's [`outbox::Outbox`]. An outbox writes it straight to the socket if the
-//! kernel takes it, which is the common case; otherwise it keeps the rest, in
-//! order, for that client's writer thread. Every client receives the broadcasts in
-//! the hub's order, the sender included.
-//!
-//! Who writes a socket: only its outbox, through exactly one party at a time (the
-//! module docs of [`outbox`] show why). Who reads it: only its reader.
+//! * [`run`] serves on listeners the caller bound, until a [`Control::Stop`] (or
+//!   until every sender of the control channel is gone). It has no process-wide
+//!   side effects: tests start it in-process on port 0, several at once.
+//! * [`run_until_signalled`] is what `main` calls. It binds the configured ports,
+//!   sets the process's open-files limit to the capacity plan, and turns SIGINT and
+//!   SIGTERM into a stop and SIGHUP into a status line.
+//! * [`check`] is `--check-config`.
 //!
 //! # Layout
 //!
@@ -47,45 +27,50 @@
 //! |---|---|
 //! | [`config`] | flags and environment, every limit with its reason |
 //! | [`logging`] | log lines: human, or JSON for journald |
-//! | [`capacity`] | thread, descriptor and memory ceilings; how many of each connection fit |
-//! | [`places`] | the ledger of places: in all and per address |
-//! | [`accept`] | both ports' acceptor threads: a place, then a thread per connection |
-//! | [`hosts`] | which `Host` names we answer to (DNS rebinding) |
-//! | [`http`] | a page connection: bounded heads, deadlines, routes |
-//! | [`assets`] | the page's files: compiled in, or a folder; Content-Type, ETag |
+//! | `capacity` | thread, descriptor and memory ceilings; how many of each connection fit |
+//! | `places` | the ledger of places: in all and per address |
+//! | `accept` | both ports' acceptor threads: a place, then a thread per connection |
+//! | `hosts` | which `Host` names we answer to (DNS rebinding) |
+//! | `http` | a page connection: bounded heads, deadlines, routes |
+//! | `assets` | the page's files: compiled in, or a folder; Content-Type, ETag |
 //! | [`static_files`] | request path → file under `www/`, and nothing outside it |
-//! | [`handshake`] | a chat-port connection's handshake: path, name, origin, place |
-//! | [`reader`] | a client's thread after the handshake: read loop → hub events |
-//! | [`hub`] | the fan-out thread: registry, ids, batches |
-//! | [`outbox`] | the write path: write-through, backlog, the writer thread |
-//! | [`frame`] | server frames as bytes, encoded once |
+//! | `handshake` | a chat-port connection's handshake: path, name, origin, place |
+//! | `reader` | a client's thread after the handshake: read loop → hub events |
+//! | `hub` | the fan-out thread: registry, ids, batches |
+//! | `outbox` | the write path: write-through, backlog, the writer thread |
+//! | `frame` | server frames as bytes, encoded once |
 //! | [`protocol`] | protocol v1 types and validation; no I/O |
-//! | [`stats`] | counters for `/stats` |
-//! | [`shutdown`] | signals → close 1001 → exit |
+//! | `stats` | counters for `/stats` |
+//! | `shutdown` | signals → stop; the stop → close 1001 → return |
+//!
+//! Only what another crate uses is public: the entry points, the configuration, and
+//! the protocol parser and path resolver (for the fuzz targets and property tests).
 
 #![deny(missing_docs)]
 
-pub mod accept;
-pub mod assets;
-pub mod capacity;
+mod accept;
+mod assets;
+mod capacity;
 pub mod config;
-pub mod frame;
-pub mod handshake;
-pub mod hosts;
-pub mod http;
-pub mod hub;
+mod frame;
+mod handshake;
+mod hosts;
+mod http;
+mod hub;
 pub mod logging;
-pub mod outbox;
-pub mod places;
+mod outbox;
+mod places;
 pub mod protocol;
-pub mod reader;
-pub mod shutdown;
+mod reader;
+mod shutdown;
 pub mod static_files;
-pub mod stats;
+mod stats;
 
 use std::error::Error;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_channel::Receiver;
 
 use crate::accept::Door;
 use crate::assets::Page;
@@ -96,14 +81,60 @@ use crate::places::{Caps, Kind, Places};
 use crate::reader::ReaderSettings;
 use crate::stats::Stats;
 
-/// Runs the server until SIGINT or SIGTERM. Returns `Err` only when it cannot
-/// start (a port taken, the `www` folder missing); after that, trouble with one
-/// client is that client's alone.
-pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
-    config.validate()?;
-    let signals = shutdown::signals().map_err(|e| format!("cannot watch for signals: {e}"))?;
-    let page = Page::chosen_by(config.www.as_deref())?;
+pub use crate::shutdown::Control;
 
+/// The two listening sockets, bound by the caller: port 0 in tests, the
+/// configured ports in the binary.
+pub struct Listeners {
+    /// The page's port.
+    pub http: TcpListener,
+    /// The chat's port.
+    pub ws: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `--bind` on `--http-port` and `--ws-port`.
+    pub fn bind(config: &Config) -> Result<Listeners, String> {
+        Ok(Listeners {
+            http: bind(config, config.http_port, "--http-port")?,
+            ws: bind(config, config.ws_port, "--ws-port")?,
+        })
+    }
+}
+
+/// The whole process, as `main` runs it: bind the configured ports, size the
+/// open-files limit to the plan, serve until SIGINT or SIGTERM. Returns `Err` only
+/// when it cannot start (a port taken, the `www` folder missing); after that,
+/// trouble with one client is that client's alone.
+pub fn run_until_signalled(config: Config) -> Result<(), Box<dyn Error>> {
+    // First, so that a signal that arrives while the server starts is not lost.
+    let controls = shutdown::forward_signals()?;
+    config.validate()?;
+    let page = Page::chosen_by(config.www.as_deref())?;
+    let plan = capacity::plan(&wanted(&config, &page), &capacity::Limits::read());
+    // Process-wide, so here and not in `run`: the places keep the count below it,
+    // and the limit is the backstop (see `capacity::apply`).
+    if let Err(e) = capacity::apply(&plan) {
+        log::warn!(
+            "cannot set the open-files limit to {}: {e}",
+            plan.open_files
+        );
+    }
+    let listeners = Listeners::bind(&config)?;
+    run(config, listeners, controls)
+}
+
+/// Runs the server on `listeners` until `controls` says [`Control::Stop`] or every
+/// sender of it is gone; then every client hears close 1001, the acceptors stop,
+/// and it returns once the chat port's connections are gone (or after
+/// `shutdown::GRACE`). [`Control::Status`] logs a status line.
+pub fn run(
+    config: Config,
+    listeners: Listeners,
+    controls: Receiver<Control>,
+) -> Result<(), Box<dyn Error>> {
+    config.validate()?;
+    let page = Page::chosen_by(config.www.as_deref())?;
     let wanted = wanted(&config, &page);
     let plan = capacity::plan(&wanted, &capacity::Limits::read());
     log::info!(
@@ -131,18 +162,9 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
             plan.max_http
         );
     }
-    if let Err(e) = capacity::apply(&plan) {
-        log::warn!(
-            "cannot set the open-files limit to {}: {e}",
-            plan.open_files
-        );
-    }
 
-    let http_listener = bind(&config, config.http_port, "--http-port")?;
-    let ws_listener = bind(&config, config.ws_port, "--ws-port")?;
-    let http_addr = http_listener.local_addr()?;
-    let ws_addr = ws_listener.local_addr()?;
-
+    let http_addr = listeners.http.local_addr()?;
+    let ws_addr = listeners.ws.local_addr()?;
     let places = Places::new(Caps {
         total: [plan.max_http, plan.handshakes, plan.max_clients, plan.echo],
         per_host: [
@@ -163,6 +185,7 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
         server_names: server_names.clone(),
         echo: config.echo,
         places: Arc::clone(&places),
+        stats: Arc::clone(&stats),
         reader: ReaderSettings {
             max_message: config.max_message,
             max_backlog: config.max_backlog,
@@ -177,7 +200,7 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
         kind: Kind::Handshake,
         places: Arc::clone(&places),
     };
-    accept::spawn(ws_listener, door, move |conn| {
+    let ws_acceptor = accept::spawn(listeners.ws, door, move |conn| {
         handshake::serve(conn, &ws, &hub)
     })?;
 
@@ -197,7 +220,7 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
         kind: Kind::Http,
         places: Arc::clone(&places),
     };
-    accept::spawn(http_listener, door, move |conn| http::serve(conn, &site))?;
+    let http_acceptor = accept::spawn(listeners.http, door, move |conn| http::serve(conn, &site))?;
 
     log::info!("host names answered: {server_names}");
     log::info!("listening: page http://{http_addr}/");
@@ -213,7 +236,12 @@ pub fn run(config: Config) -> Result<(), Box<dyn Error>> {
         );
     }
 
-    shutdown::wait_then_close(signals, &hub_tx, &places, &stats);
+    shutdown::serve_until_stopped(&controls, &hub_tx, &places, &stats);
+    // Nothing new gets in from here on; connections still open end on their own
+    // deadlines.
+    places.close();
+    ws_acceptor.stop();
+    http_acceptor.stop();
     Ok(())
 }
 
@@ -291,4 +319,13 @@ fn bind(config: &Config, port: u16, flag: &str) -> Result<TcpListener, String> {
     rustix::net::listen(&listener, LISTEN_BACKLOG)
         .map_err(|e| format!("cannot listen on {addr} ({flag}): {e}"))?;
     Ok(listener)
+}
+
+/// Locks `mutex` even if a thread panicked while holding it. Every mutex here
+/// guards plain counters and queues that each update leaves whole, so a panic
+/// elsewhere (a bug) must not take every other client down with it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

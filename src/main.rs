@@ -1,6 +1,6 @@
-//! `threadchat`: parse the flags, start logging, then run the server (or only check
-//! its configuration). Everything else is in the library (see `src/lib.rs` for the
-//! map).
+//! `threadchat`: parse the flags, start logging, then run the server until a signal
+//! (or only check its configuration). Everything else is in the library; its
+//! entry points are listed in `src/lib.rs`.
 
 use std::process::ExitCode;
 
@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let outcome = if config.check_config {
         threadchat::check(&config).map(|report| print!("{report}"))
     } else {
-        threadchat::run(config)
+        threadchat::run_until_signalled(config)
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -150,6 +150,15 @@ enum Phase {
     Closed,
 }
 
+/// Why an outbox closed its client on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The backlog passed its limit.
+    SlowConsumer,
+    /// A write timed out or failed, or no writer thread could be started.
+    WriteFailed,
+}
+
 /// Why a send was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -173,6 +182,8 @@ struct State {
     /// Set when the reader has finished: shut the socket down once the backlog is
     /// written, and stop writing at this instant even if it is not.
     drain_deadline: Option<Instant>,
+    /// Set when the outbox itself closed the client.
+    failure: Option<Failure>,
 }
 
 /// The write side of one client connection. Shared (`Arc`) by the hub's registry,
@@ -214,6 +225,7 @@ impl Outbox {
                 writer_running: false,
                 phase: Phase::Open,
                 drain_deadline: None,
+                failure: None,
             }),
             _place: place,
         })
@@ -328,6 +340,11 @@ impl Outbox {
         }
     }
 
+    /// Why the outbox closed its client, if it did.
+    pub fn failure(&self) -> Option<Failure> {
+        self.lock().failure
+    }
+
     /// Unwritten bytes and chunks in the backlog, with their overhead.
     #[cfg(test)]
     fn backlog_cost(&self) -> (usize, usize) {
@@ -342,11 +359,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock would be a bug in this module; the state is
-        // plain data and stays consistent, so keep serving rather than poisoning.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.state)
     }
 
     /// Enforces the backlog bound, then sends or queues; a close frame that is
@@ -429,6 +442,7 @@ impl Outbox {
             own: false,
         };
         state.phase = Phase::Closed;
+        state.failure = Some(Failure::SlowConsumer);
         self.set_drain_deadline(&mut state);
         let _ = self.write_or_queue_unbounded(state, close);
         let _ = self.socket.shutdown(Shutdown::Read);
@@ -512,6 +526,7 @@ impl Outbox {
 
     /// Nothing more can be written: drop the backlog and close the socket.
     fn give_up(&self, mut state: MutexGuard<'_, State>) {
+        state.failure.get_or_insert(Failure::WriteFailed);
         state.backlog.clear();
         state.backlog_cost = 0;
         state.phase = Phase::Closed;

@@ -143,6 +143,8 @@ pub struct Occupancy {
 
 struct Ledger {
     taken: [usize; 4],
+    /// The server is stopping: nobody waits for room any more.
+    closed: bool,
     /// Places held per address ([`host_of`]): page, handshake, client. Only
     /// addresses that hold at least one place are here.
     hosts: HashMap<IpAddr, [usize; 3]>,
@@ -173,6 +175,7 @@ impl Places {
             caps,
             ledger: Mutex::new(Ledger {
                 taken: [0; 4],
+                closed: false,
                 hosts: HashMap::new(),
                 refused_full: 0,
                 refused_per_host: 0,
@@ -205,20 +208,25 @@ impl Places {
         })
     }
 
-    /// Blocks until at least one place of `kind` is free in all (or `timeout`
-    /// passes). An acceptor calls this before `accept`, as mini-redis acquires its
-    /// semaphore before accepting: while the server is full, new connections wait in
-    /// the kernel's listen queue instead of being accepted only to be refused.
-    /// Only the acceptor of a kind takes places of that kind, so the place is still
-    /// free when it asks for it.
-    pub fn wait_for_room(&self, kind: Kind, timeout: Duration) -> bool {
-        let ledger = self.lock();
+    /// Blocks until at least one place of `kind` is free in all; false if the
+    /// ledger is closed meanwhile. An acceptor calls this before `accept`, as
+    /// mini-redis acquires its semaphore before accepting: while the server is full,
+    /// new connections wait in the kernel's listen queue instead of being accepted
+    /// only to be refused. Only the acceptor of a kind takes places of that kind, so
+    /// the place is still free when it asks for it.
+    pub fn wait_for_room(&self, kind: Kind) -> bool {
         let cap = self.caps.total[kind.index()];
-        let (ledger, _) = self
+        let ledger = self
             .freed
-            .wait_timeout_while(ledger, timeout, |l| l.taken[kind.index()] >= cap)
+            .wait_while(self.lock(), |l| !l.closed && l.taken[kind.index()] >= cap)
             .unwrap_or_else(|p| p.into_inner());
-        ledger.taken[kind.index()] < cap
+        !ledger.closed
+    }
+
+    /// The server is stopping: wakes and ends every wait for room.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.freed.notify_all();
     }
 
     /// Places taken now and refusals so far.
@@ -248,9 +256,7 @@ impl Places {
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
-        // The ledger is counters only, updated in single statements: a panic
-        // elsewhere while it was locked cannot leave it half-changed.
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.ledger)
     }
 }
 
@@ -328,9 +334,8 @@ mod tests {
             places.take(Kind::Echo, A).unwrap_err(),
             Refusal::Full(Kind::Echo)
         );
-        assert!(!places.wait_for_room(Kind::Http, Duration::ZERO));
         drop(held);
-        assert!(places.wait_for_room(Kind::Http, Duration::ZERO));
+        assert!(places.wait_for_room(Kind::Http));
         assert_eq!(places.occupancy().refused_full, 2);
     }
 
@@ -352,13 +357,23 @@ mod tests {
         let held = places.take(Kind::Handshake, A).unwrap();
         let waiter = {
             let places = Arc::clone(&places);
-            std::thread::spawn(move || {
-                places.wait_for_room(Kind::Handshake, Duration::from_secs(10))
-            })
+            std::thread::spawn(move || places.wait_for_room(Kind::Handshake))
         };
         drop(held);
         assert!(waiter.join().unwrap());
         assert_eq!(places.wait_until_ws_empty(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn closing_ends_every_wait() {
+        let places = caps([1, 1, 1, 1], [0, 0, 0]);
+        let _held = places.take(Kind::Http, A).unwrap();
+        let waiter = {
+            let places = Arc::clone(&places);
+            std::thread::spawn(move || places.wait_for_room(Kind::Http))
+        };
+        places.close();
+        assert!(!waiter.join().unwrap(), "a closed ledger has no room");
     }
 
     #[test]

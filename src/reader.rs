@@ -8,13 +8,16 @@
 //! them to the client's [`Outbox`], the single owner of the write side.
 //!
 //! Leaving is a `Drop` ([`Registration`]), so the hub hears about it whatever ends
-//! the reader: a close, a network error, the heartbeat timeout, or a panic.
+//! the reader: a close, a network error, the heartbeat timeout, or a panic. Why the
+//! client left is a value, [`Disconnect`]: the log says it in words and `/stats`
+//! counts it.
 //!
 //! Heartbeat: the hub pings every client each interval; a live client answers with
 //! a pong, so a reader that has seen nothing for two intervals (`SO_RCVTIMEO` on
 //! this socket) is talking to a peer that is gone. No thread polls for that: the
 //! blocked `read` itself times out.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -26,25 +29,28 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use crate::hub::{Endpoint, Event};
-use crate::outbox::{Outbox, SendError};
+use crate::outbox::{Failure, Outbox, SendError};
 use crate::places::Place;
 use crate::protocol::{self, InputError, Outgoing};
+use crate::stats::Stats;
 
 /// How long we wait for the peer's answering Close after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The reader's view of the socket, given to tungstenite as its stream.
-///
-/// Reading is plain blocking `read` on the socket (with a deadline during the
-/// handshake). Writing goes to the socket directly only during the handshake, when
-/// no other party knows the socket yet; afterwards every byte goes to the outbox,
-/// so that the socket has one writer.
 pub struct ClientStream {
     socket: Arc<TcpStream>,
-    /// Set during the handshake: every read gets only the time that is left.
-    handshake_deadline: Option<Instant>,
-    /// Set after the handshake: where writes go.
-    outbox: Option<Arc<Outbox>>,
+    stage: Stage,
+}
+
+/// Where a connection is, as far as its stream goes.
+enum Stage {
+    /// In its handshake: no other party knows the socket yet, so writes go to it
+    /// directly, and every read gets only what is left of one deadline.
+    Handshake { deadline: Instant },
+    /// Past it: reads block (the socket's idle timeout applies), and every write
+    /// goes to the outbox, so that the socket has one writer.
+    Attached { outbox: Arc<Outbox> },
 }
 
 impl ClientStream {
@@ -52,22 +58,19 @@ impl ClientStream {
     pub fn for_handshake(socket: Arc<TcpStream>, deadline: Instant) -> ClientStream {
         ClientStream {
             socket,
-            handshake_deadline: Some(deadline),
-            outbox: None,
+            stage: Stage::Handshake { deadline },
         }
     }
 
-    /// The handshake is done: from now on write through `outbox`, read without a
-    /// deadline (the socket's idle timeout applies instead).
+    /// The handshake is done: from now on write through `outbox`.
     fn attach(&mut self, outbox: Arc<Outbox>) {
-        self.handshake_deadline = None;
-        self.outbox = Some(outbox);
+        self.stage = Stage::Attached { outbox };
     }
 }
 
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(deadline) = self.handshake_deadline {
+        if let Stage::Handshake { deadline } = self.stage {
             // SO_RCVTIMEO limits each read, not their sum: shrink it every time so the
             // whole handshake has one deadline.
             let left = deadline.saturating_duration_since(Instant::now());
@@ -88,9 +91,9 @@ impl Read for ClientStream {
 /// outbox relies on that to see a close frame go by.
 impl Write for ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &self.outbox {
-            None => (&*self.socket).write(buf),
-            Some(outbox) => match outbox.send_own(buf) {
+        match &self.stage {
+            Stage::Handshake { .. } => (&*self.socket).write(buf),
+            Stage::Attached { outbox } => match outbox.send_own(buf) {
                 // After our Close nothing may be sent: dropping the bytes is the
                 // protocol's rule, not an error.
                 Ok(()) | Err(SendError::Closed) => Ok(buf.len()),
@@ -121,16 +124,97 @@ pub struct ReaderSettings {
     pub drain_timeout: Duration,
 }
 
-/// A client whose handshake succeeded.
-pub struct Connection {
-    /// The client's id.
+/// A client whose handshake succeeded, as its reader holds it.
+pub struct Client {
+    /// Its id: the `welcome` frame's, and the log's.
     pub id: u64,
-    /// Chat or echo.
     pub endpoint: Endpoint,
-    /// The socket, shared with the outbox.
+    /// The socket; the outbox has the same one, to write.
     pub socket: Arc<TcpStream>,
-    /// tungstenite's state machine over our stream.
     pub ws: WebSocket<ClientStream>,
+}
+
+/// Why a client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The close handshake: the client's Close, answered.
+    Closed,
+    /// Nothing heard for two heartbeat intervals.
+    Silent,
+    /// The connection ended without a close handshake.
+    Dropped,
+    /// A network error.
+    Failed,
+    /// A message over `--max-message`: closed with 1009.
+    TooBig,
+    /// Invalid UTF-8 in a text message: closed with 1007.
+    InvalidUtf8,
+    /// A WebSocket protocol error: closed with 1002.
+    ProtocolError,
+    /// It did not read as fast as the chat talks: its outbox cut it off with 1008.
+    SlowConsumer,
+    /// A write to it timed out or failed, and its outbox closed it.
+    WriteFailed,
+    /// The server is stopping.
+    ServerStopping,
+}
+
+impl Disconnect {
+    /// Every reason, in the order `/stats` lists them.
+    pub const ALL: [Disconnect; 10] = [
+        Disconnect::Closed,
+        Disconnect::Silent,
+        Disconnect::Dropped,
+        Disconnect::Failed,
+        Disconnect::TooBig,
+        Disconnect::InvalidUtf8,
+        Disconnect::ProtocolError,
+        Disconnect::SlowConsumer,
+        Disconnect::WriteFailed,
+        Disconnect::ServerStopping,
+    ];
+
+    /// Its name in `/stats`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Disconnect::Closed => "closed",
+            Disconnect::Silent => "silent",
+            Disconnect::Dropped => "dropped",
+            Disconnect::Failed => "failed",
+            Disconnect::TooBig => "too_big",
+            Disconnect::InvalidUtf8 => "invalid_utf8",
+            Disconnect::ProtocolError => "protocol_error",
+            Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::WriteFailed => "write_failed",
+            Disconnect::ServerStopping => "server_stopping",
+        }
+    }
+}
+
+impl fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Disconnect::Closed => "closed by client",
+            Disconnect::Silent => "silent for two heartbeat intervals",
+            Disconnect::Dropped => "connection dropped without a close",
+            Disconnect::Failed => "connection error",
+            Disconnect::TooBig => "closed with 1009: message too big",
+            Disconnect::InvalidUtf8 => "closed with 1007: invalid UTF-8 in a text message",
+            Disconnect::ProtocolError => "closed with 1002: protocol error",
+            Disconnect::SlowConsumer => "cut off with 1008: does not read as fast as the chat",
+            Disconnect::WriteFailed => "a write to it timed out or failed",
+            Disconnect::ServerStopping => "server stopping",
+        })
+    }
+}
+
+impl From<Failure> for Disconnect {
+    fn from(failure: Failure) -> Disconnect {
+        match failure {
+            Failure::SlowConsumer => Disconnect::SlowConsumer,
+            Failure::WriteFailed => Disconnect::WriteFailed,
+        }
+    }
 }
 
 /// Membership in the hub, undone on drop: the hub hears `Leave` and the socket is
@@ -152,57 +236,66 @@ impl Drop for Registration<'_> {
 ///
 /// `place` is the client's place: the outbox keeps it, so it is given back only
 /// when the last of the client's threads (reader, writer) has let go of the socket.
-pub fn serve(mut conn: Connection, place: Place, settings: &ReaderSettings, hub: &Sender<Event>) {
+pub fn serve(
+    mut client: Client,
+    place: Place,
+    settings: &ReaderSettings,
+    hub: &Sender<Event>,
+    stats: &Stats,
+) {
     let outbox = Outbox::new(
-        conn.id,
-        Arc::clone(&conn.socket),
+        client.id,
+        Arc::clone(&client.socket),
         settings.max_backlog,
         settings.drain_timeout,
         place,
     );
-    conn.ws.get_mut().attach(Arc::clone(&outbox));
-    if let Err(e) = conn.socket.set_read_timeout(Some(settings.idle_timeout)) {
+    client.ws.get_mut().attach(Arc::clone(&outbox));
+    if let Err(e) = client.socket.set_read_timeout(Some(settings.idle_timeout)) {
         log::warn!(
             "client {}: cannot set a read timeout ({e}): disconnecting",
-            conn.id
+            client.id
         );
         outbox.finish();
         return;
     }
     let joined = hub.send(Event::Join {
-        id: conn.id,
+        id: client.id,
         outbox: Arc::clone(&outbox),
-        endpoint: conn.endpoint,
+        endpoint: client.endpoint,
     });
     if joined.is_err() {
         outbox.finish();
         return;
     }
     let _registration = Registration {
-        id: conn.id,
+        id: client.id,
         hub,
         outbox: Arc::clone(&outbox),
     };
-    let reason = read_until_closed(&mut conn, &outbox, hub);
-    log::info!("client {} disconnected: {reason}", conn.id);
+    let seen = read_until_closed(&mut client, &outbox, hub);
+    // What the outbox saw (a slow consumer, a failed write) is why the read ended.
+    let reason = outbox.failure().map_or(seen, Disconnect::from);
+    stats.count_disconnect(reason);
+    log::info!("client {} disconnected: {reason}", client.id);
 }
 
-/// The read loop. Returns why the client is gone, for the log.
-fn read_until_closed(conn: &mut Connection, outbox: &Outbox, hub: &Sender<Event>) -> String {
+/// The read loop. Returns why the client is gone.
+fn read_until_closed(client: &mut Client, outbox: &Outbox, hub: &Sender<Event>) -> Disconnect {
     loop {
-        let message = match conn.ws.read() {
+        let message = match client.ws.read() {
             Ok(message) => message,
-            Err(e) => return end_after_error(conn, outbox, e),
+            Err(e) => return end_after_error(client, outbox, e),
         };
-        let reply = match (conn.endpoint, message) {
+        let reply = match (client.endpoint, message) {
             (Endpoint::Chat, Message::Text(text)) => match protocol::parse_chat(&text) {
                 Ok(message) => {
                     let event = Event::Message {
-                        from: conn.id,
+                        from: client.id,
                         message,
                     };
                     if hub.send(event).is_err() {
-                        return "server shutting down".into();
+                        return Disconnect::ServerStopping;
                     }
                     None
                 }
@@ -221,9 +314,9 @@ fn read_until_closed(conn: &mut Connection, outbox: &Outbox, hub: &Sender<Event>
             (_, Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
         };
         if let Some(reply) = reply
-            && let Err(e) = conn.ws.send(reply)
+            && let Err(e) = client.ws.send(reply)
         {
-            return end_after_error(conn, outbox, e);
+            return end_after_error(client, outbox, e);
         }
     }
 }
@@ -234,61 +327,67 @@ fn error_frame(e: &InputError) -> Message {
 
 /// Decides how to end after `read` or `send` failed, closing with the right code
 /// where the protocol asks for one.
-fn end_after_error(conn: &mut Connection, outbox: &Outbox, error: tungstenite::Error) -> String {
+fn end_after_error(client: &mut Client, outbox: &Outbox, error: tungstenite::Error) -> Disconnect {
     use tungstenite::Error;
     use tungstenite::error::ProtocolError;
     match error {
-        Error::ConnectionClosed | Error::AlreadyClosed => "closed by client".into(),
+        Error::ConnectionClosed | Error::AlreadyClosed => Disconnect::Closed,
         Error::Io(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            "silent for two heartbeat intervals".into()
+            Disconnect::Silent
         }
-        Error::Io(e) => format!("connection error: {e}"),
+        Error::Io(e) => {
+            log::debug!("client {}: {e}", client.id);
+            Disconnect::Failed
+        }
         Error::Capacity(e) => {
-            close_with(conn, outbox, CloseCode::Size, "message too big");
+            log::debug!("client {}: {e}", client.id);
+            close_with(client, outbox, CloseCode::Size, "message too big");
             // tungstenite cannot read on after a capacity error (it is mid-frame),
             // so the peer's answering Close cannot be parsed: linger instead.
-            linger(&conn.socket);
-            format!("closed with 1009: {e}")
+            linger(&client.socket);
+            Disconnect::TooBig
         }
         Error::Utf8(_) => {
-            close_with(conn, outbox, CloseCode::Invalid, "invalid UTF-8");
-            await_close(conn);
-            "closed with 1007: invalid UTF-8 in a text message".into()
+            close_with(client, outbox, CloseCode::Invalid, "invalid UTF-8");
+            await_close(client);
+            Disconnect::InvalidUtf8
         }
-        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            "connection dropped without a close".into()
-        }
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Disconnect::Dropped,
         Error::Protocol(e) => {
-            close_with(conn, outbox, CloseCode::Protocol, "protocol error");
-            await_close(conn);
-            format!("closed with 1002: {e}")
+            log::debug!("client {}: {e}", client.id);
+            close_with(client, outbox, CloseCode::Protocol, "protocol error");
+            await_close(client);
+            Disconnect::ProtocolError
         }
-        other => format!("error: {other}"),
+        other => {
+            log::debug!("client {}: {other}", client.id);
+            Disconnect::Failed
+        }
     }
 }
 
 /// Sends a Close with `code`; nothing from the hub follows it.
-fn close_with(conn: &mut Connection, outbox: &Outbox, code: CloseCode, reason: &str) {
+fn close_with(client: &mut Client, outbox: &Outbox, code: CloseCode, reason: &str) {
     outbox.stop_broadcasts();
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    let _ = conn.ws.close(Some(frame));
+    let _ = client.ws.close(Some(frame));
 }
 
 /// Waits, briefly, for the peer's answering Close. Whatever it sends before that is
 /// dropped; its Close, an error or the deadline ends the wait.
-fn await_close(conn: &mut Connection) {
+fn await_close(client: &mut Client) {
     let deadline = Instant::now() + CLOSE_WAIT;
-    let _ = conn.socket.set_read_timeout(Some(CLOSE_WAIT));
+    let _ = client.socket.set_read_timeout(Some(CLOSE_WAIT));
     while Instant::now() < deadline {
-        if conn.ws.read().is_err() {
+        if client.ws.read().is_err() {
             break;
         }
     }

@@ -1,14 +1,9 @@
-//! Ctrl-C and SIGTERM: every client hears close 1001 ("going away"), and the
-//! process exits within two seconds whether or not they answer. SIGHUP, which
-//! would otherwise kill the process (a closed terminal, a `kill -HUP` out of
-//! habit), only logs a status line: there is nothing to reload, since the settings
-//! come from flags and the environment, which a running process cannot re-read,
-//! the page compiled in cannot change, and `--www` files are read on every request
-//! anyway.
+//! Stopping: every client hears close 1001 ("going away"), and the server is done
+//! within two seconds whether or not they answer.
 //!
-//! Signals arrive on the main thread through signal-hook's iterator, which blocks
-//! like everything else here; no code runs inside the signal handler itself. The
-//! sequence, in order:
+//! [`run`](crate::run) waits on a channel of [`Control`]s. The binary feeds it
+//! from signals ([`forward_signals`]); a test feeds it itself, or just drops its
+//! sender. The sequence, in order:
 //!
 //! 1. Tell the hub. It queues a Close 1001 in every client's outbox and marks each
 //!    one closed, so nothing follows the Close (and clients that finish their
@@ -17,14 +12,24 @@
 //!    A client that answers the Close ends its reader, whose outbox then shuts the
 //!    socket down. Page connections are not waited for: a page load that is cut
 //!    short is retried by the browser.
-//! 3. Return, and `main` exits with status 0. Threads still blocked on a client
-//!    that never answered end with the process.
+//! 3. Return: `run` then stops the acceptors, and `main` exits with status 0.
+//!    Threads still blocked on a client that never answered end with the process.
+//!
+//! SIGHUP, which would otherwise kill the process (a closed terminal, a `kill -HUP`
+//! out of habit), only logs a status line: there is nothing to reload, since the
+//! settings come from flags and the environment, which a running process cannot
+//! re-read, the page compiled in cannot change, and `--www` files are read on every
+//! request anyway.
+//!
+//! Signals arrive through signal-hook's iterator on a thread of their own, which
+//! blocks like everything else here; no code runs inside the signal handler itself.
 
 use std::io;
 use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -35,50 +40,68 @@ use crate::stats::Stats;
 /// How long clients get to answer the Close: leaves room within the 2 s promised.
 pub const GRACE: Duration = Duration::from_millis(1_500);
 
-/// Registers for SIGINT, SIGTERM and SIGHUP. Done first thing, so a signal that
-/// arrives while the server is starting is not lost.
-pub fn signals() -> io::Result<Signals> {
-    Signals::new([SIGINT, SIGTERM, SIGHUP])
+/// What a running server can be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Log a status line (SIGHUP).
+    Status,
+    /// Close every client with 1001 and return (SIGINT, SIGTERM).
+    Stop,
 }
 
-/// Blocks until SIGINT or SIGTERM arrives, then runs the shutdown sequence.
-pub fn wait_then_close(
-    mut signals: Signals,
+/// Registers for SIGINT, SIGTERM and SIGHUP, and starts the thread `signals` that
+/// turns them into [`Control`]s on the returned channel.
+pub fn forward_signals() -> io::Result<Receiver<Control>> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot watch for signals: {e}")))?;
+    let (controls, received) = crossbeam_channel::bounded(4);
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || forward(&mut signals, &controls))?;
+    Ok(received)
+}
+
+fn forward(signals: &mut Signals, controls: &Sender<Control>) {
+    for signal in signals.forever() {
+        let (name, control) = match signal {
+            SIGHUP => ("SIGHUP", Control::Status),
+            SIGINT => ("SIGINT", Control::Stop),
+            _ => ("SIGTERM", Control::Stop),
+        };
+        log::info!("{name}");
+        if controls.send(control).is_err() || control == Control::Stop {
+            return;
+        }
+    }
+}
+
+/// Blocks until `controls` says stop (or is gone), answering status requests
+/// meanwhile; then runs the shutdown sequence.
+pub fn serve_until_stopped(
+    controls: &Receiver<Control>,
     hub: &Sender<Event>,
     places: &Arc<Places>,
     stats: &Stats,
 ) {
-    let mut signals = signals.forever();
-    let signal = loop {
-        match signals.next() {
-            Some(SIGHUP) => {
-                let now = stats.snapshot();
-                log::info!(
-                    "SIGHUP: {} clients, {} messages relayed, up {} s; nothing to reload \
-                     (settings take a restart)",
-                    now.clients,
-                    now.messages_relayed,
-                    now.uptime_seconds
-                );
-            }
-            Some(signal) => break signal,
-            None => break SIGTERM,
-        }
-    };
-    let name = if signal == SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
-    };
+    while let Ok(Control::Status) = controls.recv() {
+        let now = stats.snapshot();
+        log::info!(
+            "status: {} clients, {} messages relayed, up {} s; nothing to reload \
+             (settings take a restart)",
+            now.clients,
+            now.messages_relayed,
+            now.uptime_seconds
+        );
+    }
     let open = places.occupancy();
     log::info!(
-        "{name}: closing {} connections",
+        "stopping: closing {} connections",
         open.chat + open.echo + open.handshakes
     );
     let _ = hub.send(Event::Shutdown);
     let left = places.wait_until_ws_empty(GRACE);
     if left > 0 {
-        log::warn!("{left} connections did not close within {GRACE:?}; exiting anyway");
+        log::warn!("{left} connections did not close within {GRACE:?}; going anyway");
     }
     log::info!("bye");
 }

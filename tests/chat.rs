@@ -5,7 +5,7 @@ mod support;
 
 use std::thread;
 
-use support::{Client, Server};
+use support::{Client, Process, Running, Server};
 use tungstenite::Message;
 
 #[test]
@@ -157,7 +157,9 @@ fn join_and_leave_notifications_carry_the_count() {
         (left["event"].as_str(), left["count"].as_u64()),
         (Some("leave"), Some(1))
     );
-    server.wait_for_log("disconnected: closed by client");
+    support::eventually("the close is counted as one", || {
+        server.disconnects("closed") == 1
+    });
 }
 
 #[test]
@@ -189,8 +191,7 @@ fn echo_is_off_unless_asked_for() {
         .expect("/echo is off");
     assert_eq!(refused.status, 404);
     assert!(refused.body.contains("--echo"), "{}", refused.body);
-    server.wait_for_log("listening: chat ws://127.0.0.1");
-    assert_eq!(server.count_log("/echo"), 0, "the log offers /echo");
+    assert_eq!(server.stats()["handshakes"]["refused"], 1);
 }
 
 #[test]
@@ -295,13 +296,12 @@ fn origin_is_checked_by_host_name() {
     // Same host name, the page's port: accepted.
     let page = format!("http://127.0.0.1:{}", server.http.port());
     assert!(Client::connect_with(&url, &[("origin", &page)]).is_ok());
-    // Another site: refused with 403, in the server's log too.
+    // Another site: refused with 403.
     let refused = Client::connect_with(&url, &[("origin", "http://evil.example")])
         .err()
         .unwrap();
     assert_eq!(refused.status, 403);
     assert!(refused.body.contains("origin"), "{}", refused.body);
-    server.wait_for_log("refused with 403");
     // A look-alike host is another site.
     let refused = Client::connect_with(&url, &[("origin", "http://127.0.0.1.evil.example")])
         .err()
@@ -334,11 +334,12 @@ fn allow_origin_widens_the_check() {
 
 #[test]
 fn connects_are_logged_with_the_forwarded_for_address() {
-    let server = Server::start(&[]);
+    // What the log is for: behind a proxy, a connect line names both addresses.
+    let server = Process::start(&[]);
     let _client =
         Client::connect_with(&server.ws_url("/"), &[("x-forwarded-for", "203.0.113.9")]).unwrap();
-    let line = server.wait_for_log("X-Forwarded-For: 203.0.113.9");
-    assert!(line.contains("from 127.0.0.1"), "{line}");
+    let line = server.wait_for_log("203.0.113.9");
+    assert!(line.contains("127.0.0.1"), "{line}");
 }
 
 #[test]

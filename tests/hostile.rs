@@ -15,7 +15,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use support::{
-    Client, Footprint, PATIENCE, Server, connect_from, eventually, socket_closed_within,
+    Client, Footprint, PATIENCE, Process, Running, connect_from, eventually, socket_closed_within,
 };
 use tungstenite::Message;
 
@@ -28,7 +28,7 @@ fn attacker(n: u8) -> IpAddr {
 }
 
 /// The honest user: the page loads and a message goes round, from 127.0.0.1.
-fn honest_user_is_served(server: &Server) {
+fn honest_user_is_served(server: &Process) {
     let page = support::try_http_get(server.http, "/", PATIENCE)
         .unwrap_or_else(|e| panic!("the honest user got no page: {e}"));
     assert_eq!(page.status, 200);
@@ -45,7 +45,7 @@ struct Peak {
 }
 
 impl Peak {
-    fn watch(server: &Server) -> Peak {
+    fn watch(server: &Process) -> Peak {
         let pid = server.pid();
         let running = Arc::new(AtomicBool::new(true));
         let on = Arc::clone(&running);
@@ -94,7 +94,7 @@ fn footprint_of(pid: u32) -> Option<Footprint> {
 }
 
 /// The footprint after an honest visit, once the visit's threads are gone.
-fn baseline(server: &Server) -> Footprint {
+fn baseline(server: &Process) -> Footprint {
     honest_user_is_served(server);
     let mut last = server.footprint();
     // Settled: two readings 100 ms apart agree on threads and descriptors.
@@ -110,7 +110,7 @@ fn baseline(server: &Server) -> Footprint {
 
 /// Threads and descriptors come back to `base`, and memory near it (the
 /// allocator may keep some freed memory for reuse).
-fn back_to(server: &Server, base: Footprint, rss_slack_kib: u64) {
+fn back_to(server: &Process, base: Footprint, rss_slack_kib: u64) {
     eventually("threads and descriptors back to the baseline", || {
         let now = server.footprint();
         now.threads <= base.threads && now.fds <= base.fds
@@ -157,7 +157,7 @@ fn status_of(stream: &mut TcpStream) -> Option<u16> {
 fn an_endless_header_line_gets_431_and_holds_16_kib() {
     // Four connections send a request line, then one header line that never ends.
     // A server that keeps a line until its end grew to 2.9 GiB in 15 s.
-    let server = Server::start(&[]);
+    let server = Process::start(&[]);
     let base = baseline(&server);
     let peak = Peak::watch(&server);
     let attackers: Vec<_> = (0..4)
@@ -200,7 +200,7 @@ fn an_endless_header_line_gets_431_and_holds_16_kib() {
 fn a_head_that_trickles_in_is_cut_at_its_deadline() {
     // A byte every 100 ms never lets a single read time out; the deadline is on
     // the whole head.
-    let server = Server::start(&["--http-timeout", "1"]);
+    let server = Process::start(&["--http-timeout", "1"]);
     let base = baseline(&server);
     let peak = Peak::watch(&server);
     let mut slow = connect_from(ATTACKER, server.http);
@@ -235,7 +235,7 @@ fn pipelining_without_reading_blocks_nobody_else() {
     // Two connections send 20,000 pipelined requests each and never read an
     // answer. A server that queues parsed requests kept the page from everyone
     // for as long as they stayed.
-    let server = Server::start(&["--http-timeout", "2"]);
+    let server = Process::start(&["--http-timeout", "2"]);
     let base = baseline(&server);
     let peak = Peak::watch(&server);
     let request = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", server.http);
@@ -275,7 +275,7 @@ fn idle_handshakes_from_a_few_hosts_leave_room_for_everyone_else() {
     // Three hosts open 300 TCP connections each to the chat port and send nothing.
     // Before, about 1,100 such connections from one host took every place while
     // the chat was not full.
-    let server = Server::start(&["--handshake-timeout", "2"]);
+    let server = Process::start(&["--handshake-timeout", "2"]);
     let base = baseline(&server);
     let peak = Peak::watch(&server);
     let mut idle = Vec::new();
@@ -307,7 +307,7 @@ fn idle_handshakes_from_a_few_hosts_leave_room_for_everyone_else() {
 fn idle_page_connections_from_one_host_leave_the_chat_and_the_page_alone() {
     // 700 idle HTTP connections from one host. Before, 600–700 exhausted the
     // open-files plan and new chat clients from other hosts failed.
-    let server = Server::start(&["--http-timeout", "3"]);
+    let server = Process::start(&["--http-timeout", "3"]);
     let base = baseline(&server);
     let peak = Peak::watch(&server);
     let mut idle: Vec<TcpStream> = (0..700)
@@ -331,7 +331,7 @@ fn idle_page_connections_from_one_host_leave_the_chat_and_the_page_alone() {
 
 #[test]
 fn one_host_cannot_fill_the_chat() {
-    let server = Server::start(&["--max-clients", "40"]);
+    let server = Process::start(&["--max-clients", "40"]);
     let base = baseline(&server);
     let peak = Peak::watch(&server);
     let mut theirs = Vec::new();
@@ -364,7 +364,7 @@ fn echo_cannot_be_used_to_make_the_server_hold_memory() {
     // Twenty-four clients send large messages to /echo and never read the echoes.
     // Before, /echo was on by default, took 16 MiB messages, and 20 such clients
     // made the server hold 1.2 GiB.
-    let server = Server::start(&["--echo"]);
+    let server = Process::start(&["--echo"]);
     let base = baseline(&server);
     let peak = Peak::watch(&server);
     let mut echoes = Vec::new();
@@ -416,7 +416,7 @@ fn a_slow_clients_place_is_given_back_only_when_its_writer_is_gone() {
     // blocked on megabytes it owes the socket, for up to --write-timeout. The place
     // belongs to that thread and that socket until then, so the plan's count of
     // threads and descriptors holds.
-    let server = Server::start(&[
+    let server = Process::start(&[
         "--max-clients",
         "2",
         // Long enough that a slow machine's flood below does not time the writer out
@@ -485,7 +485,7 @@ fn a_slow_clients_place_is_given_back_only_when_its_writer_is_gone() {
 }
 
 /// The names of the server's threads now.
-fn thread_names(server: &Server) -> Vec<String> {
+fn thread_names(server: &Process) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{}/task", server.pid()))
         .unwrap()
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
@@ -495,7 +495,7 @@ fn thread_names(server: &Server) -> Vec<String> {
 
 #[test]
 fn a_rebinding_page_reaches_neither_port() {
-    let server = Server::start(&[]);
+    let server = Process::start(&[]);
     let base = baseline(&server);
     // The attacker's page, under the attacker's name, after its DNS answer changed
     // to our address: Host and Origin both say attacker.example.
@@ -552,11 +552,11 @@ fn a_rebinding_page_reaches_neither_port() {
     );
 
     // --server-name adds a name; * turns the check off.
-    let named = Server::start(&["--server-name", "chat.example.org"]);
+    let named = Process::start(&["--server-name", "chat.example.org"]);
     let chat = [("host", "chat.example.org:8001")];
     assert!(Client::connect_with(&named.ws_url("/"), &chat).is_ok());
     assert!(Client::connect_with(&named.ws_url("/"), &evil[..1]).is_err());
-    let any = Server::start(&["--server-name", "*"]);
+    let any = Process::start(&["--server-name", "*"]);
     assert!(Client::connect_with(&any.ws_url("/"), &evil).is_ok());
     // Refusals held nothing.
     back_to(&server, base, 1024);
@@ -575,7 +575,7 @@ fn host_name() -> String {
 #[test]
 fn a_client_that_reads_nothing_and_pings_a_lot_is_charged_what_it_costs() {
     // Pongs are tiny; queued one by one, each would hold far more than its bytes.
-    let server = Server::start(&["--max-backlog", "160000"]);
+    let server = Process::start(&["--max-backlog", "160000"]);
     let base = baseline(&server);
     let mut pinger = Client::join_over(
         &server,

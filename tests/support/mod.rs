@@ -1,5 +1,6 @@
-//! Test support: the real `threadchat` binary on loopback ports chosen by the
-//! kernel, real WebSocket clients, raw HTTP, and waiting for events with a deadline.
+//! Test support: the server in this process ([`Server`]) or the real binary
+//! ([`Process`]) on loopback ports, real WebSocket clients, raw HTTP, and waiting
+//! for events with a deadline.
 #![allow(dead_code)] // each test file uses a different part of this module
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -9,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use clap::Parser as _;
 use serde_json::Value;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
@@ -19,8 +21,119 @@ use tungstenite::{Message, WebSocket};
 /// loaded CI machine is slow, and a passing test never waits this long.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A running server process.
+/// What a test needs of a running server, in this process or as the binary.
+pub trait Running {
+    fn http_addr(&self) -> SocketAddr;
+    fn ws_addr(&self) -> SocketAddr;
+
+    /// `ws://127.0.0.1:<port><path>`.
+    fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.ws_addr())
+    }
+
+    /// `GET /stats` as JSON: the counters a test observes instead of log lines.
+    fn stats(&self) -> Value {
+        let response = http_get(self.http_addr(), "/stats");
+        assert_eq!(response.status, 200);
+        serde_json::from_slice(&response.body).expect("/stats is JSON")
+    }
+
+    /// How many clients have left for `reason` (`closed`, `silent`, …).
+    fn disconnects(&self, reason: &str) -> u64 {
+        self.stats()["disconnects"][reason]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no disconnect reason {reason:?}"))
+    }
+}
+
+/// The server in this test process, as mini-redis's tests start theirs: the
+/// library's `run` on listeners bound to port 0 of 127.0.0.1, stopped when this is
+/// dropped. No process, no log: ports come from the listeners, and what happened
+/// from `/stats`. (The test process's `THREADCHAT_*` variables apply, as they would
+/// to the binary.)
 pub struct Server {
+    pub http: SocketAddr,
+    pub ws: SocketAddr,
+    stop: Option<crossbeam_channel::Sender<threadchat::Control>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts a server with `args` on top of `--bind 127.0.0.1` and port 0 for both.
+    pub fn start(args: &[&str]) -> Server {
+        let mut all = vec![
+            "threadchat",
+            "--bind",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--ws-port",
+            "0",
+        ];
+        all.extend_from_slice(args);
+        let config = threadchat::config::Config::try_parse_from(all)
+            .unwrap_or_else(|e| panic!("bad arguments {args:?}: {e}"));
+        let listeners = threadchat::Listeners::bind(&config).expect("bind port 0");
+        let http = listeners.http.local_addr().unwrap();
+        let ws = listeners.ws.local_addr().unwrap();
+        let (stop, controls) = crossbeam_channel::bounded(1);
+        let thread = thread::spawn(move || {
+            threadchat::run(config, listeners, controls).expect("the server runs");
+        });
+        Server {
+            http,
+            ws,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Running for Server {
+    fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+    fn ws_addr(&self) -> SocketAddr {
+        self.ws
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Dropping the sender is the stop; `run` returns within its grace period.
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Two free ports on 127.0.0.1 for a server process: bound, read, released.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub http: u16,
+    pub ws: u16,
+}
+
+impl Ports {
+    pub fn pick() -> Ports {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        };
+        let (http, ws) = (free(), free());
+        assert_ne!(http, ws);
+        Ports { http, ws }
+    }
+}
+
+/// The real `threadchat` binary, for what only it has: signals, the environment,
+/// exit codes, its own `/proc` figures, its log. It gets free ports picked here,
+/// and is ready when both are in LISTEN state (read from `/proc`, so no probe
+/// connection disturbs what a test counts).
+pub struct Process {
     child: Child,
     /// Every line the server logged, shared with the thread that reads its stderr.
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
@@ -28,27 +141,37 @@ pub struct Server {
     pub ws: SocketAddr,
 }
 
-impl Server {
-    /// Starts the binary on 127.0.0.1 with free ports and the compiled-in page, plus
+impl Process {
+    /// Starts the binary on 127.0.0.1, free ports and the compiled-in page, plus
     /// `args`.
-    pub fn start(args: &[&str]) -> Server {
-        Server::start_with_env(args, &[])
+    pub fn start(args: &[&str]) -> Process {
+        Process::start_with_env(args, &[])
     }
 
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut all = vec!["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"];
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Process {
+        let ports = Ports::pick();
+        let (http, ws) = (ports.http.to_string(), ports.ws.to_string());
+        let mut all = vec![
+            "--bind",
+            "127.0.0.1",
+            "--http-port",
+            &http,
+            "--ws-port",
+            &ws,
+        ];
         all.extend_from_slice(args);
-        Server::start_exactly(&all, env)
+        Process::start_program(env!("CARGO_BIN_EXE_threadchat"), &all, env, ports)
     }
 
-    /// Starts the binary with exactly `args` and `env` (plus `RUST_LOG=info` unless
-    /// `env` sets it); they must make it listen on 127.0.0.1.
-    pub fn start_exactly(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::start_program(env!("CARGO_BIN_EXE_threadchat"), args, env)
-    }
-
-    /// Starts `program` (the binary, or a shell that `exec`s it) with `args`.
-    pub fn start_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+    /// Starts `program` (the binary, or a shell that `exec`s it) with exactly `args`
+    /// and `env` (plus `RUST_LOG=info` unless `env` sets it); together they must
+    /// make it listen on 127.0.0.1 at `ports`.
+    pub fn start_program(
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ports: Ports,
+    ) -> Process {
         let mut command = Command::new(program);
         command
             .args(args)
@@ -74,22 +197,26 @@ impl Server {
                 sink.1.notify_all();
             }
         });
-        let mut server = Server {
+        let mut process = Process {
             child,
             log,
-            http: "0.0.0.0:0".parse().unwrap(),
-            ws: "0.0.0.0:0".parse().unwrap(),
+            http: SocketAddr::from(([127, 0, 0, 1], ports.http)),
+            ws: SocketAddr::from(([127, 0, 0, 1], ports.ws)),
         };
-        let page = server.wait_for_log("listening: page http://");
-        server.http = address_after(&page, "http://");
-        let chat = server.wait_for_log("listening: chat ws://");
-        server.ws = address_after(&chat, "ws://");
-        server
-    }
-
-    /// `ws://127.0.0.1:<port><path>`.
-    pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.ws)
+        let deadline = Instant::now() + PATIENCE;
+        while !(listening(ports.http) && listening(ports.ws)) {
+            if let Some(status) = process.child.try_wait().unwrap() {
+                panic!("the server exited ({status}):\n{}", process.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not listening within {PATIENCE:?}:\n{}",
+                process.log_text()
+            );
+            // Polling a table the kernel keeps: there is no event to wait for.
+            thread::sleep(Duration::from_millis(5));
+        }
+        process
     }
 
     /// Waits until a log line contains `needle`; returns that line.
@@ -115,15 +242,22 @@ impl Server {
         }
     }
 
-    /// Counts log lines containing `needle`.
-    pub fn count_log(&self, needle: &str) -> usize {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+    /// Waits until the log has more than `lines` lines; returns how many it has.
+    pub fn wait_for_lines_beyond(&self, lines: usize) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        let (log, changed) = &*self.log;
+        let mut log = log.lock().unwrap();
+        while log.len() <= lines {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("a new log line within the deadline");
+            log = changed.wait_timeout(log, left).unwrap().0;
+        }
+        log.len()
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
     }
 
     pub fn log_text(&self) -> String {
@@ -149,20 +283,52 @@ impl Server {
 
     /// Number of threads of the server process now.
     pub fn threads(&self) -> usize {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap()
+        self.footprint().threads
+    }
+
+    pub fn footprint(&self) -> Footprint {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap()
+        };
+        Footprint {
+            rss_kib: field("VmRSS:"),
+            threads: field("Threads:") as usize,
+            fds: std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+                .unwrap()
+                .count(),
+        }
     }
 }
 
-impl Drop for Server {
+impl Running for Process {
+    fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+    fn ws_addr(&self) -> SocketAddr {
+        self.ws
+    }
+}
+
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether something listens on 127.0.0.1:`port`, from the kernel's table.
+fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && fields[1] == local && fields[3] == "0A"
+    })
 }
 
 /// Waits for a child process to exit, up to `patience`.
@@ -179,13 +345,6 @@ pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus
         // timeout. This checks a condition; it does not stand in for one.
         thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn address_after(line: &str, scheme: &str) -> SocketAddr {
-    let rest = &line[line.find(scheme).unwrap() + scheme.len()..];
-    let addr = rest.split('/').next().unwrap();
-    addr.parse()
-        .unwrap_or_else(|_| panic!("no address in {line:?}"))
 }
 
 /// Polls `condition` until it holds or `PATIENCE` passes.
@@ -274,12 +433,15 @@ impl Client {
     }
 
     /// A chat client that has read its welcome and its own join notification.
-    pub fn join(server: &Server) -> Client {
-        Client::join_over(server, TcpStream::connect(server.ws).expect("connect"))
+    pub fn join(server: &impl Running) -> Client {
+        Client::join_over(
+            server,
+            TcpStream::connect(server.ws_addr()).expect("connect"),
+        )
     }
 
     /// [`Client::join`] over a given stream.
-    pub fn join_over(server: &Server, stream: TcpStream) -> Client {
+    pub fn join_over(server: &impl Running, stream: TcpStream) -> Client {
         let mut client = Client::handshake(stream, &server.ws_url("/"), &[]).expect("handshake");
         let welcome = client.recv_json();
         assert_eq!(welcome["type"], "welcome", "{welcome}");
@@ -567,33 +729,6 @@ pub struct Footprint {
     pub rss_kib: u64,
     pub threads: usize,
     pub fds: usize,
-}
-
-impl Server {
-    pub fn footprint(&self) -> Footprint {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap()
-        };
-        Footprint {
-            rss_kib: field("VmRSS:"),
-            threads: field("Threads:") as usize,
-            fds: std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-                .unwrap()
-                .count(),
-        }
-    }
-
-    /// `GET /stats` as JSON.
-    pub fn stats(&self) -> Value {
-        let response = http_get(self.http, "/stats");
-        assert_eq!(response.status, 200);
-        serde_json::from_slice(&response.body).expect("/stats is JSON")
-    }
 }
 
 /// [`connect_with_receive_buffer`] from the loopback address `source`.

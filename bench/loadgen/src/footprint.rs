@@ -16,6 +16,9 @@
 //! The server is any command: threadchat by default, or `--server-cmd` (run by
 //! `bash -c` with `WS_PORT` and `HTTP_PORT` set) to measure another server the
 //! same way.
+//!
+//! The helpers at the end (free ports, LISTEN sockets read from `/proc`, reading
+//! `/proc/<pid>/status`, polling) are also how `main.rs` starts its servers.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -58,7 +61,7 @@ pub fn measure(target: &Target, idle: Duration) -> Footprint {
     // One more launch: the one whose memory and idle wake-ups are measured.
     let (mut child, ports) = launch(target);
     let listening = poll_until(Duration::from_secs(10), Duration::from_millis(1), || {
-        all_listening(&ports)
+        listening(&ports, None)
     });
     let server = Measured { child: &mut child };
     assert!(
@@ -123,8 +126,7 @@ pub fn measure(target: &Target, idle: Duration) -> Footprint {
 
 /// Starts the server on free ports; returns it and the ports it should open.
 fn launch(target: &Target) -> (Child, Vec<u16>) {
-    let ws_port = free_port();
-    let http_port = free_port();
+    let [ws_port, http_port] = free_ports();
     let child = Command::new("bash")
         .args(["-c", &target.command])
         .env("WS_PORT", ws_port.to_string())
@@ -153,7 +155,7 @@ fn time_start(target: &Target) -> f64 {
     let (mut child, ports) = launch(target);
     let server = Measured { child: &mut child };
     let up = poll_until(Duration::from_secs(10), Duration::from_micros(500), || {
-        all_listening(&ports)
+        listening(&ports, None)
     });
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     drop(server);
@@ -215,41 +217,6 @@ impl Drop for Measured<'_> {
     }
 }
 
-fn field_of(status: &str, field: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A port nobody listens on right now (the kernel picks it; released at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Whether every port has a socket in LISTEN state on this machine. Reads each
-/// table once for all ports: the reads are most of the cost of a poll.
-fn all_listening(ports: &[u16]) -> bool {
-    let mut listening = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1).unwrap_or("");
-            let state = fields.nth(1).unwrap_or("");
-            if state == "0A" {
-                let port = local.rsplit(':').next().unwrap_or("");
-                listening.extend(u16::from_str_radix(port, 16).ok());
-            }
-        }
-    }
-    ports.iter().all(|p| listening.contains(p))
-}
-
 /// A WebSocket client that connects and reads whatever comes, counting frames.
 fn idle_client(addr: SocketAddr, received: &Arc<AtomicU64>) -> Option<TcpStream> {
     let stream = TcpStream::connect(addr).ok()?;
@@ -265,6 +232,78 @@ fn idle_client(addr: SocketAddr, received: &Arc<AtomicU64>) -> Option<TcpStream>
         })
         .ok()?;
     Some(stream)
+}
+
+// --- shared with main.rs: ports, /proc, polling ---------------------------------------
+
+/// A field of a `/proc/<pid>/status` text, such as `VmRSS` (in kB) or `Threads`;
+/// 0 when absent.
+pub fn field_of(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `N` distinct ports nobody listens on right now: the kernel picks them, all
+/// held at once (so no two are the same), then released for the server to take.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("a bound port").port())
+}
+
+/// Whether every port has a socket in LISTEN state: anyone's (`owner: None`), or
+/// one of process `owner`'s own (its descriptors are matched to the sockets'
+/// inodes, so another program that took the port does not count). Reads each
+/// table once for all ports: the reads are most of the cost of a poll.
+pub fn listening(ports: &[u16], owner: Option<u32>) -> bool {
+    // (port, socket inode) of every listening TCP socket on this machine.
+    let mut sockets: Vec<(u16, u64)> = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1).unwrap_or("");
+            if fields.nth(1) != Some("0A") {
+                continue;
+            }
+            let port = local.rsplit(':').next().unwrap_or("");
+            let inode = fields.nth(5).unwrap_or("");
+            if let (Ok(port), Ok(inode)) = (u16::from_str_radix(port, 16), inode.parse()) {
+                sockets.push((port, inode));
+            }
+        }
+    }
+    if !ports.iter().all(|p| sockets.iter().any(|s| s.0 == *p)) {
+        return false;
+    }
+    let Some(pid) = owner else {
+        return true;
+    };
+    // Only once every port is up: the process's descriptors, as `socket:[inode]`.
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let owned: Vec<u64> = fds
+        .flatten()
+        .filter_map(|fd| {
+            let link = std::fs::read_link(fd.path()).ok()?;
+            let link = link.to_str()?;
+            link.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ports.iter().all(|p| {
+        sockets
+            .iter()
+            .any(|(port, inode)| port == p && owned.contains(inode))
+    })
 }
 
 /// Checks `done` every `every` until it holds or `patience` passes.

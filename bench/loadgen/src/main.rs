@@ -1,15 +1,20 @@
 //! threadchat's load generator, written like the server: blocking sockets and one
 //! thread per client.
 //!
-//! For each scenario it starts a fresh server (ports chosen by the kernel), opens
-//! the clients, waits for the join notifications to settle, drives messages, then
-//! checks every delivery: lost, duplicated, out of order, and whether every client
-//! saw the same total order. It prints one markdown table, the machine it ran on
+//! For each scenario it starts a fresh server on free ports (chosen by the kernel,
+//! passed as flags; it is up once `/proc` shows those ports in LISTEN state as its
+//! own), opens the clients, waits for the join notifications to settle, drives
+//! messages, then checks every delivery: lost, duplicated, out of order, and
+//! whether every client saw the same total order. It prints one markdown table, the machine it ran on
 //! and the exact command.
 //!
 //! The `footprint` scenario (see `footprint.rs`) measures what a server costs a
 //! small host at rest: binary size, start-up time, memory, and wake-ups while idle;
 //! `--server-cmd` points it at any other server for comparison.
+//!
+//! `--naive` repeats chat and saturate against `examples/naive.rs` (one global
+//! lock, blocking writes): its rows show what that design costs, and are checked
+//! the same way but never fail the run.
 //!
 //! Every message a sender writes is `"<sender>:<seq>:<ns since start>:xxx…"`, so a
 //! receiver knows who sent it, its position, and its one-way latency (sender and
@@ -17,7 +22,7 @@
 
 mod footprint;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,7 +68,15 @@ struct Cli {
     /// footprint only: seconds of the idle window (default 60; 3 with --quick).
     #[arg(long)]
     idle_seconds: Option<u64>,
+    /// The naive server (`examples/naive.rs`, built with `cargo build --example
+    /// naive`): chat and saturate run against it too, each as a `(naive)` row
+    /// after threadchat's. Its deliveries are checked and shown, never failed.
+    #[arg(long)]
+    naive: Option<String>,
 }
+
+/// The scenarios `--naive` repeats against the naive server.
+const NAIVE_SCENARIOS: [&str; 2] = ["chat", "saturate"];
 
 /// The clock every latency is measured on.
 fn since_start() -> u64 {
@@ -78,10 +91,24 @@ struct Server {
     ws: SocketAddr,
 }
 
+/// How long a server may take from `spawn` to listening on its ports.
+const START_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The first bytes of a server's stderr that are kept: enough for why it did not
+/// start. The rest is read and dropped, so the pipe never fills up.
+const STDERR_KEPT: usize = 64 * 1024;
+
 impl Server {
-    fn start(binary: &str) -> Server {
+    /// Starts `binary` on two free ports and waits until it listens on them (the
+    /// WebSocket port only, if `http` is false), as `/proc` shows them: the log is
+    /// not read for it. Panics, with the server's stderr, if it exits first or is
+    /// not listening within [`START_PATIENCE`].
+    fn start(binary: &str, http: bool) -> Server {
+        let [ws_port, http_port] = footprint::free_ports();
         let mut child = Command::new(binary)
-            .args(["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--http-port", &http_port.to_string()])
+            .args(["--ws-port", &ws_port.to_string()])
             .args(["--max-clients", "100000", "--ping-interval", "3600"])
             // Thousands of clients from 127.0.0.1 are one address: the per-address
             // caps are off for the bench. Set through the environment, so that a
@@ -96,35 +123,43 @@ impl Server {
             .unwrap_or_else(|e| {
                 panic!("cannot start {binary}: {e} (build it with `cargo build --release`)")
             });
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, rx) = bounded(1);
-        thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("listening: chat ws://").nth(1) {
-                    let _ = tx.try_send(rest.split('/').next().unwrap_or("").to_string());
-                }
-            }
+        let stderr = drain(child.stderr.take().expect("piped"));
+        let ports = if http {
+            vec![ws_port, http_port]
+        } else {
+            vec![ws_port]
+        };
+        let pid = child.id();
+        let mut exited = None;
+        let up = footprint::poll_until(START_PATIENCE, Duration::from_millis(1), || {
+            exited = child.try_wait().ok().flatten();
+            exited.is_some() || footprint::listening(&ports, Some(pid))
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the server logs its port");
-        Server {
+        let server = Server {
             child,
-            ws: addr.parse().expect("an address"),
+            ws: SocketAddr::from(([127, 0, 0, 1], ws_port)),
+        };
+        if up && exited.is_none() {
+            return server;
         }
+        let why = match exited {
+            Some(status) => {
+                // It has exited: its stderr ends (EOF) as soon as the pipe is read out.
+                footprint::poll_until(Duration::from_secs(1), Duration::from_millis(5), || {
+                    stderr.1.is_finished()
+                });
+                format!("exited ({status}) before listening")
+            }
+            None => format!("was not listening within {START_PATIENCE:?}"),
+        };
+        let log = String::from_utf8_lossy(&stderr.0.lock().unwrap()).into_owned();
+        panic!("{binary} {why} on ports {ports:?}; its stderr:\n{log}");
     }
 
     fn status(&self, field: &str) -> u64 {
         let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        footprint::field_of(&text, field)
     }
 
     fn fds(&self) -> usize {
@@ -137,6 +172,28 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads a child's stderr until it ends, keeping the first [`STDERR_KEPT`] bytes:
+/// the server must never block on a full pipe, and its start-up errors are shown.
+fn drain(mut stderr: std::process::ChildStderr) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let keeper = Arc::clone(&kept);
+    let reader = thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = match stderr.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let mut kept = keeper.lock().unwrap();
+            let room = STDERR_KEPT.saturating_sub(kept.len());
+            kept.extend_from_slice(&chunk[..n.min(room)]);
+        }
+    });
+    (kept, reader)
 }
 
 // --- one client ----------------------------------------------------------------------
@@ -323,7 +380,7 @@ struct Outcome {
     settle_s: f64,
 }
 
-fn open_clients(server: &Server, n: usize, shared: &Arc<Shared>) -> Vec<Client> {
+fn open_clients(server: &Server, n: usize, shared: &Arc<Shared>) -> Result<Vec<Client>, String> {
     // One connect at a time per opener thread, so the accept backlog is not overrun.
     let openers = 8;
     let next = Arc::new(AtomicU64::new(0));
@@ -332,20 +389,21 @@ fn open_clients(server: &Server, n: usize, shared: &Arc<Shared>) -> Vec<Client> 
         .map(|_| {
             let (next, clients, shared, addr) =
                 (next.clone(), clients.clone(), shared.clone(), server.ws);
-            thread::spawn(move || {
+            thread::spawn(move || -> Result<(), String> {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     if i >= n {
-                        return;
+                        return Ok(());
                     }
-                    let client = connect(addr, i, &shared).expect("client connects");
+                    let client =
+                        connect(addr, i, &shared).map_err(|e| format!("client {i}: {e}"))?;
                     clients.lock().unwrap().push((i, client));
                 }
             })
         })
         .collect();
     for h in handles {
-        h.join().expect("opener");
+        h.join().expect("opener")?;
     }
     let mut clients = Arc::try_unwrap(clients)
         .ok()
@@ -353,15 +411,17 @@ fn open_clients(server: &Server, n: usize, shared: &Arc<Shared>) -> Vec<Client> 
         .into_inner()
         .unwrap();
     clients.sort_by_key(|(i, _)| *i);
-    clients.into_iter().map(|(_, c)| c).collect()
+    Ok(clients.into_iter().map(|(_, c)| c).collect())
 }
 
 fn wait_until(deadline: Duration, done: impl FnMut() -> bool) -> bool {
     footprint::poll_until(deadline, Duration::from_millis(5), done)
 }
 
-fn run_load(binary: &str, load: &Load) -> Outcome {
-    let server = Server::start(binary);
+/// One load scenario against a fresh server. An `Err` is a run that could not be
+/// measured (a client could not connect, the joins never settled).
+fn run_load(binary: &str, http: bool, load: &Load) -> Result<Outcome, String> {
+    let server = Server::start(binary, http);
     let (echo_tx, echo_rx): (Vec<_>, Vec<_>) =
         (0..load.senders).map(|_| bounded::<()>(1 << 16)).unzip();
     let shared = Arc::new(Shared {
@@ -379,11 +439,17 @@ fn run_load(binary: &str, load: &Load) -> Outcome {
         keep_latencies: AtomicBool::new(true),
     });
     let started = Instant::now();
-    let clients = open_clients(&server, load.clients, &shared);
+    let clients = open_clients(&server, load.clients, &shared)?;
     let settled = wait_until(Duration::from_secs(60), || {
         shared.settled.load(Ordering::Relaxed) == load.clients as u64
     });
-    assert!(settled, "join notifications did not settle");
+    if !settled {
+        return Err(format!(
+            "join notifications did not settle: {} of {} clients saw them all",
+            shared.settled.load(Ordering::Relaxed),
+            load.clients
+        ));
+    }
     let settle_s = started.elapsed().as_secs_f64();
 
     // Senders are the first clients; each writes on its own clone of its socket.
@@ -433,7 +499,13 @@ fn run_load(binary: &str, load: &Load) -> Outcome {
         .into_iter()
         .map(|c| c.reader.join().expect("reader"))
         .collect();
-    summarize(load.clients, seen, expected, load.duration, settle_s)
+    Ok(summarize(
+        load.clients,
+        seen,
+        expected,
+        load.duration,
+        settle_s,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -555,7 +627,7 @@ struct Idle {
 }
 
 fn run_idle(binary: &str, n: usize) -> Idle {
-    let server = Server::start(binary);
+    let server = Server::start(binary, true);
     let (echo_tx, _echo_rx) = bounded(1);
     let shared = Arc::new(Shared {
         senders: 1,
@@ -584,7 +656,7 @@ fn run_idle(binary: &str, n: usize) -> Idle {
         server.fds(),
     );
     let started = Instant::now();
-    let clients = open_clients(&server, n, &shared);
+    let clients = open_clients(&server, n, &shared).expect("clients connect");
     wait_until(Duration::from_secs(120), || {
         shared.settled.load(Ordering::Relaxed) == n as u64
     });
@@ -669,6 +741,37 @@ fn run_footprint(cli: &Cli) -> String {
     table
 }
 
+/// Prints one load scenario's row; returns whether it went wrong: deliveries lost,
+/// duplicated or reordered, or no measurement at all. A row that is not `judged`
+/// (the naive server's) says so in its first cell when it went wrong.
+fn print_load_row(label: &str, outcome: &Result<Outcome, String>, judged: bool) -> bool {
+    let mark = if judged { "" } else { " ⚠ not judged" };
+    let o = match outcome {
+        Ok(o) => o,
+        Err(why) => {
+            println!("| {label}{mark} | {why} ⚠ | | | | | | | | |");
+            return true;
+        }
+    };
+    let lost = o.expected.saturating_sub(o.received);
+    let bad = lost > 0 || o.duplicates > 0 || o.out_of_order > 0 || !o.same_order;
+    println!(
+        "| {label}{} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {lost} | {} | {} | {} | {:.2} |",
+        if bad { mark } else { "" },
+        o.clients,
+        o.deliveries_per_s,
+        o.p50_ms,
+        o.p99_ms,
+        o.max_ms,
+        o.expected,
+        o.duplicates,
+        o.out_of_order,
+        if o.same_order { "yes" } else { "no ⚠" },
+        o.settle_s
+    );
+    bad
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -717,6 +820,7 @@ fn main() {
     }
     let mut failed = false;
     let mut bad_scenarios = 0;
+    let (mut naive_rows, mut naive_bad) = (0, 0);
     let mut footprint = None;
     for name in &cli.scenarios {
         let load = match name.as_str() {
@@ -780,23 +884,25 @@ fn main() {
                 std::process::exit(2);
             }
         };
-        let o = run_load(&cli.server, &load);
-        let lost = o.expected.saturating_sub(o.received);
-        let bad = lost > 0 || o.duplicates > 0 || o.out_of_order > 0 || !o.same_order;
+        let bad = print_load_row(name, &run_load(&cli.server, true, &load), true);
         failed |= bad;
         bad_scenarios += usize::from(bad);
+        if let Some(naive) = &cli.naive
+            && NAIVE_SCENARIOS.contains(&name.as_str())
+        {
+            let outcome = run_load(naive, false, &load);
+            naive_rows += 1;
+            naive_bad += usize::from(print_load_row(&format!("{name} (naive)"), &outcome, false));
+        }
+    }
+    if naive_rows > 0 {
+        println!();
         println!(
-            "| {name} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {lost} | {} | {} | {} | {:.2} |",
-            o.clients,
-            o.deliveries_per_s,
-            o.p50_ms,
-            o.p99_ms,
-            o.max_ms,
-            o.expected,
-            o.duplicates,
-            o.out_of_order,
-            if o.same_order { "yes" } else { "no ⚠" },
-            o.settle_s
+            "(naive): naive (examples/naive.rs), {}: the design threadchat is the \
+             answer to (one global lock, blocking writes), same load; shown, never failed: \
+             {} of {naive_rows} delivered everything once, in one order",
+            cli.naive.as_deref().unwrap_or(""),
+            naive_rows - naive_bad
         );
     }
     if let Some(table) = footprint {
