@@ -23,59 +23,31 @@ const FRAME_HEADER: usize = 14;
 pub struct Config {
     /// Address to listen on, for both ports (0.0.0.0: every interface, like the
     /// original; 127.0.0.1: this machine only).
-    #[arg(long, env = "THREADCHAT_BIND", default_value = "0.0.0.0")]
+    #[arg(
+        long,
+        env = "THREADCHAT_BIND",
+        default_value = "0.0.0.0",
+        help_heading = "Network"
+    )]
     pub bind: IpAddr,
 
     /// Port of the web page (0 picks a free port; the real one is logged).
-    #[arg(long, env = "THREADCHAT_HTTP_PORT", default_value_t = 8000)]
+    #[arg(
+        long,
+        env = "THREADCHAT_HTTP_PORT",
+        default_value_t = 8000,
+        help_heading = "Network"
+    )]
     pub http_port: u16,
 
     /// Port of the WebSocket chat (0 picks a free port; the real one is logged).
-    #[arg(long, env = "THREADCHAT_WS_PORT", default_value_t = 8001)]
+    #[arg(
+        long,
+        env = "THREADCHAT_WS_PORT",
+        default_value_t = 8001,
+        help_heading = "Network"
+    )]
     pub ws_port: u16,
-
-    /// Serve the page from this folder instead of the copy compiled into the binary
-    /// (for editing the page: files are read on every request, so a reload shows
-    /// the change).
-    #[arg(long, env = "THREADCHAT_WWW")]
-    pub www: Option<PathBuf>,
-
-    /// Most chat clients at once; the next handshake gets HTTP 503. Lowered at
-    /// start if the machine's thread, file or memory limits cannot carry that many.
-    #[arg(long, env = "THREADCHAT_MAX_CLIENTS", default_value_t = 1024)]
-    pub max_clients: usize,
-
-    /// Most chat (and echo) clients from one address at once; 0 = no limit (behind
-    /// a reverse proxy, where every client has the proxy's address). Counters one
-    /// host taking every place.
-    #[arg(long, env = "THREADCHAT_MAX_PER_HOST", default_value_t = 32)]
-    pub max_per_host: usize,
-
-    /// Most WebSocket handshakes in progress from one address; 0 = no limit.
-    /// Counters one host holding every handshake place with idle connections.
-    #[arg(long, env = "THREADCHAT_MAX_HANDSHAKES_PER_HOST", default_value_t = 8)]
-    pub max_handshakes_per_host: usize,
-
-    /// Most page (HTTP) connections at once, apart from the chat's places. Past it
-    /// new visitors wait in the listen queue until one closes. Lowered at start if
-    /// the machine cannot carry that many.
-    #[arg(long, env = "THREADCHAT_MAX_HTTP", default_value_t = 256)]
-    pub max_http: usize,
-
-    /// Most page connections from one address at once; 0 = no limit. A browser
-    /// opens up to six.
-    #[arg(long, env = "THREADCHAT_MAX_HTTP_PER_HOST", default_value_t = 16)]
-    pub max_http_per_host: usize,
-
-    /// Largest message in bytes, chat and echo; a larger one closes the connection
-    /// with 1009. Counters memory exhaustion by one client.
-    #[arg(long, env = "THREADCHAT_MAX_MESSAGE", default_value_t = 64 * 1024)]
-    pub max_message: usize,
-
-    /// Seconds between heartbeat pings; a client silent for two intervals is dropped.
-    /// Finds peers that vanished without closing (a laptop lid, a dead Wi-Fi).
-    #[arg(long, env = "THREADCHAT_PING_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub ping_interval: u64,
 
     /// Also answer to this host name (repeatable; `*` = any). IP addresses,
     /// `localhost`, this machine's host name and `<host name>.local` are always
@@ -83,7 +55,8 @@ pub struct Config {
     #[arg(
         long = "server-name",
         env = "THREADCHAT_SERVER_NAME",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "Network"
     )]
     pub server_names: Vec<String>,
 
@@ -93,40 +66,109 @@ pub struct Config {
     #[arg(
         long = "allow-origin",
         env = "THREADCHAT_ALLOW_ORIGIN",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "Network"
     )]
     pub allow_origins: Vec<String>,
-
-    /// Seconds a new TCP connection has to finish the WebSocket handshake. Counters
-    /// slowloris clients holding a thread each.
-    #[arg(long, env = "THREADCHAT_HANDSHAKE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub handshake_timeout: u64,
-
-    /// Seconds a page connection has for each request head, each answer, and to
-    /// sit idle between requests. Counters slow or idle page clients.
-    #[arg(long, env = "THREADCHAT_HTTP_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub http_timeout: u64,
-
-    /// Bytes that may wait for one slow client before it is disconnected (close
-    /// 1008), each queued chunk counted with its overhead. Counters a client that
-    /// stops reading: without a bound its backlog grows for ever.
-    #[arg(long, env = "THREADCHAT_MAX_BACKLOG", default_value_t = 1024 * 1024)]
-    pub max_backlog: usize,
-
-    /// Seconds a blocked write to one client may take before it is disconnected;
-    /// also how long the rest of its backlog may take once it has left.
-    #[arg(long, env = "THREADCHAT_WRITE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub write_timeout: u64,
 
     /// Serve `ws://…/echo`, which sends every message back (for WebSocket
     /// conformance tools), to at most 16 clients at once. Off by default: it is no
     /// use to a chat, and a way to make the server hold memory.
-    #[arg(long)]
+    #[arg(long, help_heading = "Network")]
     pub echo: bool,
+
+    /// Serve the page from this folder instead of the copy compiled into the binary
+    /// (for editing the page: files are read on every request, so a reload shows
+    /// the change).
+    #[arg(long, env = "THREADCHAT_WWW", help_heading = "Page")]
+    pub www: Option<PathBuf>,
+
+    /// Most chat clients at once; the next handshake gets HTTP 503. Lowered at
+    /// start if the machine's thread, file or memory limits cannot carry that many.
+    #[arg(
+        long,
+        env = "THREADCHAT_MAX_CLIENTS",
+        default_value_t = 1024,
+        help_heading = "Limits"
+    )]
+    pub max_clients: usize,
+
+    /// Most chat (and echo) clients from one address at once; 0 = no limit (behind
+    /// a reverse proxy, where every client has the proxy's address). Counters one
+    /// host taking every place.
+    #[arg(
+        long,
+        env = "THREADCHAT_MAX_PER_HOST",
+        default_value_t = 32,
+        help_heading = "Limits"
+    )]
+    pub max_per_host: usize,
+
+    /// Most WebSocket handshakes in progress from one address; 0 = no limit.
+    /// Counters one host holding every handshake place with idle connections.
+    #[arg(
+        long,
+        env = "THREADCHAT_MAX_HANDSHAKES_PER_HOST",
+        default_value_t = 8,
+        help_heading = "Limits"
+    )]
+    pub max_handshakes_per_host: usize,
+
+    /// Most page (HTTP) connections at once, apart from the chat's places. Past it
+    /// new visitors wait in the listen queue until one closes. Lowered at start if
+    /// the machine cannot carry that many.
+    #[arg(
+        long,
+        env = "THREADCHAT_MAX_HTTP",
+        default_value_t = 256,
+        help_heading = "Limits"
+    )]
+    pub max_http: usize,
+
+    /// Most page connections from one address at once; 0 = no limit. A browser
+    /// opens up to six.
+    #[arg(
+        long,
+        env = "THREADCHAT_MAX_HTTP_PER_HOST",
+        default_value_t = 16,
+        help_heading = "Limits"
+    )]
+    pub max_http_per_host: usize,
+
+    /// Largest message in bytes, chat and echo; a larger one closes the connection
+    /// with 1009. Counters memory exhaustion by one client.
+    #[arg(long, env = "THREADCHAT_MAX_MESSAGE", default_value_t = 64 * 1024, help_heading = "Limits")]
+    pub max_message: usize,
+
+    /// Bytes that may wait for one slow client before it is disconnected (close
+    /// 1008), each queued chunk counted with its overhead. Counters a client that
+    /// stops reading: without a bound its backlog grows for ever.
+    #[arg(long, env = "THREADCHAT_MAX_BACKLOG", default_value_t = 1024 * 1024, help_heading = "Limits")]
+    pub max_backlog: usize,
+
+    /// Seconds between heartbeat pings; a client silent for two intervals is dropped.
+    /// Finds peers that vanished without closing (a laptop lid, a dead Wi-Fi).
+    #[arg(long, env = "THREADCHAT_PING_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), help_heading = "Limits")]
+    pub ping_interval: u64,
+
+    /// Seconds a new TCP connection has to finish the WebSocket handshake. Counters
+    /// slowloris clients holding a thread each.
+    #[arg(long, env = "THREADCHAT_HANDSHAKE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400), help_heading = "Limits")]
+    pub handshake_timeout: u64,
+
+    /// Seconds a page connection has for each request head, each answer, and to
+    /// sit idle between requests. Counters slow or idle page clients.
+    #[arg(long, env = "THREADCHAT_HTTP_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400), help_heading = "Limits")]
+    pub http_timeout: u64,
+
+    /// Seconds a blocked write to one client may take before it is disconnected;
+    /// also how long the rest of its backlog may take once it has left.
+    #[arg(long, env = "THREADCHAT_WRITE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400), help_heading = "Limits")]
+    pub write_timeout: u64,
 
     /// Log lines for people (`human`), or one JSON object per line for journald and
     /// log shippers (`json`). `RUST_LOG` sets the level either way.
-    #[arg(long, env = "THREADCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, env = "THREADCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, help_heading = "Logging")]
     pub log_format: LogFormat,
 
     /// Check the settings and files, print what the server would run with, and exit

@@ -1,11 +1,12 @@
 // The page in a real browser: Debian's chromium, driven by playwright-core, against
-// the real threadchat binary on loopback ports chosen by the kernel.
+// the real threadchat binary on free loopback ports.
 //
 // Run through `make e2e` (part of `make test`). Screenshots go to target/e2e/.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer, connect } from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,39 +20,51 @@ const PATIENCE_MS = 15000;
 
 // --- the server --------------------------------------------------------------
 
-/**
- * Starts the binary, serving the page compiled into it (what ships); resolves once
- * both ports are logged. Ports 0 = any free.
- */
-function startServer({ httpPort = 0, wsPort = 0 } = {}) {
+/** A free port on 127.0.0.1: bound, read, released. */
+function freePort() {
   return new Promise((resolve, reject) => {
-    const proc = spawn(BINARY, [
-      '--bind', '127.0.0.1',
-      '--http-port', String(httpPort),
-      '--ws-port', String(wsPort),
-    ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'info' } });
-    const server = { proc, log: '', httpPort: null, wsPort: null };
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${server.log}`)), PATIENCE_MS);
-    proc.stderr.setEncoding('utf8');
-    proc.stderr.on('data', (chunk) => {
-      server.log += chunk;
-      const page = server.log.match(/listening: page http:\/\/127\.0\.0\.1:(\d+)\//);
-      const chat = server.log.match(/listening: chat ws:\/\/127\.0\.0\.1:(\d+)\//);
-      if (page && chat && server.httpPort === null) {
-        server.httpPort = Number(page[1]);
-        server.wsPort = Number(chat[1]);
-        clearTimeout(timer);
-        resolve(server);
-      }
-    });
-    proc.on('exit', (code) => {
-      server.exited = true;
-      if (server.httpPort === null) {
-        clearTimeout(timer);
-        reject(new Error(`server exited with ${code}:\n${server.log}`));
-      }
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
     });
   });
+}
+
+/** Resolves once a TCP connection to 127.0.0.1:`port` succeeds. */
+function accepts(port) {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => { socket.destroy(); resolve(true); });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * Starts the binary, serving the page compiled into it (what ships), on the given
+ * ports or free ones; resolves once both ports take connections (the log is kept
+ * only to show when it fails).
+ */
+async function startServer({ httpPort, wsPort } = {}) {
+  httpPort ??= await freePort();
+  wsPort ??= await freePort();
+  const proc = spawn(BINARY, [
+    '--bind', '127.0.0.1',
+    '--http-port', String(httpPort),
+    '--ws-port', String(wsPort),
+  ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'info' } });
+  const server = { proc, log: '', httpPort, wsPort, exited: false };
+  proc.stderr.setEncoding('utf8');
+  proc.stderr.on('data', (chunk) => { server.log += chunk; });
+  proc.on('exit', () => { server.exited = true; });
+  const deadline = Date.now() + PATIENCE_MS;
+  while (!((await accepts(httpPort)) && (await accepts(wsPort)))) {
+    if (server.exited) throw new Error(`server exited:\n${server.log}`);
+    if (Date.now() > deadline) throw new Error(`server did not start:\n${server.log}`);
+    await new Promise((r) => setTimeout(r, 20)); // polling for the ports: no event to wait for
+  }
+  return server;
 }
 
 function stopServer(server) {
