@@ -18,8 +18,8 @@ build:
 release:
 	$(CARGO) build --release
 
-## Everything: Rust tests, WebSocket conformance, a small load run, then the page
-## in a real browser.
+## Everything: Rust tests, supply-chain checks, WebSocket conformance, a short load
+## run, then the page in a real browser.
 test: unit deny autobahn bench-quick e2e
 
 ## Unit tests and end-to-end tests of the binary (real sockets on loopback).
@@ -41,7 +41,8 @@ autobahn: build
 	autobahn/run.sh target/debug/threadchat
 
 ## The load generator against the optimised server: chat, fanout, saturate, idle,
-## storm, every delivery checked (about two minutes; not part of `make test`).
+## storm, footprint, and the naive example's rows beside them, every delivery
+## checked (about three minutes; not part of `make test`).
 bench: release
 	$(CARGO) build --release -p threadchat-loadgen
 	$(CARGO) build --release --example naive

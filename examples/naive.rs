@@ -1,4 +1,4 @@
-//! The naive chat server: the design threadchat's README argues against, kept as a
+//! The naive chat server: the first design `src/outbox.rs` argues against, kept as a
 //! lesson and as the `(naive)` rows of `make bench`. Read it as the contrast to
 //! `src/hub.rs` and `src/outbox.rs`.
 //!

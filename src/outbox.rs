@@ -10,6 +10,11 @@
 //!
 //! # The designs that do not work
 //!
+//! * *One lock around the list of sockets, written in turn by whichever reader got
+//!   a message, with blocking writes.* The first chat server everyone writes, and
+//!   runnable here: `examples/naive.rs`, with its rows in `make bench`. One client
+//!   that reads slowly holds the lock for as long as its write blocks, and every
+//!   sender in the chat waits behind it; two threads may write one socket at once.
 //! * *A mutex around the `WebSocket`.* The reader holds it while blocked in `read`,
 //!   so a broadcast waits until that client next sends something.
 //! * *Polling with a read timeout.* The reader wakes every few milliseconds to look
