@@ -15,8 +15,8 @@
 //!   cost the attacker more than it costs us.
 //! * A failed thread spawn sheds that one connection. `EMFILE` and friends mean
 //!   "full for now": the acceptor sleeps and tries again, doubling the pause up to
-//!   a second, and never gives up (a server that stops accepting after a bad
-//!   minute would need a person to restart it).
+//!   a second, and never gives up. (mini-redis gives up after 64 s and ends its
+//!   server; on a host nobody watches, that would need a person to restart it.)
 //!
 //! What the connection's thread then does is the port's business:
 //! [`crate::http::serve`] on the page port, [`crate::handshake::serve`] on the
@@ -72,7 +72,6 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Connection {
     /// Unique per port: the chat's client id, or the page connection's number.
     pub id: u64,
-    /// The socket.
     pub stream: TcpStream,
     /// The TCP peer's address (never a header's).
     pub peer: IpAddr,

@@ -79,34 +79,25 @@ pub enum Endpoint {
 pub enum Event {
     /// A client finished its handshake.
     Join {
-        /// The client's id.
         id: u64,
         /// Where the hub writes to it.
         outbox: Arc<Outbox>,
-        /// Chat or echo.
         endpoint: Endpoint,
     },
     /// A chat client sent a valid message.
     Message {
-        /// The sender's id (for the debug log).
+        /// The sender's id: the relayed frame's `from`.
         from: u64,
-        /// The validated message.
         message: ChatMessage,
     },
     /// A client's reader has ended.
-    Leave {
-        /// The client's id.
-        id: u64,
-    },
+    Leave { id: u64 },
     /// The server is stopping: send every client close 1001.
     Shutdown,
     /// `/healthz` asks whether the hub is turning over: it answers on `answer`
     /// when it reaches this event, which it can only do by having taken every
     /// event before it.
-    Probe {
-        /// Where the hub answers.
-        answer: Sender<()>,
-    },
+    Probe { answer: Sender<()> },
 }
 
 /// The frames of the batch being built.

@@ -517,7 +517,13 @@ fn a_rebinding_page_reaches_neither_port() {
         "GET /config.json HTTP/1.1\r\nHost: attacker.example:8000\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(page.status, 421);
-    server.wait_for_log("--server-name attacker.example");
+    // The page's refusal says what to do too (the log line has the same text).
+    assert!(
+        String::from_utf8_lossy(&page.body).contains("--server-name attacker.example"),
+        "{:?}",
+        page.body
+    );
+    assert_eq!(server.stats()["handshakes"]["refused"], 1);
     // The names this server does answer to.
     let names = [
         "127.0.0.1:8000".to_string(),
