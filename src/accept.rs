@@ -93,8 +93,8 @@ pub struct Door {
 
 /// A running acceptor thread.
 pub struct Acceptor {
-    /// The same listening socket, kept to wake the thread from `accept`.
-    listener: TcpListener,
+    /// The listening socket, shared with the thread, to wake it from `accept`.
+    listener: Arc<TcpListener>,
     stopping: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
@@ -105,7 +105,7 @@ impl Acceptor {
     pub fn stop(self) {
         self.stopping.store(true, Ordering::SeqCst);
         // On Linux a blocked `accept` returns (EINVAL) once its socket is shut down.
-        let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Both);
+        let _ = rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Both);
         let _ = self.thread.join();
     }
 }
@@ -118,8 +118,8 @@ where
 {
     let serve = Arc::new(serve);
     let stopping = Arc::new(AtomicBool::new(false));
-    let own = listener.try_clone()?;
-    let stop = Arc::clone(&stopping);
+    let listener = Arc::new(listener);
+    let (own, stop) = (Arc::clone(&listener), Arc::clone(&stopping));
     let thread = thread::Builder::new()
         .name(door.name.into())
         .spawn(move || run(&own, &door, &serve, &stop))?;
