@@ -407,25 +407,153 @@ fn unix_millis() -> u64 {
 mod tests {
     use super::*;
 
-    /// The JSON texts of the unmasked text frames in `bytes`.
+    /// The JSON texts of the whole unmasked text frames at the start of `bytes`.
     fn texts(bytes: &[u8]) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         let mut at = 0;
-        while at < bytes.len() {
+        while at + 2 <= bytes.len() {
             assert_eq!(bytes[at], 0x81, "a final text frame");
             let (len, header) = match bytes[at + 1] {
-                126 => (
+                126 if at + 4 <= bytes.len() => (
                     u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
                     4,
                 ),
+                126 => break,
                 127 => panic!("no frame here is that long"),
                 n => (n as usize, 2),
             };
-            let payload = &bytes[at + header..at + header + len];
+            let Some(payload) = bytes.get(at + header..at + header + len) else {
+                break;
+            };
             out.push(serde_json::from_slice(payload).unwrap());
             at += header + len;
         }
         out
+    }
+
+    /// A client on a loopback connection: its outbox, and the other end to read.
+    fn client(id: u64) -> (Arc<Outbox>, std::net::TcpStream) {
+        use crate::places::{Caps, Kind, Places};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let theirs = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, peer) = listener.accept().unwrap();
+        let places = Places::new(Caps {
+            total: [0, 0, 1, 0],
+            per_host: [0, 0, 0],
+        });
+        let place = places.take(Kind::Chat, peer.ip()).unwrap();
+        let outbox = Outbox::new(id, Arc::new(ours), 1 << 20, Duration::from_secs(1), place);
+        (outbox, theirs)
+    }
+
+    /// The next `n` frames the client at `stream` was sent, as JSON.
+    fn received(stream: &mut std::net::TcpStream, n: usize) -> Vec<serde_json::Value> {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut bytes = Vec::new();
+        loop {
+            let frames = texts(&bytes);
+            if frames.len() >= n {
+                return frames;
+            }
+            assert!(Instant::now() < deadline, "{n} frames within the deadline");
+            let mut chunk = [0u8; 4096];
+            if let Ok(read) = stream.read(&mut chunk) {
+                bytes.extend_from_slice(&chunk[..read]);
+            }
+        }
+    }
+
+    fn hub() -> Hub {
+        Hub {
+            chat: Vec::new(),
+            echo: Vec::new(),
+            last_message_id: 0,
+            ping_interval: Duration::from_secs(30),
+            stats: Arc::new(Stats::new()),
+            shutting_down: false,
+        }
+    }
+
+    fn join(id: u64, outbox: &Arc<Outbox>) -> Event {
+        Event::Join {
+            id,
+            outbox: Arc::clone(outbox),
+            endpoint: Endpoint::Chat,
+        }
+    }
+
+    #[test]
+    fn a_client_joining_with_a_leave_in_its_batch_hears_only_what_follows_its_welcome() {
+        let mut hub = hub();
+        let (ann, _ann_reads) = client(1);
+        let (bob, mut bob_reads) = client(2);
+        let (cid, mut cid_reads) = client(3);
+        let mut first = Batch::default();
+        hub.apply(join(1, &ann), &mut first);
+        hub.apply(join(2, &bob), &mut first);
+        hub.flush(first.finish());
+        // Ann leaves and Cid joins in the same batch.
+        let mut second = Batch::default();
+        hub.apply(Event::Leave { id: 1 }, &mut second);
+        hub.apply(join(3, &cid), &mut second);
+        hub.flush(second.finish());
+
+        let heard = received(&mut cid_reads, 2);
+        assert_eq!(heard.len(), 2, "Cid heard {heard:?}");
+        assert_eq!(
+            (heard[0]["type"].as_str(), heard[0]["count"].as_u64()),
+            (Some("welcome"), Some(2))
+        );
+        assert_eq!(
+            (heard[1]["event"].as_str(), heard[1]["count"].as_u64()),
+            (Some("join"), Some(2))
+        );
+        // Bob, there before both, heard both, in order.
+        let heard = received(&mut bob_reads, 4);
+        let events: Vec<_> = heard[2..]
+            .iter()
+            .map(|f| f["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(events, ["leave", "join"]);
+    }
+
+    #[test]
+    fn messages_get_increasing_ids_and_reach_everyone_in_one_order() {
+        let mut hub = hub();
+        let (ann, mut ann_reads) = client(1);
+        let (bob, mut bob_reads) = client(2);
+        let mut batch = Batch::default();
+        hub.apply(join(1, &ann), &mut batch);
+        hub.apply(join(2, &bob), &mut batch);
+        for (from, text) in [(1, "one"), (2, "two"), (1, "three")] {
+            let message = ChatMessage {
+                name: format!("n{from}"),
+                msg: text.into(),
+            };
+            assert_eq!(hub.apply(Event::Message { from, message }, &mut batch), 1);
+        }
+        hub.flush(batch.finish());
+        for reads in [&mut ann_reads, &mut bob_reads] {
+            let heard = received(reads, 5);
+            let messages: Vec<_> = heard
+                .iter()
+                .filter(|f| f["type"] == "message")
+                .map(|f| {
+                    (
+                        f["id"].as_u64().unwrap(),
+                        f["msg"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                messages,
+                [(1, "one".into()), (2, "two".into()), (3, "three".into())]
+            );
+        }
     }
 
     #[test]
