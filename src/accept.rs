@@ -100,12 +100,19 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    /// Stops accepting and waits for the thread to end. Connections already
-    /// accepted go on until their own end.
-    pub fn stop(self) {
+    /// Stops accepting: the listening socket refuses new connections from now on,
+    /// and the thread ends as soon as it wakes (at once, unless it is pausing after
+    /// an `accept` error). Connections already accepted go on until their own end.
+    /// Waking a thread blocked on the ledger is the ledger's part
+    /// ([`Places::close`]).
+    pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         // On Linux a blocked `accept` returns (EINVAL) once its socket is shut down.
         let _ = rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Both);
+    }
+
+    /// Waits for the thread to end, after [`Acceptor::stop`].
+    pub fn join(self) {
         let _ = self.thread.join();
     }
 }

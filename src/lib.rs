@@ -43,8 +43,9 @@
 //! | `stats` | counters for `/stats` |
 //! | `shutdown` | signals → stop; the stop → close 1001 → return |
 //!
-//! Only what another crate uses is public: the entry points, the configuration, and
-//! the protocol parser and path resolver (for the fuzz targets and property tests).
+//! Only what another crate uses is public: the entry points, the configuration and
+//! logging (for `main`), and the protocol parser and path resolver (for the fuzz
+//! targets, the property tests and `examples/naive.rs`).
 
 #![deny(missing_docs)]
 
@@ -125,9 +126,10 @@ pub fn run_until_signalled(config: Config) -> Result<(), Box<dyn Error>> {
 }
 
 /// Runs the server on `listeners` until `controls` says [`Control::Stop`] or every
-/// sender of it is gone; then every client hears close 1001, the acceptors stop,
-/// and it returns once the chat port's connections are gone (or after
-/// `shutdown::GRACE`). [`Control::Status`] logs a status line.
+/// sender of it is gone; then the acceptors stop, every client hears close 1001,
+/// and it returns once the chat port's connections are gone or after a grace of
+/// 1.5 s. Threads of clients that never answer end on their own deadlines (in the
+/// binary, with the process). [`Control::Status`] logs a status line.
 pub fn run(
     config: Config,
     listeners: Listeners,
@@ -220,7 +222,16 @@ pub fn run(
         kind: Kind::Http,
         places: Arc::clone(&places),
     };
-    let http_acceptor = accept::spawn(listeners.http, door, move |conn| http::serve(conn, &site))?;
+    let http_acceptor =
+        match accept::spawn(listeners.http, door, move |conn| http::serve(conn, &site)) {
+            Ok(acceptor) => acceptor,
+            Err(e) => {
+                places.close();
+                ws_acceptor.stop();
+                ws_acceptor.join();
+                return Err(e.into());
+            }
+        };
 
     log::info!("host names answered: {server_names}");
     log::info!("listening: page http://{http_addr}/");
@@ -236,12 +247,14 @@ pub fn run(
         );
     }
 
-    shutdown::serve_until_stopped(&controls, &hub_tx, &places, &stats);
-    // Nothing new gets in from here on; connections still open end on their own
-    // deadlines.
+    shutdown::serve_until_stopped(&controls, &stats);
+    // Nothing new gets in from here on, then everyone is told.
     places.close();
     ws_acceptor.stop();
     http_acceptor.stop();
+    shutdown::close_everyone(&hub_tx, &places);
+    ws_acceptor.join();
+    http_acceptor.join();
     Ok(())
 }
 

@@ -155,13 +155,15 @@ enum Phase {
     Closed,
 }
 
-/// Why an outbox closed its client on its own.
+/// Why an outbox closed its client, when the client did not close first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// The backlog passed its limit.
     SlowConsumer,
-    /// A write timed out or failed, or no writer thread could be started.
+    /// A write timed out, or no writer thread could be started.
     WriteFailed,
+    /// The server is stopping: its close frame went out ([`Outbox::send_close`]).
+    Stopped,
 }
 
 /// Why a send was not accepted.
@@ -324,6 +326,7 @@ impl Outbox {
         // Closed before the frame is even written, under the same lock, so nothing
         // can slip in behind it.
         state.phase = Phase::Closed;
+        state.failure.get_or_insert(Failure::Stopped);
         let chunk = Chunk {
             bytes: Arc::new(frame::close(code, reason)),
             start: 0,
@@ -466,7 +469,7 @@ impl Outbox {
                 "client {}: cannot start a writer thread ({e}): disconnecting",
                 self.id
             );
-            self.give_up(self.lock());
+            self.give_up(self.lock(), Some(Failure::WriteFailed));
         }
     }
 
@@ -489,13 +492,19 @@ impl Outbox {
             };
             // Blocking, without the lock: others append meanwhile, nobody else writes.
             if let Err(e) = self.write_chunk(chunk.remaining()) {
-                match e.kind() {
+                let why = match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                         log::warn!("client {}: {e}: disconnecting", self.id);
+                        Some(Failure::WriteFailed)
                     }
-                    _ => log::debug!("client {}: write failed: {e}", self.id),
-                }
-                self.give_up(self.lock());
+                    // The peer is gone (reset, broken pipe): its reader sees that
+                    // too and says why.
+                    _ => {
+                        log::debug!("client {}: write failed: {e}", self.id);
+                        None
+                    }
+                };
+                self.give_up(self.lock(), why);
                 return;
             }
             let mut state = self.lock();
@@ -530,8 +539,10 @@ impl Outbox {
     }
 
     /// Nothing more can be written: drop the backlog and close the socket.
-    fn give_up(&self, mut state: MutexGuard<'_, State>) {
-        state.failure.get_or_insert(Failure::WriteFailed);
+    fn give_up(&self, mut state: MutexGuard<'_, State>, why: Option<Failure>) {
+        if let Some(why) = why {
+            state.failure.get_or_insert(why);
+        }
         state.backlog.clear();
         state.backlog_cost = 0;
         state.phase = Phase::Closed;
@@ -678,6 +689,7 @@ mod tests {
         let (server, mut client) = pair(false);
         let outbox = outbox(server, 1 << 20, Duration::from_secs(10), &places());
         outbox.send_close(CloseCode::Away, "");
+        assert_eq!(outbox.failure(), Some(Failure::Stopped));
         assert_eq!(outbox.send_own(b"\x81\x01x"), Err(SendError::Closed));
         outbox.finish();
         let mut got = Vec::new();

@@ -213,6 +213,7 @@ impl From<Failure> for Disconnect {
         match failure {
             Failure::SlowConsumer => Disconnect::SlowConsumer,
             Failure::WriteFailed => Disconnect::WriteFailed,
+            Failure::Stopped => Disconnect::ServerStopping,
         }
     }
 }

@@ -12,8 +12,12 @@
 //!    A client that answers the Close ends its reader, whose outbox then shuts the
 //!    socket down. Page connections are not waited for: a page load that is cut
 //!    short is retried by the browser.
-//! 3. Return: `run` then stops the acceptors, and `main` exits with status 0.
-//!    Threads still blocked on a client that never answered end with the process.
+//! 3. Return, and `main` exits with status 0. Threads still blocked on a client
+//!    that never answered end with the process (or, in a test, on their own
+//!    deadlines).
+//!
+//! Before step 1, `run` has stopped both acceptors, so that nothing new arrives
+//! during the grace period.
 //!
 //! SIGHUP, which would otherwise kill the process (a closed terminal, a `kill -HUP`
 //! out of habit), only logs a status line: there is nothing to reload, since the
@@ -63,26 +67,26 @@ pub fn forward_signals() -> io::Result<Receiver<Control>> {
 
 fn forward(signals: &mut Signals, controls: &Sender<Control>) {
     for signal in signals.forever() {
-        let (name, control) = match signal {
-            SIGHUP => ("SIGHUP", Control::Status),
-            SIGINT => ("SIGINT", Control::Stop),
-            _ => ("SIGTERM", Control::Stop),
+        let control = match signal {
+            SIGHUP => Control::Status,
+            SIGINT => {
+                log::info!("SIGINT");
+                Control::Stop
+            }
+            _ => {
+                log::info!("SIGTERM");
+                Control::Stop
+            }
         };
-        log::info!("{name}");
         if controls.send(control).is_err() || control == Control::Stop {
             return;
         }
     }
 }
 
-/// Blocks until `controls` says stop (or is gone), answering status requests
-/// meanwhile; then runs the shutdown sequence.
-pub fn serve_until_stopped(
-    controls: &Receiver<Control>,
-    hub: &Sender<Event>,
-    places: &Arc<Places>,
-    stats: &Stats,
-) {
+/// Blocks until `controls` says stop (or is gone), logging a status line for each
+/// status request meanwhile.
+pub fn serve_until_stopped(controls: &Receiver<Control>, stats: &Stats) {
     while let Ok(Control::Status) = controls.recv() {
         let now = stats.snapshot();
         log::info!(
@@ -93,6 +97,11 @@ pub fn serve_until_stopped(
             now.uptime_seconds
         );
     }
+}
+
+/// The shutdown sequence, once nothing new is accepted: 1001 to everyone, then
+/// wait up to [`GRACE`] for the chat port's connections to go.
+pub fn close_everyone(hub: &Sender<Event>, places: &Arc<Places>) {
     let open = places.occupancy();
     log::info!(
         "stopping: closing {} connections",

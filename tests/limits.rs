@@ -215,8 +215,15 @@ fn threads_and_sockets_come_back_after_clients_leave() {
             .unwrap()
             .count()
     };
-    let threads_before = server.threads();
-    let fds_before = pid_fds();
+    // The baseline once the server's own threads have all started.
+    let (mut threads_before, mut fds_before) = (server.threads(), pid_fds());
+    eventually("the server settles", || {
+        std::thread::sleep(Duration::from_millis(100)); // two readings apart
+        let now = (server.threads(), pid_fds());
+        let settled = now == (threads_before, fds_before);
+        (threads_before, fds_before) = now;
+        settled
+    });
 
     // Forty people on forty devices, and eight echo clients.
     let mut clients: Vec<Client> = (0..40)

@@ -102,8 +102,12 @@ impl Drop for Server {
     fn drop(&mut self) {
         // Dropping the sender is the stop; `run` returns within its grace period.
         drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && let Err(panic) = thread.join()
+            && !thread::panicking()
+        {
+            // `run` failed: that, not whatever the test saw next, is the error.
+            std::panic::resume_unwind(panic);
         }
     }
 }
@@ -117,22 +121,21 @@ pub struct Ports {
 
 impl Ports {
     pub fn pick() -> Ports {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port()
-        };
-        let (http, ws) = (free(), free());
-        assert_ne!(http, ws);
-        Ports { http, ws }
+        // Both held at once, so the kernel cannot hand out the same port twice.
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let (http, ws) = (bind(), bind());
+        let port = |l: &std::net::TcpListener| l.local_addr().unwrap().port();
+        Ports {
+            http: port(&http),
+            ws: port(&ws),
+        }
     }
 }
 
 /// The real `threadchat` binary, for what only it has: signals, the environment,
 /// exit codes, its own `/proc` figures, its log. It gets free ports picked here,
-/// and is ready when both are in LISTEN state (read from `/proc`, so no probe
-/// connection disturbs what a test counts).
+/// and is ready when it has both in LISTEN state (read from `/proc`) and answers
+/// `/healthz`, which it can only once its hub and acceptors run.
 pub struct Process {
     child: Child,
     /// Every line the server logged, shared with the thread that reads its stderr.
@@ -204,7 +207,13 @@ impl Process {
             ws: SocketAddr::from(([127, 0, 0, 1], ports.ws)),
         };
         let deadline = Instant::now() + PATIENCE;
-        while !(listening(ports.http) && listening(ports.ws)) {
+        let pid = process.pid();
+        let ready = || {
+            listening(pid, ports.http)
+                && listening(pid, ports.ws)
+                && try_http_get(process.http, "/healthz", PATIENCE).is_ok_and(|r| r.status == 200)
+        };
+        while !ready() {
             if let Some(status) = process.child.try_wait().unwrap() {
                 panic!("the server exited ({status}):\n{}", process.log_text());
             }
@@ -321,13 +330,33 @@ impl Drop for Process {
     }
 }
 
-/// Whether something listens on 127.0.0.1:`port`, from the kernel's table.
-fn listening(port: u16) -> bool {
+/// Whether process `pid` listens on 127.0.0.1:`port`: a LISTEN socket in the
+/// kernel's table whose inode is one of the process's descriptors (a port picked
+/// free can be taken by another test's server meanwhile).
+fn listening(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let sockets: Vec<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     let local = format!("0100007F:{port:04X}");
     table.lines().skip(1).any(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() > 3 && fields[1] == local && fields[3] == "0A"
+        fields.len() > 9
+            && fields[1] == local
+            && fields[3] == "0A"
+            && sockets.contains(&fields[9].to_string())
     })
 }
 
