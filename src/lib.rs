@@ -4,11 +4,11 @@
 //! The README's first screen has the picture of the threads and the channels
 //! between them, and a table of where to read each idea; `docs/DESIGN.md` has the
 //! capacity plan and the limits. In one paragraph: an acceptor thread per port
-//! gives every connection a place ([`places`]) and a thread of its own; a chat
-//! client's thread ([`reader`]) turns what it reads into events for the hub
-//! ([`hub`]), the one thread that owns the list of clients and decides who gets
+//! gives every connection a place (`places`) and a thread of its own; a chat
+//! client's thread (`reader`) turns what it reads into events for the hub
+//! (`hub`), the one thread that owns the list of clients and decides who gets
 //! what, in which order; the hub hands each batch of frames to every client's
-//! outbox ([`outbox`]), which writes it straight to the socket when the kernel
+//! outbox (`outbox`), which writes it straight to the socket when the kernel
 //! takes it and starts a writer thread for that client when it does not.
 //!
 //! # Entry points
