@@ -94,6 +94,8 @@ fn serve(stream: TcpStream) {
             id,
             count,
             protocol: SUBPROTOCOL,
+            room: None,
+            epoch: None,
         };
         if me.send(Message::text(welcome.to_json())).is_err() {
             return;
@@ -114,6 +116,7 @@ fn serve(stream: TcpStream) {
                     from: id,
                     name: &chat.name,
                     msg: &chat.msg,
+                    room: None,
                 };
                 broadcast(&mut peers, message);
             }

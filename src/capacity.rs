@@ -81,6 +81,8 @@ pub struct Wanted {
     pub client_bytes: u64,
     /// Most memory one page connection can make the server hold: [`http_memory`].
     pub http_bytes: u64,
+    /// Memory that belongs to no connection: the rooms' histories.
+    pub shared_bytes: u64,
 }
 
 /// The result of planning: what the server will allow and why.
@@ -199,6 +201,7 @@ impl Places {
     fn memory(&self, wanted: &Wanted) -> u64 {
         (self.clients + self.echo)
             .saturating_mul(wanted.client_bytes)
+            .saturating_add(wanted.shared_bytes)
             .saturating_add(self.handshakes * HANDSHAKE_BYTES)
             .saturating_add(self.http.saturating_mul(wanted.http_bytes))
     }
@@ -363,6 +366,7 @@ mod tests {
             echo: 0,
             client_bytes: client_memory(1 << 20, 64 << 10),
             http_bytes: http_memory(6_286),
+            shared_bytes: 100 * 64 * 1024,
         }
     }
 

@@ -77,6 +77,31 @@ pub struct Config {
     #[arg(long, help_heading = "Network")]
     pub echo: bool,
 
+    /// A secret that lets a connection opened with `?admin=<it>` kick others
+    /// (`{"type":"kick","id":N}`). Off without it. Prefer the environment variable,
+    /// which `ps` does not show.
+    #[arg(long, env = "THREADCHAT_ADMIN_TOKEN", help_heading = "Chat")]
+    pub admin_token: Option<String>,
+
+    /// Most rooms at once, the lobby included; an emptied room keeps its history
+    /// until a new room needs its place.
+    #[arg(long, env = "THREADCHAT_MAX_ROOMS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000), help_heading = "Chat")]
+    pub max_rooms: u64,
+
+    /// Messages each room keeps for clients that join it or come back (at most 64
+    /// KiB of them).
+    #[arg(long, env = "THREADCHAT_HISTORY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000), help_heading = "Chat")]
+    pub history: u64,
+
+    /// Frames a second one client may send; more are dropped with an error, and a
+    /// client that keeps flooding (100 in a row) is closed. Counters floods.
+    #[arg(long, env = "THREADCHAT_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000), help_heading = "Chat")]
+    pub rate: u32,
+
+    /// Frames one client may send at once, above its rate.
+    #[arg(long, env = "THREADCHAT_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000), help_heading = "Chat")]
+    pub burst: u32,
+
     /// Serve the page from this folder instead of the copy compiled into the binary
     /// (for editing the page: files are read on every request, so a reload shows
     /// the change).

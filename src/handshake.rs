@@ -31,9 +31,10 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::accept::Connection;
 use crate::hosts::ServerNames;
+use crate::hub::Format;
 use crate::hub::{Endpoint, Event};
 use crate::places::{Kind, Place, Places};
-use crate::protocol::SUBPROTOCOL;
+use crate::protocol::{self, SUBPROTOCOL, SUBPROTOCOL_TEXT, SUBPROTOCOL_V2};
 use crate::reader::{self, ClientStream, ReaderSettings};
 use crate::stats::{HandshakeEnd, Stats};
 
@@ -54,6 +55,8 @@ pub struct WsSettings {
     pub server_names: ServerNames,
     /// Whether `/echo` is served (`--echo`).
     pub echo: bool,
+    /// `--admin-token`: a connection that presents it may kick.
+    pub admin_token: Option<String>,
     /// Where client places come from.
     pub places: Arc<Places>,
     /// Where handshakes and disconnects are counted.
@@ -65,6 +68,11 @@ pub struct WsSettings {
 /// What the handshake callback found out, for the reader.
 struct Admission {
     endpoint: Endpoint,
+    format: Format,
+    protocol: &'static str,
+    name: Option<String>,
+    room: Option<String>,
+    admin: bool,
     forwarded_for: Option<String>,
     /// The client place, held from now until the client's last thread is gone.
     place: Place,
@@ -147,6 +155,11 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
     }
     reader::serve(
         reader::Client {
+            format: admission.format,
+            name: admission.name,
+            room: admission.room,
+            admin: admission.admin,
+            protocol: admission.protocol,
             id,
             endpoint: admission.endpoint,
             socket,
@@ -168,9 +181,10 @@ fn check(
     mut response: Response,
     admission: &mut Option<Admission>,
 ) -> Result<Response, ErrorResponse> {
-    let (endpoint, kind) = match request.uri().path() {
-        "/" => (Endpoint::Chat, Kind::Chat),
-        "/echo" if settings.echo => (Endpoint::Echo, Kind::Echo),
+    let (endpoint, kind, mut format) = match request.uri().path() {
+        "/" => (Endpoint::Chat, Kind::Chat, Format::Json),
+        "/text" => (Endpoint::Chat, Kind::Chat, Format::Text),
+        "/echo" if settings.echo => (Endpoint::Echo, Kind::Echo, Format::Json),
         "/echo" => {
             return Err(refusal(
                 StatusCode::NOT_FOUND,
@@ -180,7 +194,7 @@ fn check(
         _ => {
             return Err(refusal(
                 StatusCode::NOT_FOUND,
-                "no WebSocket endpoint here: the chat is at /",
+                "no WebSocket endpoint here: the chat is at / (and as plain text at /text)",
             ));
         }
     };
@@ -206,15 +220,39 @@ fn check(
             "this page's origin may not open a chat socket (see --allow-origin)",
         ));
     }
+    // The query: the admin token, and what a plain-text client cannot send as a
+    // frame. Never logged: it may hold the token.
+    let query = Query::parse(request.uri().query().unwrap_or(""));
+    let admin = match (&settings.admin_token, &query.admin) {
+        (Some(token), Some(given)) => same_secret(token.as_bytes(), given.as_bytes()),
+        _ => false,
+    };
+    if let Some(name) = &query.name {
+        protocol::check_name(name).map_err(|e| refusal(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    }
+    let room = match query.room {
+        Some(room) if room != protocol::LOBBY => Some(
+            protocol::check_room(room)
+                .map_err(|e| refusal(StatusCode::BAD_REQUEST, &e.to_string()))?,
+        ),
+        _ => None,
+    };
     let place = settings
         .places
         .take(kind, peer)
         .map_err(|why| refusal(StatusCode::SERVICE_UNAVAILABLE, &why.to_string()))?;
-    if offers_subprotocol(request.headers(), SUBPROTOCOL) {
+    // The first of ours the client offers, in this order; never one it did not.
+    let chosen = [SUBPROTOCOL_V2, SUBPROTOCOL, SUBPROTOCOL_TEXT]
+        .into_iter()
+        .find(|p| offers_subprotocol(request.headers(), p));
+    if let Some(chosen) = chosen {
         response.headers_mut().insert(
             header::SEC_WEBSOCKET_PROTOCOL,
-            http::HeaderValue::from_static(SUBPROTOCOL),
+            http::HeaderValue::from_static(chosen),
         );
+    }
+    if chosen == Some(SUBPROTOCOL_TEXT) {
+        format = Format::Text;
     }
     let forwarded_for = request
         .headers()
@@ -223,10 +261,61 @@ fn check(
         .map(str::to_owned);
     *admission = Some(Admission {
         endpoint,
+        format,
+        protocol: if chosen == Some(SUBPROTOCOL_V2) {
+            SUBPROTOCOL_V2
+        } else {
+            SUBPROTOCOL
+        },
+        name: query.name,
+        room,
+        admin,
         forwarded_for,
         place,
     });
     Ok(response)
+}
+
+/// What the handshake's query string says. Unknown keys are ignored.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Query {
+    admin: Option<String>,
+    name: Option<String>,
+    room: Option<String>,
+}
+
+impl Query {
+    fn parse(query: &str) -> Query {
+        let mut parsed = Query::default();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // `+` is a space in a form-encoded query (URLSearchParams writes it).
+            let Ok(value) = crate::static_files::percent_decode(&value.replace('+', " ")) else {
+                continue;
+            };
+            match key {
+                "admin" => parsed.admin = Some(value),
+                "name" => parsed.name = Some(value),
+                "room" => parsed.room = Some(value),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+/// Compares two secrets in time that depends only on their lengths, so that how
+/// long a wrong guess takes to be refused says nothing about how much of it was
+/// right.
+fn same_secret(expected: &[u8], given: &[u8]) -> bool {
+    if expected.len() != given.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+        == 0
 }
 
 /// A complete HTTP error response: tungstenite writes exactly what we give it.
@@ -347,6 +436,28 @@ mod tests {
             ("origin", "http://chat.lan.evil.example"),
         ]);
         assert!(!origin_allowed(&h, &[]));
+    }
+
+    #[test]
+    fn the_query_gives_name_room_and_admin_token() {
+        assert_eq!(
+            Query::parse("name=Ann+Lee&room=games&admin=s%3Dcret&x=1"),
+            Query {
+                admin: Some("s=cret".into()),
+                name: Some("Ann Lee".into()),
+                room: Some("games".into()),
+            }
+        );
+        assert_eq!(Query::parse(""), Query::default());
+        assert_eq!(Query::parse("name=%zz").name, None);
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"token", b"token"));
+        assert!(!same_secret(b"token", b"tokem"));
+        assert!(!same_secret(b"token", b"toke"));
+        assert!(!same_secret(b"token", b""));
     }
 
     #[test]

@@ -509,7 +509,13 @@ mod tests {
         use crate::stats::Stats;
         // A hub that turns over answers.
         let (hub, events) = crossbeam_channel::bounded(16);
-        crate::hub::spawn(events, Duration::from_secs(30), Arc::new(Stats::new())).unwrap();
+        let settings = crate::hub::HubSettings {
+            ping_interval: Duration::from_secs(30),
+            history: 10,
+            max_rooms: 10,
+            epoch: 1,
+        };
+        crate::hub::spawn(events, settings, Arc::new(Stats::new())).unwrap();
         assert!(hub_answers(&hub));
         // A hub whose thread is gone fails at once.
         let (gone, events) = crossbeam_channel::bounded::<Event>(16);

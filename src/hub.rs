@@ -1,45 +1,50 @@
-//! The hub: one thread that owns the list of connected clients and decides who gets
-//! what, in which order.
+//! The hub: one thread that owns who is where (rooms, names, history) and decides
+//! who gets what, in which order.
 //!
 //! Readers tell the hub what happened ([`Event`]) over one bounded crossbeam
 //! channel. Because a single thread takes events off that channel one after the
-//! other, there is exactly one order of events, and every client is sent the
-//! broadcasts in that order: the total order of the chat is the order of this
-//! channel. Message ids come from the same place, so they increase along it.
+//! other, there is exactly one order of events, and every member of a room is sent
+//! that room's frames in that order: a room's total order is the order of this
+//! channel. Message ids come from the same place, so they increase along it. Rooms,
+//! names and histories are plain fields of the hub: only this thread touches them,
+//! so they need no lock, and a new feature is one more event handled here.
 //!
-//! The hub works in batches. It blocks until an event arrives, then takes every
+//! The hub works in turns. It blocks until an event arrives, then takes every
 //! other event already waiting (up to [`MAX_BATCH_EVENTS`] or [`MAX_BATCH_BYTES`]),
-//! encodes the resulting broadcast frames once into one buffer, and hands that
-//! buffer to every client's [`Outbox`]. Under load a batch holds many messages, so
-//! one `send(2)` per client delivers them all; a busy hub even waits up to
-//! [`COALESCE`] for more company. When the chat is quiet a batch is one message and
-//! nothing waits for more.
+//! encodes each room's frames once into that room's batch, and hands each batch to
+//! the room's members' [`Outbox`]es. Under load a batch holds many messages, so one
+//! `send(2)` per client delivers them all; a busy hub even waits up to [`COALESCE`]
+//! for more company. When the chat is quiet a turn is one event and nothing waits
+//! for more. A frame for one client (an answer to `who`, a direct message) goes out
+//! at the end of the turn, after that client's room frames.
 //!
 //! The hub never blocks on a client: an outbox either takes the bytes at once or
 //! queues them for the client's own writer thread. The hub does block on nothing
 //! else either, except its channel: with nobody connected it sleeps in `select!`
 //! without even a heartbeat timer.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::ops::Range;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, never, select, tick};
+use crossbeam_channel::{Receiver, Sender, never, select, tick};
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crossbeam_channel::Sender;
-
 use crate::frame;
-use crate::outbox::Outbox;
-use crate::protocol::{self, ChatMessage, Outgoing, Presence, SUBPROTOCOL};
+use crate::outbox::{Failure, Outbox};
+use crate::protocol::{
+    self, ChatMessage, InputError, LOBBY, Member as WhoMember, Outgoing, Presence, RoomCount,
+};
 use crate::stats::Stats;
 
-/// Most events folded into one batch. Bounds the batch buffer and the time before
+/// Most events folded into one turn. Bounds the batch buffers and the time before
 /// the first client of a long burst hears anything.
 pub const MAX_BATCH_EVENTS: usize = 1_024;
 
-/// A batch stops taking more events once its frames reach this many bytes, so a
+/// A turn stops taking more events once its frames reach this many bytes, so a
 /// burst of large messages cannot build one huge buffer that every client's outbox
 /// must take whole.
 pub const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -50,14 +55,18 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 pub const LARGEST_BATCH: usize =
     MAX_BATCH_BYTES + protocol::MAX_MESSAGE_FRAME + 2 * protocol::MAX_PRESENCE_FRAME;
 
+/// The most bytes of messages a room's history keeps, whatever `--history` says:
+/// a room of long messages keeps fewer of them. Part of the capacity plan's memory.
+pub const HISTORY_BYTES: usize = 64 * 1024;
+
 /// How long a busy hub waits for more events before sending a batch out.
 ///
 /// Every batch costs one `send(2)` per client, whatever it holds, and that kernel
-/// work is most of the server's CPU under load. When the previous batch held more
+/// work is most of the server's CPU under load. When the previous turn held more
 /// than one event, messages are arriving faster than batches go out, and waiting
 /// this long for company turns several sends per client into one: on 2 cores,
 /// 200 clients and 4 fast senders went from 1.2 M to 1.6 M deliveries/s with it.
-/// When the chat is quiet (the previous batch was a single event) the hub does not
+/// When the chat is quiet (the previous turn was a single event) the hub does not
 /// wait at all, so a lone message is never delayed.
 pub const COALESCE: Duration = Duration::from_micros(500);
 
@@ -68,28 +77,81 @@ pub const EVENT_QUEUE: usize = 4_096;
 /// Which endpoint a client connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `/`: the chat.
+    /// The chat (`/`, `/text`).
     Chat,
     /// `/echo`: echoes its own messages; gets only heartbeats and shutdown from the
     /// hub.
     Echo,
 }
 
+/// How a chat client wants its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON objects (the protocol).
+    Json,
+    /// Lines of plain text (`/text`, the `chatting` subprotocol).
+    Text,
+}
+
+/// What the hub is told at start.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Between heartbeat pings.
+    pub ping_interval: Duration,
+    /// Messages a room's history keeps (`--history`).
+    pub history: usize,
+    /// Rooms at most (`--max-rooms`), the lobby included.
+    pub max_rooms: usize,
+    /// This server run, in `welcome` and for `join`'s `since`.
+    pub epoch: u64,
+}
+
 /// What a reader (or the shutdown sequence) tells the hub.
 pub enum Event {
     /// A client finished its handshake.
-    Join {
+    Connect {
         id: u64,
         /// Where the hub writes to it.
         outbox: Arc<Outbox>,
         endpoint: Endpoint,
+        format: Format,
+        /// Its name so far (`?name=` of a plain-text client), or empty.
+        name: String,
+        /// A first room other than the lobby (`?room=`), already checked.
+        room: Option<String>,
+        /// What `welcome` says it speaks.
+        protocol: &'static str,
     },
-    /// A chat client sent a valid message.
+    /// A chat client sent a valid message; the reader has filled in its name.
     Message {
         /// The sender's id: the relayed frame's `from`.
         from: u64,
         message: ChatMessage,
+        /// Everyone in the room but the sender.
+        except_sender: bool,
     },
+    /// The client's name, from `hello`.
+    Hello { id: u64, name: String },
+    /// The client moves to `room`.
+    Join {
+        id: u64,
+        room: String,
+        since: Option<u64>,
+        epoch: Option<u64>,
+    },
+    /// The client asks which rooms there are.
+    Rooms { id: u64 },
+    /// The client asks who is in its room.
+    Who { id: u64 },
+    /// A message for one client.
+    Direct {
+        from: u64,
+        name: String,
+        to: u64,
+        msg: String,
+    },
+    /// An admin client closes another one.
+    Kick { by: u64, id: u64 },
     /// A client's reader has ended.
     Leave { id: u64 },
     /// The server is stopping: send every client close 1001.
@@ -100,7 +162,7 @@ pub enum Event {
     Probe { answer: Sender<()> },
 }
 
-/// The frames of the batch being built.
+/// The frames of one room for the turn being built, in both formats.
 ///
 /// Joins and leaves that follow each other are announced together: a run of k
 /// joins becomes one notification, "k users joined", with the count after the
@@ -110,102 +172,236 @@ pub enum Event {
 /// steps in between are skipped.
 #[derive(Default)]
 struct Batch {
-    bytes: Vec<u8>,
+    json: Vec<u8>,
+    /// The same frames as text lines, built only while the room has plain-text
+    /// members: they cost nothing where nobody reads them.
+    text: Vec<u8>,
+    wants_text: bool,
     /// The run of joins or leaves not written yet.
     pending: Option<PresenceRun>,
 }
 
 /// Joins (or leaves) in a row, announced as one notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct PresenceRun {
     event: Presence,
     /// How many joined (or left) in this run.
     users: usize,
-    /// Chat clients after the run.
+    /// Members after the run.
     count: usize,
+    /// The one client a run of one is about: its id and name.
+    single: Option<(u64, String)>,
+}
+
+/// Where in a batch something starts or lies, in each format's buffer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Spot<T> {
+    json: T,
+    text: T,
 }
 
 impl Batch {
-    /// Records a join or leave; `count` is the number of chat clients after it.
-    /// Returns where a client joining now starts reading: the run it belongs to is
-    /// written there, and nothing before it (an earlier leave, say) is its news.
-    fn presence(&mut self, event: Presence, count: usize) -> usize {
+    /// Records a join or leave; `count` is the number of members after it. Returns
+    /// where a client joining now starts reading: the run it belongs to is written
+    /// there, and nothing before it (an earlier leave, say) is its news.
+    fn presence(
+        &mut self,
+        event: Presence,
+        count: usize,
+        single: (u64, String),
+        room: &str,
+    ) -> Spot<usize> {
         match &mut self.pending {
-            Some(run) if run.event == event => {
+            Some(run) if run.event == event && event != Presence::Kick => {
                 run.users += 1;
                 run.count = count;
+                run.single = None;
             }
             _ => {
-                self.write_presence();
+                self.write_presence(room);
                 self.pending = Some(PresenceRun {
                     event,
                     users: 1,
                     count,
+                    single: Some(single),
                 });
             }
         }
         // Nothing else is appended while a run is pending, so the run will be
         // written exactly here.
-        self.bytes.len()
+        self.spot()
     }
 
-    /// Appends a chat message, after any presence run before it.
-    fn message(&mut self, json: &str) {
-        self.write_presence();
-        frame::append_text(&mut self.bytes, json);
-    }
-
-    fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.pending = None;
-    }
-
-    fn write_presence(&mut self) {
-        if let Some(run) = self.pending.take() {
-            frame::append_text(
-                &mut self.bytes,
-                &Outgoing::presence(run.event, run.users, run.count).to_json(),
-            );
+    /// Appends a frame, after any presence run before it. Returns where it lies.
+    fn push(&mut self, json: &str, frame: &Outgoing<'_>, room: &str) -> Spot<Range<usize>> {
+        self.write_presence(room);
+        let start = self.spot();
+        frame::append_text(&mut self.json, json);
+        if self.wants_text {
+            frame::append_text(&mut self.text, &frame.text_line());
+        }
+        let end = self.spot();
+        Spot {
+            json: start.json..end.json,
+            text: start.text..end.text,
         }
     }
 
-    fn finish(mut self) -> Vec<u8> {
-        self.write_presence();
-        self.bytes
+    fn spot(&self) -> Spot<usize> {
+        Spot {
+            json: self.json.len(),
+            text: self.text.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.json.is_empty() && self.pending.is_none()
+    }
+
+    /// Writes the pending run, if any, and hands the buffers over.
+    fn finish(&mut self, room: &str) -> Spot<Vec<u8>> {
+        self.write_presence(room);
+        Spot {
+            json: std::mem::take(&mut self.json),
+            text: std::mem::take(&mut self.text),
+        }
+    }
+
+    fn write_presence(&mut self, room: &str) {
+        let Some(run) = self.pending.take() else {
+            return;
+        };
+        let Outgoing::Notification { msg, .. } =
+            Outgoing::presence(run.event, run.users, run.count)
+        else {
+            unreachable!("presence makes a notification")
+        };
+        let note = Outgoing::Notification {
+            msg,
+            count: run.count,
+            event: run.event,
+            users: run.users,
+            room: Some(room),
+            id: run.single.as_ref().map(|(id, _)| *id),
+            name: run.single.as_ref().map(|(_, name)| name.as_str()),
+        };
+        frame::append_text(&mut self.json, &note.to_json());
+        if self.wants_text {
+            frame::append_text(&mut self.text, &note.text_line());
+        }
     }
 }
 
-/// A client, as the hub's registry holds it.
-struct Client {
-    id: u64,
-    outbox: Arc<Outbox>,
-    /// Set when the client joined during the batch being built.
-    joining: Option<Joining>,
+/// The last messages of a room, as their JSON, oldest first.
+#[derive(Default)]
+struct History {
+    entries: VecDeque<(u64, String)>,
+    bytes: usize,
+    /// The newest id dropped from here: a replay from before it has a gap.
+    dropped_up_to: u64,
 }
 
-/// A client that joined during the batch being built: it must get its welcome
-/// before anything else, and nothing from before it joined.
+impl History {
+    fn push(&mut self, id: u64, json: String, most: usize) {
+        self.bytes += json.len();
+        self.entries.push_back((id, json));
+        while self.entries.len() > most || self.bytes > HISTORY_BYTES {
+            let Some((old, json)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= json.len();
+            self.dropped_up_to = old;
+        }
+    }
+
+    /// The messages after `since` (all of them without), and whether some of
+    /// those are no longer here.
+    fn after(&self, since: Option<u64>) -> (bool, impl Iterator<Item = &String>) {
+        let gap = since.is_some_and(|since| since < self.dropped_up_to);
+        let since = since.unwrap_or(0);
+        let entries = self
+            .entries
+            .iter()
+            .filter(move |(id, _)| *id > since)
+            .map(|(_, json)| json);
+        (gap, entries)
+    }
+}
+
+/// A room: its members, the frames being built for them, and what was said.
+struct Room {
+    /// In the order they joined: a batch goes out in that order, so the
+    /// longest-present clients hear it first. Leaving is a linear search, which at
+    /// a few thousand clients costs less than the `send` calls of one batch.
+    members: Vec<Member>,
+    batch: Batch,
+    history: History,
+    /// When it was last used, on the hub's own clock: the least recently used empty
+    /// room gives its place to a new one.
+    last_used: u64,
+}
+
+impl Room {
+    fn new(history: History) -> Room {
+        Room {
+            members: Vec::new(),
+            batch: Batch::default(),
+            history,
+            last_used: 0,
+        }
+    }
+
+    fn text_members(&self) -> bool {
+        self.members.iter().any(|m| m.format == Format::Text)
+    }
+}
+
+/// A chat client, as its room holds it.
+struct Member {
+    id: u64,
+    outbox: Arc<Outbox>,
+    format: Format,
+    /// Set when the client joined during the batch being built.
+    joining: Option<Joining>,
+    /// Frames of this batch it must not get (its own `except_sender` messages).
+    except: Vec<Spot<Range<usize>>>,
+}
+
+/// A client that joined during the batch being built: it must get its prefix
+/// (welcome or joined, then the room's history) before anything else, and nothing
+/// of the batch from before it joined.
 struct Joining {
-    welcome: Vec<u8>,
-    /// Where in the batch its broadcasts start.
-    start: usize,
+    prefix: Vec<u8>,
+    start: Spot<usize>,
+}
+
+/// Where a chat client is: what the hub knows of it besides its room's list.
+struct Seat {
+    room: String,
+    name: String,
+    format: Format,
+    outbox: Arc<Outbox>,
 }
 
 /// The hub's state. Only the hub thread touches it, so it needs no lock.
 struct Hub {
-    /// Chat clients, in the order they joined: a batch goes out in that order, so
-    /// the longest-connected clients hear it first. Leaving is a linear search, which
-    /// at a few thousand clients costs less than the `send` calls of one batch.
-    chat: Vec<Client>,
+    rooms: HashMap<String, Room>,
+    /// Every chat client, by id.
+    seats: HashMap<u64, Seat>,
     /// Echo clients: heartbeats and shutdown only.
-    echo: Vec<Client>,
-    /// Id of the last relayed chat message.
+    echo: Vec<(u64, Arc<Outbox>)>,
+    /// Rooms whose batch has frames this turn.
+    dirty: Vec<String>,
+    /// Frames for single clients this turn, sent after the rooms'.
+    replies: Vec<(u64, Vec<u8>)>,
+    /// Frames of this turn, and messages among them, for the batch bound and /stats.
+    turn_bytes: usize,
+    turn_messages: u64,
+    /// Id of the last message or direct message relayed.
     last_message_id: u64,
-    ping_interval: Duration,
+    /// The hub's clock for the rooms' last use: ticks once per event.
+    clock: u64,
+    settings: HubSettings,
     stats: Arc<Stats>,
     /// Set once `Shutdown` arrives: a client that joins afterwards is closed at once.
     shutting_down: bool,
@@ -214,32 +410,44 @@ struct Hub {
 /// Starts the hub thread.
 pub fn spawn(
     events: Receiver<Event>,
-    ping_interval: Duration,
+    settings: HubSettings,
     stats: Arc<Stats>,
 ) -> io::Result<JoinHandle<()>> {
-    let hub = Hub {
-        chat: Vec::new(),
-        echo: Vec::new(),
-        last_message_id: 0,
-        ping_interval,
-        stats,
-        shutting_down: false,
-    };
+    let hub = Hub::new(settings, stats);
     thread::Builder::new()
         .name("hub".into())
         .spawn(move || hub.run(&events))
 }
 
 impl Hub {
+    fn new(settings: HubSettings, stats: Arc<Stats>) -> Hub {
+        let mut rooms = HashMap::new();
+        rooms.insert(LOBBY.to_string(), Room::new(History::default()));
+        Hub {
+            rooms,
+            seats: HashMap::new(),
+            echo: Vec::new(),
+            dirty: Vec::new(),
+            replies: Vec::new(),
+            turn_bytes: 0,
+            turn_messages: 0,
+            last_message_id: 0,
+            clock: 0,
+            settings,
+            stats,
+            shutting_down: false,
+        }
+    }
+
     fn run(mut self, events: &Receiver<Event>) {
-        let heartbeat = tick(self.ping_interval);
+        let heartbeat = tick(self.settings.ping_interval);
         let nobody = never();
-        // Events in the previous batch.
+        // Events in the previous turn.
         let mut taken = 0;
         loop {
             // With nobody connected there is nothing to ping: not even the timer may
             // wake this thread.
-            let timer = if self.chat.is_empty() && self.echo.is_empty() {
+            let timer = if self.seats.is_empty() && self.echo.is_empty() {
                 &nobody
             } else {
                 &heartbeat
@@ -254,135 +462,396 @@ impl Hub {
                     continue;
                 }
             };
-            let mut batch = Batch::default();
-            let mut relayed = 0;
-            relayed += self.apply(first, &mut batch);
-            // Busy (the last batch had company): wait up to COALESCE for more, so one
+            self.apply(first);
+            // Busy (the last turn had company): wait up to COALESCE for more, so one
             // send per client carries many messages. Quiet: take only what is waiting.
             let linger = if taken > 1 { COALESCE } else { Duration::ZERO };
             let deadline = Instant::now() + linger;
             taken = 1;
-            while taken < MAX_BATCH_EVENTS && batch.len() < MAX_BATCH_BYTES {
+            while taken < MAX_BATCH_EVENTS && self.turn_bytes < MAX_BATCH_BYTES {
                 match events.recv_deadline(deadline) {
                     Ok(event) => {
-                        relayed += self.apply(event, &mut batch);
+                        self.apply(event);
                         taken += 1;
                     }
                     Err(_) => break,
                 }
             }
-            // Counted before the clients can see the batch, so /stats never lags
-            // behind what a client has already received. A batch with nothing to
-            // send (a health probe, a shutdown) is no batch.
-            let batch = batch.finish();
-            if !batch.is_empty() {
-                self.stats.add_batch(relayed);
-            }
-            self.stats.set_clients(self.chat.len());
-            self.flush(batch);
+            self.flush();
         }
     }
 
-    /// Applies one event to the registry and appends what everyone must hear about
-    /// it to `batch`. Returns the number of chat messages relayed (0 or 1).
-    fn apply(&mut self, event: Event, batch: &mut Batch) -> u64 {
+    /// Applies one event: who is where changes, and what the clients must hear
+    /// about it goes into their rooms' batches (or the turn's replies).
+    fn apply(&mut self, event: Event) {
+        self.clock += 1;
         match event {
-            Event::Join { outbox, .. } if self.shutting_down => {
-                outbox.send_close(CloseCode::Away, "server shutting down");
+            Event::Connect { outbox, .. } if self.shutting_down => {
+                outbox.send_close(CloseCode::Away, "server shutting down", Failure::Stopped);
             }
-            Event::Join {
+            Event::Connect {
                 id,
                 outbox,
                 endpoint: Endpoint::Echo,
-            } => {
-                self.echo.push(Client {
-                    id,
-                    outbox,
-                    joining: None,
-                });
+                ..
+            } => self.echo.push((id, outbox)),
+            Event::Connect {
+                id,
+                outbox,
+                format,
+                name,
+                room,
+                protocol,
+                ..
+            } => self.connect(id, outbox, format, name, room, protocol),
+            Event::Message {
+                from,
+                message,
+                except_sender,
+            } => self.message(from, message, except_sender),
+            Event::Hello { id, name } => {
+                if let Some(seat) = self.seats.get_mut(&id) {
+                    seat.name = name;
+                }
             }
             Event::Join {
                 id,
-                outbox,
-                endpoint: Endpoint::Chat,
+                room,
+                since,
+                epoch,
             } => {
-                let count = self.chat.len() + 1;
-                let welcome = Outgoing::Welcome {
-                    id,
-                    count,
-                    protocol: SUBPROTOCOL,
-                };
-                let start = batch.presence(Presence::Join, count);
-                let client = Client {
-                    id,
-                    outbox,
-                    joining: Some(Joining {
-                        welcome: frame::text(&welcome.to_json()),
-                        start,
-                    }),
-                };
-                self.chat.push(client);
+                // Moving between rooms happens between batches: every batch before
+                // it reaches the client in its old room, every one after in its new.
+                self.flush();
+                self.join(id, room, since, epoch);
             }
-            Event::Message { from, message } => {
-                self.last_message_id += 1;
-                log::debug!(
-                    "message {} from client {from}: {}: {}",
-                    self.last_message_id,
-                    message.name,
-                    message.msg
-                );
-                let out = Outgoing::Message {
-                    id: self.last_message_id,
-                    ts: unix_millis(),
-                    from,
-                    name: &message.name,
-                    msg: &message.msg,
+            Event::Rooms { id } => {
+                let Some(format) = self.seats.get(&id).map(|s| s.format) else {
+                    return;
                 };
-                batch.message(&out.to_json());
-                return 1;
+                let mut rooms: Vec<RoomCount> = self
+                    .rooms
+                    .iter()
+                    .filter(|(name, room)| !room.members.is_empty() || *name == LOBBY)
+                    .map(|(name, room)| RoomCount {
+                        room: name,
+                        count: room.members.len(),
+                    })
+                    .collect();
+                rooms.sort_by(|a, b| (a.room != LOBBY, a.room).cmp(&(b.room != LOBBY, b.room)));
+                let bytes = encode(&Outgoing::Rooms { rooms }, format);
+                self.replies.push((id, bytes));
             }
+            Event::Who { id } => {
+                let Some(seat) = self.seats.get(&id) else {
+                    return;
+                };
+                let members = self.rooms[&seat.room]
+                    .members
+                    .iter()
+                    .map(|m| WhoMember {
+                        id: m.id,
+                        name: self.seats.get(&m.id).map_or("", |s| s.name.as_str()),
+                    })
+                    .collect();
+                let frame = Outgoing::Who {
+                    room: &seat.room,
+                    members,
+                };
+                let bytes = encode(&frame, seat.format);
+                self.replies.push((id, bytes));
+            }
+            Event::Direct {
+                from,
+                name,
+                to,
+                msg,
+            } => self.direct(from, &name, to, &msg),
+            Event::Kick { by, id } => self.kick(by, id),
             Event::Leave { id } => {
-                if let Some(at) = self.chat.iter().position(|m| m.id == id) {
-                    self.chat.remove(at);
-                    batch.presence(Presence::Leave, self.chat.len());
+                if let Some(seat) = self.seats.remove(&id) {
+                    self.leave_room(id, &seat, Presence::Leave);
                 }
-                self.echo.retain(|m| m.id != id);
+                self.echo.retain(|(echo, _)| *echo != id);
             }
             Event::Probe { answer } => {
                 let _ = answer.try_send(());
             }
             Event::Shutdown => {
                 self.shutting_down = true;
-                for client in self.chat.iter().chain(&self.echo) {
-                    client
-                        .outbox
-                        .send_close(CloseCode::Away, "server shutting down");
-                }
-                self.chat.clear();
-                self.echo.clear();
-                batch.clear();
-            }
-        }
-        0
-    }
-
-    /// Hands the batch to every chat client. Encoded once, shared by all.
-    fn flush(&mut self, batch: Vec<u8>) {
-        let batch = Arc::new(batch);
-        for client in &mut self.chat {
-            // A failed send needs no action here: the outbox has already closed the
-            // client, whose reader will report the Leave.
-            match client.joining.take() {
-                Some(Joining { welcome, start }) => {
-                    let _ = client.outbox.send_shared(&Arc::new(welcome), 0);
-                    if start < batch.len() {
-                        let _ = client.outbox.send_shared(&batch, start);
+                self.dirty.clear();
+                self.replies.clear();
+                for room in self.rooms.values_mut() {
+                    room.batch = Batch::default();
+                    for member in room.members.drain(..) {
+                        member.outbox.send_close(
+                            CloseCode::Away,
+                            "server shutting down",
+                            Failure::Stopped,
+                        );
                     }
                 }
-                None if !batch.is_empty() => {
-                    let _ = client.outbox.send_shared(&batch, 0);
+                for (_, outbox) in self.echo.drain(..) {
+                    outbox.send_close(CloseCode::Away, "server shutting down", Failure::Stopped);
                 }
-                None => {}
+                self.seats.clear();
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+        id: u64,
+        outbox: Arc<Outbox>,
+        format: Format,
+        name: String,
+        room: Option<String>,
+        protocol: &'static str,
+    ) {
+        // A first room it cannot have (every place taken) is the lobby instead.
+        let room = room
+            .filter(|r| self.make_room(r).is_ok())
+            .unwrap_or_else(|| LOBBY.to_string());
+        let clock = self.clock;
+        let target = self.rooms.get_mut(&room).expect("made above, or the lobby");
+        let count = target.members.len() + 1;
+        let welcome = Outgoing::Welcome {
+            id,
+            count,
+            protocol,
+            room: Some(&room),
+            epoch: Some(self.settings.epoch),
+        };
+        let mut prefix = encode(&welcome, format);
+        let (_, history) = target.history.after(None);
+        append_history(&mut prefix, history, format);
+        self.seats.insert(
+            id,
+            Seat {
+                room: room.clone(),
+                name: name.clone(),
+                format,
+                outbox: Arc::clone(&outbox),
+            },
+        );
+        let target = self.rooms.get_mut(&room).expect("made above, or the lobby");
+        target.last_used = clock;
+        enter(target, &room, id, outbox, format, name, prefix);
+        mark_dirty(&mut self.dirty, &room);
+    }
+
+    fn message(&mut self, from: u64, message: ChatMessage, except_sender: bool) {
+        let Some(seat) = self.seats.get(&from) else {
+            return; // left (or kicked) while the message was on its way
+        };
+        let Some(room) = self.rooms.get_mut(&seat.room) else {
+            return;
+        };
+        self.last_message_id += 1;
+        let id = self.last_message_id;
+        log::debug!(
+            "message {id} from client {from} in {}: {}: {}",
+            seat.room,
+            message.name,
+            message.msg
+        );
+        let frame = Outgoing::Message {
+            id,
+            ts: unix_millis(),
+            from,
+            name: &message.name,
+            msg: &message.msg,
+            room: Some(&seat.room),
+        };
+        let json = frame.to_json();
+        let was_empty = room.batch.is_empty();
+        let at = room.batch.push(&json, &frame, &seat.room);
+        if except_sender && let Some(sender) = room.members.iter_mut().find(|m| m.id == from) {
+            sender.except.push(at);
+        }
+        self.turn_bytes += json.len();
+        self.turn_messages += 1;
+        room.history.push(id, json, self.settings.history);
+        room.last_used = self.clock;
+        if was_empty {
+            self.dirty.push(seat.room.clone());
+        }
+    }
+
+    fn join(&mut self, id: u64, room: String, since: Option<u64>, epoch: Option<u64>) {
+        if !self.seats.contains_key(&id) {
+            return;
+        }
+        if let Err(e) = self.make_room(&room) {
+            return self.reply_error(id, &e);
+        }
+        let seat = &self.seats[&id];
+        let format = seat.format;
+        let name = seat.name.clone();
+        let outbox = Arc::clone(&seat.outbox);
+        let old = seat.room.clone();
+        let clock = self.clock;
+        let target = self.rooms.get_mut(&room).expect("made above");
+        target.last_used = clock;
+        // Another run of the server: its ids say nothing about this one's, so the
+        // whole history is sent and the reply says some may be missing.
+        let other_run = epoch.is_some_and(|e| e != self.settings.epoch);
+        let (gap, history) = target.history.after(if other_run { None } else { since });
+        let staying = old == room;
+        let joined = Outgoing::Joined {
+            room: &room,
+            count: target.members.len() + usize::from(!staying),
+            gap: gap || (other_run && since.is_some()),
+        };
+        let mut prefix = encode(&joined, format);
+        append_history(&mut prefix, history, format);
+        if staying {
+            // Joining the room it is in: the history again, nothing announced.
+            self.replies.push((id, prefix));
+            return;
+        }
+        enter(
+            target,
+            &room,
+            id,
+            Arc::clone(&outbox),
+            format,
+            name.clone(),
+            prefix,
+        );
+        mark_dirty(&mut self.dirty, &room);
+        let seat = self.seats.get_mut(&id).expect("looked up above");
+        seat.room = room;
+        let moved = Seat {
+            room: old,
+            name,
+            format,
+            outbox,
+        };
+        self.leave_room(id, &moved, Presence::Leave);
+    }
+
+    fn direct(&mut self, from: u64, name: &str, to: u64, msg: &str) {
+        let (Some(target), Some(sender)) = (self.seats.get(&to), self.seats.get(&from)) else {
+            return self.reply_error(from, &InputError::NoSuchClient(to));
+        };
+        self.last_message_id += 1;
+        let frame = |delivered| Outgoing::Direct {
+            id: self.last_message_id,
+            ts: unix_millis(),
+            from,
+            name,
+            to,
+            msg,
+            delivered,
+        };
+        let to_target = encode(&frame(false), target.format);
+        let to_sender = encode(&frame(true), sender.format);
+        self.replies.push((to, to_target));
+        self.replies.push((from, to_sender));
+    }
+
+    fn kick(&mut self, by: u64, id: u64) {
+        let Some(seat) = self.seats.remove(&id) else {
+            return self.reply_error(by, &InputError::NoSuchClient(id));
+        };
+        log::info!("client {id} kicked by client {by}");
+        seat.outbox
+            .send_close(CloseCode::Library(4001), "kicked", Failure::Kicked);
+        self.leave_room(id, &seat, Presence::Kick);
+    }
+
+    /// Takes client `id` out of `seat.room`, announcing it with `event`.
+    fn leave_room(&mut self, id: u64, seat: &Seat, event: Presence) {
+        let Some(room) = self.rooms.get_mut(&seat.room) else {
+            return;
+        };
+        let Some(at) = room.members.iter().position(|m| m.id == id) else {
+            return;
+        };
+        room.members.remove(at);
+        room.batch.wants_text = room.text_members();
+        let count = room.members.len();
+        room.batch
+            .presence(event, count, (id, seat.name.clone()), &seat.room);
+        room.last_used = self.clock;
+        mark_dirty(&mut self.dirty, &seat.room);
+    }
+
+    /// Makes sure `room` exists, making room for it by dropping the least recently
+    /// used empty room (and its history) when every place is taken.
+    fn make_room(&mut self, room: &str) -> Result<(), InputError> {
+        if self.rooms.contains_key(room) {
+            return Ok(());
+        }
+        if self.rooms.len() >= self.settings.max_rooms {
+            let idle = self
+                .rooms
+                .iter()
+                .filter(|(name, r)| r.members.is_empty() && *name != LOBBY)
+                .filter(|(name, _)| !self.dirty.contains(name))
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(name, _)| name.clone());
+            match idle {
+                Some(idle) => {
+                    self.rooms.remove(&idle);
+                }
+                None => return Err(InputError::TooManyRooms(self.settings.max_rooms)),
+            }
+        }
+        // A room made anew has no history: a replay from any message before now
+        // has a gap.
+        let history = History {
+            dropped_up_to: self.last_message_id,
+            ..History::default()
+        };
+        self.rooms.insert(room.to_string(), Room::new(history));
+        Ok(())
+    }
+
+    fn reply_frame(&mut self, id: u64, frame: &Outgoing<'_>) {
+        if let Some(seat) = self.seats.get(&id) {
+            let bytes = encode(frame, seat.format);
+            self.replies.push((id, bytes));
+        }
+    }
+
+    fn reply_error(&mut self, id: u64, error: &InputError) {
+        let frame = Outgoing::Error {
+            msg: error.to_string(),
+        };
+        self.reply_frame(id, &frame);
+    }
+
+    /// Hands every room's batch to its members, then the replies. Encoded once
+    /// per format, shared by all.
+    fn flush(&mut self) {
+        // Counted before the clients can see the batch, so /stats never lags
+        // behind what a client has already received.
+        if !self.dirty.is_empty() || !self.replies.is_empty() {
+            self.stats.add_batch(self.turn_messages);
+        }
+        self.stats.set_clients(self.seats.len());
+        self.turn_bytes = 0;
+        self.turn_messages = 0;
+        for name in self.dirty.drain(..) {
+            let Some(room) = self.rooms.get_mut(&name) else {
+                continue;
+            };
+            let bytes = room.batch.finish(&name);
+            let bytes = Spot {
+                json: Arc::new(bytes.json),
+                text: Arc::new(bytes.text),
+            };
+            for member in &mut room.members {
+                deliver(member, &bytes);
+            }
+        }
+        for (id, bytes) in self.replies.drain(..) {
+            // A failed send needs no action here: the outbox has already closed the
+            // client, whose reader will report the Leave.
+            if let Some(seat) = self.seats.get(&id) {
+                let _ = seat.outbox.send_shared(&Arc::new(bytes), 0);
             }
         }
     }
@@ -391,10 +860,123 @@ impl Hub {
         let mut ping = Vec::new();
         frame::append_ping(&mut ping);
         let ping = Arc::new(ping);
-        for client in self.chat.iter().chain(&self.echo) {
-            let _ = client.outbox.send_shared(&ping, 0);
+        for seat in self.seats.values() {
+            let _ = seat.outbox.send_shared(&ping, 0);
+        }
+        for (_, outbox) in &self.echo {
+            let _ = outbox.send_shared(&ping, 0);
         }
     }
+}
+
+/// Adds a client to `room`: its prefix first, then the batch from its own join
+/// notification on.
+fn enter(
+    room: &mut Room,
+    name: &str,
+    id: u64,
+    outbox: Arc<Outbox>,
+    format: Format,
+    client_name: String,
+    prefix: Vec<u8>,
+) {
+    let count = room.members.len() + 1;
+    if format == Format::Text && !room.batch.wants_text {
+        // Text starts with this client: nothing of the batch before is text yet,
+        // and nobody needs it to be.
+        room.batch.wants_text = true;
+    }
+    let start = room
+        .batch
+        .presence(Presence::Join, count, (id, client_name), name);
+    room.members.push(Member {
+        id,
+        outbox,
+        format,
+        joining: Some(Joining { prefix, start }),
+        except: Vec::new(),
+    });
+}
+
+/// Sends one room's batch to one member: its prefix if it just joined, then the
+/// batch from where it starts, without its own `except_sender` messages.
+fn deliver(member: &mut Member, bytes: &Spot<Arc<Vec<u8>>>) {
+    let (batch, mut start, skips): (&Arc<Vec<u8>>, usize, Vec<Range<usize>>) = match member.format {
+        Format::Json => (
+            &bytes.json,
+            0,
+            member.except.drain(..).map(|s| s.json).collect(),
+        ),
+        Format::Text => (
+            &bytes.text,
+            0,
+            member.except.drain(..).map(|s| s.text).collect(),
+        ),
+    };
+    // A failed send needs no action here: the outbox has already closed the
+    // client, whose reader will report the Leave.
+    if let Some(joining) = member.joining.take() {
+        let _ = member.outbox.send_shared(&Arc::new(joining.prefix), 0);
+        start = match member.format {
+            Format::Json => joining.start.json,
+            Format::Text => joining.start.text,
+        };
+    }
+    for skip in skips {
+        if skip.start > start {
+            let _ = member.outbox.send_shared_part(batch, start..skip.start);
+        }
+        start = start.max(skip.end);
+    }
+    if start < batch.len() {
+        let _ = member.outbox.send_shared_part(batch, start..batch.len());
+    }
+}
+
+fn mark_dirty(dirty: &mut Vec<String>, room: &str) {
+    if !dirty.iter().any(|r| r == room) {
+        dirty.push(room.to_string());
+    }
+}
+
+/// One frame for one client, in its format.
+fn encode(frame: &Outgoing<'_>, format: Format) -> Vec<u8> {
+    match format {
+        Format::Json => frame::text(&frame.to_json()),
+        Format::Text => frame::text(&frame.text_line()),
+    }
+}
+
+/// Appends a room's history to a joining client's prefix, each message marked as
+/// history.
+fn append_history<'a>(
+    prefix: &mut Vec<u8>,
+    history: impl Iterator<Item = &'a String>,
+    format: Format,
+) {
+    for json in history {
+        match format {
+            Format::Json => frame::append_text(prefix, &protocol::as_history(json)),
+            Format::Text => {
+                // Rare (a plain-text client joining): read the line back from the
+                // JSON rather than keep a second copy of every message.
+                if let Ok(line) = serde_json::from_str::<HistoryLine>(json) {
+                    let line = match line.name.as_str() {
+                        "" => line.msg,
+                        name => format!("{name}: {}", line.msg),
+                    };
+                    frame::append_text(prefix, &line);
+                }
+            }
+        }
+    }
+}
+
+/// What a plain-text history line needs of a message's JSON.
+#[derive(serde::Deserialize)]
+struct HistoryLine {
+    name: String,
+    msg: String,
 }
 
 fn unix_millis() -> u64 {
@@ -409,6 +991,14 @@ mod tests {
 
     /// The JSON texts of the whole unmasked text frames at the start of `bytes`.
     fn texts(bytes: &[u8]) -> Vec<serde_json::Value> {
+        frames(bytes)
+            .iter()
+            .map(|f| serde_json::from_str(f).unwrap())
+            .collect()
+    }
+
+    /// The payloads of the whole unmasked text frames at the start of `bytes`.
+    fn frames(bytes: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
         let mut at = 0;
         while at + 2 <= bytes.len() {
@@ -425,10 +1015,131 @@ mod tests {
             let Some(payload) = bytes.get(at + header..at + header + len) else {
                 break;
             };
-            out.push(serde_json::from_slice(payload).unwrap());
+            out.push(String::from_utf8(payload.to_vec()).unwrap());
             at += header + len;
         }
         out
+    }
+
+    const ROOM: &str = "lobby";
+
+    fn single(id: u64) -> (u64, String) {
+        (id, String::new())
+    }
+
+    #[test]
+    fn a_run_of_joins_is_one_notification_with_the_count_after_it() {
+        let mut batch = Batch::default();
+        for count in 4..=6 {
+            batch.presence(Presence::Join, count, single(count as u64), ROOM);
+        }
+        let frames = texts(&batch.finish(ROOM).json);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0]["users"], 3);
+        assert_eq!(frames[0]["count"], 6);
+        assert_eq!(frames[0]["msg"], "3 users joined [online: 6]");
+        assert_eq!(frames[0]["room"], ROOM);
+        assert!(frames[0].get("id").is_none(), "a run names no one");
+    }
+
+    #[test]
+    fn a_single_join_names_its_client() {
+        let mut batch = Batch::default();
+        batch.presence(Presence::Join, 1, (7, "ann".into()), ROOM);
+        let frames = texts(&batch.finish(ROOM).json);
+        assert_eq!(
+            (frames[0]["id"].as_u64(), frames[0]["name"].as_str()),
+            (Some(7), Some("ann"))
+        );
+    }
+
+    fn message_frame(text: &str) -> (String, Outgoing<'_>) {
+        let frame = Outgoing::Message {
+            id: 1,
+            ts: 1,
+            from: 1,
+            name: "n",
+            msg: text,
+            room: Some(ROOM),
+        };
+        (frame.to_json(), frame)
+    }
+
+    #[test]
+    fn a_client_joining_after_a_leave_starts_after_it() {
+        let mut batch = Batch::default();
+        let (json, frame) = message_frame("before");
+        batch.push(&json, &frame, ROOM);
+        batch.presence(Presence::Leave, 4, single(1), ROOM);
+        let start = batch.presence(Presence::Join, 5, single(2), ROOM);
+        let bytes = batch.finish(ROOM).json;
+        assert_eq!(texts(&bytes).len(), 3);
+        let heard = texts(&bytes[start.json..]);
+        assert_eq!(heard.len(), 1, "the joiner heard {heard:?}");
+        assert_eq!(heard[0]["event"], "join");
+        assert_eq!(heard[0]["count"], 5);
+    }
+
+    #[test]
+    fn text_lines_are_built_only_for_a_room_that_has_text_members() {
+        let mut batch = Batch::default();
+        let (json, frame) = message_frame("hi");
+        batch.push(&json, &frame, ROOM);
+        assert!(batch.text.is_empty());
+        batch.wants_text = true;
+        batch.push(&json, &frame, ROOM);
+        batch.presence(Presence::Leave, 1, (3, "bob".into()), ROOM);
+        let bytes = batch.finish(ROOM);
+        assert_eq!(frames(&bytes.text), ["n: hi", "user left [online: 1]"]);
+        assert_eq!(texts(&bytes.json).len(), 3);
+    }
+
+    #[test]
+    fn a_full_batch_stays_within_its_bound() {
+        let worst = protocol::largest_message_json();
+        let frame = Outgoing::Pong;
+        let mut batch = Batch::default();
+        let mut count = 0;
+        let name = "\u{1}".repeat(protocol::MAX_NAME_CHARS);
+        // As the hub fills one: an event is taken while the batch is under its size.
+        while batch.json.len() < MAX_BATCH_BYTES {
+            count += 1;
+            batch.presence(
+                Presence::Leave,
+                usize::MAX - count,
+                (u64::MAX, name.clone()),
+                ROOM,
+            );
+            batch.push(&worst, &frame, ROOM);
+        }
+        batch.presence(Presence::Join, usize::MAX, (u64::MAX, name), ROOM);
+        assert!(batch.finish(ROOM).json.len() <= LARGEST_BATCH);
+    }
+
+    #[test]
+    fn history_keeps_the_newest_and_knows_what_it_dropped() {
+        let mut history = History::default();
+        for id in 1..=5 {
+            history.push(id, format!("{{\"id\":{id}}}"), 3);
+        }
+        let (gap, kept) = history.after(None);
+        assert!(!gap);
+        assert_eq!(kept.count(), 3);
+        let (gap, after) = history.after(Some(3));
+        assert!(!gap, "3 and before are not needed");
+        assert_eq!(
+            after.cloned().collect::<Vec<_>>(),
+            ["{\"id\":4}", "{\"id\":5}"]
+        );
+        let (gap, _) = history.after(Some(1));
+        assert!(gap, "2 was dropped");
+        // And a byte bound whatever the count.
+        let mut history = History::default();
+        for id in 1..=100 {
+            history.push(id, "x".repeat(4096), 1000);
+        }
+        assert!(history.bytes <= HISTORY_BYTES);
+        assert_eq!(history.entries.len(), HISTORY_BYTES / 4096);
     }
 
     /// A client on a loopback connection: its outbox, and the other end to read.
@@ -468,39 +1179,51 @@ mod tests {
     }
 
     fn hub() -> Hub {
-        Hub {
-            chat: Vec::new(),
-            echo: Vec::new(),
-            last_message_id: 0,
+        let settings = HubSettings {
             ping_interval: Duration::from_secs(30),
-            stats: Arc::new(Stats::new()),
-            shutting_down: false,
-        }
+            history: 100,
+            max_rooms: 3,
+            epoch: 1,
+        };
+        Hub::new(settings, Arc::new(Stats::new()))
     }
 
-    fn join(id: u64, outbox: &Arc<Outbox>) -> Event {
-        Event::Join {
+    fn connect(id: u64, outbox: &Arc<Outbox>) -> Event {
+        Event::Connect {
             id,
             outbox: Arc::clone(outbox),
             endpoint: Endpoint::Chat,
+            format: Format::Json,
+            name: String::new(),
+            room: None,
+            protocol: protocol::SUBPROTOCOL,
+        }
+    }
+
+    fn say(from: u64, text: &str) -> Event {
+        Event::Message {
+            from,
+            message: ChatMessage {
+                name: format!("n{from}"),
+                msg: text.into(),
+            },
+            except_sender: false,
         }
     }
 
     #[test]
-    fn a_client_joining_with_a_leave_in_its_batch_hears_only_what_follows_its_welcome() {
+    fn a_client_joining_with_a_leave_in_its_turn_hears_only_what_follows_its_welcome() {
         let mut hub = hub();
         let (ann, _ann_reads) = client(1);
         let (bob, mut bob_reads) = client(2);
         let (cid, mut cid_reads) = client(3);
-        let mut first = Batch::default();
-        hub.apply(join(1, &ann), &mut first);
-        hub.apply(join(2, &bob), &mut first);
-        hub.flush(first.finish());
-        // Ann leaves and Cid joins in the same batch.
-        let mut second = Batch::default();
-        hub.apply(Event::Leave { id: 1 }, &mut second);
-        hub.apply(join(3, &cid), &mut second);
-        hub.flush(second.finish());
+        hub.apply(connect(1, &ann));
+        hub.apply(connect(2, &bob));
+        hub.flush();
+        // Ann leaves and Cid arrives in the same turn.
+        hub.apply(Event::Leave { id: 1 });
+        hub.apply(connect(3, &cid));
+        hub.flush();
 
         let heard = received(&mut cid_reads, 2);
         assert_eq!(heard.len(), 2, "Cid heard {heard:?}");
@@ -522,23 +1245,29 @@ mod tests {
     }
 
     #[test]
-    fn messages_get_increasing_ids_and_reach_everyone_in_one_order() {
+    fn messages_get_increasing_ids_and_reach_their_room_in_one_order() {
         let mut hub = hub();
         let (ann, mut ann_reads) = client(1);
         let (bob, mut bob_reads) = client(2);
-        let mut batch = Batch::default();
-        hub.apply(join(1, &ann), &mut batch);
-        hub.apply(join(2, &bob), &mut batch);
-        for (from, text) in [(1, "one"), (2, "two"), (1, "three")] {
-            let message = ChatMessage {
-                name: format!("n{from}"),
-                msg: text.into(),
-            };
-            assert_eq!(hub.apply(Event::Message { from, message }, &mut batch), 1);
+        let (cid, mut cid_reads) = client(3);
+        for (id, outbox) in [(1, &ann), (2, &bob), (3, &cid)] {
+            hub.apply(connect(id, outbox));
         }
-        hub.flush(batch.finish());
+        hub.flush();
+        // Cid goes elsewhere; Ann and Bob talk in the lobby, Cid in its room.
+        hub.apply(Event::Join {
+            id: 3,
+            room: "side".into(),
+            since: None,
+            epoch: None,
+        });
+        for (from, text) in [(1, "one"), (2, "two"), (3, "aside"), (1, "three")] {
+            hub.apply(say(from, text));
+        }
+        hub.flush();
         for reads in [&mut ann_reads, &mut bob_reads] {
-            let heard = received(reads, 5);
+            // Welcome and the run of three joins; Cid's leave and three messages.
+            let heard = received(reads, 2 + 4);
             let messages: Vec<_> = heard
                 .iter()
                 .filter(|f| f["type"] == "message")
@@ -551,69 +1280,56 @@ mod tests {
                 .collect();
             assert_eq!(
                 messages,
-                [(1, "one".into()), (2, "two".into()), (3, "three".into())]
+                [(1, "one".into()), (2, "two".into()), (4, "three".into())]
             );
         }
+        // Welcome and the run; joined, its own join there, and its message.
+        let heard = received(&mut cid_reads, 5);
+        let last = heard.last().unwrap();
+        assert_eq!(
+            (last["msg"].as_str(), last["room"].as_str()),
+            (Some("aside"), Some("side"))
+        );
     }
 
     #[test]
-    fn a_run_of_joins_is_one_notification_with_the_count_after_it() {
-        let mut batch = Batch::default();
-        for count in 4..=6 {
-            batch.presence(Presence::Join, count);
-        }
-        let frames = texts(&batch.finish());
-        assert_eq!(frames.len(), 1);
-        assert_eq!(frames[0]["users"], 3);
-        assert_eq!(frames[0]["count"], 6);
-        assert_eq!(frames[0]["msg"], "3 users joined [online: 6]");
-    }
-
-    #[test]
-    fn a_client_joining_after_a_leave_starts_after_it() {
-        let mut batch = Batch::default();
-        batch.message(r#"{"type":"message","msg":"before"}"#);
-        batch.presence(Presence::Leave, 4);
-        let start = batch.presence(Presence::Join, 5);
-        let bytes = batch.finish();
-        let all = texts(&bytes);
-        assert_eq!(all.len(), 3);
-        let heard = texts(&bytes[start..]);
-        assert_eq!(heard.len(), 1, "the joiner heard {heard:?}");
-        assert_eq!(heard[0]["event"], "join");
-        assert_eq!(heard[0]["count"], 5);
-    }
-
-    #[test]
-    fn joiners_in_one_run_share_its_start_and_a_message_splits_runs() {
-        let mut batch = Batch::default();
-        let first = batch.presence(Presence::Join, 1);
-        let second = batch.presence(Presence::Join, 2);
-        assert_eq!(first, second);
-        batch.message(r#"{"type":"message","msg":"hi"}"#);
-        let third = batch.presence(Presence::Join, 3);
-        let bytes = batch.finish();
-        let kinds: Vec<_> = texts(&bytes)
-            .iter()
-            .map(|f| f["type"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(kinds, ["notification", "message", "notification"]);
-        assert_eq!(texts(&bytes[third..]).len(), 1);
-        assert_eq!(texts(&bytes[first..]).len(), 3);
-    }
-
-    #[test]
-    fn a_full_batch_stays_within_its_bound() {
-        let worst = protocol::largest_message_json();
-        let mut batch = Batch::default();
-        let mut count = 0;
-        // As the hub fills one: an event is taken while the batch is under its size.
-        while batch.len() < MAX_BATCH_BYTES {
-            count += 1;
-            batch.presence(Presence::Leave, usize::MAX - count);
-            batch.message(&worst);
-        }
-        batch.presence(Presence::Join, usize::MAX);
-        assert!(batch.finish().len() <= LARGEST_BATCH);
+    fn a_room_keeps_its_history_for_whoever_comes_back() {
+        let mut hub = hub();
+        let (ann, mut ann_reads) = client(1);
+        hub.apply(connect(1, &ann));
+        hub.apply(Event::Join {
+            id: 1,
+            room: "a".into(),
+            since: None,
+            epoch: None,
+        });
+        hub.apply(say(1, "remember me"));
+        hub.apply(Event::Join {
+            id: 1,
+            room: "b".into(),
+            since: None,
+            epoch: None,
+        });
+        hub.apply(Event::Join {
+            id: 1,
+            room: "a".into(),
+            since: None,
+            epoch: None,
+        });
+        hub.flush();
+        let heard = received(&mut ann_reads, 9);
+        let back = heard.iter().rposition(|f| f["type"] == "joined").unwrap();
+        assert_eq!(heard[back]["room"], "a");
+        assert_eq!(heard[back + 1]["msg"], "remember me");
+        assert_eq!(heard[back + 1]["history"], true);
+        // A fourth room takes the place of the least recently used empty one (b);
+        // a fifth finds every room in use.
+        hub.apply(Event::Join {
+            id: 1,
+            room: "c".into(),
+            since: None,
+            epoch: None,
+        });
+        assert!(hub.rooms.contains_key("a") && !hub.rooms.contains_key("b"));
     }
 }

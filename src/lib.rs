@@ -178,7 +178,16 @@ pub fn run(
     let server_names = ServerNames::new(&config.server_names);
     let stats = Arc::new(Stats::new());
     let (hub_tx, hub_rx) = crossbeam_channel::bounded(hub::EVENT_QUEUE);
-    hub::spawn(hub_rx, config.ping_interval(), Arc::clone(&stats))?;
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let hub_settings = hub::HubSettings {
+        ping_interval: config.ping_interval(),
+        history: config.history as usize,
+        max_rooms: config.max_rooms as usize,
+        epoch,
+    };
+    hub::spawn(hub_rx, hub_settings, Arc::clone(&stats))?;
 
     let ws = WsSettings {
         handshake_timeout: config.handshake_timeout(),
@@ -186,6 +195,8 @@ pub fn run(
         allowed_origins: config.allow_origins.clone(),
         server_names: server_names.clone(),
         echo: config.echo,
+        // An empty token (a settings file line left blank) is no token.
+        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
         places: Arc::clone(&places),
         stats: Arc::clone(&stats),
         reader: ReaderSettings {
@@ -193,6 +204,8 @@ pub fn run(
             max_backlog: config.max_backlog,
             idle_timeout: config.idle_timeout(),
             drain_timeout: config.write_timeout(),
+            rate: config.rate,
+            burst: config.burst,
         },
     };
     let hub = hub_tx.clone();
@@ -270,6 +283,7 @@ fn wanted(config: &Config, page: &Page) -> capacity::Wanted {
         },
         client_bytes: capacity::client_memory(config.max_backlog, config.max_message),
         http_bytes: capacity::http_memory(page.largest_answer()),
+        shared_bytes: config.max_rooms * hub::HISTORY_BYTES as u64,
     }
 }
 

@@ -126,6 +126,9 @@ struct Chunk {
     bytes: Arc<Vec<u8>>,
     /// Where the unwritten part starts.
     start: usize,
+    /// Where it ends (a part of a batch shared with others may end before the
+    /// batch does).
+    end: usize,
     /// Made by this client's reader (pongs, errors, echoes) rather than the hub:
     /// nobody else holds it, so more of the reader's bytes may be appended.
     own: bool,
@@ -133,7 +136,7 @@ struct Chunk {
 
 impl Chunk {
     fn remaining(&self) -> &[u8] {
-        &self.bytes[self.start..]
+        &self.bytes[self.start..self.end]
     }
 
     /// What this chunk counts against the backlog limit.
@@ -164,6 +167,8 @@ pub enum Failure {
     WriteFailed,
     /// The server is stopping: its close frame went out ([`Outbox::send_close`]).
     Stopped,
+    /// An admin closed it (close 4001).
+    Kicked,
 }
 
 /// Why a send was not accepted.
@@ -245,13 +250,24 @@ impl Outbox {
         bytes: &Arc<Vec<u8>>,
         start: usize,
     ) -> Result<(), SendError> {
+        self.send_shared_part(bytes, start..bytes.len())
+    }
+
+    /// Sends `bytes[part]`: a piece of a shared batch (the client must not get all
+    /// of it, its own `except_sender` messages, say).
+    pub fn send_shared_part(
+        self: &Arc<Self>,
+        bytes: &Arc<Vec<u8>>,
+        part: std::ops::Range<usize>,
+    ) -> Result<(), SendError> {
         let state = self.lock();
         if state.phase != Phase::Open {
             return Err(SendError::Closed);
         }
         let chunk = Chunk {
             bytes: Arc::clone(bytes),
-            start,
+            start: part.start,
+            end: part.end,
             own: false,
         };
         self.write_or_queue(state, chunk, false)
@@ -290,6 +306,7 @@ impl Outbox {
             Arc::get_mut(&mut last.bytes)
                 .expect("checked: the last chunk's bytes have one owner")
                 .extend_from_slice(frame);
+            last.end += frame.len();
             state.backlog_cost += frame.len();
             if closes {
                 state.phase = Phase::Closed;
@@ -297,6 +314,7 @@ impl Outbox {
             return Ok(());
         }
         let chunk = Chunk {
+            end: frame.len(),
             bytes: Arc::new(frame.to_vec()),
             start: 0,
             own: true,
@@ -313,12 +331,12 @@ impl Outbox {
         }
     }
 
-    /// Sends a close frame on the server's initiative (shutdown): after it nothing
-    /// more is sent, not even the reader's reply to the peer's answering Close.
-    /// Does nothing once the close handshake has begun: then the reader's own close
-    /// frame is already out or on its way, and a second one would be a protocol
-    /// error.
-    pub fn send_close(self: &Arc<Self>, code: CloseCode, reason: &str) {
+    /// Sends a close frame on the server's initiative (shutdown, a kick), `why`
+    /// being what the reader will report: after it nothing more is sent, not even
+    /// the reader's reply to the peer's answering Close. Does nothing once the close
+    /// handshake has begun: then the reader's own close frame is already out or on
+    /// its way, and a second one would be a protocol error.
+    pub fn send_close(self: &Arc<Self>, code: CloseCode, reason: &str, why: Failure) {
         let mut state = self.lock();
         if state.phase != Phase::Open {
             return;
@@ -326,9 +344,11 @@ impl Outbox {
         // Closed before the frame is even written, under the same lock, so nothing
         // can slip in behind it.
         state.phase = Phase::Closed;
-        state.failure.get_or_insert(Failure::Stopped);
+        state.failure.get_or_insert(why);
+        let close = frame::close(code, reason);
         let chunk = Chunk {
-            bytes: Arc::new(frame::close(code, reason)),
+            end: close.len(),
+            bytes: Arc::new(close),
             start: 0,
             own: false,
         };
@@ -444,8 +464,10 @@ impl Outbox {
         // writer right now): dropping it would cut a frame in half.
         state.backlog.truncate(1);
         state.backlog_cost = state.backlog.front().map_or(0, Chunk::cost);
+        let frame = frame::close(CloseCode::Policy, "slow consumer");
         let close = Chunk {
-            bytes: Arc::new(frame::close(CloseCode::Policy, "slow consumer")),
+            end: frame.len(),
+            bytes: Arc::new(frame),
             start: 0,
             own: false,
         };
@@ -688,7 +710,7 @@ mod tests {
     fn nothing_is_sent_after_close() {
         let (server, mut client) = pair(false);
         let outbox = outbox(server, 1 << 20, Duration::from_secs(10), &places());
-        outbox.send_close(CloseCode::Away, "");
+        outbox.send_close(CloseCode::Away, "", Failure::Stopped);
         assert_eq!(outbox.failure(), Some(Failure::Stopped));
         assert_eq!(outbox.send_own(b"\x81\x01x"), Err(SendError::Closed));
         outbox.finish();
@@ -707,7 +729,7 @@ mod tests {
         let answer = frame::close(CloseCode::Normal, "");
         outbox.send_own(&answer).unwrap();
         // Shutdown comes a moment later: no 1001 may follow the answer.
-        outbox.send_close(CloseCode::Away, "server shutting down");
+        outbox.send_close(CloseCode::Away, "server shutting down", Failure::Stopped);
         assert_eq!(outbox.send_own(&[0x8A, 0]), Err(SendError::Closed));
         outbox.finish();
         let mut got = Vec::new();

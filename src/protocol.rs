@@ -1,15 +1,24 @@
-//! Protocol v1: what clients send, what the server sends back, and the rules that
-//! decide whether an incoming chat message is accepted.
+//! Protocol v2 (v1 and more): what clients send, what the server sends back, and
+//! the rules that decide whether an incoming frame is accepted.
 //!
 //! No I/O lives here: a reader thread hands us the text of a WebSocket message and
-//! gets back either a [`ChatMessage`] or an [`InputError`] to report to its sender;
-//! the hub turns [`Outgoing`] values into JSON. `docs/PROTOCOL.md` is the same
-//! contract in prose.
+//! gets back either an [`Incoming`] or an [`InputError`] to report to its sender;
+//! the hub turns [`Outgoing`] values into JSON, or into a line of plain text for the
+//! plain-text clients ([`Outgoing::text_line`]). `docs/PROTOCOL.md` is the same
+//! contract in prose, with a table of every frame.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-/// The subprotocol we select when a client offers it (`Sec-WebSocket-Protocol`).
+/// The subprotocol of v1, selected when a client offers it (and not v2).
 pub const SUBPROTOCOL: &str = "threadchat.v1";
+
+/// The subprotocol of v2, selected first when offered. The frames are the same;
+/// `welcome` says which one the client asked for.
+pub const SUBPROTOCOL_V2: &str = "threadchat.v2";
+
+/// The `websocket` package tutorial's subprotocol: its clients speak plain text.
+pub const SUBPROTOCOL_TEXT: &str = "chatting";
 
 /// Longest accepted `name`, in characters (Unicode scalar values), not bytes, so a
 /// Korean name gets the same room as a Latin one.
@@ -18,14 +27,20 @@ pub const MAX_NAME_CHARS: usize = 32;
 /// Longest accepted `msg`, in characters.
 pub const MAX_MSG_CHARS: usize = 2_000;
 
+/// Longest room name, in characters (ASCII letters, digits, `-`, `_`).
+pub const MAX_ROOM_CHARS: usize = 32;
+
+/// The room every client starts in: the v1 chat.
+pub const LOBBY: &str = "lobby";
+
 /// The most bytes one relayed chat message takes on the wire, frame header
 /// included: every character of the longest name and text escaped by JSON to six
-/// bytes (`\u0001`), and the largest ids. The hub's batch bound and the smallest
-/// useful `--max-backlog` are worked out from it.
+/// bytes (`\u0001`), the longest room, and the largest ids. The hub's batch bound
+/// and the smallest useful `--max-backlog` are worked out from it.
 pub const MAX_MESSAGE_FRAME: usize = 13 * 1024;
 
-/// The most bytes one join or leave notification takes on the wire.
-pub const MAX_PRESENCE_FRAME: usize = 256;
+/// The most bytes one join, leave or kick notification takes on the wire.
+pub const MAX_PRESENCE_FRAME: usize = 512;
 
 /// A chat message that passed validation, ready for the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,52 +52,127 @@ pub struct ChatMessage {
     pub msg: String,
 }
 
-/// Why an incoming message was refused. Its `Display` text is what the sender sees
+/// One frame from a client, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message to the sender's room. `name` is `None` when the frame had none:
+    /// the connection's `hello` name is used then.
+    Message {
+        /// The sender's name, if the frame said it.
+        name: Option<String>,
+        /// The text, exactly as sent.
+        msg: String,
+        /// To everyone in the room but the sender.
+        except_sender: bool,
+    },
+    /// Sets the connection's name.
+    Hello {
+        /// The name.
+        name: String,
+    },
+    /// Moves the connection to a room.
+    Join {
+        /// The room's name, already checked.
+        room: String,
+        /// Replay only the messages after this id.
+        since: Option<u64>,
+        /// The server run that `since` belongs to (`welcome`'s `epoch`).
+        epoch: Option<u64>,
+    },
+    /// Which rooms there are.
+    Rooms,
+    /// Who is in the sender's room.
+    Who,
+    /// A message to one connection.
+    Direct {
+        /// The target's connection id.
+        to: u64,
+        /// The text.
+        msg: String,
+    },
+    /// An application-level ping (the `ws` tutorial's heartbeat).
+    Ping,
+    /// Close connection `id` (admins only).
+    Kick {
+        /// The connection to close.
+        id: u64,
+    },
+}
+
+/// Why an incoming frame was refused. Its `Display` text is what the sender sees
 /// in the `error` frame, so it says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputError {
-    /// Not JSON, or JSON of the wrong shape (missing field, wrong type).
+    /// Not JSON, or JSON of the wrong shape.
     Malformed(String),
-    /// `type` present but not `"message"`.
+    /// A `type` that is not one of the protocol's.
     UnknownType(String),
+    /// A field the frame needs is not there.
+    Missing(&'static str),
+    /// A field has the wrong kind of value.
+    WrongType(&'static str, &'static str),
+    /// A message without a name, from a connection that has not said `hello`.
+    NoName,
     /// `msg` empty or only whitespace.
     EmptyMessage,
     /// `name` longer than [`MAX_NAME_CHARS`].
     NameTooLong(usize),
     /// `msg` longer than [`MAX_MSG_CHARS`].
     MessageTooLong(usize),
+    /// A room name that is not 1–32 letters, digits, `-` or `_`.
+    BadRoom(String),
     /// A binary WebSocket frame on the chat endpoint.
     Binary,
+    /// More frames than the connection's rate allows.
+    TooFast {
+        /// Frames a second.
+        rate: u32,
+    },
+    /// A kick from a connection that is not an admin.
+    NotAllowed,
+    /// A direct message or a kick for a connection that does not exist.
+    NoSuchClient(u64),
+    /// Every room has members: no new one can be made.
+    TooManyRooms(usize),
 }
 
 impl std::fmt::Display for InputError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InputError::Malformed(why) => write!(f, "invalid message: {why}"),
-            InputError::UnknownType(kind) => {
-                write!(
-                    f,
-                    "unknown message type {kind:?}: only \"message\" is accepted"
-                )
-            }
+            InputError::UnknownType(kind) => write!(
+                f,
+                "unknown message type {kind:?}: the types are message, hello, join, rooms, \
+                 who, direct, ping and kick"
+            ),
+            InputError::Missing(field) => write!(f, "{field} is missing"),
+            InputError::WrongType(field, kind) => write!(f, "{field} must be {kind}"),
+            InputError::NoName => write!(f, "name is missing: send one, or say hello first"),
             InputError::EmptyMessage => write!(f, "msg is empty"),
-            InputError::NameTooLong(n) => {
-                write!(
-                    f,
-                    "name is {n} characters long; at most {MAX_NAME_CHARS} are allowed"
-                )
-            }
-            InputError::MessageTooLong(n) => {
-                write!(
-                    f,
-                    "msg is {n} characters long; at most {MAX_MSG_CHARS} are allowed"
-                )
-            }
-            InputError::Binary => {
-                write!(
-                    f,
-                    "binary frames are not accepted here: send JSON as a text frame"
-                )
+            InputError::NameTooLong(n) => write!(
+                f,
+                "name is {n} characters long; at most {MAX_NAME_CHARS} are allowed"
+            ),
+            InputError::MessageTooLong(n) => write!(
+                f,
+                "msg is {n} characters long; at most {MAX_MSG_CHARS} are allowed"
+            ),
+            InputError::BadRoom(room) => write!(
+                f,
+                "{room:?} is not a room name: 1 to {MAX_ROOM_CHARS} letters, digits, - or _"
+            ),
+            InputError::Binary => write!(
+                f,
+                "binary frames are not accepted here: send JSON as a text frame"
+            ),
+            InputError::TooFast { rate } => write!(
+                f,
+                "slow down: at most {rate} messages a second; this one was dropped"
+            ),
+            InputError::NotAllowed => write!(f, "only an admin connection may kick"),
+            InputError::NoSuchClient(id) => write!(f, "there is no connection {id}"),
+            InputError::TooManyRooms(n) => {
+                write!(f, "all {n} rooms are in use; join one of them")
             }
         }
     }
@@ -90,17 +180,83 @@ impl std::fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// The wire shape of a client's message. `type` is optional because the Node
-/// original's clients never send it; unknown extra fields are ignored.
+/// The wire shape of a client's frame: every field any frame has, so that one
+/// parse serves all of them. `type` is optional because the Node original's
+/// clients never send it. The fields only some frames use stay raw values, checked
+/// by the frame that uses them: a v1 client's unknown extra `id` or `room` must not
+/// make its message an error. Unknown fields are ignored.
 #[derive(Deserialize)]
 struct IncomingWire {
     #[serde(rename = "type", default)]
     kind: Option<String>,
-    name: String,
-    msg: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    msg: Option<String>,
+    #[serde(default)]
+    except_sender: Option<Value>,
+    #[serde(default)]
+    room: Option<Value>,
+    #[serde(default)]
+    since: Option<Value>,
+    #[serde(default)]
+    epoch: Option<Value>,
+    #[serde(default)]
+    to: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
 }
 
-/// Parses and validates one text message from a chat client.
+/// Parses and validates one text frame from a chat client.
+pub fn parse(text: &str) -> Result<Incoming, InputError> {
+    let wire: IncomingWire =
+        serde_json::from_str(text).map_err(|e| InputError::Malformed(e.to_string()))?;
+    let kind = wire.kind.as_deref().unwrap_or("message");
+    Ok(match kind {
+        "message" => {
+            if let Some(name) = &wire.name {
+                check_name(name)?;
+            }
+            Incoming::Message {
+                msg: check_msg(wire.msg)?,
+                name: wire.name,
+                except_sender: match wire.except_sender {
+                    None => false,
+                    Some(Value::Bool(b)) => b,
+                    Some(_) => return Err(InputError::WrongType("except_sender", "true or false")),
+                },
+            }
+        }
+        "hello" => {
+            let name = wire.name.ok_or(InputError::Missing("name"))?;
+            check_name(&name)?;
+            Incoming::Hello { name }
+        }
+        "join" => Incoming::Join {
+            room: match wire.room {
+                Some(Value::String(room)) => check_room(room)?,
+                Some(_) => return Err(InputError::WrongType("room", "a string")),
+                None => return Err(InputError::Missing("room")),
+            },
+            since: optional_id(wire.since, "since")?,
+            epoch: optional_id(wire.epoch, "epoch")?,
+        },
+        "rooms" => Incoming::Rooms,
+        "who" => Incoming::Who,
+        "direct" => Incoming::Direct {
+            to: optional_id(wire.to, "to")?.ok_or(InputError::Missing("to"))?,
+            msg: check_msg(wire.msg)?,
+        },
+        "ping" => Incoming::Ping,
+        "kick" => Incoming::Kick {
+            id: optional_id(wire.id, "id")?.ok_or(InputError::Missing("id"))?,
+        },
+        other => return Err(InputError::UnknownType(other.to_string())),
+    })
+}
+
+/// Parses a v1 chat message: a `message` with its `name`. (The v1 contract, kept
+/// for v1-only servers such as `examples/naive.rs`.)
 pub fn parse_chat(text: &str) -> Result<ChatMessage, InputError> {
     let wire: IncomingWire =
         serde_json::from_str(text).map_err(|e| InputError::Malformed(e.to_string()))?;
@@ -109,73 +265,206 @@ pub fn parse_chat(text: &str) -> Result<ChatMessage, InputError> {
     {
         return Err(InputError::UnknownType(kind));
     }
-    let name_chars = wire.name.chars().count();
-    if name_chars > MAX_NAME_CHARS {
-        return Err(InputError::NameTooLong(name_chars));
-    }
-    if wire.msg.trim().is_empty() {
-        return Err(InputError::EmptyMessage);
-    }
-    let msg_chars = wire.msg.chars().count();
-    if msg_chars > MAX_MSG_CHARS {
-        return Err(InputError::MessageTooLong(msg_chars));
-    }
+    let name = wire
+        .name
+        .ok_or_else(|| InputError::Malformed("missing field `name`".to_string()))?;
+    check_name(&name)?;
     Ok(ChatMessage {
-        name: wire.name,
-        msg: wire.msg,
+        msg: check_msg(wire.msg)?,
+        name,
     })
 }
 
-/// Whether a notification reports people arriving or leaving.
+/// Checks a room name: 1–32 ASCII letters, digits, `-`, `_`. Returns it.
+pub fn check_room(room: String) -> Result<String, InputError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if room.is_empty() || room.len() > MAX_ROOM_CHARS || !room.chars().all(allowed) {
+        return Err(InputError::BadRoom(room));
+    }
+    Ok(room)
+}
+
+/// Checks a name against [`MAX_NAME_CHARS`].
+pub fn check_name(name: &str) -> Result<(), InputError> {
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(InputError::NameTooLong(chars));
+    }
+    Ok(())
+}
+
+/// Checks a message's name and text, as `parse` does (for plain-text clients,
+/// whose frames are not parsed).
+pub fn check_message(name: &str, msg: &str) -> Result<(), InputError> {
+    check_name(name)?;
+    check_msg(Some(msg.to_string())).map(drop)
+}
+
+fn check_msg(msg: Option<String>) -> Result<String, InputError> {
+    let msg = msg.ok_or(InputError::Missing("msg"))?;
+    if msg.trim().is_empty() {
+        return Err(InputError::EmptyMessage);
+    }
+    let chars = msg.chars().count();
+    if chars > MAX_MSG_CHARS {
+        return Err(InputError::MessageTooLong(chars));
+    }
+    Ok(msg)
+}
+
+fn optional_id(value: Option<Value>, field: &'static str) -> Result<Option<u64>, InputError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or(InputError::WrongType(field, "a whole number")),
+    }
+}
+
+/// What a notification reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Presence {
-    /// Someone connected.
+    /// Someone arrived in the room.
     Join,
-    /// Someone disconnected.
+    /// Someone left it.
     Leave,
+    /// An admin removed someone.
+    Kick,
+}
+
+/// A room and how many are in it, for `rooms`.
+#[derive(Debug, Serialize)]
+pub struct RoomCount<'a> {
+    /// The room's name.
+    pub room: &'a str,
+    /// Its members now.
+    pub count: usize,
+}
+
+/// A member of a room, for `who`.
+#[derive(Debug, Serialize)]
+pub struct Member<'a> {
+    /// Its connection id.
+    pub id: u64,
+    /// Its name (`hello`), or empty.
+    pub name: &'a str,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Everything the server sends to chat clients. Serialised with a `type` tag, so
-/// `Outgoing::Message { .. }` becomes `{"type":"message",...}`.
+/// `Outgoing::Message { .. }` becomes `{"type":"message",...}`. The fields v2
+/// added are left out when empty, so a v1-only server (`examples/naive.rs`) sends
+/// exactly v1.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Outgoing<'a> {
-    /// A chat message, to everyone including its sender.
+    /// A chat message, to its room.
     Message {
-        /// Position in the one total order every client sees (starts at 1).
+        /// Position in the one order every member of the room sees.
         id: u64,
         /// Milliseconds since the Unix epoch when the hub relayed it.
         ts: u64,
         /// The sender's connection id (its `welcome` id), so a page can tell its own
         /// messages from others' even when two people pick the same name.
         from: u64,
-        /// The sender's name, as sent.
+        /// The sender's name.
         name: &'a str,
         /// The text, as sent.
         msg: &'a str,
+        /// The room it was sent in.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
     },
-    /// People joined or left; `count` is how many chat clients are connected now.
+    /// People joined or left; `count` is how many are in the room now.
     Notification {
         /// Human-readable, with the count in it (as the Node original did).
         msg: String,
-        /// Connected chat clients after this event.
+        /// Members after this event.
         count: usize,
-        /// `join` or `leave`.
+        /// `join`, `leave` or `kick`.
         event: Presence,
         /// How many joined or left at once (a storm of joins is announced in runs).
         users: usize,
+        /// The room.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        /// The one client it is about, when it is about one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// That client's name.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
     },
     /// First frame a new client gets: who it is and how many are here.
     Welcome {
         /// This connection's id (also in the server's log lines).
         id: u64,
-        /// Connected chat clients, this one included.
+        /// Members of its room, this one included.
         count: usize,
         /// Protocol version spoken on this connection.
         protocol: &'static str,
+        /// The room it is in.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        /// This server run, for `join`'s `since`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
     },
-    /// The sender's last message was refused; the connection stays open.
+    /// The answer to `join`, before the room's history.
+    Joined {
+        /// The room now.
+        room: &'a str,
+        /// Its members, this one included.
+        count: usize,
+        /// The history did not reach back to `since`: some messages are lost.
+        #[serde(skip_serializing_if = "is_false")]
+        gap: bool,
+    },
+    /// The answer to `hello`.
+    Hello {
+        /// This connection's id.
+        id: u64,
+        /// Its name now.
+        name: &'a str,
+    },
+    /// The answer to `rooms`.
+    Rooms {
+        /// Rooms with members.
+        rooms: Vec<RoomCount<'a>>,
+    },
+    /// The answer to `who`.
+    Who {
+        /// The room.
+        room: &'a str,
+        /// Its members, in the order they joined it.
+        members: Vec<Member<'a>>,
+    },
+    /// A direct message, to its target and (marked `delivered`) its sender.
+    Direct {
+        /// From the same sequence as message ids.
+        id: u64,
+        /// Milliseconds since the Unix epoch when the hub relayed it.
+        ts: u64,
+        /// The sender's connection id.
+        from: u64,
+        /// The sender's name.
+        name: &'a str,
+        /// The target's connection id.
+        to: u64,
+        /// The text.
+        msg: &'a str,
+        /// The sender's own copy.
+        #[serde(skip_serializing_if = "is_false")]
+        delivered: bool,
+    },
+    /// The answer to `ping`.
+    Pong,
+    /// The sender's last frame was refused; the connection stays open.
     Error {
         /// What was wrong.
         msg: String,
@@ -188,12 +477,58 @@ impl Outgoing<'_> {
         serde_json::to_string(self).expect("Outgoing holds only strings and integers")
     }
 
-    /// A notification that `users` people joined (or left), leaving `count`
-    /// connected, with the count in its text.
+    /// The same frame as one line of plain text, for the plain-text clients.
+    pub fn text_line(&self) -> String {
+        match self {
+            Outgoing::Message { name: "", msg, .. } => msg.to_string(),
+            Outgoing::Message { name, msg, .. } => format!("{name}: {msg}"),
+            Outgoing::Notification { msg, .. } => msg.clone(),
+            Outgoing::Welcome {
+                id, count, room, ..
+            } => format!(
+                "welcome: you are {id} in {}, {count} here",
+                room.unwrap_or(LOBBY)
+            ),
+            Outgoing::Joined { room, count, gap } => {
+                let gap = if *gap {
+                    " (some messages were missed)"
+                } else {
+                    ""
+                };
+                format!("joined {room}, {count} here{gap}")
+            }
+            Outgoing::Hello { name, .. } => format!("hello, {name}"),
+            Outgoing::Rooms { rooms } => {
+                let list: Vec<String> = rooms
+                    .iter()
+                    .map(|r| format!("{} ({})", r.room, r.count))
+                    .collect();
+                format!("rooms: {}", list.join(", "))
+            }
+            Outgoing::Who { room, members } => {
+                let list: Vec<String> = members
+                    .iter()
+                    .map(|m| match m.name {
+                        "" => m.id.to_string(),
+                        name => format!("{name} ({})", m.id),
+                    })
+                    .collect();
+                format!("in {room}: {}", list.join(", "))
+            }
+            Outgoing::Direct { name: "", msg, .. } => format!("(direct): {msg}"),
+            Outgoing::Direct { name, msg, .. } => format!("{name} (direct): {msg}"),
+            Outgoing::Pong => "pong".to_string(),
+            Outgoing::Error { msg } => format!("error: {msg}"),
+        }
+    }
+
+    /// A notification that `users` people joined (left, were kicked), leaving
+    /// `count` in the room, with the count in its text (the v1 shape).
     pub fn presence(event: Presence, users: usize, count: usize) -> Outgoing<'static> {
         let verb = match event {
             Presence::Join => "joined",
             Presence::Leave => "left",
+            Presence::Kick => "was removed",
         };
         let who = if users == 1 {
             "user".to_string()
@@ -205,22 +540,34 @@ impl Outgoing<'_> {
             count,
             event,
             users,
+            room: None,
+            id: None,
+            name: None,
         }
     }
 }
 
+/// A message frame's JSON as its history replay: the same, marked
+/// `"history":true`.
+pub fn as_history(json: &str) -> String {
+    let body = json.strip_suffix('}').unwrap_or(json);
+    format!("{body},\"history\":true}}")
+}
+
 /// The longest message frame's JSON: every character of the longest name and text
-/// one that JSON escapes to six bytes, and the largest ids.
+/// one that JSON escapes to six bytes, the longest room, and the largest ids.
 #[cfg(test)]
 pub(crate) fn largest_message_json() -> String {
     let name = "\u{1}".repeat(MAX_NAME_CHARS);
     let msg = "\u{1}".repeat(MAX_MSG_CHARS);
+    let room = "r".repeat(MAX_ROOM_CHARS);
     Outgoing::Message {
         id: u64::MAX,
         ts: u64::MAX,
         from: u64::MAX,
         name: &name,
         msg: &msg,
+        room: Some(&room),
     }
     .to_json()
 }
@@ -240,6 +587,9 @@ mod tests {
     fn accepts_explicit_type_and_ignores_extra_fields() {
         let m = parse_chat(r#"{"type":"message","name":"a","msg":"b","extra":[1,2]}"#).unwrap();
         assert_eq!((m.name.as_str(), m.msg.as_str()), ("a", "b"));
+        // v2's fields, with values v1 clients might put there, do not get in the way.
+        let m = parse_chat(r#"{"name":"a","msg":"b","id":"x","room":7,"to":null}"#).unwrap();
+        assert_eq!(m.msg, "b");
     }
 
     #[test]
@@ -257,14 +607,14 @@ mod tests {
             ("not json", |e| matches!(e, InputError::Malformed(_))),
             ("[1,2]", |e| matches!(e, InputError::Malformed(_))),
             (r#"{"msg":"hi"}"#, |e| matches!(e, InputError::Malformed(_))),
-            (r#"{"name":"a"}"#, |e| matches!(e, InputError::Malformed(_))),
+            (r#"{"name":"a"}"#, |e| *e == InputError::Missing("msg")),
             (r#"{"name":5,"msg":"hi"}"#, |e| {
                 matches!(e, InputError::Malformed(_))
             }),
             (r#"{"name":"a","msg":null}"#, |e| {
-                matches!(e, InputError::Malformed(_))
+                *e == InputError::Missing("msg")
             }),
-            (r#"{"type":"join","name":"a","msg":"x"}"#, |e| {
+            (r#"{"type":"shout","name":"a","msg":"x"}"#, |e| {
                 matches!(e, InputError::UnknownType(_))
             }),
             (r#"{"name":"a","msg":""}"#, |e| {
@@ -278,6 +628,97 @@ mod tests {
             let err = parse_chat(input).expect_err(input);
             assert!(expected(&err), "{input}: got {err:?}");
         }
+    }
+
+    #[test]
+    fn parses_every_v2_frame() {
+        let cases = [
+            (
+                r#"{"msg":"hi"}"#,
+                Incoming::Message {
+                    name: None,
+                    msg: "hi".into(),
+                    except_sender: false,
+                },
+            ),
+            (
+                r#"{"name":"a","msg":"hi","except_sender":true}"#,
+                Incoming::Message {
+                    name: Some("a".into()),
+                    msg: "hi".into(),
+                    except_sender: true,
+                },
+            ),
+            (
+                r#"{"type":"hello","name":"alice"}"#,
+                Incoming::Hello {
+                    name: "alice".into(),
+                },
+            ),
+            (
+                r#"{"type":"join","room":"games-2"}"#,
+                Incoming::Join {
+                    room: "games-2".into(),
+                    since: None,
+                    epoch: None,
+                },
+            ),
+            (
+                r#"{"type":"join","room":"r","since":41,"epoch":5}"#,
+                Incoming::Join {
+                    room: "r".into(),
+                    since: Some(41),
+                    epoch: Some(5),
+                },
+            ),
+            (r#"{"type":"rooms"}"#, Incoming::Rooms),
+            (r#"{"type":"who"}"#, Incoming::Who),
+            (
+                r#"{"type":"direct","to":9,"msg":"psst"}"#,
+                Incoming::Direct {
+                    to: 9,
+                    msg: "psst".into(),
+                },
+            ),
+            (r#"{"type":"ping"}"#, Incoming::Ping),
+            (r#"{"type":"kick","id":9}"#, Incoming::Kick { id: 9 }),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(text), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_v2_frames() {
+        let cases = [
+            (r#"{"type":"join"}"#, InputError::Missing("room")),
+            (
+                r#"{"type":"join","room":"a b"}"#,
+                InputError::BadRoom("a b".into()),
+            ),
+            (
+                r#"{"type":"join","room":""}"#,
+                InputError::BadRoom(String::new()),
+            ),
+            (
+                r#"{"type":"join","room":"r","since":-1}"#,
+                InputError::WrongType("since", "a whole number"),
+            ),
+            (r#"{"type":"hello"}"#, InputError::Missing("name")),
+            (r#"{"type":"direct","msg":"x"}"#, InputError::Missing("to")),
+            (r#"{"type":"direct","to":1}"#, InputError::Missing("msg")),
+            (r#"{"type":"kick"}"#, InputError::Missing("id")),
+            (
+                r#"{"msg":"x","except_sender":"yes"}"#,
+                InputError::WrongType("except_sender", "true or false"),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(text), Err(expected), "{text}");
+        }
+        let long = "r".repeat(MAX_ROOM_CHARS + 1);
+        assert!(check_room(long).is_err());
+        assert!(check_room("r".repeat(MAX_ROOM_CHARS)).is_ok());
     }
 
     #[test]
@@ -303,8 +744,25 @@ mod tests {
         let json = largest_message_json();
         assert!(json.len() > 6 * MAX_MSG_CHARS, "escaped: {}", json.len());
         assert!(crate::frame::text(&json).len() <= MAX_MESSAGE_FRAME);
-        for event in [Presence::Join, Presence::Leave] {
-            let json = Outgoing::presence(event, usize::MAX, usize::MAX).to_json();
+        let name = "\u{1}".repeat(MAX_NAME_CHARS);
+        let room = "r".repeat(MAX_ROOM_CHARS);
+        for event in [Presence::Join, Presence::Leave, Presence::Kick] {
+            let Outgoing::Notification {
+                msg, count, users, ..
+            } = Outgoing::presence(event, usize::MAX, usize::MAX)
+            else {
+                unreachable!("presence makes a notification")
+            };
+            let json = Outgoing::Notification {
+                msg,
+                count,
+                event,
+                users,
+                room: Some(&room),
+                id: Some(u64::MAX),
+                name: Some(&name),
+            }
+            .to_json();
             assert!(
                 crate::frame::text(&json).len() <= MAX_PRESENCE_FRAME,
                 "{json}"
@@ -313,18 +771,26 @@ mod tests {
     }
 
     #[test]
-    fn outgoing_frames_have_the_v1_shape() {
-        let json = Outgoing::Message {
+    fn outgoing_frames_keep_the_v1_shape_and_add_v2_fields() {
+        let message = |room| Outgoing::Message {
             id: 7,
             ts: 1,
             from: 3,
             name: "a\"b",
             msg: "<b>",
-        }
-        .to_json();
+            room,
+        };
         assert_eq!(
-            json,
+            message(None).to_json(),
             r#"{"type":"message","id":7,"ts":1,"from":3,"name":"a\"b","msg":"<b>"}"#
+        );
+        assert_eq!(
+            message(Some("lobby")).to_json(),
+            r#"{"type":"message","id":7,"ts":1,"from":3,"name":"a\"b","msg":"<b>","room":"lobby"}"#
+        );
+        assert_eq!(
+            as_history(&message(Some("r")).to_json()),
+            r#"{"type":"message","id":7,"ts":1,"from":3,"name":"a\"b","msg":"<b>","room":"r","history":true}"#
         );
         let json = Outgoing::presence(Presence::Join, 1, 3).to_json();
         assert_eq!(
@@ -340,5 +806,44 @@ mod tests {
             msg: InputError::EmptyMessage.to_string(),
         };
         assert_eq!(err.to_json(), r#"{"type":"error","msg":"msg is empty"}"#);
+        let joined = Outgoing::Joined {
+            room: "r",
+            count: 2,
+            gap: false,
+        };
+        assert_eq!(
+            joined.to_json(),
+            r#"{"type":"joined","room":"r","count":2}"#
+        );
+    }
+
+    #[test]
+    fn plain_text_lines() {
+        let message = |name| Outgoing::Message {
+            id: 1,
+            ts: 1,
+            from: 1,
+            name,
+            msg: "hi",
+            room: Some("lobby"),
+        };
+        assert_eq!(message("alice").text_line(), "alice: hi");
+        assert_eq!(message("").text_line(), "hi");
+        assert_eq!(
+            Outgoing::presence(Presence::Join, 1, 3).text_line(),
+            "user joined [online: 3]"
+        );
+        let welcome = Outgoing::Welcome {
+            id: 7,
+            count: 3,
+            protocol: SUBPROTOCOL,
+            room: Some("lobby"),
+            epoch: Some(1),
+        };
+        assert_eq!(welcome.text_line(), "welcome: you are 7 in lobby, 3 here");
+        let error = Outgoing::Error {
+            msg: "msg is empty".into(),
+        };
+        assert_eq!(error.text_line(), "error: msg is empty");
     }
 }

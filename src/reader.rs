@@ -28,14 +28,19 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-use crate::hub::{Endpoint, Event};
+use crate::hub::{Endpoint, Event, Format};
 use crate::outbox::{Failure, Outbox, SendError};
 use crate::places::Place;
-use crate::protocol::{self, InputError, Outgoing};
+use crate::protocol::{self, ChatMessage, Incoming, InputError, Outgoing};
 use crate::stats::Stats;
 
 /// How long we wait for the peer's answering Close after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Frames dropped in a row for going over the rate before the connection counts as
+/// flooding and is closed (1008). A client that merely bursts loses a few frames
+/// and gets an error for each; one that never stops is cut off.
+const FLOOD_LIMIT: u32 = 100;
 
 /// The reader's view of the socket, given to tungstenite as its stream.
 pub struct ClientStream {
@@ -122,6 +127,9 @@ pub struct ReaderSettings {
     pub idle_timeout: Duration,
     /// How long the writer may go on after the reader has ended.
     pub drain_timeout: Duration,
+    /// Frames a second a client may send (`--rate`), and in a burst (`--burst`).
+    pub rate: u32,
+    pub burst: u32,
 }
 
 /// A client whose handshake succeeded, as its reader holds it.
@@ -129,9 +137,51 @@ pub struct Client {
     /// Its id: the `welcome` frame's, and the log's.
     pub id: u64,
     pub endpoint: Endpoint,
+    pub format: Format,
+    /// Its name (`?name=`, then `hello`), filled into messages that have none.
+    pub name: Option<String>,
+    /// A first room other than the lobby (`?room=`).
+    pub room: Option<String>,
+    /// Opened with the admin token: may kick.
+    pub admin: bool,
+    /// What `welcome` says it speaks.
+    pub protocol: &'static str,
     /// The socket; the outbox has the same one, to write.
     pub socket: Arc<TcpStream>,
     pub ws: WebSocket<ClientStream>,
+}
+
+/// A token bucket: `rate` frames a second on average, `burst` at once.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Bucket {
+        Bucket {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Why a client left.
@@ -157,11 +207,15 @@ pub enum Disconnect {
     WriteFailed,
     /// The server is stopping.
     ServerStopping,
+    /// An admin kicked it: closed with 4001.
+    Kicked,
+    /// Too many frames over its rate in a row: closed with 1008.
+    Flooding,
 }
 
 impl Disconnect {
     /// Every reason, in the order `/stats` lists them.
-    pub const ALL: [Disconnect; 10] = [
+    pub const ALL: [Disconnect; 12] = [
         Disconnect::Closed,
         Disconnect::Silent,
         Disconnect::Dropped,
@@ -172,6 +226,8 @@ impl Disconnect {
         Disconnect::SlowConsumer,
         Disconnect::WriteFailed,
         Disconnect::ServerStopping,
+        Disconnect::Kicked,
+        Disconnect::Flooding,
     ];
 
     /// Its name in `/stats`.
@@ -187,6 +243,8 @@ impl Disconnect {
             Disconnect::SlowConsumer => "slow_consumer",
             Disconnect::WriteFailed => "write_failed",
             Disconnect::ServerStopping => "server_stopping",
+            Disconnect::Kicked => "kicked",
+            Disconnect::Flooding => "flooding",
         }
     }
 }
@@ -204,6 +262,8 @@ impl fmt::Display for Disconnect {
             Disconnect::SlowConsumer => "cut off with 1008: does not read as fast as the chat",
             Disconnect::WriteFailed => "a write to it timed out or failed",
             Disconnect::ServerStopping => "server stopping",
+            Disconnect::Kicked => "kicked by an admin (4001)",
+            Disconnect::Flooding => "closed with 1008: flooding",
         })
     }
 }
@@ -214,6 +274,7 @@ impl From<Failure> for Disconnect {
             Failure::SlowConsumer => Disconnect::SlowConsumer,
             Failure::WriteFailed => Disconnect::WriteFailed,
             Failure::Stopped => Disconnect::ServerStopping,
+            Failure::Kicked => Disconnect::Kicked,
         }
     }
 }
@@ -260,10 +321,14 @@ pub fn serve(
         outbox.finish();
         return;
     }
-    let joined = hub.send(Event::Join {
+    let joined = hub.send(Event::Connect {
         id: client.id,
         outbox: Arc::clone(&outbox),
         endpoint: client.endpoint,
+        format: client.format,
+        name: client.name.clone().unwrap_or_default(),
+        room: client.room.take(),
+        protocol: client.protocol,
     });
     if joined.is_err() {
         outbox.finish();
@@ -274,7 +339,8 @@ pub fn serve(
         hub,
         outbox: Arc::clone(&outbox),
     };
-    let seen = read_until_closed(&mut client, &outbox, hub);
+    let mut bucket = Bucket::new(settings.rate, settings.burst);
+    let seen = read_until_closed(&mut client, &outbox, hub, &mut bucket);
     // What the outbox saw (a slow consumer, a failed write) is why the read ended.
     let reason = outbox.failure().map_or(seen, Disconnect::from);
     stats.count_disconnect(reason);
@@ -282,27 +348,51 @@ pub fn serve(
 }
 
 /// The read loop. Returns why the client is gone.
-fn read_until_closed(client: &mut Client, outbox: &Outbox, hub: &Sender<Event>) -> Disconnect {
+fn read_until_closed(
+    client: &mut Client,
+    outbox: &Outbox,
+    hub: &Sender<Event>,
+    bucket: &mut Bucket,
+) -> Disconnect {
+    let mut dropped = 0;
     loop {
         let message = match client.ws.read() {
             Ok(message) => message,
             Err(e) => return end_after_error(client, outbox, e),
         };
         let reply = match (client.endpoint, message) {
-            (Endpoint::Chat, Message::Text(text)) => match protocol::parse_chat(&text) {
-                Ok(message) => {
-                    let event = Event::Message {
-                        from: client.id,
-                        message,
-                    };
-                    if hub.send(event).is_err() {
-                        return Disconnect::ServerStopping;
+            (Endpoint::Chat, Message::Text(text)) => {
+                // Flood control comes first: a frame over the rate costs the server
+                // a token count and one error frame, nothing more.
+                if !bucket.take() {
+                    dropped += 1;
+                    if dropped >= FLOOD_LIMIT {
+                        close_with(client, outbox, CloseCode::Policy, "flooding");
+                        await_close(client);
+                        return Disconnect::Flooding;
                     }
-                    None
+                    Some(InputError::TooFast {
+                        rate: bucket.rate as u32,
+                    })
+                } else {
+                    dropped = 0;
+                    match handle(client, &text, hub) {
+                        Ok(Handled::Sent) => None,
+                        Ok(Handled::Reply(frame)) => {
+                            if let Err(e) = client.ws.send(frame) {
+                                return end_after_error(client, outbox, e);
+                            }
+                            None
+                        }
+                        Ok(Handled::HubGone) => return Disconnect::ServerStopping,
+                        Err(e) => Some(e),
+                    }
                 }
-                Err(e) => Some(error_frame(&e)),
-            },
-            (Endpoint::Chat, Message::Binary(_)) => Some(error_frame(&InputError::Binary)),
+                .map(|e| error_frame(&e, client.format))
+            }
+            (Endpoint::Chat, Message::Binary(_)) => {
+                Some(error_frame(&InputError::Binary, client.format))
+            }
             (Endpoint::Echo, message @ (Message::Text(_) | Message::Binary(_))) => Some(message),
             (_, Message::Close(_)) => {
                 // tungstenite queues the answering Close and sends it at the next
@@ -322,8 +412,95 @@ fn read_until_closed(client: &mut Client, outbox: &Outbox, hub: &Sender<Event>) 
     }
 }
 
-fn error_frame(e: &InputError) -> Message {
-    Message::text(Outgoing::Error { msg: e.to_string() }.to_json())
+/// What became of one frame from a chat client.
+enum Handled {
+    /// An event went to the hub.
+    Sent,
+    /// The reader answers it itself.
+    Reply(Message),
+    /// The hub is gone: the server is stopping.
+    HubGone,
+}
+
+/// Turns one text frame into a hub event, or into the reader's own answer.
+fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handled, InputError> {
+    let id = client.id;
+    let incoming = match client.format {
+        // Plain text: every frame is a message, under the connection's name.
+        Format::Text => Incoming::Message {
+            name: None,
+            msg: text.to_string(),
+            except_sender: false,
+        },
+        Format::Json => protocol::parse(text)?,
+    };
+    let event = match incoming {
+        Incoming::Message {
+            name,
+            msg,
+            except_sender,
+        } => {
+            let name = match (name, &client.name, client.format) {
+                (Some(name), _, _) => name,
+                (None, Some(name), _) => name.clone(),
+                (None, None, Format::Text) => String::new(),
+                (None, None, Format::Json) => return Err(InputError::NoName),
+            };
+            if client.format == Format::Text {
+                // What `parse` checks of a JSON client's message.
+                protocol::check_message(&name, &msg)?;
+            }
+            Event::Message {
+                from: id,
+                message: ChatMessage { name, msg },
+                except_sender,
+            }
+        }
+        Incoming::Hello { name } => {
+            client.name = Some(name.clone());
+            let answer = Outgoing::Hello { id, name: &name }.to_json();
+            if hub
+                .send(Event::Hello {
+                    id,
+                    name: name.clone(),
+                })
+                .is_err()
+            {
+                return Ok(Handled::HubGone);
+            }
+            return Ok(Handled::Reply(Message::text(answer)));
+        }
+        Incoming::Join { room, since, epoch } => Event::Join {
+            id,
+            room,
+            since,
+            epoch,
+        },
+        Incoming::Rooms => Event::Rooms { id },
+        Incoming::Who => Event::Who { id },
+        Incoming::Direct { to, msg } => Event::Direct {
+            from: id,
+            name: client.name.clone().unwrap_or_default(),
+            to,
+            msg,
+        },
+        Incoming::Ping => return Ok(Handled::Reply(Message::text(Outgoing::Pong.to_json()))),
+        Incoming::Kick { id: target } if client.admin => Event::Kick { by: id, id: target },
+        Incoming::Kick { .. } => return Err(InputError::NotAllowed),
+    };
+    Ok(if hub.send(event).is_ok() {
+        Handled::Sent
+    } else {
+        Handled::HubGone
+    })
+}
+
+fn error_frame(e: &InputError, format: Format) -> Message {
+    let frame = Outgoing::Error { msg: e.to_string() };
+    Message::text(match format {
+        Format::Json => frame.to_json(),
+        Format::Text => frame.text_line(),
+    })
 }
 
 /// Decides how to end after `read` or `send` failed, closing with the right code

@@ -76,7 +76,7 @@ fn check_segment(segment: &str) -> Result<(), Refusal> {
 }
 
 /// Decodes `%XX` escapes. Invalid escapes and results that are not UTF-8 are a 400.
-fn percent_decode(s: &str) -> Result<String, Refusal> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, Refusal> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

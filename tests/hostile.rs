@@ -425,6 +425,11 @@ fn a_slow_clients_place_is_given_back_only_when_its_writer_is_gone() {
         "30",
         "--max-backlog",
         "67108864",
+        // The talker floods on purpose, to fill the slow client's backlog.
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
     ]);
     let base = baseline(&server);
     let peak = Peak::watch(&server);

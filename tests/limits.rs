@@ -111,7 +111,17 @@ fn a_silent_client_is_dropped_by_the_heartbeat() {
 
 #[test]
 fn a_client_that_never_reads_is_cut_off_and_everyone_else_gets_everything() {
-    let server = Server::start(&["--max-backlog", "160000", "--max-message", "16384"]);
+    let server = Server::start(&[
+        "--max-backlog",
+        "160000",
+        "--max-message",
+        "16384",
+        // The sender talks as fast as it can: no flood control in its way.
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+    ]);
     let mut observer = Client::join(&server);
     let mut sender = Client::join(&server);
     // A small receive window, so the kernel stops taking bytes for it early.

@@ -136,6 +136,9 @@ fn launch(target: &Target) -> (Child, Vec<u16>) {
         .env("THREADCHAT_MAX_PER_HOST", "0")
         .env("THREADCHAT_MAX_HANDSHAKES_PER_HOST", "0")
         .env("THREADCHAT_MAX_HTTP_PER_HOST", "0")
+        // Senders go as fast as the server answers: flood control would drop them.
+        .env("THREADCHAT_RATE", "100000")
+        .env("THREADCHAT_BURST", "100000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
