@@ -13,6 +13,8 @@
 //! A client's memory: its backlog is bounded by `--max-backlog` as the outbox counts
 //! it (overhead included, see [`crate::outbox`]); tungstenite holds at most one
 //! frame and one message of `--max-message` each, and the parsed message is a third.
+//! Beside the connections, each of `--max-rooms` rooms keeps at most 64 KiB of
+//! history ([`crate::hub::HISTORY_BYTES`]).
 //!
 //! Three ceilings matter:
 //!
