@@ -40,9 +40,9 @@ audit:
 autobahn: build
 	autobahn/run.sh target/debug/threadchat
 
-## The load generator against the optimised server: chat, fanout, saturate, idle,
-## storm, footprint, and the naive example's rows beside them, every delivery
-## checked (about three minutes; not part of `make test`).
+## The load generator against the optimised server: chat, fanout, saturate, rooms
+## (50 rooms of 20), idle, storm, footprint, and the naive example's rows beside
+## them, every delivery checked (about three minutes; not part of `make test`).
 bench: release
 	$(CARGO) build --release -p threadchat-loadgen
 	$(CARGO) build --release --example naive

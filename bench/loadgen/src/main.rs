@@ -8,6 +8,13 @@
 //! whether every client saw the same total order. It prints one markdown table, the machine it ran on
 //! and the exact command.
 //!
+//! Every scenario but `rooms` keeps its clients in the lobby. `rooms` spreads them
+//! over R rooms of C (client `i` joins room `r{i % R}` once connected and waits for
+//! `joined`), with senders in every room; its joins have settled when every client
+//! has seen its own room's `count` reach C, and its checks hold per room, plus one
+//! more: no client receives a message of another room. Replayed history (`"history":
+//! true`) is never counted as a delivery.
+//!
 //! The `footprint` scenario (see `footprint.rs`) measures what a server costs a
 //! small host at rest: binary size, start-up time, memory, and wake-ups while idle;
 //! `--server-cmd` points it at any other server for comparison.
@@ -45,11 +52,11 @@ struct Cli {
     /// Small numbers, a few seconds in all (for `make test`).
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run (footprint, chat, fanout, saturate, idle, storm).
+    /// Scenarios to run (footprint, chat, fanout, saturate, rooms, idle, storm).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "footprint,chat,fanout,saturate,idle,storm"
+        default_value = "footprint,chat,fanout,saturate,rooms,idle,storm"
     )]
     scenarios: Vec<String>,
     /// footprint only: measure this shell command instead of `--server`. It gets
@@ -213,13 +220,18 @@ struct Seen {
     order: Vec<u32>,
     /// One-way latencies in µs, measured messages only.
     latencies: Vec<u32>,
-    /// Largest `count` in a notification so far.
+    /// Largest `count` in a notification so far (of its own room, in `rooms`).
     max_count: u64,
+    /// Messages of another room than the client's: each one a failure.
+    foreign: u64,
 }
 
 /// Shared between the scenario and every reader.
 struct Shared {
     senders: usize,
+    /// 0: everyone stays in the lobby. Else client `i` (sender `i` too, as senders
+    /// are the first clients) is in room `i % rooms`.
+    rooms: usize,
     /// Only messages with `measured_from[sender] <= seq < measured_to[sender]`
     /// count; each sender sets its own bounds as it passes them.
     measured_from: Vec<AtomicU64>,
@@ -234,6 +246,20 @@ struct Shared {
     keep_latencies: AtomicBool,
 }
 
+impl Shared {
+    /// The room client (or sender) `i` joins, if it leaves the lobby.
+    fn room_of(&self, i: usize) -> Option<usize> {
+        (self.rooms > 0).then(|| i % self.rooms)
+    }
+}
+
+fn room_name(room: usize) -> String {
+    format!("r{room}")
+}
+
+/// How long a client waits for the answer to its `join`.
+const JOIN_PATIENCE: Duration = Duration::from_secs(10);
+
 struct Client {
     socket: TcpStream,
     reader: JoinHandle<Seen>,
@@ -242,24 +268,81 @@ struct Client {
 fn connect(server: SocketAddr, index: usize, shared: &Arc<Shared>) -> std::io::Result<Client> {
     let stream = TcpStream::connect(server)?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tungstenite::client(format!("ws://{server}/"), stream.try_clone()?)
+    let (mut ws, _) = tungstenite::client(format!("ws://{server}/"), stream.try_clone()?)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let room = match shared.room_of(index) {
+        Some(room) => Some(join(&mut ws, &stream, &room_name(room))?),
+        None => None,
+    };
     let shared = Arc::clone(shared);
     let reader = thread::Builder::new()
         .stack_size(64 * 1024)
-        .spawn(move || read_all(ws, index, &shared))?;
+        .spawn(move || read_all(ws, index, room, &shared))?;
     Ok(Client {
         socket: stream,
         reader,
     })
 }
 
-fn read_all(mut ws: WebSocket<TcpStream>, index: usize, shared: &Shared) -> Seen {
+/// Moves a freshly connected client from the lobby to `room`: sends `join` and reads
+/// (and drops: the lobby's frames) until its `joined`. Returns the room and the
+/// `joined` count, which is where the reader's count starts.
+fn join(
+    ws: &mut WebSocket<TcpStream>,
+    stream: &TcpStream,
+    room: &str,
+) -> std::io::Result<(String, u64)> {
+    let fail = |e: String| std::io::Error::other(format!("join {room}: {e}"));
+    stream.set_read_timeout(Some(JOIN_PATIENCE))?;
+    let frame = serde_json::json!({ "type": "join", "room": room }).to_string();
+    ws.send(Message::text(frame))
+        .map_err(|e| fail(e.to_string()))?;
+    let count = loop {
+        let Message::Text(text) = ws.read().map_err(|e| fail(e.to_string()))? else {
+            continue;
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        match value["type"].as_str() {
+            Some("joined") if value["room"] == room => {
+                break value["count"].as_u64().unwrap_or(0);
+            }
+            Some("error") => return Err(fail(value["msg"].to_string())),
+            _ => {}
+        }
+    };
+    stream.set_read_timeout(None)?;
+    Ok((room.to_string(), count))
+}
+
+/// Reads one client's frames until its socket closes. `room`: the room it joined
+/// and that `joined`'s count; `None` for a client in the lobby, whose frames are
+/// then taken as they come, as from a server without rooms.
+fn read_all(
+    mut ws: WebSocket<TcpStream>,
+    index: usize,
+    room: Option<(String, u64)>,
+    shared: &Shared,
+) -> Seen {
     let mut seen = Seen {
         last_seq: vec![-1; shared.senders],
         ..Seen::default()
     };
     let mut settled = false;
+    let mut count = |seen: &mut Seen, n: u64| {
+        seen.max_count = seen.max_count.max(n);
+        if !settled && seen.max_count >= shared.expected_count.load(Ordering::Relaxed) {
+            settled = true;
+            shared.settled.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let room = room.map(|(room, joined)| {
+        count(&mut seen, joined);
+        room
+    });
+    // Whether a frame is of this client's room (any frame, in the lobby).
+    let mine = |value: &serde_json::Value| room.as_ref().is_none_or(|r| value["room"] == **r);
     while let Ok(message) = ws.read() {
         let Message::Text(text) = message else {
             continue;
@@ -268,13 +351,12 @@ fn read_all(mut ws: WebSocket<TcpStream>, index: usize, shared: &Shared) -> Seen
             continue;
         };
         match value["type"].as_str() {
-            Some("notification") | Some("welcome") => {
-                seen.max_count = seen.max_count.max(value["count"].as_u64().unwrap_or(0));
-                if !settled && seen.max_count >= shared.expected_count.load(Ordering::Relaxed) {
-                    settled = true;
-                    shared.settled.fetch_add(1, Ordering::Relaxed);
-                }
+            Some("notification") | Some("welcome") if mine(&value) => {
+                count(&mut seen, value["count"].as_u64().unwrap_or(0));
             }
+            // A joiner's replay of what was said before it came: not a delivery.
+            Some("message") if value["history"] == true => {}
+            Some("message") if !mine(&value) => seen.foreign += 1,
             Some("message") => record(
                 &mut seen,
                 value["msg"].as_str().unwrap_or(""),
@@ -298,6 +380,10 @@ fn record(seen: &mut Seen, msg: &str, me: usize, shared: &Shared) {
         return;
     };
     if sender >= shared.senders {
+        return;
+    }
+    if shared.room_of(sender) != shared.room_of(me) {
+        seen.foreign += 1; // said in another room than this client's
         return;
     }
     if me == sender {
@@ -361,8 +447,12 @@ enum Drive {
 }
 
 struct Load {
+    /// Every client, in all rooms.
     clients: usize,
+    /// Every sender, in all rooms (spread over them as `i % rooms`).
     senders: usize,
+    /// 0: everyone in the lobby; else `clients / rooms` clients in each room.
+    rooms: usize,
     drive: Drive,
     warmup: Duration,
     duration: Duration,
@@ -380,6 +470,8 @@ struct Outcome {
     duplicates: u64,
     out_of_order: u64,
     same_order: bool,
+    /// Messages received by a client of another room (never in lobby scenarios).
+    foreign: u64,
     settle_s: f64,
 }
 
@@ -424,11 +516,18 @@ fn wait_until(deadline: Duration, done: impl FnMut() -> bool) -> bool {
 /// One load scenario against a fresh server. An `Err` is a run that could not be
 /// measured (a client could not connect, the joins never settled).
 fn run_load(binary: &str, http: bool, load: &Load) -> Result<Outcome, String> {
+    let groups = load.rooms.max(1);
+    assert!(
+        load.clients.is_multiple_of(groups) && load.senders >= groups,
+        "every room as many clients, and a sender"
+    );
+    let members = load.clients / groups;
     let server = Server::start(binary, http);
     let (echo_tx, echo_rx): (Vec<_>, Vec<_>) =
         (0..load.senders).map(|_| bounded::<()>(1 << 16)).unzip();
     let shared = Arc::new(Shared {
         senders: load.senders,
+        rooms: load.rooms,
         measured_from: (0..load.senders)
             .map(|_| AtomicU64::new(u64::MAX))
             .collect(),
@@ -437,7 +536,7 @@ fn run_load(binary: &str, http: bool, load: &Load) -> Result<Outcome, String> {
             .collect(),
         received: AtomicU64::new(0),
         settled: AtomicU64::new(0),
-        expected_count: AtomicU64::new(load.clients as u64),
+        expected_count: AtomicU64::new(members as u64),
         echoes: echo_tx,
         keep_latencies: AtomicBool::new(true),
     });
@@ -483,8 +582,10 @@ fn run_load(binary: &str, http: bool, load: &Load) -> Result<Outcome, String> {
         .into_iter()
         .map(|h| h.join().expect("sender"))
         .collect();
+    // Each sender's measured messages reach every member of its room (all clients,
+    // in the lobby).
     let measured: u64 = windows.iter().map(|w| w.1 - w.0).sum();
-    let expected = measured * load.clients as u64;
+    let expected = measured * members as u64;
     let mut last = 0;
     let mut last_change = Instant::now();
     wait_until(Duration::from_secs(30), || {
@@ -504,6 +605,7 @@ fn run_load(binary: &str, http: bool, load: &Load) -> Result<Outcome, String> {
         .collect();
     Ok(summarize(
         load.clients,
+        groups,
         seen,
         expected,
         load.duration,
@@ -577,8 +679,10 @@ fn send_loop(
     (first_measured.unwrap_or(seq), seq)
 }
 
+/// `groups`: the rooms (1: the lobby); client `i` is in room `i % groups`.
 fn summarize(
     clients: usize,
+    groups: usize,
     seen: Vec<Seen>,
     expected: u64,
     duration: Duration,
@@ -587,9 +691,11 @@ fn summarize(
     let received: u64 = seen.iter().map(|s| s.received).sum();
     let duplicates = seen.iter().map(|s| s.duplicates).sum();
     let out_of_order = seen.iter().map(|s| s.out_of_order).sum();
-    // Every client must hold the reference order restricted to what it got.
-    let reference = &seen[0].order;
-    let same_order = seen.iter().all(|s| {
+    let foreign = seen.iter().map(|s| s.foreign).sum();
+    // Every client must hold its room's reference order (its first member's)
+    // restricted to what it got.
+    let same_order = seen.iter().enumerate().all(|(i, s)| {
+        let reference = &seen[i % groups].order;
         let mine: std::collections::HashSet<u32> = s.order.iter().copied().collect();
         let restricted: Vec<u32> = reference
             .iter()
@@ -617,6 +723,7 @@ fn summarize(
         duplicates,
         out_of_order,
         same_order,
+        foreign,
         settle_s,
     }
 }
@@ -634,6 +741,7 @@ fn run_idle(binary: &str, n: usize) -> Idle {
     let (echo_tx, _echo_rx) = bounded(1);
     let shared = Arc::new(Shared {
         senders: 1,
+        rooms: 0,
         measured_from: vec![AtomicU64::new(u64::MAX)],
         measured_to: vec![AtomicU64::new(u64::MAX)],
         received: AtomicU64::new(0),
@@ -745,8 +853,9 @@ fn run_footprint(cli: &Cli) -> String {
 }
 
 /// Prints one load scenario's row; returns whether it went wrong: deliveries lost,
-/// duplicated or reordered, or no measurement at all. A row that is not `judged`
-/// (the naive server's) says so in its first cell when it went wrong.
+/// duplicated, reordered or received in another room (said in the same-order cell),
+/// or no measurement at all. A row that is not `judged` (the naive server's) says so
+/// in its first cell when it went wrong.
 fn print_load_row(label: &str, outcome: &Result<Outcome, String>, judged: bool) -> bool {
     let mark = if judged { "" } else { " ⚠ not judged" };
     let o = match outcome {
@@ -757,9 +866,14 @@ fn print_load_row(label: &str, outcome: &Result<Outcome, String>, judged: bool) 
         }
     };
     let lost = o.expected.saturating_sub(o.received);
-    let bad = lost > 0 || o.duplicates > 0 || o.out_of_order > 0 || !o.same_order;
+    let bad = lost > 0 || o.duplicates > 0 || o.out_of_order > 0 || !o.same_order || o.foreign > 0;
+    let foreign = if o.foreign > 0 {
+        format!("; {} from another room ⚠", o.foreign)
+    } else {
+        String::new()
+    };
     println!(
-        "| {label}{} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {lost} | {} | {} | {} | {:.2} |",
+        "| {label}{} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {lost} | {} | {} | {}{foreign} | {:.2} |",
         if bad { mark } else { "" },
         o.clients,
         o.deliveries_per_s,
@@ -834,6 +948,7 @@ fn main() {
             "chat" => Load {
                 clients: if q { 20 } else { 100 },
                 senders: if q { 4 } else { 10 },
+                rooms: 0,
                 drive: Drive::Rate(20.0),
                 warmup: secs(2, 1),
                 duration: secs(10, 2),
@@ -842,6 +957,7 @@ fn main() {
             "fanout" => Load {
                 clients: if q { 100 } else { 1000 },
                 senders: 5,
+                rooms: 0,
                 drive: Drive::Rate(20.0),
                 warmup: secs(2, 1),
                 duration: secs(10, 2),
@@ -850,11 +966,26 @@ fn main() {
             "saturate" => Load {
                 clients: if q { 40 } else { 200 },
                 senders: 4,
+                rooms: 0,
                 drive: Drive::Window(8),
                 warmup: secs(2, 1),
                 duration: secs(10, 2),
                 size: 64,
             },
+            // 1,000 msg/s in all (20,000 deliveries/s): well within a 2-core
+            // machine, so that a failure is the rooms' and not an overload's.
+            "rooms" => {
+                let (rooms, per_room, senders) = if q { (5, 8, 2) } else { (50, 20, 2) };
+                Load {
+                    clients: rooms * per_room,
+                    senders: rooms * senders,
+                    rooms,
+                    drive: Drive::Rate(10.0),
+                    warmup: secs(2, 1),
+                    duration: secs(10, 2),
+                    size: 64,
+                }
+            }
             "idle" | "storm" => {
                 let n = if q { 200 } else { 2000 };
                 let idle = run_idle(&cli.server, n);
@@ -887,7 +1018,12 @@ fn main() {
                 std::process::exit(2);
             }
         };
-        let bad = print_load_row(name, &run_load(&cli.server, true, &load), true);
+        let label = if load.rooms > 0 {
+            format!("{name} ({} × {})", load.rooms, load.clients / load.rooms)
+        } else {
+            name.clone()
+        };
+        let bad = print_load_row(&label, &run_load(&cli.server, true, &load), true);
         failed |= bad;
         bad_scenarios += usize::from(bad);
         if let Some(naive) = &cli.naive
@@ -918,7 +1054,9 @@ fn main() {
         cli.scenarios.len() - bad_scenarios
     );
     if failed {
-        eprintln!("some deliveries were lost, duplicated, reordered, or something leaked");
+        eprintln!(
+            "some deliveries were lost, duplicated, reordered, crossed rooms, or something leaked"
+        );
         std::process::exit(1);
     }
 }
