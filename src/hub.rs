@@ -706,8 +706,10 @@ impl Hub {
         let mut prefix = encode(&joined, format);
         append_history(&mut prefix, history, format);
         if staying {
-            // Joining the room it is in: the history again, nothing announced.
-            self.replies.push((id, prefix));
+            // Joining the room it is in: the history again, nothing announced. Sent
+            // now: the turn was flushed above, so this lands between what the client
+            // already has and the rest of this turn, as a move's prefix does.
+            let _ = outbox.send_shared(&Arc::new(prefix), 0);
             return;
         }
         enter(

@@ -1,4 +1,4 @@
-// threadchat's page: one WebSocket, a message log, a form.
+// threadchat's page: one WebSocket, a message log per room, a form.
 //
 // Rules this file keeps:
 // - Everything that came from the network or an input is shown with textContent,
@@ -7,6 +7,11 @@
 //   /config.json, over wss: when the page itself came over https.
 // - A dropped connection is retried with backoff (1 s doubling to 10 s, with
 //   jitter); messages typed meanwhile wait in a queue and go out on reconnect.
+// - Protocol v2 (docs/PROTOCOL.md): the page says `hello` with its name, `join`s the
+//   room it remembers on every (re)connect, resuming from the last message id it
+//   showed there (`since`, with the server's `epoch`), and drops replayed messages
+//   it already shows. Nothing typed goes out before that join, so a message always
+//   lands in the room on screen.
 'use strict';
 
 const els = {
@@ -17,20 +22,69 @@ const els = {
   form: document.getElementById('composer'),
   status: document.getElementById('status'),
   toggle: document.getElementById('toggle'),
+  roomForm: document.getElementById('room-form'),
+  room: document.getElementById('room'),
+  roomNow: document.getElementById('room-now'),
+  members: document.getElementById('members'),
+  direct: document.getElementById('direct'),
+  directTo: document.getElementById('direct-to'),
+  directCancel: document.getElementById('direct-cancel'),
 };
 
 const NAME_KEY = 'threadchat.name';
+const ROOM_KEY = 'threadchat.room';
+const LOBBY = 'lobby';
+const ROOM_NAME = /^[A-Za-z0-9_-]{1,32}$/;
 const BACKOFF_START_MS = 1000;
 const BACKOFF_MAX_MS = 10000;
+const HELLO_DELAY_MS = 400;  // a name being typed is said once it rests
+const WHO_SPACING_MS = 300;  // at most one `who` in flight, and a pause between
+const SLOW_RUN_MS = 3000;    // rate-limit errors this close together share a notice
 
 let socket = null;
+let ready = false;        // welcome handled and our join sent: frames may go out
 let myId = null;          // from the welcome frame: marks our own messages
-let online = null;        // count from the last notification
+let epoch = null;         // the server run of the last welcome
+let online = null;        // count of the current room, from joined/notifications
 let wanted = true;        // false after the user pressed Disconnect
 let backoff = BACKOFF_START_MS;
 let retryTimer = null;
 let retryAt = 0;
-const outbox = [];        // messages typed while offline, sent on reconnect
+let config = null;        // the last /config.json that arrived
+const outbox = [];        // frames typed while offline, sent on reconnect
+
+let room = storedRoom();  // the room on screen (and the one we want to be in)
+let serverRoom = null;    // the room the server has us in on this connection
+let syncedRoom = null;    // the room whose log is complete on this connection
+let joining = null;       // a room the user asked for, not yet confirmed
+let helloName = null;     // the name the server knows on this connection
+let helloTimer = null;
+let members = [];         // the current room's `who`
+let directTarget = null;  // { id, name } while composing a direct message
+let whoInFlight = false;
+let whoAgain = false;
+let whoTimer = null;
+let retryFrames = null;   // after a rate-limit error: our own frames sent again
+let slow = null;          // the rate-limit notice of the current run of them
+
+// Per room: its log (in #chat when on screen, else parked in a fragment), the ids
+// shown (for dropping replays), the newest one and the server run they belong to.
+const logs = new Map();
+
+function storedRoom() {
+  const saved = localStorage.getItem(ROOM_KEY);
+  return saved && ROOM_NAME.test(saved) ? saved : LOBBY;
+}
+
+function logOf(name) {
+  let log = logs.get(name);
+  if (!log) {
+    log = { parked: document.createDocumentFragment(), seen: new Set(), lastId: 0,
+            epoch: null, shown: false };
+    logs.set(name, log);
+  }
+  return log;
+}
 
 // --- the log ---------------------------------------------------------------
 
@@ -39,8 +93,10 @@ function nearBottom() {
   return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
 }
 
-function addEntry(kind, parts, time) {
-  const follow = nearBottom();
+/** Appends an entry to `where`'s log (the room on screen by default). */
+function addEntry(kind, parts, time, where = room) {
+  const visible = where === room;
+  const follow = visible && nearBottom();
   const entry = document.createElement('li');
   entry.className = kind;
   const stamp = document.createElement('time');
@@ -54,10 +110,28 @@ function addEntry(kind, parts, time) {
     span.textContent = text;
     entry.append(span);
   }
-  els.chat.append(entry);
+  (visible ? els.chat : logOf(where).parked).append(entry);
   // Follow the conversation unless the reader has scrolled up to read.
   if (follow) els.chat.scrollTop = els.chat.scrollHeight;
   return entry;
+}
+
+/** Puts `next`'s log on screen, parking the current one. */
+function showRoom(next) {
+  if (next === room) return;
+  logOf(room).parked.append(...els.chat.childNodes);
+  room = next;
+  els.chat.append(logOf(room).parked);
+  els.chat.scrollTop = els.chat.scrollHeight;
+  els.room.value = room;
+  members = [];
+  online = null;
+  renderMembers();
+  showRoomNow();
+}
+
+function showRoomNow() {
+  els.roomNow.textContent = joining ? `joining ${joining}…` : `in ${room}`;
 }
 
 // --- status ----------------------------------------------------------------
@@ -79,22 +153,264 @@ function tickCountdown() {
   setTimeout(tickCountdown, 500);
 }
 
+// --- people ----------------------------------------------------------------
+
+function label(id, name) {
+  return name || `#${id}`;
+}
+
+function renderMembers() {
+  const items = members.map((m) => {
+    const item = document.createElement('li');
+    if (m.id === myId) {
+      item.className = 'me';
+      item.textContent = `${label(m.id, m.name)} (you)`;
+    } else {
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'member';
+      button.dataset.id = m.id;
+      button.textContent = label(m.id, m.name);
+      button.title = `Send ${label(m.id, m.name)} a direct message`;
+      button.setAttribute('aria-pressed', String(directTarget?.id === m.id));
+      button.addEventListener('click', () => startDirect(m.id, m.name));
+      item.append(button);
+    }
+    return item;
+  });
+  els.members.replaceChildren(...items);
+}
+
+/** Asks for the room's members: one request at a time, spaced, however many ask. */
+function askWho() {
+  if (!ready) return;
+  if (whoInFlight || whoTimer) {
+    whoAgain = true;
+    return;
+  }
+  whoInFlight = true;
+  transmit({ type: 'who' });
+}
+
+function whoArrived() {
+  whoInFlight = false;
+  if (whoAgain && !whoTimer) {
+    whoAgain = false;
+    whoTimer = setTimeout(() => { whoTimer = null; askWho(); }, WHO_SPACING_MS);
+  }
+}
+
+function startDirect(id, name) {
+  directTarget = { id, name };
+  els.directTo.textContent = `to ${label(id, name)}`;
+  els.direct.hidden = false;
+  els.msg.placeholder = `Direct message to ${label(id, name)}`;
+  renderMembers();
+  els.msg.focus();
+}
+
+function cancelDirect() {
+  directTarget = null;
+  els.direct.hidden = true;
+  els.msg.placeholder = 'Message';
+  renderMembers();
+}
+
 // --- the connection --------------------------------------------------------
 
 async function socketUrl() {
-  let port = '8001';
-  let path = '/';
   try {
     const response = await fetch('config.json', { cache: 'no-store' });
-    const config = await response.json();
-    port = String(config.wsPort);
-    path = config.wsPath || '/';
+    config = await response.json();
   } catch (e) {
-    // Keep the defaults: the server may be restarting.
+    // Keep the last one (or the defaults): the server may be restarting.
   }
+  const port = config ? String(config.wsPort) : '8001';
+  const path = (config && config.wsPath) || '/';
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const host = location.hostname.includes(':') ? `[${location.hostname}]` : location.hostname;
   return `${scheme}//${host}:${port}${path}`;
+}
+
+/** Sends a frame now (the caller checked that the socket is ready). */
+function transmit(frame) {
+  socket.send(typeof frame === 'string' ? frame : JSON.stringify(frame));
+}
+
+/** Sends `hello` when the name differs from the one the server knows. */
+function sayHello() {
+  clearTimeout(helloTimer);
+  helloTimer = null;
+  const name = els.name.value.trim();
+  if (!ready || name === helloName) return;
+  helloName = name;
+  transmit({ type: 'hello', name });
+}
+
+/** The join for `name`: resuming after what this page shows, if it shows any. */
+function joinFrame(name) {
+  const frame = { type: 'join', room: name };
+  const log = logs.get(name);
+  if (log && log.shown && log.epoch !== null) {
+    frame.since = log.lastId;
+    frame.epoch = log.epoch;
+  }
+  return frame;
+}
+
+function welcome(data) {
+  myId = data.id;
+  epoch = data.epoch ?? null;
+  serverRoom = data.room || LOBBY;
+  syncedRoom = null;
+  helloName = '';
+  ready = true;
+  whoInFlight = false;
+  whoAgain = false;
+  clearTimeout(whoTimer);
+  whoTimer = null;
+  sayHello();
+  const log = logOf(room);
+  if (room === serverRoom && !log.shown) {
+    // Nothing shown yet and already where we want to be: the history that
+    // follows the welcome is the room's.
+    log.epoch = epoch;
+    log.shown = true;
+    syncedRoom = room;
+    online = data.count;
+    askWho();
+  } else {
+    transmit(joinFrame(room));
+    joining = room;
+    if (log.epoch !== epoch) forget(log);
+  }
+  showRoomNow();
+  while (outbox.length) transmit(outbox.shift());
+  setStatus('online');
+}
+
+/** A new server run: its ids say nothing about the ones shown. */
+function forget(log) {
+  log.seen = new Set();
+  log.lastId = 0;
+  log.epoch = epoch;
+}
+
+function joined(data) {
+  serverRoom = data.room;
+  syncedRoom = data.room;
+  if (joining === data.room) joining = null;
+  const log = logOf(data.room);
+  if (log.epoch !== epoch) forget(log);
+  log.shown = true;
+  if (data.gap) {
+    addEntry('notice gap', [['text',
+      'Some messages may have been missed while you were away.']], null, data.room);
+  }
+  if (data.room === room) {
+    online = data.count;
+    localStorage.setItem(ROOM_KEY, room);
+    members = [];
+    renderMembers();
+    askWho();
+    setStatus('online');
+  }
+  showRoomNow();
+}
+
+/** Whether a frame of `where` belongs in its log now. */
+function belongs(where, replayed) {
+  if (where !== serverRoom) return false;
+  if (where === syncedRoom) return true;
+  // Back in the room we were in, before `joined`: live frames are new (the server
+  // may send them before the reply), replays wait for the reply.
+  return !replayed && where === room && logOf(where).shown;
+}
+
+function message(data) {
+  const where = data.room || serverRoom;
+  if (!belongs(where, data.history)) return;
+  const log = logOf(where);
+  if (log.seen.has(data.id)) return; // a replay of one shown already
+  log.seen.add(data.id);
+  log.lastId = Math.max(log.lastId, data.id);
+  const mine = data.from === myId;
+  let kind = mine ? 'message mine' : 'message';
+  if (data.history) kind += ' history';
+  const entry = addEntry(kind, [['who', data.name || 'anonymous'], ['text', data.msg]],
+    data.ts, where);
+  entry.dataset.id = data.id;
+  if (data.history) entry.title = 'sent before you arrived';
+}
+
+function notification(data) {
+  const where = data.room || serverRoom;
+  if (!belongs(where, false)) return;
+  addEntry('notification', [['text', data.msg]], null, where);
+  if (where === room) {
+    online = data.count;
+    setStatus('online');
+    askWho();
+  }
+}
+
+function direct(data) {
+  const sent = data.delivered === true;
+  const other = sent ? members.find((m) => m.id === data.to) : null;
+  const who = sent
+    ? `you → ${label(data.to, other ? other.name : (directTarget?.id === data.to ? directTarget.name : ''))}`
+    : `${label(data.from, data.name)} → you`;
+  const entry = addEntry(sent ? 'message direct mine' : 'message direct',
+    [['who', `${who} (direct)`], ['text', data.msg]], data.ts);
+  entry.dataset.id = data.id;
+}
+
+function error(data) {
+  const msg = String(data.msg || '');
+  if (msg.startsWith('slow down')) {
+    // One notice for a run of them, counting: a burst is answered by many errors,
+    // interleaved with the messages that did go through.
+    const now = Date.now();
+    if (!slow || now - slow.at > SLOW_RUN_MS || !els.chat.contains(slow.entry)) {
+      slow = { entry: addEntry('notice slow', [['text', '']]), dropped: 0 };
+    }
+    slow.at = now;
+    slow.dropped += 1;
+    slow.entry.querySelector('.text').textContent = `Easy there: that was faster than the server takes, so ${
+      slow.dropped === 1 ? 'the last message was' : `${slow.dropped} messages were`} not sent. Wait a moment and try again.`;
+    // The dropped frame may have been ours rather than the user's: a join or a
+    // `who` that will never be answered. Both are safe to send again.
+    clearTimeout(retryFrames);
+    retryFrames = setTimeout(() => {
+      if (!ready) return;
+      if (joining === room) transmit(joinFrame(room));
+      if (whoInFlight) {
+        whoInFlight = false;
+        askWho();
+      }
+    }, 1000);
+    return;
+  }
+  const gone = msg.match(/^there is no connection (\d+)/);
+  if (gone && directTarget && directTarget.id === Number(gone[1])) cancelDirect();
+  if (joining && /room/.test(msg)) {
+    // The join was refused: stay where the server has us.
+    joining = null;
+    const stay = syncedRoom || serverRoom;
+    if (stay && stay !== room) {
+      showRoom(stay);
+      localStorage.setItem(ROOM_KEY, room);
+      if (syncedRoom) {
+        askWho();
+      } else {
+        // Fresh from a reconnect: the log of the room we are in needs its join.
+        joining = room;
+        transmit(joinFrame(room));
+      }
+    }
+    showRoomNow();
+  }
+  addEntry('error', [['text', msg]]); // in the room on screen, after any move back
 }
 
 async function connect() {
@@ -103,48 +419,47 @@ async function connect() {
   if (!wanted) return;
   setStatus('connecting');
   const url = await socketUrl();
-  if (!wanted) return;
-  const ws = new WebSocket(url, 'threadchat.v1');
+  if (!wanted || socket) return;
+  const ws = new WebSocket(url, ['threadchat.v2', 'threadchat.v1']);
   socket = ws;
 
   ws.onopen = () => {
     backoff = BACKOFF_START_MS;
-    setStatus('online');
-    while (outbox.length && ws.readyState === WebSocket.OPEN) {
-      ws.send(outbox.shift());
-    }
-    setStatus('online');
   };
 
   ws.onmessage = (event) => {
+    if (socket !== ws) return;
     let data;
     try {
       data = JSON.parse(event.data);
     } catch (e) {
       return;
     }
-    if (data.type === 'welcome') {
-      myId = data.id;
-      online = data.count;
-      setStatus('online');
-    } else if (data.type === 'message') {
-      const mine = data.from === myId;
-      const entry = addEntry(mine ? 'message mine' : 'message',
-        [['who', data.name || 'anonymous'], ['text', data.msg]], data.ts);
-      entry.dataset.id = data.id;
-    } else if (data.type === 'notification') {
-      online = data.count;
-      addEntry('notification', [['text', data.msg]]);
-      setStatus('online');
-    } else if (data.type === 'error') {
-      addEntry('error', [['text', data.msg]]);
+    switch (data.type) {
+      case 'welcome': return welcome(data);
+      case 'joined': return joined(data);
+      case 'message': return message(data);
+      case 'notification': return notification(data);
+      case 'direct': return direct(data);
+      case 'hello': return askWho(); // our name, now in `who`
+      case 'who':
+        whoArrived();
+        if (data.room === room && Array.isArray(data.members)) {
+          members = data.members;
+          renderMembers();
+        }
+        return undefined;
+      case 'error': return error(data);
+      default: return undefined;
     }
   };
 
   ws.onclose = () => {
     if (socket !== ws) return;
     socket = null;
+    ready = false;
     online = null;
+    joining = null;
     if (!wanted) {
       setStatus('offline');
       return;
@@ -159,24 +474,69 @@ async function connect() {
   };
 }
 
-// --- the form --------------------------------------------------------------
+// The network is back: no need to wait for the rest of the backoff.
+window.addEventListener('online', () => {
+  if (wanted && retryTimer) connect();
+});
+
+// --- the forms -------------------------------------------------------------
 
 els.name.value = localStorage.getItem(NAME_KEY) || '';
-els.name.addEventListener('input', () => localStorage.setItem(NAME_KEY, els.name.value));
+els.name.addEventListener('input', () => {
+  localStorage.setItem(NAME_KEY, els.name.value);
+  clearTimeout(helloTimer);
+  helloTimer = setTimeout(sayHello, HELLO_DELAY_MS);
+});
+els.name.addEventListener('change', sayHello);
+
+els.room.value = room;
+showRoomNow();
+els.roomForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const next = els.room.value.trim();
+  if (!ROOM_NAME.test(next)) {
+    els.room.setCustomValidity('1 to 32 letters, digits, - or _');
+    els.room.reportValidity();
+    return;
+  }
+  els.room.setCustomValidity('');
+  if (next === room && !joining) return;
+  showRoom(next);
+  localStorage.setItem(ROOM_KEY, room);
+  if (ready) {
+    sayHello(); // so the room hears who is joining
+    joining = room;
+    transmit(joinFrame(room));
+  }
+  showRoomNow();
+  setStatus(ready ? 'online' : els.status.dataset.state);
+});
+els.room.addEventListener('input', () => els.room.setCustomValidity(''));
 
 els.form.addEventListener('submit', (event) => {
   event.preventDefault();
   const msg = els.msg.value;
   if (!msg.trim()) return;
-  const frame = JSON.stringify({ name: els.name.value.trim(), msg });
-  if (socket && socket.readyState === WebSocket.OPEN) {
-    socket.send(frame);
+  const frame = JSON.stringify(directTarget
+    ? { type: 'direct', to: directTarget.id, msg }
+    : { name: els.name.value.trim(), msg });
+  if (ready) {
+    sayHello(); // a direct message carries the connection's name
+    transmit(frame);
   } else {
     outbox.push(frame);
     setStatus(socket ? 'connecting' : (wanted ? 'reconnecting' : 'offline'));
   }
   els.msg.value = '';
   els.msg.focus();
+});
+
+els.directCancel.addEventListener('click', () => {
+  cancelDirect();
+  els.msg.focus();
+});
+els.msg.addEventListener('keydown', (event) => {
+  if (event.key === 'Escape' && directTarget) cancelDirect();
 });
 
 els.toggle.addEventListener('click', () => {

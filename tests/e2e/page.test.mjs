@@ -293,3 +293,207 @@ test('after a server restart the page reconnects by itself and nothing typed is 
   await alice.context.close();
   await bob.context.close();
 });
+
+// --- rooms, people, direct messages, history (protocol v2) --------------------
+
+/** Joins `room` with the room field and waits until the server has said `joined`. */
+async function joinRoom(page, room) {
+  await page.fill('#room', room);
+  await page.press('#room', 'Enter');
+  await roomIs(page, room);
+}
+
+async function roomIs(page, room) {
+  await page.waitForFunction(
+    (r) => document.getElementById('room-now').textContent === `in ${r}`, room);
+  assert.equal(await page.inputValue('#room'), room);
+}
+
+/** How many log entries on screen contain `text` (now: call it after a later entry). */
+function shown(page, text) {
+  return page.locator('#chat li', { hasText: text }).count();
+}
+
+/** The member button called exactly `name`, once the list shows it. */
+async function member(page, name) {
+  const button = page.locator('#members button.member').filter({ hasText: new RegExp(`^${name}$`) });
+  await button.waitFor();
+  return button;
+}
+
+/**
+ * Another client, not the page: a bare WebSocket (from a blank page of the server's
+ * origin, since Node 20 has no WebSocket without a flag) that joins `room`, says
+ * `msg` and leaves once the server has relayed it.
+ */
+async function sayFromOutside(room, msg) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`http://127.0.0.1:${server.httpPort}/healthz`);
+  await page.evaluate(({ port, room, msg }) => new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/`, 'threadchat.v2');
+    ws.onerror = () => reject(new Error('socket failed'));
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'join', room }));
+    ws.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type === 'joined') ws.send(JSON.stringify({ name: 'outsider', msg }));
+      if (frame.type === 'message' && frame.msg === msg && !frame.history) {
+        ws.close();
+        resolve();
+      }
+      if (frame.type === 'error') reject(new Error(frame.msg));
+    };
+  }), { port: server.wsPort, room, msg });
+  await context.close();
+}
+
+test("people in different rooms don't see each other, and both see the lobby again on return", async () => {
+  const alice = await person('alice');
+  const bob = await person('bob');
+  const carol = await person('carol'); // stays in the lobby
+  await joinRoom(alice.page, 'attic');
+  await joinRoom(bob.page, 'cellar');
+  // Carol's list of the lobby follows them out.
+  await carol.page.waitForFunction(() => {
+    const names = [...document.querySelectorAll('#members li')].map((li) => li.textContent);
+    return names.includes('carol (you)') && !names.includes('alice') && !names.includes('bob');
+  });
+
+  await say(alice.page, 'up in the attic');
+  await entry(alice.page, 'up in the attic');
+  await say(bob.page, 'down in the cellar');
+  await entry(bob.page, 'down in the cellar');
+  // Bob's own message was relayed after Alice's: had hers reached him, it would be here.
+  assert.equal(await shown(bob.page, 'up in the attic'), 0);
+  await say(alice.page, 'still up here');
+  await entry(alice.page, 'still up here');
+  assert.equal(await shown(alice.page, 'down in the cellar'), 0);
+  await say(carol.page, 'meanwhile in the lobby');
+  await entry(carol.page, 'meanwhile in the lobby');
+  assert.equal(await shown(carol.page, 'attic'), 0);
+  assert.equal(await shown(carol.page, 'cellar'), 0);
+  await alice.page.screenshot({ path: join(SHOTS, 'room-attic.png') });
+
+  // The room survives a reload; what was said there comes back marked as history.
+  await alice.page.reload();
+  await online(alice.page);
+  await roomIs(alice.page, 'attic');
+  const earlier = await entry(alice.page, 'up in the attic');
+  assert.match(await earlier.getAttribute('class'), /\bhistory\b/);
+  await entry(alice.page, 'still up here');
+  assert.equal(await shown(alice.page, 'meanwhile in the lobby'), 0);
+
+  // Back in the lobby, both see what was said there while they were away, once.
+  await joinRoom(alice.page, 'lobby');
+  await joinRoom(bob.page, 'lobby');
+  await entry(alice.page, 'meanwhile in the lobby');
+  await entry(bob.page, 'meanwhile in the lobby');
+  await say(carol.page, 'welcome back');
+  await entry(alice.page, 'welcome back');
+  await entry(bob.page, 'welcome back');
+  assert.equal(await shown(bob.page, 'meanwhile in the lobby'), 1);
+  assert.equal(await shown(bob.page, 'down in the cellar'), 0);
+  assert.equal(await shown(alice.page, 'up in the attic'), 0);
+  await bob.page.screenshot({ path: join(SHOTS, 'room-back-in-lobby.png') });
+  await alice.context.close();
+  await bob.context.close();
+  await carol.context.close();
+});
+
+test('a direct message reaches only its target', async () => {
+  const bob = await person('bob');
+  await joinRoom(bob.page, 'den');
+  await bob.page.locator('#members li.me', { hasText: 'bob (you)' }).waitFor();
+  const alice = await person('alice');
+  await joinRoom(alice.page, 'den');
+  const nameless = await person('');
+  await joinRoom(nameless.page, 'den');
+  // Alice's list follows the room: the nameless one shows as #id.
+  await alice.page.locator('#members button.member').filter({ hasText: /^#\d+$/ }).waitFor();
+
+  await (await member(alice.page, 'bob')).click();
+  assert.equal(await alice.page.textContent('#direct-to'), 'to bob');
+  assert.equal(await alice.page.evaluate(() => document.activeElement.id), 'msg');
+  await say(alice.page, 'psst, bob');
+  const got = await entry(bob.page, 'psst, bob');
+  assert.match(await got.getAttribute('class'), /\bdirect\b/);
+  assert.match(await got.locator('.who').textContent(), /alice/);
+  const sent = await entry(alice.page, 'psst, bob'); // her `delivered` copy
+  assert.match(await sent.getAttribute('class'), /\bdirect\b.*\bmine\b|\bmine\b.*\bdirect\b/);
+  assert.match(await sent.locator('.who').textContent(), /bob/);
+  await alice.page.screenshot({ path: join(SHOTS, 'direct.png') });
+
+  await alice.page.click('#direct-cancel');
+  assert.equal(await alice.page.isHidden('#direct'), true);
+  await say(alice.page, 'hello, den');
+  const publicly = await entry(bob.page, 'hello, den');
+  assert.doesNotMatch(await publicly.getAttribute('class'), /\bdirect\b/);
+  // Relayed after the direct one: had that reached the third person, it would be here.
+  await entry(nameless.page, 'hello, den');
+  assert.equal(await shown(nameless.page, 'psst'), 0);
+  await alice.context.close();
+  await bob.context.close();
+  await nameless.context.close();
+});
+
+test('after a server restart the page rejoins its room and says what it may have missed', async () => {
+  const alice = await person('alice');
+  await joinRoom(alice.page, 'porch');
+  await say(alice.page, 'before the restart');
+  await entry(alice.page, 'before the restart');
+
+  const { httpPort, wsPort } = server;
+  await stopServer(server);
+  await alice.page.waitForSelector('#status[data-state="reconnecting"]');
+  // Kept away (offline) until someone else has spoken in the new server's porch.
+  await alice.context.setOffline(true);
+  server = await startServer({ httpPort, wsPort });
+  await sayFromOutside('porch', 'said while you were away');
+  await alice.context.setOffline(false);
+
+  await online(alice.page);
+  await roomIs(alice.page, 'porch');
+  // A new server run (another epoch): the protocol promises `gap`, then what it has.
+  const gap = await entry(alice.page, 'Some messages may have been missed');
+  const away = await entry(alice.page, 'said while you were away');
+  assert.match(await away.getAttribute('class'), /\bhistory\b/);
+  const order = await alice.page.$$eval('#chat li', (items) => items.map((li) => li.textContent));
+  const at = (text) => order.findIndex((t) => t.includes(text));
+  assert.ok(at('before the restart') < at('may have been missed'), order.join('\n'));
+  assert.ok(at('may have been missed') < at('said while you were away'), order.join('\n'));
+  assert.match(await gap.getAttribute('class'), /\bnotice\b/);
+  assert.equal(await shown(alice.page, 'before the restart'), 1);
+
+  await sayFromOutside('porch', 'and now live');
+  const live = await entry(alice.page, 'and now live');
+  assert.doesNotMatch(await live.getAttribute('class'), /\bhistory\b/);
+  assert.equal(await shown(alice.page, 'said while you were away'), 1);
+  await alice.page.screenshot({ path: join(SHOTS, 'restart-gap.png') });
+  await alice.context.close();
+});
+
+test('sending faster than the server takes is answered politely, not as an alarm', async () => {
+  const hasty = await person('hasty');
+  await joinRoom(hasty.page, 'hurry');
+  // More than the burst at once, in one go, from the form itself.
+  await hasty.page.evaluate(() => {
+    const msg = document.getElementById('msg');
+    const form = document.getElementById('composer');
+    for (let i = 0; i < 30; i++) {
+      msg.value = `hurry ${i}`;
+      form.requestSubmit();
+    }
+  });
+  const notice = hasty.page.locator('#chat li.notice.slow').first();
+  await notice.waitFor();
+  assert.match(await notice.textContent(), /not sent/);
+  await entry(hasty.page, 'hurry 0');
+  assert.equal(await hasty.page.locator('#chat li.error').count(), 0);
+  // About ten were over the burst (the page's own hello and who count too): one
+  // notice counts them, it does not repeat itself.
+  await hasty.page.waitForFunction(() => /\d+ messages were not sent/.test(
+    document.querySelector('#chat li.notice.slow').textContent));
+  assert.equal(await hasty.page.locator('#chat li.notice.slow').count(), 1);
+  await hasty.page.screenshot({ path: join(SHOTS, 'slow-down.png') });
+  await hasty.context.close();
+});
