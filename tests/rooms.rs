@@ -410,7 +410,9 @@ fn a_flooder_is_cut_off_and_a_quiet_client_is_not() {
     let (errors, code) = flooding.join().unwrap();
     assert_eq!(code, Some(1008));
     assert!(errors >= 99, "{errors} errors");
-    eventually("the flood is counted", || server.disconnects("flooding") == 1);
+    eventually("the flood is counted", || {
+        server.disconnects("flooding") == 1
+    });
     // The quiet client, at its own pace, is served as ever.
     for k in 0..5 {
         quiet.send_chat("q", &format!("quiet {k}"));
