@@ -1295,6 +1295,43 @@ mod tests {
     }
 
     #[test]
+    fn rejoining_ones_own_room_replays_between_what_came_before_and_after() {
+        let mut hub = hub();
+        let (ann, mut ann_reads) = client(1);
+        hub.apply(connect(1, &ann));
+        hub.apply(say(1, "before"));
+        hub.apply(Event::Join {
+            id: 1,
+            room: LOBBY.into(),
+            since: None,
+            epoch: None,
+        });
+        hub.apply(say(1, "after"));
+        hub.flush();
+        let heard = received(&mut ann_reads, 6);
+        let kinds: Vec<String> = heard[2..]
+            .iter()
+            .map(|f| match f["history"].as_bool() {
+                Some(true) => format!("history {}", f["msg"].as_str().unwrap()),
+                _ => format!(
+                    "{} {}",
+                    f["type"].as_str().unwrap(),
+                    f["msg"].as_str().unwrap_or("")
+                ),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "message before",
+                "joined ",
+                "history before",
+                "message after"
+            ]
+        );
+    }
+
+    #[test]
     fn a_room_keeps_its_history_for_whoever_comes_back() {
         let mut hub = hub();
         let (ann, mut ann_reads) = client(1);
