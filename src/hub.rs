@@ -55,9 +55,19 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 pub const LARGEST_BATCH: usize =
     MAX_BATCH_BYTES + protocol::MAX_MESSAGE_FRAME + 2 * protocol::MAX_PRESENCE_FRAME;
 
-/// The most bytes of messages a room's history keeps, whatever `--history` says:
-/// a room of long messages keeps fewer of them. Part of the capacity plan's memory.
+/// The most memory a room's history holds, whatever `--history` says (each entry
+/// counted with its allocation and overhead): a room of long messages keeps fewer
+/// of them. Part of the capacity plan's memory.
 pub const HISTORY_BYTES: usize = 64 * 1024;
+
+/// What a history entry costs besides its text: its slot in the queue, its id, and
+/// the allocator's header.
+const HISTORY_ENTRY_OVERHEAD: usize = 64;
+
+/// Most rooms a `rooms` answer lists, and members a `who` answer lists; the rest
+/// are counted in `more`. Bounds an answer's size by the cap on a batch, not by
+/// how many rooms or members there are.
+pub const LIST_MOST: usize = 200;
 
 /// How long a busy hub waits for more events before sending a batch out.
 ///
@@ -302,14 +312,20 @@ struct History {
 }
 
 impl History {
+    /// What one entry holds in memory: the string's allocation (which can be twice
+    /// its length), its slot, and the allocator's header.
+    fn cost(json: &String) -> usize {
+        json.capacity().max(json.len()) + HISTORY_ENTRY_OVERHEAD
+    }
+
     fn push(&mut self, id: u64, json: String, most: usize) {
-        self.bytes += json.len();
+        self.bytes += History::cost(&json);
         self.entries.push_back((id, json));
         while self.entries.len() > most || self.bytes > HISTORY_BYTES {
             let Some((old, json)) = self.entries.pop_front() else {
                 break;
             };
-            self.bytes -= json.len();
+            self.bytes -= History::cost(&json);
             self.dropped_up_to = old;
         }
     }
@@ -520,6 +536,12 @@ impl Hub {
                 since,
                 epoch,
             } => {
+                if !self.seats.contains_key(&id) {
+                    return;
+                }
+                if let Err(e) = self.make_room(&room) {
+                    return self.reply_error(id, &e);
+                }
                 // Moving between rooms happens between batches: every batch before
                 // it reaches the client in its old room, every one after in its new.
                 self.flush();
@@ -539,16 +561,19 @@ impl Hub {
                     })
                     .collect();
                 rooms.sort_by(|a, b| (a.room != LOBBY, a.room).cmp(&(b.room != LOBBY, b.room)));
-                let bytes = encode(&Outgoing::Rooms { rooms }, format);
-                self.replies.push((id, bytes));
+                let more = rooms.len().saturating_sub(LIST_MOST);
+                rooms.truncate(LIST_MOST);
+                let bytes = encode(&Outgoing::Rooms { rooms, more }, format);
+                self.reply(id, bytes);
             }
             Event::Who { id } => {
                 let Some(seat) = self.seats.get(&id) else {
                     return;
                 };
-                let members = self.rooms[&seat.room]
-                    .members
+                let all = &self.rooms[&seat.room].members;
+                let members = all
                     .iter()
+                    .take(LIST_MOST)
                     .map(|m| WhoMember {
                         id: m.id,
                         name: self.seats.get(&m.id).map_or("", |s| s.name.as_str()),
@@ -557,9 +582,10 @@ impl Hub {
                 let frame = Outgoing::Who {
                     room: &seat.room,
                     members,
+                    more: all.len().saturating_sub(LIST_MOST),
                 };
                 let bytes = encode(&frame, seat.format);
-                self.replies.push((id, bytes));
+                self.reply(id, bytes);
             }
             Event::Direct {
                 from,
@@ -636,6 +662,7 @@ impl Hub {
         );
         let target = self.rooms.get_mut(&room).expect("made above, or the lobby");
         target.last_used = clock;
+        self.turn_bytes += prefix.len() + protocol::MAX_PRESENCE_FRAME;
         enter(target, &room, id, outbox, format, name, prefix);
         mark_dirty(&mut self.dirty, &room);
     }
@@ -678,20 +705,21 @@ impl Hub {
         }
     }
 
+    /// Moves client `id` to `room`, which exists (made by `make_room` before the
+    /// turn was flushed).
     fn join(&mut self, id: u64, room: String, since: Option<u64>, epoch: Option<u64>) {
-        if !self.seats.contains_key(&id) {
+        let Some(seat) = self.seats.get(&id) else {
             return;
-        }
-        if let Err(e) = self.make_room(&room) {
-            return self.reply_error(id, &e);
-        }
-        let seat = &self.seats[&id];
+        };
         let format = seat.format;
         let name = seat.name.clone();
         let outbox = Arc::clone(&seat.outbox);
         let old = seat.room.clone();
         let clock = self.clock;
-        let target = self.rooms.get_mut(&room).expect("made above");
+        let target = self
+            .rooms
+            .get_mut(&room)
+            .expect("made before the turn was flushed, and only empty rooms are dropped");
         target.last_used = clock;
         // Another run of the server: its ids say nothing about this one's, so the
         // whole history is sent and the reply says some may be missing.
@@ -705,6 +733,7 @@ impl Hub {
         };
         let mut prefix = encode(&joined, format);
         append_history(&mut prefix, history, format);
+        self.turn_bytes += prefix.len();
         if staying {
             // Joining the room it is in: the history again, nothing announced. Sent
             // now: the turn was flushed above, so this lands between what the client
@@ -712,6 +741,7 @@ impl Hub {
             let _ = outbox.send_shared(&Arc::new(prefix), 0);
             return;
         }
+        self.turn_bytes += protocol::MAX_PRESENCE_FRAME;
         enter(
             target,
             &room,
@@ -738,28 +768,36 @@ impl Hub {
             return self.reply_error(from, &InputError::NoSuchClient(to));
         };
         self.last_message_id += 1;
+        let ts = unix_millis();
         let frame = |delivered| Outgoing::Direct {
             id: self.last_message_id,
-            ts: unix_millis(),
+            ts,
             from,
             name,
             to,
             msg,
             delivered,
         };
-        let to_target = encode(&frame(false), target.format);
         let to_sender = encode(&frame(true), sender.format);
-        self.replies.push((to, to_target));
-        self.replies.push((from, to_sender));
+        let to_target = (to != from).then(|| encode(&frame(false), target.format));
+        if let Some(to_target) = to_target {
+            self.reply(to, to_target);
+        }
+        self.reply(from, to_sender);
     }
 
     fn kick(&mut self, by: u64, id: u64) {
+        if !self.seats.contains_key(&by) {
+            return; // kicked itself meanwhile
+        }
         let Some(seat) = self.seats.remove(&id) else {
             return self.reply_error(by, &InputError::NoSuchClient(id));
         };
         log::info!("client {id} kicked by client {by}");
+        // Its reader is woken too: a client that ignores the Close is gone all the
+        // same, and gives its place back.
         seat.outbox
-            .send_close(CloseCode::Library(4001), "kicked", Failure::Kicked);
+            .close_and_wake(CloseCode::Library(4001), "kicked", Failure::Kicked);
         self.leave_room(id, &seat, Presence::Kick);
     }
 
@@ -777,6 +815,7 @@ impl Hub {
         room.batch
             .presence(event, count, (id, seat.name.clone()), &seat.room);
         room.last_used = self.clock;
+        self.turn_bytes += protocol::MAX_PRESENCE_FRAME;
         mark_dirty(&mut self.dirty, &seat.room);
     }
 
@@ -814,8 +853,15 @@ impl Hub {
     fn reply_frame(&mut self, id: u64, frame: &Outgoing<'_>) {
         if let Some(seat) = self.seats.get(&id) {
             let bytes = encode(frame, seat.format);
-            self.replies.push((id, bytes));
+            self.reply(id, bytes);
         }
+    }
+
+    /// Queues a frame for one client, for the end of the turn; it counts towards
+    /// the turn's size like any other.
+    fn reply(&mut self, id: u64, bytes: Vec<u8>) {
+        self.turn_bytes += bytes.len();
+        self.replies.push((id, bytes));
     }
 
     fn reply_error(&mut self, id: u64, error: &InputError) {
@@ -1141,7 +1187,10 @@ mod tests {
             history.push(id, "x".repeat(4096), 1000);
         }
         assert!(history.bytes <= HISTORY_BYTES);
-        assert_eq!(history.entries.len(), HISTORY_BYTES / 4096);
+        assert_eq!(
+            history.entries.len(),
+            HISTORY_BYTES / (4096 + HISTORY_ENTRY_OVERHEAD)
+        );
     }
 
     /// A client on a loopback connection: its outbox, and the other end to read.

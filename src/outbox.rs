@@ -356,6 +356,13 @@ impl Outbox {
         let _ = self.write_or_queue_unbounded(state, chunk);
     }
 
+    /// [`Outbox::send_close`], then wakes the reader (`shutdown(Read)`), so that a
+    /// client that ignores the Close is gone all the same: for a kick.
+    pub fn close_and_wake(self: &Arc<Self>, code: CloseCode, reason: &str, why: Failure) {
+        self.send_close(code, reason, why);
+        let _ = self.socket.shutdown(Shutdown::Read);
+    }
+
     /// The reader is done with this client: shut the socket down now, or when the
     /// writer thread has written the rest, or at the drain deadline.
     pub fn finish(&self) {

@@ -356,6 +356,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// Everything the server sends to chat clients. Serialised with a `type` tag, so
 /// `Outgoing::Message { .. }` becomes `{"type":"message",...}`. The fields v2
 /// added are left out when empty, so a v1-only server (`examples/naive.rs`) sends
@@ -434,8 +438,11 @@ pub enum Outgoing<'a> {
     },
     /// The answer to `rooms`.
     Rooms {
-        /// Rooms with members.
+        /// Rooms with members, and the lobby.
         rooms: Vec<RoomCount<'a>>,
+        /// Rooms not listed (an answer lists at most 200).
+        #[serde(skip_serializing_if = "is_zero")]
+        more: usize,
     },
     /// The answer to `who`.
     Who {
@@ -443,6 +450,9 @@ pub enum Outgoing<'a> {
         room: &'a str,
         /// Its members, in the order they joined it.
         members: Vec<Member<'a>>,
+        /// Members not listed (an answer lists at most 200).
+        #[serde(skip_serializing_if = "is_zero")]
+        more: usize,
     },
     /// A direct message, to its target and (marked `delivered`) its sender.
     Direct {
@@ -498,14 +508,14 @@ impl Outgoing<'_> {
                 format!("joined {room}, {count} here{gap}")
             }
             Outgoing::Hello { name, .. } => format!("hello, {name}"),
-            Outgoing::Rooms { rooms } => {
+            Outgoing::Rooms { rooms, .. } => {
                 let list: Vec<String> = rooms
                     .iter()
                     .map(|r| format!("{} ({})", r.room, r.count))
                     .collect();
                 format!("rooms: {}", list.join(", "))
             }
-            Outgoing::Who { room, members } => {
+            Outgoing::Who { room, members, .. } => {
                 let list: Vec<String> = members
                     .iter()
                     .map(|m| match m.name {

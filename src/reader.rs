@@ -37,9 +37,11 @@ use crate::stats::Stats;
 /// How long we wait for the peer's answering Close after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Frames dropped in a row for going over the rate before the connection counts as
-/// flooding and is closed (1008). A client that merely bursts loses a few frames
-/// and gets an error for each; one that never stops is cut off.
+/// How far the frames dropped for going over the rate may run ahead of the frames
+/// accepted before the connection counts as flooding and is closed (1008). A client
+/// that merely bursts loses a few frames and gets an error for each; one that keeps
+/// sending many times its rate is cut off, even though a token now and then lets a
+/// frame of it through.
 const FLOOD_LIMIT: u32 = 100;
 
 /// The reader's view of the socket, given to tungstenite as its stream.
@@ -361,9 +363,9 @@ fn read_until_closed(
             Err(e) => return end_after_error(client, outbox, e),
         };
         let reply = match (client.endpoint, message) {
-            (Endpoint::Chat, Message::Text(text)) => {
-                // Flood control comes first: a frame over the rate costs the server
-                // a token count and one error frame, nothing more.
+            (Endpoint::Chat, message @ (Message::Text(_) | Message::Binary(_))) => {
+                // Flood control comes first, for every data frame: one over the rate
+                // costs the server a token count and one error frame, nothing more.
                 if !bucket.take() {
                     dropped += 1;
                     if dropped >= FLOOD_LIMIT {
@@ -374,8 +376,12 @@ fn read_until_closed(
                     Some(InputError::TooFast {
                         rate: bucket.rate as u32,
                     })
+                } else if let Message::Binary(_) = message {
+                    dropped = dropped.saturating_sub(1);
+                    Some(InputError::Binary)
                 } else {
-                    dropped = 0;
+                    dropped = dropped.saturating_sub(1);
+                    let text = message.into_text().unwrap_or_default();
                     match handle(client, &text, hub) {
                         Ok(Handled::Sent) => None,
                         Ok(Handled::Reply(frame)) => {
@@ -389,9 +395,6 @@ fn read_until_closed(
                     }
                 }
                 .map(|e| error_frame(&e, client.format))
-            }
-            (Endpoint::Chat, Message::Binary(_)) => {
-                Some(error_frame(&InputError::Binary, client.format))
             }
             (Endpoint::Echo, message @ (Message::Text(_) | Message::Binary(_))) => Some(message),
             (_, Message::Close(_)) => {

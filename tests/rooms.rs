@@ -422,6 +422,20 @@ fn a_flooder_is_cut_off_and_a_quiet_client_is_not() {
 }
 
 #[test]
+fn binary_frames_take_tokens_too() {
+    let server = Server::start(&[]); // 10 a second, bursts of 20
+    let (mut flooder, _) = join(&server);
+    let mut sent = 0;
+    while sent < 1000 && flooder.ws.send(Message::binary(vec![0u8; 8])).is_ok() {
+        sent += 1;
+    }
+    assert_eq!(flooder.recv_close(), 1008);
+    eventually("the flood is counted", || {
+        server.disconnects("flooding") == 1
+    });
+}
+
+#[test]
 fn only_an_admin_connection_may_kick() {
     let server = Server::start(&["--admin-token", "s3cret"]);
     let (mut victim, _) = join(&server);
@@ -437,8 +451,8 @@ fn only_an_admin_connection_may_kick() {
             .contains("admin")
     );
     send(&mut admin, json!({"type": "kick", "id": victim.id}));
+    // The victim ignores the Close (never answers it): it is gone all the same.
     assert_eq!(victim.recv_close(), 4001);
-    let _ = victim.ws.flush(); // its answering Close: its reader on the server ends
     let note = loop {
         let note = pretender.recv_type("notification");
         if note["event"] == "kick" {
