@@ -77,6 +77,17 @@ pub struct Config {
     #[arg(long, help_heading = "Network")]
     pub echo: bool,
 
+    /// A secret every chat client must present at the WebSocket handshake, as
+    /// `?token=<it>` or as the subprotocol `token.<it>` (what a page can do); else
+    /// HTTP 401. Letters, digits, `.`, `_`, `~`, `-`. Without TLS it crosses the
+    /// network readable: it keeps strangers out of a LAN chat, not eavesdroppers.
+    #[arg(long, env = "THREADCHAT_TOKEN", help_heading = "Chat")]
+    pub token: Option<String>,
+
+    /// Read `--token` from this file (its first line), so that it stays out of `ps`.
+    #[arg(long, env = "THREADCHAT_TOKEN_FILE", help_heading = "Chat")]
+    pub token_file: Option<PathBuf>,
+
     /// A secret that lets a connection opened with `?admin=<it>` kick others
     /// (`{"type":"kick","id":N}`). Off without it. Prefer the environment variable,
     /// which `ps` does not show.
@@ -237,8 +248,46 @@ impl Config {
         Duration::from_secs(self.write_timeout)
     }
 
+    /// The access token from `--token` or `--token-file`, checked; `None` when
+    /// neither is given (an empty value counts as not given).
+    pub fn access_token(&self) -> Result<Option<String>, String> {
+        // `THREADCHAT_TOKEN=` in an environment file means no token.
+        let given = self.token.as_ref().filter(|t| !t.is_empty());
+        let file = self
+            .token_file
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty());
+        let token = match (given, file) {
+            (Some(_), Some(_)) => {
+                return Err("give --token or --token-file, not both".into());
+            }
+            (Some(token), None) => token.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+                let first = text.lines().next().unwrap_or("").trim().to_string();
+                // An empty file is a mistake, not a wish for an open chat.
+                if first.is_empty() {
+                    return Err(format!(
+                        "--token-file {}: the first line is empty",
+                        path.display()
+                    ));
+                }
+                first
+            }
+            (None, None) => return Ok(None),
+        };
+        // It travels as a subprotocol value, which allows only these.
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-');
+        if !token.chars().all(allowed) {
+            return Err("the token may hold only letters, digits, '.', '_', '~' and '-'".into());
+        }
+        Ok(Some(token))
+    }
+
     /// Checks what clap cannot: relations between values.
     pub fn validate(&self) -> Result<(), String> {
+        self.access_token()?;
         if self.max_clients == 0 {
             return Err("--max-clients must be at least 1".into());
         }

@@ -57,6 +57,8 @@ pub struct WsSettings {
     pub echo: bool,
     /// `--admin-token`: a connection that presents it may kick.
     pub admin_token: Option<String>,
+    /// `--token`: every chat client must present it.
+    pub access_token: Option<String>,
     /// Where client places come from.
     pub places: Arc<Places>,
     /// Where handshakes and disconnects are counted.
@@ -223,6 +225,23 @@ fn check(
     // The query: the admin token, and what a plain-text client cannot send as a
     // frame. Never logged: it may hold the token.
     let query = Query::parse(request.uri().query().unwrap_or(""));
+    if let Some(token) = &settings.access_token {
+        // In the query, or as a subprotocol value `token.<it>` (a page cannot set
+        // headers; it can offer subprotocols). Never echoed back: the chosen
+        // subprotocol below is always one of ours.
+        let offered = offered_subprotocols(request.headers())
+            .filter_map(|p| p.strip_prefix(TOKEN_PREFIX).map(str::to_owned))
+            .chain(query.token.clone());
+        if !offered
+            .into_iter()
+            .any(|given| same_secret(token.as_bytes(), given.as_bytes()))
+        {
+            return Err(refusal(
+                StatusCode::UNAUTHORIZED,
+                "this chat needs its access token: open the page from the link with #token=…",
+            ));
+        }
+    }
     let admin = match (&settings.admin_token, &query.admin) {
         (Some(token), Some(given)) => same_secret(token.as_bytes(), given.as_bytes()),
         _ => false,
@@ -280,6 +299,7 @@ fn check(
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Query {
     admin: Option<String>,
+    token: Option<String>,
     name: Option<String>,
     room: Option<String>,
 }
@@ -295,6 +315,7 @@ impl Query {
             };
             match key {
                 "admin" => parsed.admin = Some(value),
+                "token" => parsed.token = Some(value),
                 "name" => parsed.name = Some(value),
                 "room" => parsed.room = Some(value),
                 _ => {}
@@ -381,14 +402,22 @@ fn host_without_port(authority: &str) -> &str {
     authority.split(':').next().unwrap_or(authority)
 }
 
-/// Whether any `Sec-WebSocket-Protocol` header lists `wanted`.
-fn offers_subprotocol(headers: &HeaderMap, wanted: &str) -> bool {
+/// A subprotocol value that carries the access token: `token.<it>`.
+const TOKEN_PREFIX: &str = "token.";
+
+/// Every value the `Sec-WebSocket-Protocol` headers offer.
+fn offered_subprotocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == wanted)
+        .map(str::trim)
+}
+
+/// Whether any `Sec-WebSocket-Protocol` header lists `wanted`.
+fn offers_subprotocol(headers: &HeaderMap, wanted: &str) -> bool {
+    offered_subprotocols(headers).any(|p| p == wanted)
 }
 
 #[cfg(test)]
@@ -444,6 +473,7 @@ mod tests {
             Query::parse("name=Ann+Lee&room=games&admin=s%3Dcret&x=1"),
             Query {
                 admin: Some("s=cret".into()),
+                token: None,
                 name: Some("Ann Lee".into()),
                 room: Some("games".into()),
             }

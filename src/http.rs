@@ -85,6 +85,9 @@ pub struct Site {
     pub hub: Sender<Event>,
     /// The WebSocket port, for `/config.json`.
     pub ws_port: u16,
+    /// Whether the chat wants an access token (`--token`), for `/config.json`: the
+    /// page then says so instead of failing quietly.
+    pub token_required: bool,
     /// Names accepted in `Host`.
     pub server_names: ServerNames,
     /// `--http-timeout`: the deadline of a request head, of an answer, and of an
@@ -291,7 +294,11 @@ fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
             stats: site.stats.snapshot(),
             places: site.places.occupancy(),
         }),
-        "/config.json" => json(&serde_json::json!({ "wsPort": site.ws_port, "wsPath": "/" })),
+        "/config.json" => json(&serde_json::json!({
+            "wsPort": site.ws_port,
+            "wsPath": "/",
+            "token": site.token_required,
+        })),
         _ => file(request, &site.page, path),
     }
 }

@@ -197,6 +197,7 @@ pub fn run(
         echo: config.echo,
         // An empty token (a settings file line left blank) is no token.
         admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+        access_token: config.access_token()?,
         places: Arc::clone(&places),
         stats: Arc::clone(&stats),
         reader: ReaderSettings {
@@ -226,6 +227,7 @@ pub fn run(
         places: Arc::clone(&places),
         hub: hub_tx.clone(),
         ws_port: ws_addr.port(),
+        token_required: config.access_token()?.is_some(),
         server_names: server_names.clone(),
         timeout: config.http_timeout(),
     };
@@ -328,6 +330,13 @@ pub fn check(config: &Config) -> Result<String, Box<dyn Error>> {
         mib(wanted.client_bytes),
         mib(plan.worst_case_memory)
     );
+    report += match config.access_token()? {
+        Some(_) => {
+            "chat: clients must present the access token (open the page as \
+                    http://<host>/#token=<token>)\n"
+        }
+        None => "chat: open to anyone who can reach it (no --token)\n",
+    };
     report +=
         &format!("a service needs: LimitNOFILE={nofile} TasksMax={tasks}\nconfiguration ok\n");
     Ok(report)

@@ -63,11 +63,14 @@ fn every_flag_has_a_variable_and_the_example_file_lists_each() {
 #[test]
 fn the_example_file_with_every_line_uncommented_checks_out() {
     let settings = example_settings();
+    let token_file = std::env::temp_dir().join(format!("threadchat-env-{}", std::process::id()));
+    std::fs::write(&token_file, "from-the-example\n").unwrap();
     let env: Vec<(&str, &str)> = settings
         .iter()
         .map(|(name, value)| match name.as_str() {
-            // The example's folder exists only on a host that made it.
+            // The example's folder and file exist only on a host that made them.
             "THREADCHAT_WWW" => (name.as_str(), WWW),
+            "THREADCHAT_TOKEN_FILE" => (name.as_str(), token_file.to_str().unwrap()),
             _ => (name.as_str(), value.as_str()),
         })
         .collect();
@@ -79,6 +82,7 @@ fn the_example_file_with_every_line_uncommented_checks_out() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("configuration ok"), "{stdout}");
+    std::fs::remove_file(&token_file).unwrap();
 }
 
 #[test]

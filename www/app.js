@@ -51,6 +51,22 @@ let backoff = BACKOFF_START_MS;
 let retryTimer = null;
 let retryAt = 0;
 let config = null;        // the last /config.json that arrived
+let refusalShown = false; // the "token refused" notice is said once, not at each retry
+
+// The access token (`--token`) comes in the link's fragment, #token=…, which the
+// browser never sends to a server. It is kept for this tab only, and taken out of
+// the address bar so that a copied link does not carry it by accident. It is
+// offered to the socket as a subprotocol value (`token.…`): a page cannot set
+// headers, and a query string is what proxies log.
+const TOKEN_KEY = 'threadchat.token';
+{
+  const found = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (found) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(found[1]));
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+}
+const accessToken = () => sessionStorage.getItem(TOKEN_KEY);
 const outbox = [];        // frames typed while offline, sent on reconnect
 
 let room = storedRoom();  // the room on screen (and the one we want to be in)
@@ -420,10 +436,25 @@ async function connect() {
   setStatus('connecting');
   const url = await socketUrl();
   if (!wanted || socket) return;
-  const ws = new WebSocket(url, ['threadchat.v2', 'threadchat.v1']);
+  const token = accessToken();
+  if (config && config.token && !token) {
+    setStatus('offline', 'no access token');
+    if (!refusalShown) {
+      refusalShown = true;
+      addEntry('error', [['text', 'This chat needs an access token: open it from the link '
+        + 'you were given (the one that ends in #token=…).']]);
+    }
+    return;
+  }
+  const protocols = ['threadchat.v2', 'threadchat.v1'];
+  if (token) protocols.push(`token.${token}`);
+  const ws = new WebSocket(url, protocols);
   socket = ws;
+  let opened = false;
 
   ws.onopen = () => {
+    opened = true;
+    refusalShown = false;
     backoff = BACKOFF_START_MS;
   };
 
@@ -456,6 +487,13 @@ async function connect() {
 
   ws.onclose = () => {
     if (socket !== ws) return;
+    if (!opened && token && config && config.token && !refusalShown) {
+      // Browsers hide the handshake's status; a socket that never opened, on a
+      // server that wants a token, most likely had its token refused.
+      refusalShown = true;
+      addEntry('error', [['text', 'The server did not let this page in: its access token '
+        + 'was refused (or the server is down). Trying again…']]);
+    }
     socket = null;
     ready = false;
     online = null;

@@ -46,13 +46,14 @@ function accepts(port) {
  * ports or free ones; resolves once both ports take connections (the log is kept
  * only to show when it fails).
  */
-async function startServer({ httpPort, wsPort } = {}) {
+async function startServer({ httpPort, wsPort, args = [] } = {}) {
   httpPort ??= await freePort();
   wsPort ??= await freePort();
   const proc = spawn(BINARY, [
     '--bind', '127.0.0.1',
     '--http-port', String(httpPort),
     '--ws-port', String(wsPort),
+    ...args,
   ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'info' } });
   const server = { proc, log: '', httpPort, wsPort, exited: false };
   proc.stderr.setEncoding('utf8');
@@ -65,6 +66,24 @@ async function startServer({ httpPort, wsPort } = {}) {
     await new Promise((r) => setTimeout(r, 20)); // polling for the ports: no event to wait for
   }
   return server;
+}
+
+/** Resolves once the server's log holds `text`; rejects after the patience. */
+function logged(server, text) {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (!server.log.includes(text)) return false;
+      server.proc.stderr.off('data', check);
+      clearTimeout(timer);
+      resolve();
+      return true;
+    };
+    const timer = setTimeout(() => {
+      server.proc.stderr.off('data', check);
+      reject(new Error(`the log never said ${JSON.stringify(text)}:\n${server.log}`));
+    }, PATIENCE_MS);
+    if (!check()) server.proc.stderr.on('data', check);
+  });
 }
 
 function stopServer(server) {
@@ -100,7 +119,7 @@ after(async () => {
 });
 
 /** A person: their own browser context (own storage), the page, open and online. */
-async function person(name, { viewport } = {}) {
+async function person(name, { viewport, at = server, fragment = '', waitOnline = true } = {}) {
   const context = await browser.newContext(viewport ? { viewport } : {});
   const page = await context.newPage();
   page.setDefaultTimeout(PATIENCE_MS);
@@ -109,9 +128,9 @@ async function person(name, { viewport } = {}) {
     dialogs.push(dialog.message());
     dialog.dismiss().catch(() => {});
   });
-  await page.goto(`http://127.0.0.1:${server.httpPort}/`);
+  await page.goto(`http://127.0.0.1:${at.httpPort}/${fragment}`);
   await page.fill('#name', name);
-  await online(page);
+  if (waitOnline) await online(page);
   return { context, page, dialogs };
 }
 
@@ -496,4 +515,33 @@ test('sending faster than the server takes is answered politely, not as an alarm
   assert.equal(await hasty.page.locator('#chat li.notice.slow').count(), 1);
   await hasty.page.screenshot({ path: join(SHOTS, 'slow-down.png') });
   await hasty.context.close();
+});
+
+test('with --token, the link with #token= lets a person in and other links do not', async () => {
+  const guarded = await startServer({ args: ['--token', 'pi-chat-7'] });
+  try {
+    const ann = await person('ann', { at: guarded, fragment: '#token=pi-chat-7' });
+    // The token leaves the address bar at once, and stays for the tab's reloads.
+    assert.equal(await ann.page.evaluate(() => location.hash), '');
+    await ann.page.reload();
+    await online(ann.page);
+    await say(ann.page, 'only for those with the link');
+    await entry(ann.page, 'only for those with the link');
+
+    const bare = await person('bare', { at: guarded, waitOnline: false });
+    await entry(bare.page, 'needs an access token');
+    assert.equal(await bare.page.getAttribute('#status', 'data-state'), 'offline');
+
+    const wrong = await person('wrong', { at: guarded, fragment: '#token=pi-chat-8', waitOnline: false });
+    await entry(wrong.page, 'access token was refused');
+    assert.notEqual(await wrong.page.getAttribute('#status', 'data-state'), 'online');
+    // Neither ever reached the chat: ann is still alone in it.
+    await ann.page.waitForSelector('#status:has-text("1 here")');
+    assert.equal(await shown(bare.page, 'only for those with the link'), 0);
+    await wrong.page.screenshot({ path: join(SHOTS, 'token-refused.png') });
+    for (const p of [ann, bare, wrong]) await p.context.close();
+    await logged(guarded, 'refused with 401');
+  } finally {
+    await stopServer(guarded);
+  }
 });
