@@ -4,11 +4,17 @@ CARGO ?= cargo
 NPM ?= npm
 E2E := tests/e2e
 
-.PHONY: run build release test unit deny audit autobahn bench bench-quick fuzz e2e deb deb-test lint fmt clean
+.PHONY: run cert build release test unit deny audit autobahn bench bench-quick fuzz e2e deb deb-test lint fmt clean
 
-## Start the server on its defaults: page on :8000, chat on :8001.
+## Start the server on its defaults: page on :8000, chat on :8001. Flags go in
+## ARGS, e.g. make run ARGS="--tls-cert tls/cert.pem --tls-key tls/key.pem".
 run:
-	$(CARGO) run --release --
+	$(CARGO) run --release -- $(ARGS)
+
+## A self-signed certificate for https and wss, for localhost, this machine's
+## names and its LAN addresses: tls/cert.pem and tls/key.pem (git ignores tls/).
+cert:
+	$(CARGO) run --quiet --example cert -- --out tls $$(hostname -I 2>/dev/null)
 
 ## Debug build.
 build:
@@ -35,9 +41,10 @@ deny:
 audit:
 	$(CARGO) deny check advisories
 
-## The Autobahn TestSuite's server cases against /echo, gated on
-## autobahn/expected-results.json (needs python3 with venv; kosoku is pinned).
+## The Autobahn TestSuite's server cases against /echo, over ws and over wss, gated
+## on autobahn/expected-results.json (needs python3 with venv; kosoku is pinned).
 autobahn: build
+	$(CARGO) build --example cert
 	autobahn/run.sh target/debug/threadchat
 
 ## The load generator against the optimised server: chat, fanout, saturate, rooms
@@ -65,6 +72,7 @@ fuzz:
 
 ## The page in Debian's chromium (needs /usr/bin/chromium and node; see .ci/run).
 e2e: build $(E2E)/node_modules
+	$(CARGO) build --example cert
 	cd $(E2E) && node --test --test-concurrency=1
 
 $(E2E)/node_modules: $(E2E)/package.json $(E2E)/package-lock.json

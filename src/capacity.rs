@@ -85,6 +85,8 @@ pub struct Wanted {
     pub http_bytes: u64,
     /// Memory that belongs to no connection: the rooms' histories.
     pub shared_bytes: u64,
+    /// Connections are TLS: a handshake holds [`TLS_MEMORY`] more.
+    pub tls: bool,
 }
 
 /// The result of planning: what the server will allow and why.
@@ -167,17 +169,25 @@ impl Limits {
     }
 }
 
+/// What a TLS connection can hold beyond a plain one: rustls' state (keys, the
+/// handshake's leftovers, about 10 KiB), a record being reassembled (up to 16 KiB
+/// and its header), plaintext decrypted but not yet read (one read, 4 KiB), and
+/// records sealed but not yet written (up to 16 KiB on a page connection; a chat
+/// client's are in its backlog, already counted).
+pub const TLS_MEMORY: u64 = 48 * 1024;
+
 /// Most memory one chat or echo client can make the server hold.
-pub fn client_memory(max_backlog: usize, max_message: usize) -> u64 {
+pub fn client_memory(max_backlog: usize, max_message: usize, tls: bool) -> u64 {
     (max_backlog as u64)
         .saturating_add((max_message as u64).saturating_mul(3))
         .saturating_add(2 * THREAD_MEMORY)
+        .saturating_add(if tls { TLS_MEMORY } else { 0 })
 }
 
 /// Most memory one page connection can make the server hold, when the largest
 /// answer it can be sent is `largest_answer` bytes.
-pub fn http_memory(largest_answer: u64) -> u64 {
-    MAX_HEAD as u64 + 1024 + largest_answer + THREAD_MEMORY
+pub fn http_memory(largest_answer: u64, tls: bool) -> u64 {
+    MAX_HEAD as u64 + 1024 + largest_answer + THREAD_MEMORY + if tls { TLS_MEMORY } else { 0 }
 }
 
 /// How many of each kind of place, and what they cost together.
@@ -204,7 +214,9 @@ impl Places {
         (self.clients + self.echo)
             .saturating_mul(wanted.client_bytes)
             .saturating_add(wanted.shared_bytes)
-            .saturating_add(self.handshakes * HANDSHAKE_BYTES)
+            .saturating_add(
+                self.handshakes * (HANDSHAKE_BYTES + if wanted.tls { TLS_MEMORY } else { 0 }),
+            )
             .saturating_add(self.http.saturating_mul(wanted.http_bytes))
     }
 }
@@ -366,9 +378,10 @@ mod tests {
             clients,
             http: 256,
             echo: 0,
-            client_bytes: client_memory(1 << 20, 64 << 10),
-            http_bytes: http_memory(6_286),
+            client_bytes: client_memory(1 << 20, 64 << 10, false),
+            http_bytes: http_memory(6_286, false),
             shared_bytes: 100 * 64 * 1024,
+            tls: false,
         }
     }
 
@@ -456,7 +469,7 @@ mod tests {
         let mut l = limits(65_530, 30_000, 1 << 20);
         l.memory = Some(256 * MIB);
         let mut w = wanted(1024);
-        w.http_bytes = http_memory(1 << 20);
+        w.http_bytes = http_memory(1 << 20, false);
         let p = plan(&w, &l);
         // The reserves get half of the 192 MiB, the chat clients the other half.
         assert!(p.max_http < 100, "{}", p.max_http);

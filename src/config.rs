@@ -5,7 +5,7 @@
 //! Each flag can also come from a `THREADCHAT_*` environment variable (flags win).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -70,6 +70,16 @@ pub struct Config {
         help_heading = "Network"
     )]
     pub allow_origins: Vec<String>,
+
+    /// Serve the page over https and the chat over wss with this certificate chain
+    /// (PEM, the server's certificate first; `make cert` makes one). Needs
+    /// `--tls-key`. Without both, everything is plain http and ws.
+    #[arg(long, env = "THREADCHAT_TLS_CERT", help_heading = "Network")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of `--tls-cert`'s certificate.
+    #[arg(long, env = "THREADCHAT_TLS_KEY", help_heading = "Network")]
+    pub tls_key: Option<PathBuf>,
 
     /// Serve `ws://…/echo`, which sends every message back (for WebSocket
     /// conformance tools), to at most 16 clients at once. Off by default: it is no
@@ -285,9 +295,28 @@ impl Config {
         Ok(Some(token))
     }
 
+    /// `--tls-cert` and `--tls-key`, both or neither (an empty value counts as not
+    /// given).
+    pub fn tls_files(&self) -> Result<Option<(&Path, &Path)>, String> {
+        fn given(path: &Option<PathBuf>) -> Option<&Path> {
+            path.as_deref().filter(|p| !p.as_os_str().is_empty())
+        }
+        match (given(&self.tls_cert), given(&self.tls_key)) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err("--tls-cert needs --tls-key (the certificate's private key)".into())
+            }
+            (None, Some(_)) => {
+                Err("--tls-key needs --tls-cert (the certificate it belongs to)".into())
+            }
+        }
+    }
+
     /// Checks what clap cannot: relations between values.
     pub fn validate(&self) -> Result<(), String> {
         self.access_token()?;
+        self.tls_files()?;
         if self.max_clients == 0 {
             return Err("--max-clients must be at least 1".into());
         }

@@ -37,6 +37,7 @@ use crate::places::{Kind, Place, Places};
 use crate::protocol::{self, SUBPROTOCOL, SUBPROTOCOL_TEXT, SUBPROTOCOL_V2};
 use crate::reader::{self, ClientStream, ReaderSettings};
 use crate::stats::{HandshakeEnd, Stats};
+use crate::tls;
 
 /// tungstenite's read buffer per client. Its default, 128 KiB, is allocated and
 /// zero-filled per connection: 135 KiB of RSS per idle client. Chat messages are
@@ -59,6 +60,8 @@ pub struct WsSettings {
     pub admin_token: Option<String>,
     /// `--token`: every chat client must present it.
     pub access_token: Option<String>,
+    /// `--tls-cert`/`--tls-key`: the chat is wss.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Where client places come from.
     pub places: Arc<Places>,
     /// Where handshakes and disconnects are counted.
@@ -97,7 +100,24 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
     }
     let socket = Arc::new(stream);
     let deadline = Instant::now() + settings.handshake_timeout;
-    let handshake_stream = ClientStream::for_handshake(Arc::clone(&socket), deadline);
+    // wss: the TLS handshake first, within the same deadline.
+    let tls = match &settings.tls {
+        Some(config) => match tls_handshake(config, &socket, deadline) {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                let end = if is_timeout(&e) {
+                    HandshakeEnd::TimedOut
+                } else {
+                    HandshakeEnd::Failed
+                };
+                settings.stats.count_handshake(end);
+                log::info!("client {id} from {peer}: TLS handshake failed: {e}");
+                return;
+            }
+        },
+        None => None,
+    };
+    let handshake_stream = ClientStream::for_handshake(Arc::clone(&socket), deadline, tls);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_SIZE)
         .write_buffer_size(0)
@@ -140,6 +160,12 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
         }
     };
     drop(handshake_place);
+    // The handshake's writes had its deadline; from now on a blocked write gets
+    // `--write-timeout`.
+    if let Err(e) = socket.set_write_timeout(Some(settings.write_timeout)) {
+        log::warn!("client {id}: cannot set a write timeout ({e}): disconnecting");
+        return;
+    }
     let Some(admission) = admission else {
         // The callback returned Ok only after filling `admission`.
         log::error!("client {id}: handshake finished without admission");
@@ -172,6 +198,26 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
         hub,
         &settings.stats,
     );
+}
+
+/// The server side of a new TLS connection on `socket`, its handshake done by
+/// `deadline`. A client that sends something other than TLS (plain HTTP, say) gets
+/// an alert and is closed here.
+fn tls_handshake(
+    config: &Arc<rustls::ServerConfig>,
+    socket: &std::net::TcpStream,
+    deadline: Instant,
+) -> std::io::Result<Box<rustls::ServerConnection>> {
+    let mut conn = tls::accept(config)?;
+    tls::handshake(&mut conn, &mut tls::Deadline::new(socket, deadline))?;
+    Ok(conn)
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// The handshake callback: path, name, origin, place, subprotocol, in that order.

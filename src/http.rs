@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
+use rustls::{ServerConfig, ServerConnection};
 use serde::Serialize;
 
 use crate::accept::Connection;
@@ -53,6 +54,7 @@ use crate::hosts::ServerNames;
 use crate::hub::Event;
 use crate::places::{Occupancy, Places};
 use crate::stats::{Snapshot, Stats};
+use crate::tls::{self, Deadline};
 
 /// Most bytes of one request head (request line and headers). Browsers send 1–2
 /// KiB; nginx's default is 8 KiB per line.
@@ -93,6 +95,57 @@ pub struct Site {
     /// `--http-timeout`: the deadline of a request head, of an answer, and of an
     /// idle keep-alive connection.
     pub timeout: Duration,
+    /// `--tls-cert`/`--tls-key`: the page is https.
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// A page connection's socket, with its TLS connection under https. One thread
+/// reads and writes it, so the TLS connection needs no sharing (unlike a chat
+/// client's, see [`crate::tls`]).
+struct PageStream {
+    socket: TcpStream,
+    tls: Option<Box<ServerConnection>>,
+}
+
+/// Plaintext sealed into records at once when writing an answer over https: bounds
+/// what a connection holds in ciphertext to about this, whatever the answer's size.
+const TLS_WRITE: usize = 16 * 1024;
+
+impl PageStream {
+    /// Reads what arrives by `deadline`; under https the TLS handshake happens in the
+    /// first read, within the first request's deadline.
+    fn read_before(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
+        let mut socket = Deadline::new(&self.socket, deadline);
+        match &mut self.tls {
+            Some(conn) => tls::read(conn, &mut socket, buf),
+            None => socket.read(buf),
+        }
+    }
+
+    /// Writes all of `parts` by `deadline`: a client that reads a byte now and then
+    /// cannot stretch it.
+    fn write_before(&mut self, parts: &mut [IoSlice<'_>], deadline: Instant) -> io::Result<()> {
+        let mut socket = Deadline::new(&self.socket, deadline);
+        if let Some(conn) = &mut self.tls {
+            for part in parts.iter() {
+                for piece in part.chunks(TLS_WRITE) {
+                    tls::write_all(conn, &mut socket, piece)?;
+                }
+            }
+            return Ok(());
+        }
+        let mut parts = parts;
+        IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            match socket.write_vectored(parts) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The parts of a request head that are used, copied out of the buffer so that the
@@ -133,34 +186,42 @@ struct Response {
 /// Serves one page connection until it closes. Runs on the connection's own thread.
 pub fn serve(conn: Connection, site: &Site) {
     let Connection {
-        stream,
+        stream: socket,
         peer,
         place,
         ..
     } = conn;
     // Answers are written whole; waiting for more to coalesce would only delay them.
-    let _ = stream.set_nodelay(true);
+    let _ = socket.set_nodelay(true);
+    let tls = match site.tls.as_ref().map(tls::accept).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            log::warn!("page connection from {peer}: {e}");
+            return;
+        }
+    };
+    let mut stream = PageStream { socket, tls };
     let mut input = Vec::with_capacity(MAX_HEAD);
     loop {
         let deadline = Instant::now() + site.timeout;
-        let request = match read_request(&stream, &mut input, deadline) {
+        let request = match read_request(&mut stream, &mut input, deadline) {
             Ok(request) => request,
             Err(NoRequest::Gone) => break,
             Err(NoRequest::Refuse(status)) => {
                 let response = text(status, &format!("{}\n", reason(status))).closing();
-                let _ = write_response(&stream, &response, false, site.timeout);
-                linger(&stream);
+                let _ = write_response(&mut stream, &response, false, site.timeout);
+                linger(&mut stream);
                 break;
             }
         };
         let mut response = respond_to(&request, site, peer);
         response.close |= !request.keep_alive || request.has_body;
         let head_only = request.method == "HEAD";
-        if write_response(&stream, &response, head_only, site.timeout).is_err() {
+        if write_response(&mut stream, &response, head_only, site.timeout).is_err() {
             break;
         }
         if response.close {
-            linger(&stream);
+            linger(&mut stream);
             break;
         }
     }
@@ -171,7 +232,7 @@ pub fn serve(conn: Connection, site: &Site) {
 /// Reads until `input` holds a whole request head, parses it, and removes it from
 /// `input` (a pipelined request after it stays there for the next call).
 fn read_request(
-    stream: &TcpStream,
+    stream: &mut PageStream,
     input: &mut Vec<u8>,
     deadline: Instant,
 ) -> Result<Request, NoRequest> {
@@ -195,12 +256,9 @@ fn read_request(
                 NoRequest::Refuse(408)
             });
         }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|_| NoRequest::Gone)?;
         let mut chunk = [0u8; 4096];
         let room = (MAX_HEAD - input.len()).min(chunk.len());
-        match (&*stream).read(&mut chunk[..room]) {
+        match stream.read_before(&mut chunk[..room], deadline) {
             Ok(0) => return Err(NoRequest::Gone),
             Ok(n) => {
                 input.extend_from_slice(&chunk[..n]);
@@ -400,7 +458,7 @@ fn json(value: &impl Serialize) -> Response {
 
 /// Writes one answer (only its head for `HEAD`), all of it within `timeout`.
 fn write_response(
-    stream: &TcpStream,
+    stream: &mut PageStream,
     response: &Response,
     head_only: bool,
     timeout: Duration,
@@ -425,37 +483,19 @@ fn write_response(
     let body: &[u8] = if head_only { &[] } else { &response.body };
     // Head and body in one write, without copying the body next to the head.
     let mut parts = [IoSlice::new(out.as_bytes()), IoSlice::new(body)];
-    write_before(stream, &mut parts, Instant::now() + timeout)
-}
-
-/// Writes all of `parts`, each blocking write bounded by what is left until
-/// `deadline`: a client that reads a byte now and then cannot stretch it.
-fn write_before(
-    stream: &TcpStream,
-    parts: &mut [IoSlice<'_>],
-    deadline: Instant,
-) -> io::Result<()> {
-    let mut parts = parts;
-    IoSlice::advance_slices(&mut parts, 0);
-    while !parts.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        stream.set_write_timeout(Some(left))?;
-        match (&*stream).write_vectored(parts) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut parts, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    stream.write_before(&mut parts, Instant::now() + timeout)
 }
 
 /// Ends the sending side, then reads and drops what the client still sends for a
 /// moment (see [`LINGER`]).
-fn linger(stream: &TcpStream) {
+fn linger(stream: &mut PageStream) {
+    if let Some(conn) = &mut stream.tls {
+        tls::close(
+            conn,
+            &mut Deadline::new(&stream.socket, Instant::now() + LINGER),
+        );
+    }
+    let stream = &stream.socket;
     let _ = stream.shutdown(Shutdown::Write);
     let deadline = Instant::now() + LINGER;
     let mut dropped = 0;

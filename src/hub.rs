@@ -1204,7 +1204,14 @@ mod tests {
             per_host: [0, 0, 0],
         });
         let place = places.take(Kind::Chat, peer.ip()).unwrap();
-        let outbox = Outbox::new(id, Arc::new(ours), 1 << 20, Duration::from_secs(1), place);
+        let outbox = Outbox::new(
+            id,
+            Arc::new(ours),
+            1 << 20,
+            Duration::from_secs(1),
+            place,
+            None,
+        );
         (outbox, theirs)
     }
 

@@ -39,6 +39,7 @@
 //! | `hub` | the fan-out thread: registry, ids, batches |
 //! | `outbox` | the write path: write-through, backlog, the writer thread |
 //! | `frame` | server frames as bytes, encoded once |
+//! | `tls` | https and wss: one rustls configuration; a TLS connection shared by two threads |
 //! | [`protocol`] | protocol v1 types and validation; no I/O |
 //! | `stats` | counters for `/stats` |
 //! | `shutdown` | signals → stop; the stop → close 1001 → return |
@@ -66,6 +67,7 @@ mod reader;
 mod shutdown;
 pub mod static_files;
 mod stats;
+mod tls;
 
 use std::error::Error;
 use std::net::{SocketAddr, TcpListener};
@@ -112,6 +114,9 @@ pub fn run_until_signalled(config: Config) -> Result<(), Box<dyn Error>> {
     let controls = shutdown::forward_signals()?;
     config.validate()?;
     let page = Page::chosen_by(config.www.as_deref())?;
+    // Bad certificate files are found before anything listens (`run` loads them
+    // again: it is also the in-process entry point).
+    load_tls(&config)?;
     let plan = capacity::plan(&wanted(&config, &page), &capacity::Limits::read());
     // Process-wide, so here and not in `run`: the places keep the count below it,
     // and the limit is the backstop (see `capacity::apply`).
@@ -137,6 +142,7 @@ pub fn run(
 ) -> Result<(), Box<dyn Error>> {
     config.validate()?;
     let page = Page::chosen_by(config.www.as_deref())?;
+    let tls = load_tls(&config)?;
     let wanted = wanted(&config, &page);
     let plan = capacity::plan(&wanted, &capacity::Limits::read());
     log::info!(
@@ -198,6 +204,7 @@ pub fn run(
         // An empty token (a settings file line left blank) is no token.
         admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
         access_token: config.access_token()?,
+        tls: tls.clone(),
         places: Arc::clone(&places),
         stats: Arc::clone(&stats),
         reader: ReaderSettings {
@@ -228,6 +235,7 @@ pub fn run(
         hub: hub_tx.clone(),
         ws_port: ws_addr.port(),
         token_required: config.access_token()?.is_some(),
+        tls: tls.clone(),
         server_names: server_names.clone(),
         timeout: config.http_timeout(),
     };
@@ -249,15 +257,16 @@ pub fn run(
         };
 
     log::info!("host names answered: {server_names}");
-    log::info!("listening: page http://{http_addr}/");
+    let (http, ws) = schemes(tls.is_some());
+    log::info!("listening: page {http}://{http_addr}/");
     if config.echo {
-        log::info!("listening: chat ws://{ws_addr}/ (and ws://{ws_addr}/echo)");
+        log::info!("listening: chat {ws}://{ws_addr}/ (and {ws}://{ws_addr}/echo)");
     } else {
-        log::info!("listening: chat ws://{ws_addr}/");
+        log::info!("listening: chat {ws}://{ws_addr}/");
     }
     if http_addr.ip().is_unspecified() {
         log::info!(
-            "every interface: open http://<this machine's address>:{}/ in a browser",
+            "every interface: open {http}://<this machine's address>:{}/ in a browser",
             http_addr.port()
         );
     }
@@ -273,8 +282,26 @@ pub fn run(
     Ok(())
 }
 
+/// The rustls configuration of `--tls-cert`/`--tls-key`, if given.
+fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    match config.tls_files()? {
+        Some((cert, key)) => tls::load(cert, key).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The page's and the chat's URL schemes.
+fn schemes(tls: bool) -> (&'static str, &'static str) {
+    if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    }
+}
+
 /// What the configuration asks the machine to carry.
 fn wanted(config: &Config, page: &Page) -> capacity::Wanted {
+    let tls = config.tls_files().ok().flatten().is_some();
     capacity::Wanted {
         clients: config.max_clients as u64,
         http: config.max_http as u64,
@@ -283,9 +310,10 @@ fn wanted(config: &Config, page: &Page) -> capacity::Wanted {
         } else {
             0
         },
-        client_bytes: capacity::client_memory(config.max_backlog, config.max_message),
-        http_bytes: capacity::http_memory(page.largest_answer()),
+        client_bytes: capacity::client_memory(config.max_backlog, config.max_message, tls),
+        http_bytes: capacity::http_memory(page.largest_answer(), tls),
         shared_bytes: config.max_rooms * hub::HISTORY_BYTES as u64,
+        tls,
     }
 }
 
@@ -300,6 +328,7 @@ fn mib(bytes: u64) -> String {
 pub fn check(config: &Config) -> Result<String, Box<dyn Error>> {
     config.validate()?;
     let page = Page::chosen_by(config.www.as_deref())?;
+    let tls = load_tls(config)?;
     // Port 0: proves the address belongs to this machine, and takes no real port.
     TcpListener::bind(SocketAddr::new(config.bind, 0))
         .map_err(|e| format!("--bind {}: cannot listen on this address: {e}", config.bind))?;
@@ -307,7 +336,9 @@ pub fn check(config: &Config) -> Result<String, Box<dyn Error>> {
     let plan = capacity::plan(&wanted, &capacity::Limits::read());
     let http = SocketAddr::new(config.bind, config.http_port);
     let ws = SocketAddr::new(config.bind, config.ws_port);
-    let mut report = format!("page: {page}\nlisten: page http://{http}/, chat ws://{ws}/\n");
+    let (http_scheme, ws_scheme) = schemes(tls.is_some());
+    let mut report =
+        format!("page: {page}\nlisten: page {http_scheme}://{http}/, chat {ws_scheme}://{ws}/\n");
     let (nofile, tasks) = (
         capacity::open_files_needed(&wanted),
         capacity::tasks_needed(&wanted),

@@ -95,6 +95,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::frame;
 use crate::places::Place;
+use crate::tls::Session;
 
 /// Stack size of a writer thread. It only calls `write`; 64 KiB is ample and keeps
 /// a slow client's second thread cheap.
@@ -132,9 +133,24 @@ struct Chunk {
     /// Made by this client's reader (pongs, errors, echoes) rather than the hub:
     /// nobody else holds it, so more of the reader's bytes may be appended.
     own: bool,
+    /// TLS records, ready for the wire. A TLS client's chunk is plaintext until
+    /// whoever writes it seals it (see [`crate::tls`]); a plain client's is never
+    /// sealed and always ready.
+    sealed: bool,
 }
 
 impl Chunk {
+    /// TLS records of this client's own.
+    fn records(records: Vec<u8>) -> Chunk {
+        Chunk {
+            end: records.len(),
+            bytes: Arc::new(records),
+            start: 0,
+            own: true,
+            sealed: true,
+        }
+    }
+
     fn remaining(&self) -> &[u8] {
         &self.bytes[self.start..self.end]
     }
@@ -196,6 +212,9 @@ struct State {
     drain_deadline: Option<Instant>,
     /// Set when the outbox itself closed the client.
     failure: Option<Failure>,
+    /// The TLS connection of a wss client, shared with its reader: records are
+    /// made under this lock, by whoever writes the socket next.
+    tls: Option<Session>,
 }
 
 /// The write side of one client connection. Shared (`Arc`) by the hub's registry,
@@ -225,6 +244,7 @@ impl Outbox {
         limit: usize,
         drain_timeout: Duration,
         place: Place,
+        tls: Option<Session>,
     ) -> Arc<Outbox> {
         Arc::new(Outbox {
             id,
@@ -238,6 +258,7 @@ impl Outbox {
                 phase: Phase::Open,
                 drain_deadline: None,
                 failure: None,
+                tls,
             }),
             _place: place,
         })
@@ -269,6 +290,7 @@ impl Outbox {
             start: part.start,
             end: part.end,
             own: false,
+            sealed: false,
         };
         self.write_or_queue(state, chunk, false)
     }
@@ -289,6 +311,7 @@ impl Outbox {
         let coalescable = state.backlog.len() > 1
             && state.backlog.back().is_some_and(|last| {
                 last.own
+                    && !last.sealed
                     && last.bytes.len() + frame.len() <= COALESCE_UP_TO
                     && Arc::strong_count(&last.bytes) == 1
             });
@@ -318,6 +341,7 @@ impl Outbox {
             bytes: Arc::new(frame.to_vec()),
             start: 0,
             own: true,
+            sealed: false,
         };
         self.write_or_queue(state, chunk, closes)
     }
@@ -351,6 +375,7 @@ impl Outbox {
             bytes: Arc::new(close),
             start: 0,
             own: false,
+            sealed: false,
         };
         // A close frame may push a backlog over its limit; it goes out regardless.
         let _ = self.write_or_queue_unbounded(state, chunk);
@@ -370,9 +395,44 @@ impl Outbox {
         state.phase = Phase::Closed;
         self.set_drain_deadline(&mut state);
         if !state.writer_running {
+            if let Some(tls) = &mut state.tls {
+                // The writer would send it after the backlog (`seal_next`); with no
+                // backlog it goes now, if the kernel takes it.
+                tls.close_notify();
+                if let Some(records) = tls.take_records() {
+                    let _ = rustix::net::send(
+                        &*self.socket,
+                        &records,
+                        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+                    );
+                }
+            }
             drop(state);
             let _ = self.socket.shutdown(Shutdown::Both);
         }
+    }
+
+    /// A TLS client's reader hands over what it read from the socket (`input`) and
+    /// gets plaintext back into `buf`: `Some(n)` bytes, 0 being close_notify, or
+    /// `None` when more input is needed. Records that reading made the connection
+    /// send go out through the same rule as every other write: now if no writer
+    /// runs, else the writer sends them before its next chunk.
+    pub fn open_tls(
+        self: &Arc<Self>,
+        input: &mut &[u8],
+        buf: &mut [u8],
+    ) -> io::Result<Option<usize>> {
+        let mut state = self.lock();
+        let Some(tls) = &mut state.tls else {
+            return Err(io::Error::other("not a TLS client"));
+        };
+        let opened = tls.open(input, buf);
+        if !state.writer_running
+            && let Some(records) = state.tls.as_mut().and_then(Session::take_records)
+        {
+            let _ = self.write_or_queue_unbounded(state, Chunk::records(records));
+        }
+        opened
     }
 
     /// Why the outbox closed its client, if it did.
@@ -426,6 +486,11 @@ impl Outbox {
         if !state.writer_running {
             // Nobody else may write while we hold the lock and no writer runs: try to
             // hand everything to the kernel now, without blocking.
+            if let Some(tls) = &mut state.tls
+                && !chunk.sealed
+            {
+                chunk = Chunk::records(tls.seal(chunk.remaining()));
+            }
             match rustix::net::send(
                 &*self.socket,
                 chunk.remaining(),
@@ -477,6 +542,7 @@ impl Outbox {
             bytes: Arc::new(frame),
             start: 0,
             own: false,
+            sealed: false,
         };
         state.phase = Phase::Closed;
         state.failure = Some(Failure::SlowConsumer);
@@ -507,6 +573,7 @@ impl Outbox {
         loop {
             let chunk = {
                 let mut state = self.lock();
+                seal_next(&mut state);
                 match state.backlog.front() {
                     Some(chunk) => chunk.clone(),
                     None => {
@@ -566,7 +633,36 @@ impl Outbox {
         }
         Ok(())
     }
+}
 
+/// Seals the writer's next chunk, if this is a TLS client and it is plaintext; with
+/// an empty backlog, takes whatever records the connection made on its own (and
+/// close_notify once the reader is done) as a chunk to write. Under the lock.
+fn seal_next(state: &mut State) {
+    let Some(tls) = &mut state.tls else {
+        return;
+    };
+    match state.backlog.front_mut() {
+        Some(front) if !front.sealed => {
+            let sealed = Chunk::records(tls.seal(front.remaining()));
+            state.backlog_cost = state.backlog_cost - front.cost() + sealed.cost();
+            *front = sealed;
+        }
+        Some(_) => {}
+        None => {
+            if state.drain_deadline.is_some() {
+                tls.close_notify();
+            }
+            if let Some(records) = tls.take_records() {
+                let chunk = Chunk::records(records);
+                state.backlog_cost += chunk.cost();
+                state.backlog.push_back(chunk);
+            }
+        }
+    }
+}
+
+impl Outbox {
     /// Nothing more can be written: drop the backlog and close the socket.
     fn give_up(&self, mut state: MutexGuard<'_, State>, why: Option<Failure>) {
         if let Some(why) = why {
@@ -626,7 +722,7 @@ mod tests {
         places: &Arc<Places>,
     ) -> Arc<Outbox> {
         let place = places.take(Kind::Chat, LOCAL).unwrap();
-        Outbox::new(1, Arc::new(server), limit, drain, place)
+        Outbox::new(1, Arc::new(server), limit, drain, place, None)
     }
 
     /// Sends one large shared batch, so that the pipe is full and a writer thread
@@ -662,6 +758,84 @@ mod tests {
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes were reordered or interleaved");
+    }
+
+    /// A TLS server connection on `server` and a client on `client`, both
+    /// handshakes done; the client trusts the server's certificate.
+    fn tls_pair(
+        server: &TcpStream,
+        client: TcpStream,
+    ) -> (
+        Session,
+        rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    ) {
+        use rustls::pki_types::{PrivateKeyDer, ServerName};
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let client_side = thread::spawn(move || {
+            let mut tls = rustls::StreamOwned::new(conn, client);
+            while tls.conn.is_handshaking() {
+                tls.conn.complete_io(&mut tls.sock).unwrap();
+            }
+            tls
+        });
+        let mut conn = crate::tls::accept(&Arc::new(config)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        crate::tls::handshake(&mut conn, &mut crate::tls::Deadline::new(server, deadline)).unwrap();
+        (Session::new(conn), client_side.join().unwrap())
+    }
+
+    #[test]
+    fn tls_records_stay_in_order_through_write_through_and_the_writer() {
+        let (server, client) = pair(true);
+        let (session, mut client) = tls_pair(&server, client);
+        let place = places().take(Kind::Chat, LOCAL).unwrap();
+        let outbox = Outbox::new(
+            1,
+            Arc::new(server),
+            64 << 20,
+            Duration::from_secs(10),
+            place,
+            Some(session),
+        );
+        // Far more than the small socket buffers hold: the first batches are sealed
+        // by this thread and written through, the rest queue as plaintext and are
+        // sealed by the writer thread, in its order.
+        let mut expected = Vec::new();
+        for i in 0..2_000u32 {
+            let batch: Vec<u8> = (0..1_000).map(|j| ((i * 7 + j) % 251) as u8).collect();
+            let mut batch = batch;
+            batch[0] = 0x81; // not a close frame
+            expected.extend_from_slice(&batch);
+            if i % 2 == 0 {
+                outbox.send_shared(&Arc::new(batch), 0).unwrap();
+            } else {
+                outbox.send_own(&batch).unwrap();
+            }
+        }
+        assert!(outbox.lock().writer_running, "the pipe took everything");
+        outbox.finish();
+        let mut got = Vec::new();
+        // `Ok` only after close_notify: an end without it is `UnexpectedEof`.
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "records were reordered or lost");
     }
 
     #[test]

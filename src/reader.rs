@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use rustls::ServerConnection;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -33,6 +34,7 @@ use crate::outbox::{Failure, Outbox, SendError};
 use crate::places::Place;
 use crate::protocol::{self, ChatMessage, Incoming, InputError, Outgoing};
 use crate::stats::Stats;
+use crate::tls::{self, Deadline, Session};
 
 /// How long we wait for the peer's answering Close after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -52,44 +54,111 @@ pub struct ClientStream {
 
 /// Where a connection is, as far as its stream goes.
 enum Stage {
-    /// In its handshake: no other party knows the socket yet, so writes go to it
-    /// directly, and every read gets only what is left of one deadline.
-    Handshake { deadline: Instant },
+    /// In its handshake: no other party knows the socket yet, so this thread has it
+    /// (and its TLS connection, for wss) to itself, and every read and write gets
+    /// only what is left of one deadline.
+    Handshake {
+        deadline: Instant,
+        tls: Option<Box<ServerConnection>>,
+    },
     /// Past it: reads block (the socket's idle timeout applies), and every write
-    /// goes to the outbox, so that the socket has one writer.
-    Attached { outbox: Arc<Outbox> },
+    /// goes to the outbox, so that the socket has one writer. A wss client's TLS
+    /// connection is in the outbox too, and reads are decrypted there; `unread`
+    /// holds ciphertext read but not yet taken (rustls takes no more while it holds
+    /// plaintext we have not read), empty and unallocated while the client idles.
+    Attached {
+        outbox: Arc<Outbox>,
+        tls: bool,
+        unread: Vec<u8>,
+    },
 }
 
+/// Ciphertext read from the socket at once, at most: on the reader's stack.
+const TLS_READ: usize = 4096;
+
 impl ClientStream {
-    /// A stream for the handshake, which must be over by `deadline`.
-    pub fn for_handshake(socket: Arc<TcpStream>, deadline: Instant) -> ClientStream {
+    /// A stream for the handshake, which must be over by `deadline`; `tls` is the
+    /// wss client's connection, its TLS handshake done.
+    pub fn for_handshake(
+        socket: Arc<TcpStream>,
+        deadline: Instant,
+        tls: Option<Box<ServerConnection>>,
+    ) -> ClientStream {
         ClientStream {
             socket,
-            stage: Stage::Handshake { deadline },
+            stage: Stage::Handshake { deadline, tls },
         }
     }
 
-    /// The handshake is done: from now on write through `outbox`.
-    fn attach(&mut self, outbox: Arc<Outbox>) {
-        self.stage = Stage::Attached { outbox };
+    /// The handshake is done: from now on write through `outbox`, which owns the
+    /// TLS connection if `tls`.
+    fn attach(&mut self, outbox: Arc<Outbox>, tls: bool) {
+        self.stage = Stage::Attached {
+            outbox,
+            tls,
+            unread: Vec::new(),
+        };
+    }
+
+    /// Takes a wss client's TLS connection out of the handshake, for its outbox.
+    fn take_tls(&mut self) -> Option<Box<ServerConnection>> {
+        match &mut self.stage {
+            Stage::Handshake { tls, .. } => tls.take(),
+            Stage::Attached { .. } => None,
+        }
     }
 }
 
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Stage::Handshake { deadline } = self.stage {
-            // SO_RCVTIMEO limits each read, not their sum: shrink it every time so the
-            // whole handshake has one deadline.
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "handshake deadline passed",
-                ));
+        match &mut self.stage {
+            Stage::Handshake { deadline, tls } => {
+                // SO_RCVTIMEO limits each read, not their sum: `Deadline` shrinks it
+                // every time so that the whole handshake has one deadline.
+                let mut socket = Deadline::new(&self.socket, *deadline);
+                match tls {
+                    Some(conn) => tls::read(conn, &mut socket, buf),
+                    None => socket.read(buf),
+                }
             }
-            self.socket.set_read_timeout(Some(left))?;
+            Stage::Attached { tls: false, .. } => (&*self.socket).read(buf),
+            Stage::Attached {
+                outbox,
+                tls: true,
+                unread,
+            } => {
+                // Plaintext already decrypted comes first, then ciphertext left over
+                // from the last read; then a blocking read with no lock held, and a
+                // short lock to decrypt what it brought.
+                let mut ciphertext = [0u8; TLS_READ];
+                let mut fresh = 0;
+                loop {
+                    let opened = if unread.is_empty() {
+                        let mut input = &ciphertext[..fresh];
+                        let opened = outbox.open_tls(&mut input, buf)?;
+                        unread.extend_from_slice(input);
+                        opened
+                    } else {
+                        unread.extend_from_slice(&ciphertext[..fresh]);
+                        let mut input = &unread[..];
+                        let opened = outbox.open_tls(&mut input, buf)?;
+                        let taken = unread.len() - input.len();
+                        unread.drain(..taken);
+                        if unread.is_empty() {
+                            *unread = Vec::new();
+                        }
+                        opened
+                    };
+                    if let Some(n) = opened {
+                        return Ok(n);
+                    }
+                    fresh = (&*self.socket).read(&mut ciphertext)?;
+                    if fresh == 0 {
+                        return Ok(0);
+                    }
+                }
+            }
         }
-        (&*self.socket).read(buf)
     }
 }
 
@@ -98,9 +167,15 @@ impl Read for ClientStream {
 /// outbox relies on that to see a close frame go by.
 impl Write for ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &self.stage {
-            Stage::Handshake { .. } => (&*self.socket).write(buf),
-            Stage::Attached { outbox } => match outbox.send_own(buf) {
+        match &mut self.stage {
+            Stage::Handshake { deadline, tls } => {
+                let mut socket = Deadline::new(&self.socket, *deadline);
+                match tls {
+                    Some(conn) => tls::write_all(conn, &mut socket, buf).map(|()| buf.len()),
+                    None => socket.write(buf),
+                }
+            }
+            Stage::Attached { outbox, .. } => match outbox.send_own(buf) {
                 // After our Close nothing may be sent: dropping the bytes is the
                 // protocol's rule, not an error.
                 Ok(()) | Err(SendError::Closed) => Ok(buf.len()),
@@ -307,14 +382,17 @@ pub fn serve(
     hub: &Sender<Event>,
     stats: &Stats,
 ) {
+    let tls = client.ws.get_mut().take_tls().map(Session::new);
+    let encrypted = tls.is_some();
     let outbox = Outbox::new(
         client.id,
         Arc::clone(&client.socket),
         settings.max_backlog,
         settings.drain_timeout,
         place,
+        tls,
     );
-    client.ws.get_mut().attach(Arc::clone(&outbox));
+    client.ws.get_mut().attach(Arc::clone(&outbox), encrypted);
     if let Err(e) = client.socket.set_read_timeout(Some(settings.idle_timeout)) {
         log::warn!(
             "client {}: cannot set a read timeout ({e}): disconnecting",

@@ -599,7 +599,7 @@ fn a_client_that_reads_nothing_and_pings_a_lot_is_charged_what_it_costs() {
     while sent < 200_000 && pinger.ws.send(Message::Ping(vec![1u8; 125].into())).is_ok() {
         sent += 1;
     }
-    pinger.ws.get_ref().shutdown(Shutdown::Write).ok();
+    pinger.ws.get_ref().tcp().shutdown(Shutdown::Write).ok();
     assert!(pinger.wait_for_socket_closed());
     honest_user_is_served(&server);
     assert_within(peak.stop(), base, 4 * 1024, 4, 4);

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rustix::process::Signal;
-use support::{Client, Ports, Process, WWW, http_get, run_binary};
+use support::{Client, Ports, Process, TestCert, WWW, http_get, run_binary};
 
 const DIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dist");
 
@@ -65,12 +65,15 @@ fn the_example_file_with_every_line_uncommented_checks_out() {
     let settings = example_settings();
     let token_file = std::env::temp_dir().join(format!("threadchat-env-{}", std::process::id()));
     std::fs::write(&token_file, "from-the-example\n").unwrap();
+    let cert = TestCert::new("env");
     let env: Vec<(&str, &str)> = settings
         .iter()
         .map(|(name, value)| match name.as_str() {
-            // The example's folder and file exist only on a host that made them.
+            // The example's folder and files exist only on a host that made them.
             "THREADCHAT_WWW" => (name.as_str(), WWW),
             "THREADCHAT_TOKEN_FILE" => (name.as_str(), token_file.to_str().unwrap()),
+            "THREADCHAT_TLS_CERT" => (name.as_str(), cert.cert.to_str().unwrap()),
+            "THREADCHAT_TLS_KEY" => (name.as_str(), cert.key.to_str().unwrap()),
             _ => (name.as_str(), value.as_str()),
         })
         .collect();

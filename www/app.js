@@ -52,6 +52,7 @@ let retryTimer = null;
 let retryAt = 0;
 let config = null;        // the last /config.json that arrived
 let refusalShown = false; // the "token refused" notice is said once, not at each retry
+let certificateHintShown = false; // so is the certificate hint, under https
 
 // The access token (`--token`) comes in the link's fragment, #token=…, which the
 // browser never sends to a server. It is kept for this tab only, and taken out of
@@ -493,6 +494,13 @@ async function connect() {
       refusalShown = true;
       addEntry('error', [['text', 'The server did not let this page in: its access token '
         + 'was refused (or the server is down). Trying again…']]);
+    } else if (!opened && location.protocol === 'https:' && !certificateHintShown) {
+      // A certificate accepted for the page's port is not always accepted for the
+      // socket's (Firefox asks per port), and the browser does not say so.
+      certificateHintShown = true;
+      const socketPage = ws.url.replace(/^wss:/, 'https:');
+      addEntry('error', [['text', 'The chat socket did not open. If this browser warned about '
+        + `the server's certificate, open ${socketPage} once, accept it there (that page stays blank) and come back. Trying again…`]]);
     }
     socket = null;
     ready = false;

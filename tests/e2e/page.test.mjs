@@ -5,9 +5,10 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createServer, connect } from 'node:net';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -15,6 +16,8 @@ import { chromium } from 'playwright-core';
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BINARY = process.env.THREADCHAT_BIN || join(ROOT, 'target/debug/threadchat');
 const SHOTS = join(ROOT, 'target/e2e');
+// `make cert`'s program (built by `make e2e`).
+const CERT = process.env.THREADCHAT_CERT_BIN || join(ROOT, 'target/debug/examples/cert');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const PATIENCE_MS = 15000;
 
@@ -99,18 +102,16 @@ function stopServer(server) {
 let browser;
 let server;
 
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
   server = await startServer();
   // launch() starts chromium with a fresh, empty profile of its own each time.
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
 });
 
 after(async () => {
@@ -119,8 +120,10 @@ after(async () => {
 });
 
 /** A person: their own browser context (own storage), the page, open and online. */
-async function person(name, { viewport, at = server, fragment = '', waitOnline = true } = {}) {
-  const context = await browser.newContext(viewport ? { viewport } : {});
+async function person(name, {
+  viewport, at = server, fragment = '', waitOnline = true, scheme = 'http', via = browser,
+} = {}) {
+  const context = await via.newContext(viewport ? { viewport } : {});
   const page = await context.newPage();
   page.setDefaultTimeout(PATIENCE_MS);
   const dialogs = [];
@@ -128,7 +131,7 @@ async function person(name, { viewport, at = server, fragment = '', waitOnline =
     dialogs.push(dialog.message());
     dialog.dismiss().catch(() => {});
   });
-  await page.goto(`http://127.0.0.1:${at.httpPort}/${fragment}`);
+  await page.goto(`${scheme}://127.0.0.1:${at.httpPort}/${fragment}`);
   await page.fill('#name', name);
   if (waitOnline) await online(page);
   return { context, page, dialogs };
@@ -543,5 +546,37 @@ test('with --token, the link with #token= lets a person in and other links do no
     await logged(guarded, 'refused with 401');
   } finally {
     await stopServer(guarded);
+  }
+});
+
+test("over https and wss, with make cert's certificate, the page chats", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'threadchat-e2e-tls-'));
+  execFileSync(CERT, ['--out', dir]);
+  const secure = await startServer({
+    args: ['--tls-cert', join(dir, 'cert.pem'), '--tls-key', join(dir, 'key.pem')],
+  });
+  // A browser of its own that takes the self-signed certificate without a click.
+  const trusting = await chromium.launch({
+    executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, '--ignore-certificate-errors'],
+  });
+  try {
+    const sockets = [];
+    const ann = await person('ann', { at: secure, scheme: 'https', via: trusting, waitOnline: false });
+    ann.page.on('websocket', (ws) => sockets.push(ws.url()));
+    await ann.page.reload();
+    await online(ann.page);
+    const bob = await person('bob', { at: secure, scheme: 'https', via: trusting });
+    await say(ann.page, 'sealed on the way');
+    await entry(bob.page, 'sealed on the way');
+    await say(bob.page, 'and back');
+    await entry(ann.page, 'and back');
+    assert.ok(sockets.length > 0 && sockets.every((url) => url.startsWith('wss://')), String(sockets));
+    await bob.page.screenshot({ path: join(SHOTS, 'https.png') });
+    for (const p of [ann, bob]) await p.context.close();
+    await logged(secure, 'listening: chat wss://');
+  } finally {
+    await trusting.close();
+    await stopServer(secure);
+    rmSync(dir, { recursive: true, force: true });
   }
 });

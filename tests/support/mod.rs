@@ -390,10 +390,182 @@ pub fn eventually_within(patience: Duration, what: &str, mut condition: impl FnM
     }
 }
 
+/// A client's connection: plain TCP, or TLS over it (wss, https).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+
+    pub fn tcp_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_mut(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A certificate for `localhost` and 127.0.0.1 made for one test, its files in a
+/// folder of the test's own, and a client configuration that trusts it (and only
+/// it): the clients check the server's certificate as a browser would.
+pub struct TestCert {
+    pub dir: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl TestCert {
+    pub fn new(label: &str) -> TestCert {
+        let made = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .expect("a test certificate");
+        let dir =
+            std::env::temp_dir().join(format!("threadchat-tls-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TestCert {
+            dir,
+            cert,
+            key,
+            client: Arc::new(client),
+        }
+    }
+
+    /// The server flags that serve with it.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+        ]
+    }
+
+    /// TLS to `addr` over `tcp`, the handshake done, checking the certificate for
+    /// `name`.
+    pub fn wrap(&self, tcp: TcpStream, name: &str) -> Stream {
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::clone(&self.client), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .unwrap_or_else(|e| panic!("TLS handshake failed: {e}"));
+        }
+        Stream::Tls(Box::new(tls))
+    }
+
+    /// A wss client, its handshake done (`url` is `wss://localhost:<port>/...`).
+    pub fn connect(&self, url: &str) -> Result<Client, Refused> {
+        self.connect_with(url, &[])
+    }
+
+    pub fn connect_with(
+        &self,
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Client, Refused> {
+        let request = url.into_client_request().unwrap();
+        let host = request.uri().host().unwrap().to_string();
+        let port = request.uri().port_u16().unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Client::handshake_over(self.wrap(tcp, &host), url, headers)
+    }
+
+    /// A wss chat client that has read its welcome and its own join notification.
+    pub fn join(&self, server: &impl Running) -> Client {
+        let url = format!("wss://localhost:{}/", server.ws_addr().port());
+        let mut client = self.connect(&url).expect("handshake");
+        let welcome = client.recv_json();
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client.id = welcome["id"].as_u64();
+        client.recv_type("notification");
+        client
+    }
+
+    /// `GET path` over https with `Connection: close`.
+    pub fn get(&self, addr: SocketAddr, path: &str) -> HttpResponse {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        let mut stream = self.wrap(tcp, "localhost");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+            addr.port()
+        );
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut raw = Vec::new();
+        match stream.read_to_end(&mut raw) {
+            Ok(_) => {}
+            // A server that closes without close_notify: the answer is still whole.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => panic!("https read: {e}"),
+        }
+        parse_response(&raw).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `/stats` over https.
+    pub fn stats(&self, server: &impl Running) -> Value {
+        let response = self.get(server.http_addr(), "/stats");
+        assert_eq!(response.status, 200);
+        serde_json::from_slice(&response.body).expect("/stats is JSON")
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A WebSocket client on a blocking socket with a short read timeout, so every
 /// receive can be bounded by a deadline.
 pub struct Client {
-    pub ws: WebSocket<TcpStream>,
+    pub ws: WebSocket<Stream>,
     /// The subprotocol the server selected, if any.
     pub protocol: Option<String>,
     /// This client's id from its welcome frame, once read by [`Client::join`].
@@ -427,6 +599,16 @@ impl Client {
         url: &str,
         headers: &[(&'static str, &str)],
     ) -> Result<Client, Refused> {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Client::handshake_over(Stream::Plain(stream), url, headers)
+    }
+
+    /// Handshake over a plain or TLS stream.
+    pub fn handshake_over(
+        stream: Stream,
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Client, Refused> {
         let mut request = url.into_client_request().unwrap();
         for (name, value) in headers {
             // Insert, not append: a test's Host replaces the one from the URL.
@@ -434,10 +616,10 @@ impl Client {
                 .headers_mut()
                 .insert(*name, HeaderValue::from_str(value).unwrap());
         }
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
         match tungstenite::client(request, stream) {
             Ok((ws, response)) => {
                 ws.get_ref()
+                    .tcp()
                     .set_read_timeout(Some(Duration::from_millis(50)))
                     .unwrap();
                 let protocol = response
@@ -550,7 +732,7 @@ impl Client {
     /// to `PATIENCE`. Reads raw bytes, so use it on a client that stopped reading
     /// WebSocket frames.
     pub fn wait_for_socket_closed(&mut self) -> bool {
-        socket_closed_within(self.ws.get_mut(), PATIENCE)
+        socket_closed_within(self.ws.get_mut().tcp_mut(), PATIENCE)
     }
 }
 
@@ -619,10 +801,15 @@ pub fn try_http_raw(
     stream
         .read_to_end(&mut raw)
         .map_err(|e| format!("read: {e}"))?;
+    parse_response(&raw)
+}
+
+/// A whole HTTP response, head and body.
+fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no header end in {:?}", String::from_utf8_lossy(&raw)))?;
+        .ok_or_else(|| format!("no header end in {:?}", String::from_utf8_lossy(raw)))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head
         .split(' ')

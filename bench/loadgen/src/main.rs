@@ -23,6 +23,13 @@
 //! lock, blocking writes): its rows show what that design costs, and are checked
 //! the same way but never fail the run.
 //!
+//! `--tls-scenarios` repeats scenarios over wss as `(wss)` rows: the server gets a
+//! certificate made at start, and the clients check it. A TLS client here is split
+//! between its reader thread and its sender the way the server splits its own
+//! (see the server's `src/tls.rs`): the reader does its blocking read with no lock
+//! held, then locks the connection to decrypt; the sender locks it to encrypt and
+//! write.
+//!
 //! Every message a sender writes is `"<sender>:<seq>:<ns since start>:xxx…"`, so a
 //! receiver knows who sent it, its position, and its one-way latency (sender and
 //! receivers share this process's monotonic clock).
@@ -80,6 +87,10 @@ struct Cli {
     /// after threadchat's. Its deliveries are checked and shown, never failed.
     #[arg(long)]
     naive: Option<String>,
+    /// These scenarios again over wss (chat, fanout, saturate, rooms, idle), each
+    /// as a `(wss)` row after the plain one, checked the same way.
+    #[arg(long, value_delimiter = ',')]
+    tls_scenarios: Vec<String>,
 }
 
 /// The scenarios `--naive` repeats against the naive server.
@@ -98,6 +109,173 @@ struct Server {
     ws: SocketAddr,
 }
 
+/// The wss rows' certificate: files for the server, a configuration for clients
+/// that trusts it and nothing else.
+struct Tls {
+    dir: std::path::PathBuf,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl Tls {
+    fn new() -> Tls {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("a certificate");
+        let dir = std::env::temp_dir().join(format!("threadchat-loadgen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        std::fs::write(dir.join("cert.pem"), made.cert.pem()).expect("write cert.pem");
+        std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem())
+            .expect("write key.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).expect("the certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Tls {
+            dir,
+            client: Arc::new(client),
+        }
+    }
+
+    fn server_args(&self) -> [String; 4] {
+        [
+            "--tls-cert".into(),
+            self.dir.join("cert.pem").display().to_string(),
+            "--tls-key".into(),
+            self.dir.join("key.pem").display().to_string(),
+        ]
+    }
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A client's connection, plain or TLS; clones share one TLS connection.
+enum Wire {
+    Plain(TcpStream),
+    Tls {
+        socket: TcpStream,
+        conn: Arc<Mutex<rustls::ClientConnection>>,
+        /// Ciphertext read but not yet taken: rustls takes no more while it holds
+        /// 16 KiB of plaintext. Only the reading clone uses it.
+        unread: Vec<u8>,
+    },
+}
+
+impl Wire {
+    /// Connects to `server`; over TLS, with the TLS handshake done.
+    fn connect(server: SocketAddr, tls: Option<&Tls>) -> std::io::Result<Wire> {
+        let socket = TcpStream::connect(server)?;
+        socket.set_nodelay(true)?;
+        let Some(tls) = tls else {
+            return Ok(Wire::Plain(socket));
+        };
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+        let mut conn = rustls::ClientConnection::new(Arc::clone(&tls.client), name)
+            .map_err(std::io::Error::other)?;
+        let mut io = &socket;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut io)?;
+        }
+        Ok(Wire::Tls {
+            socket,
+            conn: Arc::new(Mutex::new(conn)),
+            unread: Vec::new(),
+        })
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Wire::Plain(socket) | Wire::Tls { socket, .. } => socket,
+        }
+    }
+
+    fn try_clone(&self) -> std::io::Result<Wire> {
+        Ok(match self {
+            Wire::Plain(socket) => Wire::Plain(socket.try_clone()?),
+            Wire::Tls { socket, conn, .. } => Wire::Tls {
+                socket: socket.try_clone()?,
+                conn: Arc::clone(conn),
+                unread: Vec::new(),
+            },
+        })
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            Wire::Plain(_) => "ws",
+            Wire::Tls { .. } => "wss",
+        }
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (mut socket, conn, unread) = match self {
+            Wire::Plain(socket) => return socket.read(buf),
+            Wire::Tls {
+                socket,
+                conn,
+                unread,
+            } => (&*socket, conn, unread),
+        };
+        loop {
+            {
+                let mut conn = conn.lock().unwrap();
+                // Feed what is left over until a record yields plaintext.
+                let mut input = &unread[..];
+                while !input.is_empty() && conn.wants_read() {
+                    conn.read_tls(&mut input)?;
+                    conn.process_new_packets().map_err(std::io::Error::other)?;
+                }
+                let taken = unread.len() - input.len();
+                unread.drain(..taken);
+                // What reading made it send, under the lock: one writer at a time.
+                while conn.wants_write() {
+                    conn.write_tls(&mut socket)?;
+                }
+                match conn.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) => return Err(e),
+                }
+            }
+            // Blocking, with no lock held: the sender encrypts meanwhile.
+            let mut ciphertext = [0u8; 16 * 1024];
+            let n = socket.read(&mut ciphertext)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            unread.extend_from_slice(&ciphertext[..n]);
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (mut socket, conn) = match self {
+            Wire::Plain(socket) => return socket.write(buf),
+            Wire::Tls { socket, conn, .. } => (&*socket, conn),
+        };
+        let mut conn = conn.lock().unwrap();
+        conn.writer().write_all(buf)?;
+        while conn.wants_write() {
+            conn.write_tls(&mut socket)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// How long a server may take from `spawn` to listening on its ports.
 const START_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -110,9 +288,13 @@ impl Server {
     /// WebSocket port only, if `http` is false), as `/proc` shows them: the log is
     /// not read for it. Panics, with the server's stderr, if it exits first or is
     /// not listening within [`START_PATIENCE`].
-    fn start(binary: &str, http: bool) -> Server {
+    fn start(binary: &str, http: bool, tls: Option<&Tls>) -> Server {
         let [ws_port, http_port] = footprint::free_ports();
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(tls) = tls {
+            command.args(tls.server_args());
+        }
+        let mut child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--http-port", &http_port.to_string()])
             .args(["--ws-port", &ws_port.to_string()])
@@ -261,17 +443,22 @@ fn room_name(room: usize) -> String {
 const JOIN_PATIENCE: Duration = Duration::from_secs(10);
 
 struct Client {
-    socket: TcpStream,
+    socket: Wire,
     reader: JoinHandle<Seen>,
 }
 
-fn connect(server: SocketAddr, index: usize, shared: &Arc<Shared>) -> std::io::Result<Client> {
-    let stream = TcpStream::connect(server)?;
-    stream.set_nodelay(true)?;
-    let (mut ws, _) = tungstenite::client(format!("ws://{server}/"), stream.try_clone()?)
+fn connect(
+    server: SocketAddr,
+    index: usize,
+    shared: &Arc<Shared>,
+    tls: Option<&Tls>,
+) -> std::io::Result<Client> {
+    let stream = Wire::connect(server, tls)?;
+    let url = format!("{}://localhost:{}/", stream.scheme(), server.port());
+    let (mut ws, _) = tungstenite::client(url, stream.try_clone()?)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let room = match shared.room_of(index) {
-        Some(room) => Some(join(&mut ws, &stream, &room_name(room))?),
+        Some(room) => Some(join(&mut ws, stream.tcp(), &room_name(room))?),
         None => None,
     };
     let shared = Arc::clone(shared);
@@ -288,7 +475,7 @@ fn connect(server: SocketAddr, index: usize, shared: &Arc<Shared>) -> std::io::R
 /// (and drops: the lobby's frames) until its `joined`. Returns the room and the
 /// `joined` count, which is where the reader's count starts.
 fn join(
-    ws: &mut WebSocket<TcpStream>,
+    ws: &mut WebSocket<Wire>,
     stream: &TcpStream,
     room: &str,
 ) -> std::io::Result<(String, u64)> {
@@ -320,7 +507,7 @@ fn join(
 /// and that `joined`'s count; `None` for a client in the lobby, whose frames are
 /// then taken as they come, as from a server without rooms.
 fn read_all(
-    mut ws: WebSocket<TcpStream>,
+    mut ws: WebSocket<Wire>,
     index: usize,
     room: Option<(String, u64)>,
     shared: &Shared,
@@ -475,23 +662,33 @@ struct Outcome {
     settle_s: f64,
 }
 
-fn open_clients(server: &Server, n: usize, shared: &Arc<Shared>) -> Result<Vec<Client>, String> {
+fn open_clients(
+    server: &Server,
+    n: usize,
+    shared: &Arc<Shared>,
+    tls: Option<&Arc<Tls>>,
+) -> Result<Vec<Client>, String> {
     // One connect at a time per opener thread, so the accept backlog is not overrun.
     let openers = 8;
     let next = Arc::new(AtomicU64::new(0));
     let clients = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let handles: Vec<_> = (0..openers)
         .map(|_| {
-            let (next, clients, shared, addr) =
-                (next.clone(), clients.clone(), shared.clone(), server.ws);
+            let (next, clients, shared, addr, tls) = (
+                next.clone(),
+                clients.clone(),
+                shared.clone(),
+                server.ws,
+                tls.cloned(),
+            );
             thread::spawn(move || -> Result<(), String> {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     if i >= n {
                         return Ok(());
                     }
-                    let client =
-                        connect(addr, i, &shared).map_err(|e| format!("client {i}: {e}"))?;
+                    let client = connect(addr, i, &shared, tls.as_deref())
+                        .map_err(|e| format!("client {i}: {e}"))?;
                     clients.lock().unwrap().push((i, client));
                 }
             })
@@ -515,14 +712,19 @@ fn wait_until(deadline: Duration, done: impl FnMut() -> bool) -> bool {
 
 /// One load scenario against a fresh server. An `Err` is a run that could not be
 /// measured (a client could not connect, the joins never settled).
-fn run_load(binary: &str, http: bool, load: &Load) -> Result<Outcome, String> {
+fn run_load(
+    binary: &str,
+    http: bool,
+    load: &Load,
+    tls: Option<&Arc<Tls>>,
+) -> Result<Outcome, String> {
     let groups = load.rooms.max(1);
     assert!(
         load.clients.is_multiple_of(groups) && load.senders >= groups,
         "every room as many clients, and a sender"
     );
     let members = load.clients / groups;
-    let server = Server::start(binary, http);
+    let server = Server::start(binary, http, tls.map(|t| &**t));
     let (echo_tx, echo_rx): (Vec<_>, Vec<_>) =
         (0..load.senders).map(|_| bounded::<()>(1 << 16)).unzip();
     let shared = Arc::new(Shared {
@@ -541,7 +743,7 @@ fn run_load(binary: &str, http: bool, load: &Load) -> Result<Outcome, String> {
         keep_latencies: AtomicBool::new(true),
     });
     let started = Instant::now();
-    let clients = open_clients(&server, load.clients, &shared)?;
+    let clients = open_clients(&server, load.clients, &shared, tls)?;
     let settled = wait_until(Duration::from_secs(60), || {
         shared.settled.load(Ordering::Relaxed) == load.clients as u64
     });
@@ -597,7 +799,7 @@ fn run_load(binary: &str, http: bool, load: &Load) -> Result<Outcome, String> {
         now >= expected || last_change.elapsed() > Duration::from_secs(1)
     });
     for c in &clients {
-        let _ = c.socket.shutdown(Shutdown::Both);
+        let _ = c.socket.tcp().shutdown(Shutdown::Both);
     }
     let seen: Vec<Seen> = clients
         .into_iter()
@@ -615,7 +817,7 @@ fn run_load(binary: &str, http: bool, load: &Load) -> Result<Outcome, String> {
 
 #[allow(clippy::too_many_arguments)]
 fn send_loop(
-    mut socket: TcpStream,
+    mut socket: Wire,
     me: usize,
     shared: &Shared,
     drive: Drive,
@@ -736,8 +938,8 @@ struct Idle {
     settle_s: f64,
 }
 
-fn run_idle(binary: &str, n: usize) -> Idle {
-    let server = Server::start(binary, true);
+fn run_idle(binary: &str, n: usize, tls: Option<&Arc<Tls>>) -> Idle {
+    let server = Server::start(binary, true, tls.map(|t| &**t));
     let (echo_tx, _echo_rx) = bounded(1);
     let shared = Arc::new(Shared {
         senders: 1,
@@ -767,7 +969,7 @@ fn run_idle(binary: &str, n: usize) -> Idle {
         server.fds(),
     );
     let started = Instant::now();
-    let clients = open_clients(&server, n, &shared).expect("clients connect");
+    let clients = open_clients(&server, n, &shared, tls).expect("clients connect");
     wait_until(Duration::from_secs(120), || {
         shared.settled.load(Ordering::Relaxed) == n as u64
     });
@@ -778,7 +980,7 @@ fn run_idle(binary: &str, n: usize) -> Idle {
         server.fds(),
     );
     for c in &clients {
-        let _ = c.socket.shutdown(Shutdown::Both);
+        let _ = c.socket.tcp().shutdown(Shutdown::Both);
     }
     for c in clients {
         let _ = c.reader.join();
@@ -939,7 +1141,13 @@ fn main() {
     let mut bad_scenarios = 0;
     let (mut naive_rows, mut naive_bad) = (0, 0);
     let mut footprint = None;
+    let tls = (!cli.tls_scenarios.is_empty()).then(|| Arc::new(Tls::new()));
     for name in &cli.scenarios {
+        // The plain row, then the wss one if asked for.
+        let mut variants = vec![(None, "")];
+        if cli.tls_scenarios.contains(name) {
+            variants.push((tls.as_ref(), " (wss)"));
+        }
         let load = match name.as_str() {
             "footprint" => {
                 footprint = Some(run_footprint(&cli));
@@ -988,28 +1196,30 @@ fn main() {
             }
             "idle" | "storm" => {
                 let n = if q { 200 } else { 2000 };
-                let idle = run_idle(&cli.server, n);
-                let leak = idle.threads.2 > idle.threads.0 || idle.fds.2 > idle.fds.0;
-                failed |= leak;
-                bad_scenarios += usize::from(leak);
-                if name == "idle" {
-                    println!(
-                        "| idle | {} | {:.1} KiB RSS per connection; threads {} → {} → {}, fds {} → {} → {}{} | | | | | | | |",
-                        idle.clients,
-                        idle.kib_per_client,
-                        idle.threads.0,
-                        idle.threads.1,
-                        idle.threads.2,
-                        idle.fds.0,
-                        idle.fds.1,
-                        idle.fds.2,
-                        if leak { " ⚠ leak" } else { "" }
-                    );
-                } else {
-                    println!(
-                        "| storm | {} | | | | | | | | {:.2} |",
-                        idle.clients, idle.settle_s
-                    );
+                for (tls, suffix) in &variants {
+                    let idle = run_idle(&cli.server, n, *tls);
+                    let leak = idle.threads.2 > idle.threads.0 || idle.fds.2 > idle.fds.0;
+                    failed |= leak;
+                    bad_scenarios += usize::from(leak);
+                    if name == "idle" {
+                        println!(
+                            "| idle{suffix} | {} | {:.1} KiB RSS per connection; threads {} → {} → {}, fds {} → {} → {}{} | | | | | | | |",
+                            idle.clients,
+                            idle.kib_per_client,
+                            idle.threads.0,
+                            idle.threads.1,
+                            idle.threads.2,
+                            idle.fds.0,
+                            idle.fds.1,
+                            idle.fds.2,
+                            if leak { " ⚠ leak" } else { "" }
+                        );
+                    } else {
+                        println!(
+                            "| storm{suffix} | {} | | | | | | | | {:.2} |",
+                            idle.clients, idle.settle_s
+                        );
+                    }
                 }
                 continue;
             }
@@ -1023,13 +1233,16 @@ fn main() {
         } else {
             name.clone()
         };
-        let bad = print_load_row(&label, &run_load(&cli.server, true, &load), true);
-        failed |= bad;
-        bad_scenarios += usize::from(bad);
+        for (tls, suffix) in &variants {
+            let outcome = run_load(&cli.server, true, &load, *tls);
+            let bad = print_load_row(&format!("{label}{suffix}"), &outcome, true);
+            failed |= bad;
+            bad_scenarios += usize::from(bad);
+        }
         if let Some(naive) = &cli.naive
             && NAIVE_SCENARIOS.contains(&name.as_str())
         {
-            let outcome = run_load(naive, false, &load);
+            let outcome = run_load(naive, false, &load, None);
             naive_rows += 1;
             naive_bad += usize::from(print_load_row(&format!("{name} (naive)"), &outcome, false));
         }
@@ -1049,10 +1262,13 @@ fn main() {
         print!("{table}");
     }
     println!();
-    println!(
-        "{} passed, {bad_scenarios} failed",
-        cli.scenarios.len() - bad_scenarios
-    );
+    let rows = cli.scenarios.len()
+        + cli
+            .tls_scenarios
+            .iter()
+            .filter(|s| cli.scenarios.contains(s))
+            .count();
+    println!("{} passed, {bad_scenarios} failed", rows - bad_scenarios);
     if failed {
         eprintln!(
             "some deliveries were lost, duplicated, reordered, crossed rooms, or something leaked"
