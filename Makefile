@@ -48,18 +48,21 @@ autobahn: build
 	autobahn/run.sh target/debug/threadchat
 
 ## The load generator against the optimised server: chat, fanout, saturate, rooms
-## (50 rooms of 20), idle, storm, footprint, and the naive example's rows beside
-## them, every delivery checked (about three minutes; not part of `make test`).
+## (50 rooms of 20), idle, storm, footprint, the naive example's rows beside them,
+## and chat, fanout, saturate and idle again over wss, every delivery checked
+## (about four minutes; not part of `make test`).
 bench: release
 	$(CARGO) build --release -p threadchat-loadgen
 	$(CARGO) build --release --example naive
-	target/release/loadgen --server target/release/threadchat --naive target/release/examples/naive
+	target/release/loadgen --server target/release/threadchat --naive target/release/examples/naive \
+		--tls-scenarios chat,fanout,saturate,idle
 
 ## The same with small numbers, a few seconds, so the bench code cannot rot.
 bench-quick: build
 	$(CARGO) build -p threadchat-loadgen
 	$(CARGO) build --example naive
-	target/debug/loadgen --quick --server target/debug/threadchat --naive target/debug/examples/naive
+	target/debug/loadgen --quick --server target/debug/threadchat --naive target/debug/examples/naive \
+		--tls-scenarios saturate,idle
 
 ## Coverage-guided fuzzing of the protocol parser and the path resolver, each for
 ## FUZZ_SECONDS (default 60). Needs `cargo install cargo-fuzz`. cargo-fuzz wants

@@ -353,3 +353,47 @@ fn bad_certificate_files_stop_the_start_with_a_clear_error() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_page_and_per_host_limits_hold_over_tls_too() {
+    let cert = TestCert::new("limits");
+    let server = start(
+        &cert,
+        &["--max-handshakes-per-host", "2", "--max-http-per-host", "2"],
+    );
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    // Idle TLS-less connections from one host: its share of handshakes and of page
+    // connections is taken, the rest are closed at once.
+    for (addr, kept) in [(server.ws_addr(), 2), (server.http_addr(), 2)] {
+        let mut idle: Vec<TcpStream> = (0..6).map(|_| connect_from(attacker, addr)).collect();
+        let mut closed = 0;
+        for stream in &mut idle {
+            closed += usize::from(socket_closed_within(stream, Duration::from_secs(1)));
+        }
+        assert_eq!(closed, 6 - kept, "on {addr}");
+    }
+    // The honest user on 127.0.0.1 is not that host.
+    let mut chat = cert.join(&server);
+    chat.send_chat("c", "fine");
+    assert_eq!(chat.recv_type("message")["msg"], "fine");
+    assert_eq!(cert.get(server.http_addr(), "/healthz").status, 200);
+
+    // A request head that never ends, over https: 431 at 16 KiB, as over http.
+    let tcp = TcpStream::connect(server.http_addr()).unwrap();
+    let mut tls = cert.wrap(tcp, "localhost");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Long: ")
+        .unwrap();
+    let filler = vec![b'a'; 1024];
+    let mut answer = Vec::new();
+    for _ in 0..64 {
+        if tls.write_all(&filler).is_err() {
+            break;
+        }
+    }
+    let _ = tls.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(80)])
+    );
+}
