@@ -170,11 +170,13 @@ impl Limits {
 }
 
 /// What a TLS connection can hold beyond a plain one: rustls' state (keys, the
-/// handshake's leftovers, about 10 KiB), a record being reassembled (up to 16 KiB
-/// and its header), plaintext decrypted but not yet read (one read, 4 KiB), and
-/// records sealed but not yet written (up to 16 KiB on a page connection; a chat
-/// client's are in its backlog, already counted).
-pub const TLS_MEMORY: u64 = 48 * 1024;
+/// handshake's leftovers, about 10 KiB), a handshake message being joined from
+/// several records (up to 64 KiB, rustls' cap, also after the handshake), a record
+/// being reassembled (16 KiB and its header), a record's plaintext not yet read (16
+/// KiB), ciphertext read but not yet fed (4 KiB), and records sealed but not yet
+/// written (up to 16 KiB on a page connection; a chat client's are in its backlog,
+/// already counted).
+pub const TLS_MEMORY: u64 = 128 * 1024;
 
 /// Most memory one chat or echo client can make the server hold.
 pub fn client_memory(max_backlog: usize, max_message: usize, tls: bool) -> u64 {

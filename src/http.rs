@@ -489,15 +489,13 @@ fn write_response(
 /// Ends the sending side, then reads and drops what the client still sends for a
 /// moment (see [`LINGER`]).
 fn linger(stream: &mut PageStream) {
+    // One deadline for close_notify and the drain after it.
+    let deadline = Instant::now() + LINGER;
     if let Some(conn) = &mut stream.tls {
-        tls::close(
-            conn,
-            &mut Deadline::new(&stream.socket, Instant::now() + LINGER),
-        );
+        tls::close(conn, &mut Deadline::new(&stream.socket, deadline));
     }
     let stream = &stream.socket;
     let _ = stream.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + LINGER;
     let mut dropped = 0;
     let mut sink = [0u8; 4096];
     while dropped < LINGER_BYTES {

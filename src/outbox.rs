@@ -390,26 +390,31 @@ impl Outbox {
 
     /// The reader is done with this client: shut the socket down now, or when the
     /// writer thread has written the rest, or at the drain deadline.
-    pub fn finish(&self) {
+    pub fn finish(self: &Arc<Self>) {
         let mut state = self.lock();
         state.phase = Phase::Closed;
         self.set_drain_deadline(&mut state);
-        if !state.writer_running {
-            if let Some(tls) = &mut state.tls {
-                // The writer would send it after the backlog (`seal_next`); with no
-                // backlog it goes now, if the kernel takes it.
-                tls.close_notify();
-                if let Some(records) = tls.take_records() {
-                    let _ = rustix::net::send(
-                        &*self.socket,
-                        &records,
-                        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-                    );
+        if state.writer_running {
+            // It shuts the socket down after the backlog (and close_notify, see
+            // `seal_next`).
+            return;
+        }
+        let close_notify = state.tls.as_mut().and_then(|tls| {
+            tls.close_notify();
+            tls.take_records()
+        });
+        match close_notify {
+            Some(records) => {
+                // Through the one write path: if the kernel does not take it all, a
+                // writer finishes it (by the drain deadline) and shuts down.
+                let _ = self.write_or_queue_unbounded(state, Chunk::records(records));
+                if self.lock().writer_running {
+                    return;
                 }
             }
-            drop(state);
-            let _ = self.socket.shutdown(Shutdown::Both);
+            None => drop(state),
         }
+        let _ = self.socket.shutdown(Shutdown::Both);
     }
 
     /// A TLS client's reader hands over what it read from the socket (`input`) and
@@ -497,13 +502,19 @@ impl Outbox {
                 SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
             ) {
                 Ok(n) if n == chunk.remaining().len() => return Ok(()),
+                // Records sealed for this client alone: keep only what is left of
+                // them, which is all the backlog is charged for.
+                Ok(n) if chunk.sealed => chunk = Chunk::records(chunk.remaining()[n..].to_vec()),
                 Ok(n) => chunk.start += n,
                 Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
                     // The peer is gone (reset, broken pipe). The reader sees it too
-                    // and reports the leave; nothing more can be sent.
+                    // and reports the leave; nothing more can be sent (and over TLS
+                    // nothing more could be read by the peer: these records' sequence
+                    // numbers are spent), so the socket is closed now.
                     log::debug!("client {}: send failed: {e}", self.id);
                     state.phase = Phase::Closed;
+                    let _ = self.socket.shutdown(Shutdown::Both);
                     return Err(SendError::Closed);
                 }
             }

@@ -243,8 +243,9 @@ impl Session {
     /// Encrypts `plaintext`; returns it as records, behind any records the
     /// connection already had waiting (which must reach the wire first).
     pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
-        // Cannot fail: the buffer has no limit, and plaintext is only refused once
-        // close_notify has gone, after which nothing is sent.
+        // Cannot fail: the buffer has no limit. After a fatal alert rustls drops the
+        // plaintext and only the alert comes back; and nothing is sealed after
+        // close_notify, which is sent once the outbox's phase is `Closed`.
         let _ = self.conn.writer().write_all(plaintext);
         self.take_records().unwrap_or_default()
     }
