@@ -89,6 +89,9 @@ pub struct Door {
     pub kind: Kind,
     /// The ledger shared with everyone else.
     pub places: Arc<Places>,
+    /// The first connection's id; the next ones count up from it. In a cluster
+    /// each node starts at its own `node << 32`, so ids are unique across nodes.
+    pub first_id: u64,
 }
 
 /// A running acceptor thread.
@@ -142,7 +145,7 @@ where
     F: Fn(Connection) + Send + Sync + 'static,
 {
     let mut backoff = Backoff::new();
-    let mut next_id = 1u64;
+    let mut next_id = door.first_id;
     let mut refusals = RefusalLog::default();
     loop {
         // As long as it takes: places are given back by connection threads, each of

@@ -81,6 +81,12 @@ pub struct Config {
     #[arg(long, env = "THREADCHAT_TLS_KEY", help_heading = "Network")]
     pub tls_key: Option<PathBuf>,
 
+    /// Be one node of a chat spread over several, through this Redis
+    /// (`redis://host:port/db`): room messages reach every node's clients in one
+    /// order. Off by default: a single node needs nothing.
+    #[arg(long, env = "THREADCHAT_REDIS", help_heading = "Cluster")]
+    pub redis: Option<String>,
+
     /// Serve `ws://…/echo`, which sends every message back (for WebSocket
     /// conformance tools), to at most 16 clients at once. Off by default: it is no
     /// use to a chat, and a way to make the server hold memory.

@@ -559,6 +559,7 @@ mod tests {
             history: 10,
             max_rooms: 10,
             epoch: 1,
+            cluster: None,
         };
         crate::hub::spawn(events, settings, Arc::new(Stats::new())).unwrap();
         assert!(hub_answers(&hub));

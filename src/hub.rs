@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender, never, select, tick};
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::cluster::{self, Publish};
 use crate::frame;
 use crate::outbox::{Failure, Outbox};
 use crate::protocol::{
@@ -112,8 +113,12 @@ pub struct HubSettings {
     pub history: usize,
     /// Rooms at most (`--max-rooms`), the lobby included.
     pub max_rooms: usize,
-    /// This server run, in `welcome` and for `join`'s `since`.
+    /// This server run (or, in a cluster, the cluster's), in `welcome` and for
+    /// `join`'s `since`.
     pub epoch: u64,
+    /// In a cluster (`--redis`): room messages go here, to Redis, and are
+    /// delivered when they come back as [`Event::Relayed`].
+    pub cluster: Option<Sender<Publish>>,
 }
 
 /// What a reader (or the shutdown sequence) tells the hub.
@@ -164,6 +169,19 @@ pub enum Event {
     Kick { by: u64, id: u64 },
     /// A client's reader has ended.
     Leave { id: u64 },
+    /// A room message in the cluster's order, from Redis (any node's, this one's
+    /// included): delivered to this node's members of `room`.
+    Relayed {
+        id: u64,
+        ts: u64,
+        from: u64,
+        room: String,
+        name: String,
+        msg: String,
+        except_sender: bool,
+    },
+    /// A message of client `from` could not be handed to Redis.
+    NotRelayed { from: u64, why: &'static str },
     /// The server is stopping: send every client close 1001.
     Shutdown,
     /// `/healthz` asks whether the hub is turning over: it answers on `answer`
@@ -525,6 +543,18 @@ impl Hub {
                 message,
                 except_sender,
             } => self.message(from, message, except_sender),
+            Event::Relayed {
+                id,
+                ts,
+                from,
+                room,
+                name,
+                msg,
+                except_sender,
+            } => self.relayed(id, ts, from, room, &name, &msg, except_sender),
+            Event::NotRelayed { from, why } => {
+                self.reply_error(from, &InputError::NotRelayed(why));
+            }
             Event::Hello { id, name } => {
                 if let Some(seat) = self.seats.get_mut(&id) {
                     seat.name = name;
@@ -671,6 +701,21 @@ impl Hub {
         let Some(seat) = self.seats.get(&from) else {
             return; // left (or kicked) while the message was on its way
         };
+        if let Some(outgoing) = &self.settings.cluster {
+            // Delivered when Redis hands it back, in the cluster's order.
+            let publish = Publish {
+                room: seat.room.clone(),
+                from,
+                name: message.name,
+                msg: message.msg,
+                except_sender,
+                ts: unix_millis(),
+            };
+            if !cluster::offer(outgoing, publish) {
+                self.reply_error(from, &InputError::NotRelayed("the chat is busy: try again"));
+            }
+            return;
+        }
         let Some(room) = self.rooms.get_mut(&seat.room) else {
             return;
         };
@@ -690,18 +735,58 @@ impl Hub {
             msg: &message.msg,
             room: Some(&seat.room),
         };
-        let json = frame.to_json();
         let was_empty = room.batch.is_empty();
-        let at = room.batch.push(&json, &frame, &seat.room);
-        if except_sender && let Some(sender) = room.members.iter_mut().find(|m| m.id == from) {
-            sender.except.push(at);
-        }
-        self.turn_bytes += json.len();
+        self.turn_bytes += post(
+            room,
+            &seat.room,
+            &frame,
+            except_sender,
+            self.settings.history,
+        );
         self.turn_messages += 1;
-        room.history.push(id, json, self.settings.history);
         room.last_used = self.clock;
         if was_empty {
             self.dirty.push(seat.room.clone());
+        }
+    }
+
+    /// A room message in the cluster's order: to this node's members of its room,
+    /// and its history. A room nobody here is in is not kept here.
+    #[allow(clippy::too_many_arguments)]
+    fn relayed(
+        &mut self,
+        id: u64,
+        ts: u64,
+        from: u64,
+        room_name: String,
+        name: &str,
+        msg: &str,
+        except_sender: bool,
+    ) {
+        self.last_message_id = self.last_message_id.max(id);
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return;
+        };
+        let frame = Outgoing::Message {
+            id,
+            ts,
+            from,
+            name,
+            msg,
+            room: Some(&room_name),
+        };
+        let was_empty = room.batch.is_empty();
+        self.turn_bytes += post(
+            room,
+            &room_name,
+            &frame,
+            except_sender,
+            self.settings.history,
+        );
+        self.turn_messages += 1;
+        room.last_used = self.clock;
+        if was_empty {
+            self.dirty.push(room_name);
         }
     }
 
@@ -981,6 +1066,28 @@ fn deliver(member: &mut Member, bytes: &Spot<Arc<Vec<u8>>>) {
     }
 }
 
+/// Appends a message frame to `room`'s batch (not to its sender's, with
+/// `except_sender`) and to its history. Returns the frame's size.
+fn post(
+    room: &mut Room,
+    room_name: &str,
+    frame: &Outgoing<'_>,
+    except_sender: bool,
+    history: usize,
+) -> usize {
+    let Outgoing::Message { id, from, .. } = *frame else {
+        unreachable!("post is given message frames")
+    };
+    let json = frame.to_json();
+    let at = room.batch.push(&json, frame, room_name);
+    if except_sender && let Some(sender) = room.members.iter_mut().find(|m| m.id == from) {
+        sender.except.push(at);
+    }
+    let bytes = json.len();
+    room.history.push(id, json, history);
+    bytes
+}
+
 fn mark_dirty(dirty: &mut Vec<String>, room: &str) {
     if !dirty.iter().any(|r| r == room) {
         dirty.push(room.to_string());
@@ -1242,6 +1349,7 @@ mod tests {
             history: 100,
             max_rooms: 3,
             epoch: 1,
+            cluster: None,
         };
         Hub::new(settings, Arc::new(Stats::new()))
     }

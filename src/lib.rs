@@ -43,6 +43,7 @@
 //! | [`protocol`] | protocol v1 types and validation; no I/O |
 //! | `stats` | counters for `/stats` |
 //! | `shutdown` | signals → stop; the stop → close 1001 → return |
+//! | `cluster` | several nodes as one chat: the bridge to Redis (`--redis`) |
 //!
 //! Only what another crate uses is public: the entry points, the configuration and
 //! logging (for `main`), and the protocol parser and path resolver (for the fuzz
@@ -53,6 +54,7 @@
 mod accept;
 mod assets;
 mod capacity;
+mod cluster;
 pub mod config;
 mod frame;
 mod handshake;
@@ -184,16 +186,36 @@ pub fn run(
     let server_names = ServerNames::new(&config.server_names);
     let stats = Arc::new(Stats::new());
     let (hub_tx, hub_rx) = crossbeam_channel::bounded(hub::EVENT_QUEUE);
-    let epoch = std::time::SystemTime::now()
+    let mut epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    // In a cluster, the cluster's epoch and this node's share of client ids.
+    let cluster = match config.redis.as_deref().filter(|url| !url.is_empty()) {
+        Some(url) => {
+            let cluster = cluster::Cluster::join(url, epoch)?;
+            log::info!("cluster: node {} through {url}", cluster.node);
+            epoch = cluster.epoch;
+            let (outgoing, to_redis) = crossbeam_channel::bounded(cluster::OUTGOING_QUEUE);
+            Some((cluster, outgoing, to_redis))
+        }
+        None => None,
+    };
     let hub_settings = hub::HubSettings {
         ping_interval: config.ping_interval(),
         history: config.history as usize,
         max_rooms: config.max_rooms as usize,
         epoch,
+        cluster: cluster.as_ref().map(|(_, outgoing, _)| outgoing.clone()),
     };
     hub::spawn(hub_rx, hub_settings, Arc::clone(&stats))?;
+    let first_client_id = cluster.as_ref().map_or(1, |(c, _, _)| c.first_client_id());
+    let cluster = match cluster {
+        Some((cluster, _, to_redis)) => {
+            cluster.spawn(to_redis, hub_tx.clone())?;
+            Some(cluster)
+        }
+        None => None,
+    };
 
     let ws = WsSettings {
         handshake_timeout: config.handshake_timeout(),
@@ -222,6 +244,7 @@ pub fn run(
         prefix: "client",
         kind: Kind::Handshake,
         places: Arc::clone(&places),
+        first_id: first_client_id,
     };
     let ws_acceptor = accept::spawn(listeners.ws, door, move |conn| {
         handshake::serve(conn, &ws, &hub)
@@ -244,6 +267,7 @@ pub fn run(
         prefix: "http",
         kind: Kind::Http,
         places: Arc::clone(&places),
+        first_id: 1,
     };
     let http_acceptor =
         match accept::spawn(listeners.http, door, move |conn| http::serve(conn, &site)) {
@@ -279,6 +303,9 @@ pub fn run(
     shutdown::close_everyone(&hub_tx, &places);
     ws_acceptor.join();
     http_acceptor.join();
+    if let Some(cluster) = &cluster {
+        cluster.stop();
+    }
     Ok(())
 }
 
@@ -312,7 +339,13 @@ fn wanted(config: &Config, page: &Page) -> capacity::Wanted {
         },
         client_bytes: capacity::client_memory(config.max_backlog, config.max_message, tls),
         http_bytes: capacity::http_memory(page.largest_answer(), tls),
-        shared_bytes: config.max_rooms * hub::HISTORY_BYTES as u64,
+        // The rooms' histories, and in a cluster what waits for Redis.
+        shared_bytes: config.max_rooms * hub::HISTORY_BYTES as u64
+            + if config.redis.as_deref().is_some_and(|url| !url.is_empty()) {
+                cluster::OUTGOING_BYTES
+            } else {
+                0
+            },
         tls,
     }
 }
@@ -361,6 +394,9 @@ pub fn check(config: &Config) -> Result<String, Box<dyn Error>> {
         mib(wanted.client_bytes),
         mib(plan.worst_case_memory)
     );
+    if let Some(url) = config.redis.as_deref().filter(|url| !url.is_empty()) {
+        report += &format!("cluster: one node of a chat through {url} (not tried here)\n");
+    }
     report += match config.access_token()? {
         Some(_) => {
             "chat: clients must present the access token (open the page as \

@@ -134,6 +134,8 @@ pub enum InputError {
     NoSuchClient(u64),
     /// Every room has members: no new one can be made.
     TooManyRooms(usize),
+    /// In a cluster: the message could not be handed to Redis, and why.
+    NotRelayed(&'static str),
 }
 
 impl std::fmt::Display for InputError {
@@ -174,6 +176,7 @@ impl std::fmt::Display for InputError {
             InputError::TooManyRooms(n) => {
                 write!(f, "all {n} rooms are in use; join one of them")
             }
+            InputError::NotRelayed(why) => write!(f, "message not sent: {why}"),
         }
     }
 }

@@ -1,0 +1,408 @@
+//! Several nodes as one chat (`--redis`): the bridge between this node's hub and
+//! the others', through one Redis.
+//!
+//! # One order for everyone
+//!
+//! A node does not deliver a room message and then tell the others: two nodes
+//! would each deliver their own first, and their clients would see two orders. It
+//! appends the message to Redis and delivers what comes back, its own messages
+//! included, so every node delivers in Redis' order. The hub's rule, "a room's
+//! order is the order of one queue", still holds; the queue is now a Redis stream.
+//!
+//! # Why a stream, not PUBLISH/SUBSCRIBE
+//!
+//! Pub/sub hands a message to whoever is subscribed at that instant and keeps
+//! nothing: a node whose connection blinks has lost what was said meanwhile and
+//! has no position to resume from. A stream (`threadchat:messages`) keeps its last
+//! entries (`MAXLEN ~`), in one order, each with an id, and `XREAD` from the last
+//! id seen resumes with no gap and no duplicate. The message id clients see is the
+//! entry's id: a script takes the next number from `threadchat:ids` and appends the
+//! entry under it in one atomic step, so ids increase along the stream.
+//!
+//! # The threads
+//!
+//! * `redis-out` takes what this node's clients said from the hub, over a bounded
+//!   channel the hub fills with `try_send` (the hub never waits for Redis), and
+//!   appends it, every message waiting in one round trip.
+//! * `redis-in` blocks in `XREAD` on the stream and hands every entry to the hub as
+//!   an ordinary [`Event::Relayed`]. A room message is delivered when it comes back
+//!   this way, on every node alike.
+//!
+//! Either thread that loses Redis tries again with a growing pause; `redis-in`
+//! resumes after the last entry it handed over. A message the out thread could
+//! not append is refused to its sender with an error frame.
+//!
+//! Client ids are unique across the cluster: each node takes a number from
+//! `threadchat:nodes` at start and numbers its clients from `node << 32`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::hub::Event;
+
+/// The stream every node appends to and reads.
+const STREAM: &str = "threadchat:messages";
+/// The counter message ids come from.
+const IDS: &str = "threadchat:ids";
+/// The counter node numbers come from.
+const NODES: &str = "threadchat:nodes";
+/// When the chat (the cluster) first started: `welcome`'s epoch on every node.
+const EPOCH: &str = "threadchat:epoch";
+
+/// Entries the stream keeps, about (`MAXLEN ~`): what a node can catch up on
+/// after losing Redis for a while.
+const STREAM_KEEPS: usize = 100_000;
+
+/// Messages waiting for `redis-out`. When Redis is slower than the chat, the hub
+/// refuses what does not fit rather than wait.
+pub const OUTGOING_QUEUE: usize = 1_024;
+
+/// The most those hold: a message's name and text, 8 KiB of UTF-8 at most.
+pub const OUTGOING_BYTES: u64 = OUTGOING_QUEUE as u64 * 8 * 1024;
+
+/// Entries one `XREAD` returns at most, and how long it blocks before looking at
+/// whether the server is stopping.
+const READ_COUNT: usize = 512;
+const READ_BLOCK: Duration = Duration::from_millis(1_000);
+
+/// Appends one message under the next id, atomically: KEYS[1] the stream, KEYS[2]
+/// the id counter; ARGV: MAXLEN, room, from, name, msg, ts, except.
+const APPEND: &str = "local id = redis.call('INCR', KEYS[2]) \
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id .. '-1', \
+    'room', ARGV[2], 'from', ARGV[3], 'name', ARGV[4], 'msg', ARGV[5], \
+    'ts', ARGV[6], 'except', ARGV[7]) \
+    return id";
+
+/// Raises the id counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data
+/// (a restart without persistence), new ids still follow every id this node has
+/// seen, so nobody's `XREAD` position or `since` falls behind the new entries.
+const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0')     if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end     return 0";
+
+/// A room message from one of this node's clients, on its way to Redis.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub room: String,
+    pub from: u64,
+    pub name: String,
+    pub msg: String,
+    pub except_sender: bool,
+    pub ts: u64,
+}
+
+/// This node's place in the cluster.
+pub struct Cluster {
+    /// Its number: its clients' ids start at `node << 32`.
+    pub node: u64,
+    /// The cluster's epoch, for `welcome` and `since`.
+    pub epoch: u64,
+    url: String,
+    /// The entry after which `redis-in` starts: the stream's end at start.
+    start_after: String,
+    /// The highest message id `redis-in` has handed over.
+    highest: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    /// Connects to `url` and takes this node's number. An unreachable Redis is an
+    /// error at start: a node that was asked to be part of a cluster does not run
+    /// alone.
+    pub fn join(url: &str, epoch_if_first: u64) -> Result<Cluster, String> {
+        let fail = |e: redis::RedisError| format!("--redis {url}: {e}");
+        let mut con = connect(url).map_err(fail)?;
+        let node: u64 = redis::cmd("INCR")
+            .arg(NODES)
+            .query(&mut con)
+            .map_err(fail)?;
+        if node >= 1 << 21 {
+            // Ids must stay below 2^53 for the page's JavaScript.
+            return Err(format!("--redis {url}: more than 2^21 node numbers used"));
+        }
+        let _: () = redis::cmd("SET")
+            .arg(EPOCH)
+            .arg(epoch_if_first)
+            .arg("NX")
+            .query(&mut con)
+            .map_err(fail)?;
+        let epoch: u64 = redis::cmd("GET").arg(EPOCH).query(&mut con).map_err(fail)?;
+        let last: redis::Value = redis::cmd("XREVRANGE")
+            .arg(STREAM)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut con)
+            .map_err(fail)?;
+        let start_after = entries(last)
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_string(), |(id, _)| id);
+        Ok(Cluster {
+            node,
+            epoch,
+            url: url.to_string(),
+            highest: Arc::new(AtomicU64::new(message_id(&start_after).unwrap_or(0))),
+            start_after,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The first client id of this node.
+    pub fn first_client_id(&self) -> u64 {
+        (self.node << 32) + 1
+    }
+
+    /// Starts `redis-in` and `redis-out`: what the hub hands to `outgoing` is
+    /// appended, and every entry of the stream reaches `hub`.
+    pub fn spawn(&self, outgoing: Receiver<Publish>, hub: Sender<Event>) -> std::io::Result<()> {
+        let (url, after, stop) = (
+            self.url.clone(),
+            self.start_after.clone(),
+            Arc::clone(&self.stop),
+        );
+        let (to_hub, highest) = (hub.clone(), Arc::clone(&self.highest));
+        thread::Builder::new()
+            .name("redis-in".into())
+            .spawn(move || read_stream(&url, after, &to_hub, &highest, &stop))?;
+        let (url, highest) = (self.url.clone(), Arc::clone(&self.highest));
+        thread::Builder::new()
+            .name("redis-out".into())
+            .spawn(move || append_messages(&url, &outgoing, &hub, &highest))?;
+        Ok(())
+    }
+
+    /// Stops `redis-in` within [`READ_BLOCK`]; `redis-out` ends with the hub.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Hands `message` to `redis-out` without waiting; `false` when it is full or gone.
+pub fn offer(outgoing: &Sender<Publish>, message: Publish) -> bool {
+    match outgoing.try_send(message) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+    }
+}
+
+fn connect(url: &str) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(url)?;
+    let con = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    // Every command but the blocking read answers at once; a Redis that does not
+    // is treated as gone.
+    con.set_write_timeout(Some(Duration::from_secs(5)))?;
+    con.set_read_timeout(Some(READ_BLOCK + Duration::from_secs(5)))?;
+    Ok(con)
+}
+
+/// A growing pause between attempts to reach Redis again: 0.1 s doubling to 5 s.
+struct Retry(Duration);
+
+impl Retry {
+    fn new() -> Retry {
+        Retry(Duration::from_millis(100))
+    }
+    fn wait(&mut self, what: &str, e: &redis::RedisError) {
+        log::warn!("redis: {what}: {e}; trying again in {:?}", self.0);
+        thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `redis-out`: appends what the hub hands over until the hub is gone.
+fn append_messages(
+    url: &str,
+    outgoing: &Receiver<Publish>,
+    hub: &Sender<Event>,
+    highest: &AtomicU64,
+) {
+    let mut retry = Retry::new();
+    let mut con = None;
+    let mut sha = String::new();
+    while let Ok(first) = outgoing.recv() {
+        let batch: Vec<Publish> = std::iter::once(first)
+            .chain(outgoing.try_iter().take(READ_COUNT - 1))
+            .collect();
+        if con.is_none() {
+            let connected = connect(url).and_then(|mut c| {
+                let _: i64 = redis::cmd("EVAL")
+                    .arg(RAISE)
+                    .arg(1)
+                    .arg(IDS)
+                    .arg(highest.load(Ordering::Relaxed))
+                    .query(&mut c)?;
+                let loaded: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(&mut c)?;
+                Ok((c, loaded))
+            });
+            match connected {
+                Ok((c, loaded)) => {
+                    con = Some(c);
+                    sha = loaded;
+                    retry = Retry::new();
+                }
+                Err(e) => {
+                    refuse(hub, &batch, "the chat's other nodes cannot be reached");
+                    retry.wait("cannot connect", &e);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = con.as_mut() else { continue };
+        let mut pipe = redis::pipe();
+        for m in &batch {
+            pipe.cmd("EVALSHA")
+                .arg(&sha)
+                .arg(2)
+                .arg(STREAM)
+                .arg(IDS)
+                .arg(STREAM_KEEPS)
+                .arg(&m.room)
+                .arg(m.from)
+                .arg(&m.name)
+                .arg(&m.msg)
+                .arg(m.ts)
+                .arg(u8::from(m.except_sender));
+        }
+        if let Err(e) = pipe.query::<Vec<u64>>(c) {
+            // Some may have been appended before the error; they come back through
+            // the stream. The sender hears about the rest, in any case, once.
+            refuse(
+                hub,
+                &batch,
+                "the message may not have reached the other nodes",
+            );
+            con = None;
+            retry.wait("append failed", &e);
+        }
+    }
+}
+
+fn refuse(hub: &Sender<Event>, batch: &[Publish], why: &'static str) {
+    for m in batch {
+        let _ = hub.send(Event::NotRelayed { from: m.from, why });
+    }
+}
+
+/// `redis-in`: hands every entry after `after` to the hub, until `stop`.
+fn read_stream(
+    url: &str,
+    mut after: String,
+    hub: &Sender<Event>,
+    highest: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let mut retry = Retry::new();
+    let mut con = None;
+    while !stop.load(Ordering::Relaxed) {
+        if con.is_none() {
+            match connect(url) {
+                Ok(c) => {
+                    con = Some(c);
+                    retry = Retry::new();
+                }
+                Err(e) => {
+                    retry.wait("cannot connect", &e);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = con.as_mut() else { continue };
+        let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(READ_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(&after)
+            .query(c);
+        let reply = match read {
+            Ok(reply) => reply,
+            Err(e) => {
+                con = None;
+                retry.wait("read failed", &e);
+                continue;
+            }
+        };
+        // [[stream, [entry, ...]]], or nil when BLOCK passed with nothing new.
+        let redis::Value::Array(streams) = reply else {
+            continue;
+        };
+        for stream in streams {
+            let redis::Value::Array(mut parts) = stream else {
+                continue;
+            };
+            let Some(list) = parts.pop() else { continue };
+            for (id, fields) in entries(list) {
+                if let Some(n) = message_id(&id) {
+                    highest.fetch_max(n, Ordering::Relaxed);
+                }
+                after = id.clone();
+                let Some(event) = relayed(&id, &fields) else {
+                    log::warn!("redis: entry {id} of {STREAM} is not a message: skipped");
+                    continue;
+                };
+                if hub.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The entries of an `XRANGE`-shaped reply: `[[id, [field, value, ...]], ...]`.
+fn entries(value: redis::Value) -> Vec<(String, HashMap<String, String>)> {
+    let redis::Value::Array(list) = value else {
+        return Vec::new();
+    };
+    list.into_iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(mut pair) = entry else {
+                return None;
+            };
+            let fields = pair.pop()?;
+            let id = text(pair.pop()?)?;
+            let redis::Value::Array(flat) = fields else {
+                return None;
+            };
+            let mut map = HashMap::new();
+            let mut flat = flat.into_iter();
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                map.insert(text(k)?, text(v)?);
+            }
+            Some((id, map))
+        })
+        .collect()
+}
+
+fn text(value: redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        redis::Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The message id in a stream entry's id, `<message id>-1`.
+fn message_id(entry: &str) -> Option<u64> {
+    entry.split('-').next()?.parse().ok()
+}
+
+/// A stream entry as the hub's event.
+fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
+    let number = |key: &str| fields.get(key)?.parse::<u64>().ok();
+    Some(Event::Relayed {
+        id: message_id(id)?,
+        ts: number("ts")?,
+        from: number("from")?,
+        room: fields.get("room")?.clone(),
+        name: fields.get("name")?.clone(),
+        msg: fields.get("msg")?.clone(),
+        except_sender: fields.get("except").is_some_and(|e| e == "1"),
+    })
+}

@@ -1,0 +1,202 @@
+//! Several nodes as one chat (`--redis`): in-process nodes on port 0 and a
+//! redis-server of the test's own on a free port (no persistence), stopped at the
+//! end.
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use support::*;
+
+/// A redis-server on a free loopback port, killed when dropped.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = Ports::pick().ws;
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
+        eventually("redis-server listens", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Redis { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(redis: &Redis) -> Server {
+    Server::start(&[
+        "--redis",
+        &redis.url(),
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+    ])
+}
+
+/// The messages `client` receives until it has `n`, as (id, msg).
+fn messages(client: &mut Client, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = client.recv_type("message");
+        got.push((
+            m["id"].as_u64().unwrap(),
+            m["msg"].as_str().unwrap().to_string(),
+        ));
+    }
+    got
+}
+
+#[test]
+fn clients_on_two_nodes_see_one_chat_in_one_order() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut on_a: Vec<Client> = (0..3).map(|_| Client::join(&a)).collect();
+    let mut on_b: Vec<Client> = (0..3).map(|_| Client::join(&b)).collect();
+    // Client ids are the cluster's: no two alike across the nodes.
+    let ids: HashSet<u64> = on_a.iter().chain(&on_b).map(|c| c.id.unwrap()).collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+
+    // Two senders on each node, all at once.
+    let per_sender = 100;
+    let senders: Vec<_> = (0..4)
+        .map(|s| {
+            let at = if s % 2 == 0 { &a } else { &b };
+            let mut sender = Client::join(at);
+            thread::spawn(move || {
+                for i in 0..per_sender {
+                    sender.send_chat(&format!("s{s}"), &format!("{s}:{i}"));
+                }
+                sender
+            })
+        })
+        .collect();
+    let total = 4 * per_sender;
+    let reference = messages(&mut on_a[0], total);
+    // Ids increase along the one order, and each sender's messages keep theirs.
+    assert!(
+        reference.windows(2).all(|w| w[0].0 < w[1].0),
+        "ids out of order"
+    );
+    for s in 0..4 {
+        let mine: Vec<&String> = reference
+            .iter()
+            .map(|(_, m)| m)
+            .filter(|m| m.starts_with(&format!("{s}:")))
+            .collect();
+        let expected: Vec<String> = (0..per_sender).map(|i| format!("{s}:{i}")).collect();
+        assert_eq!(mine, expected.iter().collect::<Vec<_>>());
+    }
+    for client in on_a.iter_mut().skip(1).chain(on_b.iter_mut()) {
+        assert_eq!(messages(client, total), reference, "another order");
+    }
+    for s in senders {
+        s.join().unwrap();
+    }
+}
+
+#[test]
+fn a_room_spans_the_nodes_and_stays_apart_from_the_others() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let join_room = |server: &Server| {
+        let mut c = Client::join(server);
+        c.send_text(r#"{"type":"join","room":"games"}"#);
+        c.recv_type("joined");
+        c
+    };
+    let mut player_a = join_room(&a);
+    let mut player_b = join_room(&b);
+    let mut lobby_b = Client::join(&b);
+    player_a.send_chat("ann", "your move");
+    let got = player_b.recv_type("message");
+    assert_eq!(
+        (got["room"].as_str(), got["msg"].as_str()),
+        (Some("games"), Some("your move"))
+    );
+    assert_eq!(player_a.recv_type("message")["msg"], "your move");
+    // The lobby on either node hears nothing of it, and its own chat goes on.
+    lobby_b.send_chat("bob", "anyone?");
+    let next = lobby_b.recv_type("message");
+    assert_eq!(
+        (next["room"].as_str(), next["msg"].as_str()),
+        (Some("lobby"), Some("anyone?"))
+    );
+}
+
+#[test]
+fn after_redis_restarts_the_cluster_goes_on_with_higher_ids() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let (a, b) = (node(&redis), node(&redis));
+    let mut ann = Client::join(&a);
+    let mut bob = Client::join(&b);
+    ann.send_chat("ann", "before");
+    let before = bob.recv_type("message");
+    assert_eq!(before["msg"], "before");
+    let before_id = before["id"].as_u64().unwrap();
+
+    drop(redis);
+    // While it is gone a message is refused, with a reason, and the client stays.
+    ann.send_chat("ann", "lost in the gap");
+    let refused = ann.recv_type("error");
+    assert!(
+        refused["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("message not sent"),
+        "{refused}"
+    );
+
+    let _redis = Redis::start_on(port);
+    // Both nodes find it again by themselves; the first message through is the
+    // first that both hear, after everything before.
+    let mut attempt = 0;
+    let after = loop {
+        attempt += 1;
+        assert!(attempt < 200, "the cluster never healed");
+        ann.send_chat("ann", &format!("after {attempt}"));
+        match ann
+            .try_recv(PATIENCE)
+            .map(|m| serde_json::from_str::<serde_json::Value>(m.to_text().unwrap()).unwrap())
+        {
+            Some(m) if m["type"] == "message" => break m,
+            Some(m) if m["type"] == "error" => thread::sleep(Duration::from_millis(50)), // a retry's pace
+            Some(_) => {}
+            None => panic!("no answer at all"),
+        }
+    };
+    let heard = bob.recv_type("message");
+    assert_eq!(heard["msg"], after["msg"]);
+    assert!(
+        heard["id"].as_u64().unwrap() > before_id,
+        "{heard} after {before}"
+    );
+}
