@@ -32,12 +32,24 @@
 //! resumes after the last entry it handed over. A message the out thread could
 //! not append is refused to its sender with an error frame.
 //!
+//! * `redis-presence` tells the others who is where here, and learns who is where
+//!   there: every [`PRESENCE_EVERY`] it rewrites this node's hash
+//!   (`threadchat:presence:<node>`: client id → room and name, expiring after
+//!   [`PRESENCE_TTL`]) from the hub's mirror of its seats ([`Seats`]), reads every
+//!   other node's, and hands the hub the rooms' members elsewhere when they
+//!   changed. Counts and `who` cover the cluster that way, and a node that dies
+//!   without a word drops out of everyone's presence when its hash expires: within
+//!   `PRESENCE_TTL + PRESENCE_EVERY`, 6 s.
+//!
+//! A direct message goes through the stream too (for its id, in the same order):
+//! the target's node delivers it, the sender's node the sender's copy.
+//!
 //! Client ids are unique across the cluster: each node takes a number from
 //! `threadchat:nodes` at start and numbers its clients from `node << 32`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -65,17 +77,25 @@ pub const OUTGOING_QUEUE: usize = 1_024;
 /// The most those hold: a message's name and text, 8 KiB of UTF-8 at most.
 pub const OUTGOING_BYTES: u64 = OUTGOING_QUEUE as u64 * 8 * 1024;
 
+/// How often a node rewrites its presence and reads the others'.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+/// How long a node's presence outlives its last rewrite.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(5);
+/// The prefix of every node's presence hash.
+const PRESENCE: &str = "threadchat:presence:";
+
 /// Entries one `XREAD` returns at most, and how long it blocks before looking at
 /// whether the server is stopping.
 const READ_COUNT: usize = 512;
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
 /// Appends one message under the next id, atomically: KEYS[1] the stream, KEYS[2]
-/// the id counter; ARGV: MAXLEN, room, from, name, msg, ts, except.
+/// the id counter; ARGV: MAXLEN, room, from, name, msg, ts, except, to (empty for
+/// a room message).
 const APPEND: &str = "local id = redis.call('INCR', KEYS[2]) \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id .. '-1', \
     'room', ARGV[2], 'from', ARGV[3], 'name', ARGV[4], 'msg', ARGV[5], \
-    'ts', ARGV[6], 'except', ARGV[7]) \
+    'ts', ARGV[6], 'except', ARGV[7], 'to', ARGV[8]) \
     return id";
 
 /// Raises the id counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data
@@ -83,7 +103,8 @@ const APPEND: &str = "local id = redis.call('INCR', KEYS[2]) \
 /// seen, so nobody's `XREAD` position or `since` falls behind the new entries.
 const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0')     if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end     return 0";
 
-/// A room message from one of this node's clients, on its way to Redis.
+/// A room message (or, with `to`, a direct message) from one of this node's
+/// clients, on its way to Redis.
 #[derive(Debug, Clone)]
 pub struct Publish {
     pub room: String,
@@ -92,6 +113,37 @@ pub struct Publish {
     pub msg: String,
     pub except_sender: bool,
     pub ts: u64,
+    pub to: Option<u64>,
+}
+
+/// This node's seats as the hub last told them: client id → (room, name). The
+/// hub updates it at every join, move, rename and leave (a map insert under a
+/// lock nobody else holds for long); `redis-presence` copies it once a second.
+#[derive(Debug, Default)]
+pub struct Seats {
+    map: Mutex<HashMap<u64, (String, String)>>,
+}
+
+impl Seats {
+    /// Client `id` is now in `room` as `name`, or (`None`) gone.
+    pub fn set(&self, id: u64, seat: Option<(&str, &str)>) {
+        let mut map = crate::lock(&self.map);
+        match seat {
+            Some((room, name)) => {
+                map.insert(id, (room.to_string(), name.to_string()));
+            }
+            None => {
+                map.remove(&id);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(u64, String, String)> {
+        crate::lock(&self.map)
+            .iter()
+            .map(|(id, (room, name))| (*id, room.clone(), name.clone()))
+            .collect()
+    }
 }
 
 /// This node's place in the cluster.
@@ -105,6 +157,8 @@ pub struct Cluster {
     start_after: String,
     /// The highest message id `redis-in` has handed over.
     highest: Arc<AtomicU64>,
+    /// This node's seats, for the other nodes.
+    pub seats: Arc<Seats>,
     stop: Arc<AtomicBool>,
 }
 
@@ -148,6 +202,7 @@ impl Cluster {
             url: url.to_string(),
             highest: Arc::new(AtomicU64::new(message_id(&start_after).unwrap_or(0))),
             start_after,
+            seats: Arc::new(Seats::default()),
             stop: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -169,6 +224,16 @@ impl Cluster {
         thread::Builder::new()
             .name("redis-in".into())
             .spawn(move || read_stream(&url, after, &to_hub, &highest, &stop))?;
+        let (url, node, seats, stop) = (
+            self.url.clone(),
+            self.node,
+            Arc::clone(&self.seats),
+            Arc::clone(&self.stop),
+        );
+        let to_hub = hub.clone();
+        thread::Builder::new()
+            .name("redis-presence".into())
+            .spawn(move || share_presence(&url, node, &seats, &to_hub, &stop))?;
         let (url, highest) = (self.url.clone(), Arc::clone(&self.highest));
         thread::Builder::new()
             .name("redis-out".into())
@@ -266,7 +331,8 @@ fn append_messages(
                 .arg(&m.name)
                 .arg(&m.msg)
                 .arg(m.ts)
-                .arg(u8::from(m.except_sender));
+                .arg(u8::from(m.except_sender))
+                .arg(m.to.map_or_else(String::new, |to| to.to_string()));
         }
         if let Err(e) = pipe.query::<Vec<u64>>(c) {
             // Some may have been appended before the error; they come back through
@@ -396,6 +462,16 @@ fn message_id(entry: &str) -> Option<u64> {
 /// A stream entry as the hub's event.
 fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
     let number = |key: &str| fields.get(key)?.parse::<u64>().ok();
+    if let Some(to) = number("to") {
+        return Some(Event::RelayedDirect {
+            id: message_id(id)?,
+            ts: number("ts")?,
+            from: number("from")?,
+            name: fields.get("name")?.clone(),
+            to,
+            msg: fields.get("msg")?.clone(),
+        });
+    }
     Some(Event::Relayed {
         id: message_id(id)?,
         ts: number("ts")?,
@@ -405,4 +481,88 @@ fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
         msg: fields.get("msg")?.clone(),
         except_sender: fields.get("except").is_some_and(|e| e == "1"),
     })
+}
+
+/// `redis-presence`: this node's seats out, the other nodes' in, until `stop`.
+fn share_presence(url: &str, node: u64, seats: &Seats, hub: &Sender<Event>, stop: &AtomicBool) {
+    let mine = format!("{PRESENCE}{node}");
+    let mut retry = Retry::new();
+    let mut con = None;
+    let mut told = None;
+    while !stop.load(Ordering::Relaxed) {
+        if con.is_none() {
+            match connect(url) {
+                Ok(c) => {
+                    con = Some(c);
+                    retry = Retry::new();
+                }
+                Err(e) => {
+                    retry.wait("cannot connect", &e);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = con.as_mut() else { continue };
+        match exchange_presence(c, &mine, seats) {
+            Ok(elsewhere) => {
+                if told.as_ref() != Some(&elsewhere) {
+                    told = Some(elsewhere.clone());
+                    if hub.send(Event::Elsewhere { rooms: elsewhere }).is_err() {
+                        return;
+                    }
+                }
+                thread::sleep(PRESENCE_EVERY); // the period of a heartbeat
+            }
+            Err(e) => {
+                con = None;
+                retry.wait("presence failed", &e);
+            }
+        }
+    }
+    // Leaving on purpose: the others need not wait for the hash to expire.
+    if let Some(c) = con.as_mut() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&mine).query(c);
+    }
+}
+
+/// Rewrites this node's presence hash and reads every other node's: room →
+/// members elsewhere, each list sorted by id.
+fn exchange_presence(
+    con: &mut redis::Connection,
+    mine: &str,
+    seats: &Seats,
+) -> redis::RedisResult<HashMap<String, Vec<(u64, String)>>> {
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("DEL").arg(mine).ignore();
+    let snapshot = seats.snapshot();
+    if !snapshot.is_empty() {
+        let cmd = pipe.cmd("HSET").arg(mine);
+        for (id, room, name) in &snapshot {
+            cmd.arg(id).arg(format!("{room}\n{name}"));
+        }
+        cmd.ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(mine)
+            .arg(PRESENCE_TTL.as_millis() as u64)
+            .ignore();
+    }
+    let () = pipe.query(con)?;
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{PRESENCE}*")).query(con)?;
+    let mut rooms: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    for key in keys.iter().filter(|k| *k != mine) {
+        let members: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query(con)?;
+        for (id, seat) in members {
+            let (Ok(id), Some((room, name))) = (id.parse::<u64>(), seat.split_once('\n')) else {
+                continue;
+            };
+            rooms
+                .entry(room.to_string())
+                .or_default()
+                .push((id, name.to_string()));
+        }
+    }
+    for members in rooms.values_mut() {
+        members.sort_unstable();
+    }
+    Ok(rooms)
 }

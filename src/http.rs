@@ -560,6 +560,7 @@ mod tests {
             max_rooms: 10,
             epoch: 1,
             cluster: None,
+            seats_mirror: None,
         };
         crate::hub::spawn(events, settings, Arc::new(Stats::new())).unwrap();
         assert!(hub_answers(&hub));

@@ -119,6 +119,8 @@ pub struct HubSettings {
     /// In a cluster (`--redis`): room messages go here, to Redis, and are
     /// delivered when they come back as [`Event::Relayed`].
     pub cluster: Option<Sender<Publish>>,
+    /// In a cluster: where this node's seats are mirrored for the other nodes.
+    pub seats_mirror: Option<Arc<cluster::Seats>>,
 }
 
 /// What a reader (or the shutdown sequence) tells the hub.
@@ -182,6 +184,19 @@ pub enum Event {
     },
     /// A message of client `from` could not be handed to Redis.
     NotRelayed { from: u64, why: &'static str },
+    /// Who is where on the other nodes of the cluster, room by room: ids and names.
+    Elsewhere {
+        rooms: HashMap<String, Vec<(u64, String)>>,
+    },
+    /// A direct message from another node, for client `to` here.
+    RelayedDirect {
+        id: u64,
+        ts: u64,
+        from: u64,
+        name: String,
+        to: u64,
+        msg: String,
+    },
     /// The server is stopping: send every client close 1001.
     Shutdown,
     /// `/healthz` asks whether the hub is turning over: it answers on `answer`
@@ -433,6 +448,8 @@ struct Hub {
     turn_messages: u64,
     /// Id of the last message or direct message relayed.
     last_message_id: u64,
+    /// In a cluster: the members of each room on the other nodes.
+    elsewhere: HashMap<String, Vec<(u64, String)>>,
     /// The hub's clock for the rooms' last use: ticks once per event.
     clock: u64,
     settings: HubSettings,
@@ -466,6 +483,7 @@ impl Hub {
             turn_bytes: 0,
             turn_messages: 0,
             last_message_id: 0,
+            elsewhere: HashMap::new(),
             clock: 0,
             settings,
             stats,
@@ -555,9 +573,23 @@ impl Hub {
             Event::NotRelayed { from, why } => {
                 self.reply_error(from, &InputError::NotRelayed(why));
             }
+            Event::Elsewhere { rooms } => self.elsewhere_changed(rooms),
+            Event::RelayedDirect {
+                id,
+                ts,
+                from,
+                name,
+                to,
+                msg,
+            } => {
+                self.last_message_id = self.last_message_id.max(id);
+                self.deliver_direct(id, ts, from, &name, to, &msg);
+            }
             Event::Hello { id, name } => {
                 if let Some(seat) = self.seats.get_mut(&id) {
                     seat.name = name;
+                    let seat = &self.seats[&id];
+                    self.mirror(id, Some((&seat.room, &seat.name)));
                 }
             }
             Event::Join {
@@ -584,11 +616,17 @@ impl Hub {
                 let mut rooms: Vec<RoomCount> = self
                     .rooms
                     .iter()
-                    .filter(|(name, room)| !room.members.is_empty() || *name == LOBBY)
-                    .map(|(name, room)| RoomCount {
-                        room: name,
-                        count: room.members.len(),
-                    })
+                    .map(|(name, room)| (name, room.members.len()))
+                    .chain(
+                        // Rooms only other nodes' clients are in.
+                        self.elsewhere
+                            .keys()
+                            .filter(|name| !self.rooms.contains_key(*name))
+                            .map(|name| (name, 0)),
+                    )
+                    .map(|(name, here)| (name, here + others(&self.elsewhere, name)))
+                    .filter(|(name, count)| *count > 0 || *name == LOBBY)
+                    .map(|(name, count)| RoomCount { room: name, count })
                     .collect();
                 rooms.sort_by(|a, b| (a.room != LOBBY, a.room).cmp(&(b.room != LOBBY, b.room)));
                 let more = rooms.len().saturating_sub(LIST_MOST);
@@ -600,19 +638,26 @@ impl Hub {
                 let Some(seat) = self.seats.get(&id) else {
                     return;
                 };
-                let all = &self.rooms[&seat.room].members;
-                let members = all
-                    .iter()
-                    .take(LIST_MOST)
-                    .map(|m| WhoMember {
-                        id: m.id,
-                        name: self.seats.get(&m.id).map_or("", |s| s.name.as_str()),
-                    })
-                    .collect();
+                let here = self.rooms[&seat.room].members.iter().map(|m| WhoMember {
+                    id: m.id,
+                    name: self.seats.get(&m.id).map_or("", |s| s.name.as_str()),
+                });
+                let there =
+                    self.elsewhere
+                        .get(&seat.room)
+                        .into_iter()
+                        .flatten()
+                        .map(|(id, name)| WhoMember {
+                            id: *id,
+                            name: name.as_str(),
+                        });
+                let all =
+                    self.rooms[&seat.room].members.len() + others(&self.elsewhere, &seat.room);
+                let members = here.chain(there).take(LIST_MOST).collect();
                 let frame = Outgoing::Who {
                     room: &seat.room,
                     members,
-                    more: all.len().saturating_sub(LIST_MOST),
+                    more: all.saturating_sub(LIST_MOST),
                 };
                 let bytes = encode(&frame, seat.format);
                 self.reply(id, bytes);
@@ -626,6 +671,7 @@ impl Hub {
             Event::Kick { by, id } => self.kick(by, id),
             Event::Leave { id } => {
                 if let Some(seat) = self.seats.remove(&id) {
+                    self.mirror(id, None);
                     self.leave_room(id, &seat, Presence::Leave);
                 }
                 self.echo.retain(|(echo, _)| *echo != id);
@@ -670,7 +716,8 @@ impl Hub {
             .unwrap_or_else(|| LOBBY.to_string());
         let clock = self.clock;
         let target = self.rooms.get_mut(&room).expect("made above, or the lobby");
-        let count = target.members.len() + 1;
+        let elsewhere = others(&self.elsewhere, &room);
+        let count = target.members.len() + 1 + elsewhere;
         let welcome = Outgoing::Welcome {
             id,
             count,
@@ -690,10 +737,11 @@ impl Hub {
                 outbox: Arc::clone(&outbox),
             },
         );
+        self.mirror(id, Some((&room, &name)));
         let target = self.rooms.get_mut(&room).expect("made above, or the lobby");
         target.last_used = clock;
         self.turn_bytes += prefix.len() + protocol::MAX_PRESENCE_FRAME;
-        enter(target, &room, id, outbox, format, name, prefix);
+        enter(target, &room, id, outbox, format, name, prefix, elsewhere);
         mark_dirty(&mut self.dirty, &room);
     }
 
@@ -710,6 +758,7 @@ impl Hub {
                 msg: message.msg,
                 except_sender,
                 ts: unix_millis(),
+                to: None,
             };
             if !cluster::offer(outgoing, publish) {
                 self.reply_error(from, &InputError::NotRelayed("the chat is busy: try again"));
@@ -811,9 +860,10 @@ impl Hub {
         let other_run = epoch.is_some_and(|e| e != self.settings.epoch);
         let (gap, history) = target.history.after(if other_run { None } else { since });
         let staying = old == room;
+        let elsewhere = others(&self.elsewhere, &room);
         let joined = Outgoing::Joined {
             room: &room,
-            count: target.members.len() + usize::from(!staying),
+            count: target.members.len() + usize::from(!staying) + elsewhere,
             gap: gap || (other_run && since.is_some()),
         };
         let mut prefix = encode(&joined, format);
@@ -835,8 +885,10 @@ impl Hub {
             format,
             name.clone(),
             prefix,
+            elsewhere,
         );
         mark_dirty(&mut self.dirty, &room);
+        self.mirror(id, Some((&room, &name)));
         let seat = self.seats.get_mut(&id).expect("looked up above");
         seat.room = room;
         let moved = Seat {
@@ -849,13 +901,41 @@ impl Hub {
     }
 
     fn direct(&mut self, from: u64, name: &str, to: u64, msg: &str) {
-        let (Some(target), Some(sender)) = (self.seats.get(&to), self.seats.get(&from)) else {
+        if let Some(outgoing) = &self.settings.cluster {
+            // Through Redis, like a room message, for its id; the target's node
+            // delivers it, the sender's node the sender's copy.
+            let known = self.seats.contains_key(&to)
+                || self.elsewhere.values().flatten().any(|(id, _)| *id == to);
+            if !known || !self.seats.contains_key(&from) {
+                return self.reply_error(from, &InputError::NoSuchClient(to));
+            }
+            let publish = Publish {
+                room: String::new(),
+                from,
+                name: name.to_string(),
+                msg: msg.to_string(),
+                except_sender: false,
+                ts: unix_millis(),
+                to: Some(to),
+            };
+            if !cluster::offer(outgoing, publish) {
+                self.reply_error(from, &InputError::NotRelayed("the chat is busy: try again"));
+            }
+            return;
+        }
+        if !(self.seats.contains_key(&to) && self.seats.contains_key(&from)) {
             return self.reply_error(from, &InputError::NoSuchClient(to));
-        };
+        }
         self.last_message_id += 1;
-        let ts = unix_millis();
+        let id = self.last_message_id;
+        self.deliver_direct(id, unix_millis(), from, name, to, msg);
+    }
+
+    /// A direct message to `to` and the sender's copy, to whichever of the two is
+    /// on this node.
+    fn deliver_direct(&mut self, id: u64, ts: u64, from: u64, name: &str, to: u64, msg: &str) {
         let frame = |delivered| Outgoing::Direct {
-            id: self.last_message_id,
+            id,
             ts,
             from,
             name,
@@ -863,12 +943,60 @@ impl Hub {
             msg,
             delivered,
         };
-        let to_sender = encode(&frame(true), sender.format);
-        let to_target = (to != from).then(|| encode(&frame(false), target.format));
+        let to_target = self
+            .seats
+            .get(&to)
+            .filter(|_| to != from)
+            .map(|target| encode(&frame(false), target.format));
+        let to_sender = self
+            .seats
+            .get(&from)
+            .map(|sender| encode(&frame(true), sender.format));
         if let Some(to_target) = to_target {
             self.reply(to, to_target);
         }
-        self.reply(from, to_sender);
+        if let Some(to_sender) = to_sender {
+            self.reply(from, to_sender);
+        }
+    }
+
+    /// Tells the other nodes (through the mirror `redis-presence` writes to Redis)
+    /// where client `id` now is, or that it is gone.
+    fn mirror(&self, id: u64, seat: Option<(&str, &str)>) {
+        if let Some(mirror) = &self.settings.seats_mirror {
+            mirror.set(id, seat);
+        }
+    }
+
+    /// Who is where on the other nodes changed: the counts follow, and this node's
+    /// members hear of each join and leave, as of their own node's.
+    fn elsewhere_changed(&mut self, rooms: HashMap<String, Vec<(u64, String)>>) {
+        let old = std::mem::replace(&mut self.elsewhere, rooms);
+        for (name, room) in &mut self.rooms {
+            if room.members.is_empty() {
+                continue;
+            }
+            let before = old.get(name).map_or(&[][..], Vec::as_slice);
+            let after = self.elsewhere.get(name).map_or(&[][..], Vec::as_slice);
+            let mut count = room.members.len() + before.len();
+            let mut changed = false;
+            for (id, who) in before.iter().filter(|m| !after.iter().any(|a| a.0 == m.0)) {
+                count -= 1;
+                room.batch
+                    .presence(Presence::Leave, count, (*id, who.clone()), name);
+                changed = true;
+            }
+            for (id, who) in after.iter().filter(|m| !before.iter().any(|b| b.0 == m.0)) {
+                count += 1;
+                room.batch
+                    .presence(Presence::Join, count, (*id, who.clone()), name);
+                changed = true;
+            }
+            if changed {
+                self.turn_bytes += 2 * protocol::MAX_PRESENCE_FRAME;
+                mark_dirty(&mut self.dirty, name);
+            }
+        }
     }
 
     fn kick(&mut self, by: u64, id: u64) {
@@ -879,6 +1007,7 @@ impl Hub {
             return self.reply_error(by, &InputError::NoSuchClient(id));
         };
         log::info!("client {id} kicked by client {by}");
+        self.mirror(id, None);
         // Its reader is woken too: a client that ignores the Close is gone all the
         // same, and gives its place back.
         seat.outbox
@@ -896,7 +1025,7 @@ impl Hub {
         };
         room.members.remove(at);
         room.batch.wants_text = room.text_members();
-        let count = room.members.len();
+        let count = room.members.len() + others(&self.elsewhere, &seat.room);
         room.batch
             .presence(event, count, (id, seat.name.clone()), &seat.room);
         room.last_used = self.clock;
@@ -1004,6 +1133,7 @@ impl Hub {
 
 /// Adds a client to `room`: its prefix first, then the batch from its own join
 /// notification on.
+#[allow(clippy::too_many_arguments)]
 fn enter(
     room: &mut Room,
     name: &str,
@@ -1012,8 +1142,9 @@ fn enter(
     format: Format,
     client_name: String,
     prefix: Vec<u8>,
+    elsewhere: usize,
 ) {
-    let count = room.members.len() + 1;
+    let count = room.members.len() + 1 + elsewhere;
     if format == Format::Text && !room.batch.wants_text {
         // Text starts with this client: nothing of the batch before is text yet,
         // and nobody needs it to be.
@@ -1086,6 +1217,11 @@ fn post(
     let bytes = json.len();
     room.history.push(id, json, history);
     bytes
+}
+
+/// How many of `room`'s members are on other nodes (0 without a cluster).
+fn others(elsewhere: &HashMap<String, Vec<(u64, String)>>, room: &str) -> usize {
+    elsewhere.get(room).map_or(0, Vec::len)
 }
 
 fn mark_dirty(dirty: &mut Vec<String>, room: &str) {
@@ -1350,6 +1486,7 @@ mod tests {
             max_rooms: 3,
             epoch: 1,
             cluster: None,
+            seats_mirror: None,
         };
         Hub::new(settings, Arc::new(Stats::new()))
     }

@@ -206,6 +206,7 @@ pub fn run(
         max_rooms: config.max_rooms as usize,
         epoch,
         cluster: cluster.as_ref().map(|(_, outgoing, _)| outgoing.clone()),
+        seats_mirror: cluster.as_ref().map(|(c, _, _)| Arc::clone(&c.seats)),
     };
     hub::spawn(hub_rx, hub_settings, Arc::clone(&stats))?;
     let first_client_id = cluster.as_ref().map_or(1, |(c, _, _)| c.first_client_id());

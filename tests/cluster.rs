@@ -200,3 +200,84 @@ fn after_redis_restarts_the_cluster_goes_on_with_higher_ids() {
         "{heard} after {before}"
     );
 }
+
+#[test]
+fn counts_who_and_direct_messages_cover_the_cluster() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut ann = Client::join(&a);
+    ann.send_text(r#"{"type":"hello","name":"ann"}"#);
+    ann.recv_type("hello");
+    let mut bob = Client::join(&b);
+    bob.send_text(r#"{"type":"hello","name":"bob"}"#);
+    bob.recv_type("hello");
+    let bob_id = bob.id.unwrap();
+    // Ann hears of bob, on the other node, with the cluster's count.
+    let joined = loop {
+        let note = ann.recv_type("notification");
+        if note["event"] == "join" && note["id"] == bob_id {
+            break note;
+        }
+    };
+    assert_eq!(joined["count"], 2, "{joined}");
+    eventually("ann's who lists bob", || {
+        ann.send_text(r#"{"type":"who"}"#);
+        let who = ann.recv_type("who");
+        who["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == bob_id && m["name"] == "bob")
+    });
+    // A direct message crosses nodes: bob gets it, ann her copy, with one id.
+    ann.send_text(&format!(
+        r#"{{"type":"direct","to":{bob_id},"msg":"psst"}}"#
+    ));
+    let got = bob.recv_type("direct");
+    assert_eq!(got["msg"], "psst");
+    assert_ne!(got["delivered"], true, "{got}");
+    let copy = ann.recv_type("direct");
+    assert_eq!(
+        (copy["delivered"].as_bool(), copy["id"].as_u64()),
+        (Some(true), got["id"].as_u64())
+    );
+    // Nobody anywhere has this id.
+    ann.send_text(r#"{"type":"direct","to":12345,"msg":"hello?"}"#);
+    assert!(
+        ann.recv_type("error")["msg"]
+            .as_str()
+            .unwrap()
+            .contains("12345")
+    );
+}
+
+#[test]
+fn a_node_killed_without_a_word_leaves_everyone_s_presence() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let url = redis.url();
+    let b = Process::start(&["--redis", &url]);
+    let mut ann = Client::join(&a);
+    let bob = Client::join(&b);
+    let bob_id = bob.id.unwrap();
+    loop {
+        let note = ann.recv_type("notification");
+        if note["event"] == "join" && note["id"] == bob_id {
+            break;
+        }
+    }
+    b.signal(rustix::process::Signal::KILL);
+    // Its presence expires (5 s) and the next reading (every second) finds it gone.
+    let left = loop {
+        let note = ann.recv_type("notification");
+        if note["event"] == "leave" {
+            break note;
+        }
+    };
+    assert_eq!(
+        (left["id"].as_u64(), left["count"].as_u64()),
+        (Some(bob_id), Some(1)),
+        "{left}"
+    );
+    drop(bob);
+}
