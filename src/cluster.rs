@@ -28,9 +28,28 @@
 //!   an ordinary [`Event::Relayed`]. A room message is delivered when it comes back
 //!   this way, on every node alike.
 //!
-//! Either thread that loses Redis tries again with a growing pause; `redis-in`
-//! resumes after the last entry it handed over. A message the out thread could
-//! not append is refused to its sender with an error frame.
+//! # Without Redis
+//!
+//! Every thread that loses Redis tries again with a growing pause. `redis-in`
+//! notices within a second, and the hub is told ([`Event::Linked`]). While Redis
+//! is gone, the node chats on by itself:
+//!
+//! * its clients get a `cluster` frame saying so, and their messages are delivered
+//!   on this node only, with ids past everything it has seen;
+//! * the other nodes' members leave its counts.
+//!
+//! Once Redis answers again:
+//!
+//! * the id counter is first raised past those ids, so ids keep increasing on
+//!   every node;
+//! * `redis-in` resumes after the last entry it handed over, with no gap and no
+//!   duplicate;
+//! * the clients get a second `cluster` frame.
+//!
+//! A batch `redis-out` could not append is sent again on a new connection, a few
+//! times. Each message carries its number on this node, and the script skips a
+//! number already appended, so a batch whose answer was lost is not appended
+//! twice. If every try fails, the senders get an error frame.
 //!
 //! * `redis-presence` tells the others who is where here, and learns who is where
 //!   there: every [`PRESENCE_EVERY`] it rewrites this node's hash
@@ -90,13 +109,21 @@ const READ_COUNT: usize = 512;
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
 /// Appends one message under the next id, atomically: KEYS[1] the stream, KEYS[2]
-/// the id counter; ARGV: MAXLEN, room, from, name, msg, ts, except, to (empty for
-/// a room message).
-const APPEND: &str = "local id = redis.call('INCR', KEYS[2]) \
+/// the id counter, KEYS[3] this node's last appended number; ARGV: MAXLEN, room,
+/// from, name, msg, ts, except, to (empty for a room message), and the message's
+/// number on this node. A number already appended is skipped: a batch sent again
+/// after a lost answer is appended once.
+const APPEND: &str = "local last = tonumber(redis.call('GET', KEYS[3]) or '0') \
+    if tonumber(ARGV[9]) <= last then return 0 end \
+    redis.call('SET', KEYS[3], ARGV[9], 'EX', 86400) \
+    local id = redis.call('INCR', KEYS[2]) \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id .. '-1', \
     'room', ARGV[2], 'from', ARGV[3], 'name', ARGV[4], 'msg', ARGV[5], \
     'ts', ARGV[6], 'except', ARGV[7], 'to', ARGV[8]) \
     return id";
+
+/// Tries at one batch before its senders are told it did not go.
+const APPEND_TRIES: u32 = 4;
 
 /// Raises the id counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data
 /// (a restart without persistence), new ids still follow every id this node has
@@ -114,6 +141,18 @@ pub struct Publish {
     pub except_sender: bool,
     pub ts: u64,
     pub to: Option<u64>,
+}
+
+/// What the hub holds of the bridge.
+#[derive(Debug, Clone)]
+pub struct HubSide {
+    /// Room and direct messages to append.
+    pub outgoing: Sender<Publish>,
+    /// This node's seats, mirrored for the other nodes.
+    pub seats: Arc<Seats>,
+    /// The highest message id this node has used: the cluster's next ids go past
+    /// it, also after messages this node relayed alone while Redis was gone.
+    pub highest: Arc<AtomicU64>,
 }
 
 /// This node's seats as the hub last told them: client id → (room, name). The
@@ -159,6 +198,8 @@ pub struct Cluster {
     highest: Arc<AtomicU64>,
     /// This node's seats, for the other nodes.
     pub seats: Arc<Seats>,
+    /// The stream's recent entries at start, for the hub's histories.
+    backfill: Mutex<Vec<Event>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -166,7 +207,10 @@ impl Cluster {
     /// Connects to `url` and takes this node's number. An unreachable Redis is an
     /// error at start: a node that was asked to be part of a cluster does not run
     /// alone.
-    pub fn join(url: &str, epoch_if_first: u64) -> Result<Cluster, String> {
+    /// `backfill` is how many of the stream's last entries the hub is given at
+    /// start, for the rooms' histories (and `since`) on a node that was not
+    /// running when they were said.
+    pub fn join(url: &str, epoch_if_first: u64, backfill: usize) -> Result<Cluster, String> {
         let fail = |e: redis::RedisError| format!("--redis {url}: {e}");
         let mut con = connect(url).map_err(fail)?;
         let node: u64 = redis::cmd("INCR")
@@ -184,18 +228,25 @@ impl Cluster {
             .query(&mut con)
             .map_err(fail)?;
         let epoch: u64 = redis::cmd("GET").arg(EPOCH).query(&mut con).map_err(fail)?;
-        let last: redis::Value = redis::cmd("XREVRANGE")
+        let recent: redis::Value = redis::cmd("XREVRANGE")
             .arg(STREAM)
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(1)
+            .arg(backfill.clamp(1, STREAM_KEEPS))
             .query(&mut con)
             .map_err(fail)?;
-        let start_after = entries(last)
-            .into_iter()
-            .next()
-            .map_or_else(|| "0-0".to_string(), |(id, _)| id);
+        let mut recent = entries(recent);
+        let start_after = recent
+            .first()
+            .map_or_else(|| "0-0".to_string(), |(id, _)| id.clone());
+        recent.truncate(backfill);
+        // Oldest first, as the hub would have heard them.
+        let backfill = recent
+            .iter()
+            .rev()
+            .filter_map(|(id, fields)| relayed(id, fields))
+            .collect();
         Ok(Cluster {
             node,
             epoch,
@@ -203,8 +254,23 @@ impl Cluster {
             highest: Arc::new(AtomicU64::new(message_id(&start_after).unwrap_or(0))),
             start_after,
             seats: Arc::new(Seats::default()),
+            backfill: Mutex::new(backfill),
             stop: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// What the hub needs of the bridge, its end of `outgoing` included.
+    pub fn hub_side(&self, outgoing: Sender<Publish>) -> HubSide {
+        HubSide {
+            outgoing,
+            seats: Arc::clone(&self.seats),
+            highest: Arc::clone(&self.highest),
+        }
+    }
+
+    /// The entries the hub starts from (once: later calls get none).
+    pub fn backfill(&self) -> Vec<Event> {
+        std::mem::take(&mut *crate::lock(&self.backfill))
     }
 
     /// The first client id of this node.
@@ -234,10 +300,10 @@ impl Cluster {
         thread::Builder::new()
             .name("redis-presence".into())
             .spawn(move || share_presence(&url, node, &seats, &to_hub, &stop))?;
-        let (url, highest) = (self.url.clone(), Arc::clone(&self.highest));
+        let (url, node, highest) = (self.url.clone(), self.node, Arc::clone(&self.highest));
         thread::Builder::new()
             .name("redis-out".into())
-            .spawn(move || append_messages(&url, &outgoing, &hub, &highest))?;
+            .spawn(move || append_messages(&url, node, &outgoing, &hub, &highest))?;
         Ok(())
     }
 
@@ -279,79 +345,108 @@ impl Retry {
     }
 }
 
-/// `redis-out`: appends what the hub hands over until the hub is gone.
+/// `redis-out`: appends what the hub hands over until the hub is gone. A batch
+/// that fails is sent again on a new connection, a few times, before its senders
+/// are told; the script's numbering makes a repeat harmless.
 fn append_messages(
     url: &str,
+    node: u64,
     outgoing: &Receiver<Publish>,
     hub: &Sender<Event>,
     highest: &AtomicU64,
 ) {
+    let appended = format!("threadchat:appended:{node}");
     let mut retry = Retry::new();
-    let mut con = None;
-    let mut sha = String::new();
+    let mut con: Option<(redis::Connection, String)> = None;
+    let mut number = 0u64;
     while let Ok(first) = outgoing.recv() {
-        let batch: Vec<Publish> = std::iter::once(first)
+        let batch: Vec<(u64, Publish)> = std::iter::once(first)
             .chain(outgoing.try_iter().take(READ_COUNT - 1))
+            .map(|m| {
+                number += 1;
+                (number, m)
+            })
             .collect();
-        if con.is_none() {
-            let connected = connect(url).and_then(|mut c| {
-                let _: i64 = redis::cmd("EVAL")
-                    .arg(RAISE)
-                    .arg(1)
-                    .arg(IDS)
-                    .arg(highest.load(Ordering::Relaxed))
-                    .query(&mut c)?;
-                let loaded: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(&mut c)?;
-                Ok((c, loaded))
-            });
-            match connected {
-                Ok((c, loaded)) => {
-                    con = Some(c);
-                    sha = loaded;
+        let mut tries = 0;
+        let outcome = loop {
+            let attempt = match con.as_mut() {
+                Some((c, sha)) => append(c, sha, &appended, &batch),
+                None => open_appender(url, highest).and_then(|(mut c, sha)| {
+                    let appended_now = append(&mut c, &sha, &appended, &batch);
+                    con = Some((c, sha));
+                    appended_now
+                }),
+            };
+            match attempt {
+                Ok(()) => {
                     retry = Retry::new();
+                    break Ok(());
                 }
                 Err(e) => {
-                    refuse(hub, &batch, "the chat's other nodes cannot be reached");
-                    retry.wait("cannot connect", &e);
-                    continue;
+                    con = None;
+                    tries += 1;
+                    if tries >= APPEND_TRIES {
+                        break Err(e);
+                    }
+                    retry.wait("append failed", &e);
                 }
             }
-        }
-        let Some(c) = con.as_mut() else { continue };
-        let mut pipe = redis::pipe();
-        for m in &batch {
-            pipe.cmd("EVALSHA")
-                .arg(&sha)
-                .arg(2)
-                .arg(STREAM)
-                .arg(IDS)
-                .arg(STREAM_KEEPS)
-                .arg(&m.room)
-                .arg(m.from)
-                .arg(&m.name)
-                .arg(&m.msg)
-                .arg(m.ts)
-                .arg(u8::from(m.except_sender))
-                .arg(m.to.map_or_else(String::new, |to| to.to_string()));
-        }
-        if let Err(e) = pipe.query::<Vec<u64>>(c) {
-            // Some may have been appended before the error; they come back through
-            // the stream. The sender hears about the rest, in any case, once.
-            refuse(
-                hub,
-                &batch,
-                "the message may not have reached the other nodes",
-            );
-            con = None;
-            retry.wait("append failed", &e);
+        };
+        if let Err(e) = outcome {
+            log::warn!("redis: {} messages not appended: {e}", batch.len());
+            for (_, m) in &batch {
+                let _ = hub.send(Event::NotRelayed {
+                    from: m.from,
+                    why: "the chat's other nodes cannot be reached",
+                });
+            }
         }
     }
 }
 
-fn refuse(hub: &Sender<Event>, batch: &[Publish], why: &'static str) {
-    for m in batch {
-        let _ = hub.send(Event::NotRelayed { from: m.from, why });
+/// A connection for appending: the id counter raised past what this node has
+/// seen, and the script loaded.
+fn open_appender(
+    url: &str,
+    highest: &AtomicU64,
+) -> redis::RedisResult<(redis::Connection, String)> {
+    let mut c = connect(url)?;
+    let _: i64 = redis::cmd("EVAL")
+        .arg(RAISE)
+        .arg(1)
+        .arg(IDS)
+        .arg(highest.load(Ordering::Relaxed))
+        .query(&mut c)?;
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(&mut c)?;
+    Ok((c, sha))
+}
+
+/// Appends `batch` in one round trip.
+fn append(
+    c: &mut redis::Connection,
+    sha: &str,
+    appended: &str,
+    batch: &[(u64, Publish)],
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for (number, m) in batch {
+        pipe.cmd("EVALSHA")
+            .arg(sha)
+            .arg(3)
+            .arg(STREAM)
+            .arg(IDS)
+            .arg(appended)
+            .arg(STREAM_KEEPS)
+            .arg(&m.room)
+            .arg(m.from)
+            .arg(&m.name)
+            .arg(&m.msg)
+            .arg(m.ts)
+            .arg(u8::from(m.except_sender))
+            .arg(m.to.map_or_else(String::new, |to| to.to_string()))
+            .arg(number);
     }
+    pipe.query::<Vec<u64>>(c).map(|_| ())
 }
 
 /// `redis-in`: hands every entry after `after` to the hub, until `stop`.
@@ -364,6 +459,14 @@ fn read_stream(
 ) {
     let mut retry = Retry::new();
     let mut con = None;
+    // Whether the hub believes Redis answers: it is told when that changes.
+    let mut linked = true;
+    let tell = |up: bool, linked: &mut bool| {
+        if *linked != up {
+            *linked = up;
+            let _ = hub.send(Event::Linked { up });
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
         if con.is_none() {
             match connect(url) {
@@ -372,6 +475,7 @@ fn read_stream(
                     retry = Retry::new();
                 }
                 Err(e) => {
+                    tell(false, &mut linked);
                     retry.wait("cannot connect", &e);
                     continue;
                 }
@@ -391,10 +495,12 @@ fn read_stream(
             Ok(reply) => reply,
             Err(e) => {
                 con = None;
+                tell(false, &mut linked);
                 retry.wait("read failed", &e);
                 continue;
             }
         };
+        tell(true, &mut linked);
         // [[stream, [entry, ...]]], or nil when BLOCK passed with nothing new.
         let redis::Value::Array(streams) = reply else {
             continue;

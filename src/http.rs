@@ -560,9 +560,8 @@ mod tests {
             max_rooms: 10,
             epoch: 1,
             cluster: None,
-            seats_mirror: None,
         };
-        crate::hub::spawn(events, settings, Arc::new(Stats::new())).unwrap();
+        crate::hub::spawn(events, settings, Arc::new(Stats::new()), Vec::new()).unwrap();
         assert!(hub_answers(&hub));
         // A hub whose thread is gone fails at once.
         let (gone, events) = crossbeam_channel::bounded::<Event>(16);

@@ -116,11 +116,8 @@ pub struct HubSettings {
     /// This server run (or, in a cluster, the cluster's), in `welcome` and for
     /// `join`'s `since`.
     pub epoch: u64,
-    /// In a cluster (`--redis`): room messages go here, to Redis, and are
-    /// delivered when they come back as [`Event::Relayed`].
-    pub cluster: Option<Sender<Publish>>,
-    /// In a cluster: where this node's seats are mirrored for the other nodes.
-    pub seats_mirror: Option<Arc<cluster::Seats>>,
+    /// In a cluster (`--redis`): how the hub talks to the bridge.
+    pub cluster: Option<cluster::HubSide>,
 }
 
 /// What a reader (or the shutdown sequence) tells the hub.
@@ -188,6 +185,8 @@ pub enum Event {
     Elsewhere {
         rooms: HashMap<String, Vec<(u64, String)>>,
     },
+    /// Redis stopped (`up: false`) or started again answering this node.
+    Linked { up: bool },
     /// A direct message from another node, for client `to` here.
     RelayedDirect {
         id: u64,
@@ -450,6 +449,8 @@ struct Hub {
     last_message_id: u64,
     /// In a cluster: the members of each room on the other nodes.
     elsewhere: HashMap<String, Vec<(u64, String)>>,
+    /// In a cluster: Redis answers. While it does not, this node chats on alone.
+    linked: bool,
     /// The hub's clock for the rooms' last use: ticks once per event.
     clock: u64,
     settings: HubSettings,
@@ -459,15 +460,23 @@ struct Hub {
 }
 
 /// Starts the hub thread.
+/// Starts the hub thread. `backfill` is applied before any other event: in a
+/// cluster, the stream's recent entries, so that this node starts with the rooms'
+/// histories.
 pub fn spawn(
     events: Receiver<Event>,
     settings: HubSettings,
     stats: Arc<Stats>,
+    backfill: Vec<Event>,
 ) -> io::Result<JoinHandle<()>> {
-    let hub = Hub::new(settings, stats);
-    thread::Builder::new()
-        .name("hub".into())
-        .spawn(move || hub.run(&events))
+    let mut hub = Hub::new(settings, stats);
+    thread::Builder::new().name("hub".into()).spawn(move || {
+        for event in backfill {
+            hub.apply(event);
+        }
+        hub.flush();
+        hub.run(&events);
+    })
 }
 
 impl Hub {
@@ -484,6 +493,7 @@ impl Hub {
             turn_messages: 0,
             last_message_id: 0,
             elsewhere: HashMap::new(),
+            linked: true,
             clock: 0,
             settings,
             stats,
@@ -573,7 +583,9 @@ impl Hub {
             Event::NotRelayed { from, why } => {
                 self.reply_error(from, &InputError::NotRelayed(why));
             }
-            Event::Elsewhere { rooms } => self.elsewhere_changed(rooms),
+            Event::Elsewhere { rooms } if self.linked => self.elsewhere_changed(rooms),
+            Event::Elsewhere { .. } => {}
+            Event::Linked { up } => self.linked_changed(up),
             Event::RelayedDirect {
                 id,
                 ts,
@@ -749,7 +761,7 @@ impl Hub {
         let Some(seat) = self.seats.get(&from) else {
             return; // left (or kicked) while the message was on its way
         };
-        if let Some(outgoing) = &self.settings.cluster {
+        if let Some(side) = self.settings.cluster.as_ref().filter(|_| self.linked) {
             // Delivered when Redis hands it back, in the cluster's order.
             let publish = Publish {
                 room: seat.room.clone(),
@@ -760,7 +772,7 @@ impl Hub {
                 ts: unix_millis(),
                 to: None,
             };
-            if !cluster::offer(outgoing, publish) {
+            if !cluster::offer(&side.outgoing, publish) {
                 self.reply_error(from, &InputError::NotRelayed("the chat is busy: try again"));
             }
             return;
@@ -770,6 +782,12 @@ impl Hub {
         };
         self.last_message_id += 1;
         let id = self.last_message_id;
+        if let Some(side) = &self.settings.cluster {
+            // Cut off from Redis, this node chats on by itself; once back, the
+            // cluster's ids go on past these.
+            side.highest
+                .fetch_max(id, std::sync::atomic::Ordering::Relaxed);
+        }
         log::debug!(
             "message {id} from client {from} in {}: {}: {}",
             seat.room,
@@ -800,7 +818,9 @@ impl Hub {
     }
 
     /// A room message in the cluster's order: to this node's members of its room,
-    /// and its history. A room nobody here is in is not kept here.
+    /// and its history. A room nobody here is in is made for its history (while
+    /// `--max-rooms` allows), so that whoever joins it here later hears what was
+    /// said there.
     #[allow(clippy::too_many_arguments)]
     fn relayed(
         &mut self,
@@ -812,7 +832,13 @@ impl Hub {
         msg: &str,
         except_sender: bool,
     ) {
+        // Made before the id is taken in: a room new here has no history before
+        // this message.
+        let made = self.make_room(&room_name);
         self.last_message_id = self.last_message_id.max(id);
+        if made.is_err() {
+            return;
+        }
         let Some(room) = self.rooms.get_mut(&room_name) else {
             return;
         };
@@ -901,7 +927,7 @@ impl Hub {
     }
 
     fn direct(&mut self, from: u64, name: &str, to: u64, msg: &str) {
-        if let Some(outgoing) = &self.settings.cluster {
+        if let Some(side) = self.settings.cluster.as_ref().filter(|_| self.linked) {
             // Through Redis, like a room message, for its id; the target's node
             // delivers it, the sender's node the sender's copy.
             let known = self.seats.contains_key(&to)
@@ -918,7 +944,7 @@ impl Hub {
                 ts: unix_millis(),
                 to: Some(to),
             };
-            if !cluster::offer(outgoing, publish) {
+            if !cluster::offer(&side.outgoing, publish) {
                 self.reply_error(from, &InputError::NotRelayed("the chat is busy: try again"));
             }
             return;
@@ -963,8 +989,43 @@ impl Hub {
     /// Tells the other nodes (through the mirror `redis-presence` writes to Redis)
     /// where client `id` now is, or that it is gone.
     fn mirror(&self, id: u64, seat: Option<(&str, &str)>) {
-        if let Some(mirror) = &self.settings.seats_mirror {
-            mirror.set(id, seat);
+        if let Some(side) = &self.settings.cluster {
+            side.seats.set(id, seat);
+        }
+    }
+
+    /// Redis stopped or started answering: every room here hears it, and while it
+    /// is gone the other nodes' members are out of this node's counts.
+    fn linked_changed(&mut self, up: bool) {
+        if up == self.linked {
+            return;
+        }
+        self.linked = up;
+        log::warn!(
+            "cluster: Redis {}",
+            if up {
+                "answers again"
+            } else {
+                "does not answer: chatting on alone"
+            }
+        );
+        if !up {
+            self.elsewhere_changed(HashMap::new());
+        }
+        let msg = if up {
+            "the other nodes can hear you again"
+        } else {
+            "the chat's other nodes cannot be reached: only the people on this node hear you for now"
+        };
+        let frame = Outgoing::Cluster { connected: up, msg };
+        let json = frame.to_json();
+        for (name, room) in &mut self.rooms {
+            if room.members.is_empty() {
+                continue;
+            }
+            room.batch.push(&json, &frame, name);
+            self.turn_bytes += json.len();
+            mark_dirty(&mut self.dirty, name);
         }
     }
 
@@ -1486,7 +1547,6 @@ mod tests {
             max_rooms: 3,
             epoch: 1,
             cluster: None,
-            seats_mirror: None,
         };
         Hub::new(settings, Arc::new(Stats::new()))
     }

@@ -192,7 +192,7 @@ pub fn run(
     // In a cluster, the cluster's epoch and this node's share of client ids.
     let cluster = match config.redis.as_deref().filter(|url| !url.is_empty()) {
         Some(url) => {
-            let cluster = cluster::Cluster::join(url, epoch)?;
+            let cluster = cluster::Cluster::join(url, epoch, backfill_entries(&config))?;
             log::info!("cluster: node {} through {url}", cluster.node);
             epoch = cluster.epoch;
             let (outgoing, to_redis) = crossbeam_channel::bounded(cluster::OUTGOING_QUEUE);
@@ -205,10 +205,15 @@ pub fn run(
         history: config.history as usize,
         max_rooms: config.max_rooms as usize,
         epoch,
-        cluster: cluster.as_ref().map(|(_, outgoing, _)| outgoing.clone()),
-        seats_mirror: cluster.as_ref().map(|(c, _, _)| Arc::clone(&c.seats)),
+        cluster: cluster
+            .as_ref()
+            .map(|(c, outgoing, _)| c.hub_side(outgoing.clone())),
     };
-    hub::spawn(hub_rx, hub_settings, Arc::clone(&stats))?;
+    let backfill = match &cluster {
+        Some((cluster, _, _)) => cluster.backfill(),
+        None => Vec::new(),
+    };
+    hub::spawn(hub_rx, hub_settings, Arc::clone(&stats), backfill)?;
     let first_client_id = cluster.as_ref().map_or(1, |(c, _, _)| c.first_client_id());
     let cluster = match cluster {
         Some((cluster, _, to_redis)) => {
@@ -325,6 +330,12 @@ fn schemes(tls: bool) -> (&'static str, &'static str) {
     } else {
         ("http", "ws")
     }
+}
+
+/// How many of the cluster's last messages a node starts with: enough to fill
+/// every room's history, if they were spread evenly.
+fn backfill_entries(config: &Config) -> usize {
+    (config.history * config.max_rooms).min(100_000) as usize
 }
 
 /// What the configuration asks the machine to carry.

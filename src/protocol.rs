@@ -407,6 +407,14 @@ pub enum Outgoing<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         name: Option<&'a str>,
     },
+    /// In a cluster: this node lost Redis (`connected: false`, it chats on alone)
+    /// or has it again.
+    Cluster {
+        /// Whether the other nodes hear this node's clients now.
+        connected: bool,
+        /// Says it in words.
+        msg: &'a str,
+    },
     /// First frame a new client gets: who it is and how many are here.
     Welcome {
         /// This connection's id (also in the server's log lines).
@@ -496,6 +504,7 @@ impl Outgoing<'_> {
             Outgoing::Message { name: "", msg, .. } => msg.to_string(),
             Outgoing::Message { name, msg, .. } => format!("{name}: {msg}"),
             Outgoing::Notification { msg, .. } => msg.clone(),
+            Outgoing::Cluster { msg, .. } => msg.to_string(),
             Outgoing::Welcome {
                 id, count, room, ..
             } => format!(

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::Duration;
 
 use support::*;
 
@@ -152,53 +151,50 @@ fn a_room_spans_the_nodes_and_stays_apart_from_the_others() {
 }
 
 #[test]
-fn after_redis_restarts_the_cluster_goes_on_with_higher_ids() {
+fn without_redis_each_node_chats_on_alone_and_the_cluster_heals_when_it_is_back() {
     let redis = Redis::start();
     let port = redis.port;
     let (a, b) = (node(&redis), node(&redis));
     let mut ann = Client::join(&a);
+    let mut amy = Client::join(&a);
     let mut bob = Client::join(&b);
     ann.send_chat("ann", "before");
     let before = bob.recv_type("message");
     assert_eq!(before["msg"], "before");
-    let before_id = before["id"].as_u64().unwrap();
 
     drop(redis);
-    // While it is gone a message is refused, with a reason, and the client stays.
-    ann.send_chat("ann", "lost in the gap");
-    let refused = ann.recv_type("error");
-    assert!(
-        refused["msg"]
-            .as_str()
-            .unwrap()
-            .starts_with("message not sent"),
-        "{refused}"
-    );
+    // Every client hears that its node is on its own for now; none is cut off.
+    for client in [&mut ann, &mut amy, &mut bob] {
+        let note = client.recv_type("cluster");
+        assert_eq!(note["connected"], false, "{note}");
+    }
+    // Node A's people still hear each other, with ids past the cluster's.
+    ann.send_chat("ann", "just us");
+    let alone = amy.recv_type("message");
+    assert_eq!(alone["msg"], "just us");
+    assert!(alone["id"].as_u64() > before["id"].as_u64());
 
     let _redis = Redis::start_on(port);
-    // Both nodes find it again by themselves; the first message through is the
-    // first that both hear, after everything before.
-    let mut attempt = 0;
-    let after = loop {
-        attempt += 1;
-        assert!(attempt < 200, "the cluster never healed");
-        ann.send_chat("ann", &format!("after {attempt}"));
-        match ann
-            .try_recv(PATIENCE)
-            .map(|m| serde_json::from_str::<serde_json::Value>(m.to_text().unwrap()).unwrap())
-        {
-            Some(m) if m["type"] == "message" => break m,
-            Some(m) if m["type"] == "error" => thread::sleep(Duration::from_millis(50)), // a retry's pace
-            Some(_) => {}
-            None => panic!("no answer at all"),
-        }
-    };
+    for client in [&mut ann, &mut amy, &mut bob] {
+        let note = client.recv_type("cluster");
+        assert_eq!(note["connected"], true, "{note}");
+    }
+    // One chat again: the next message reaches node B, once, with an id past
+    // everything node A's people saw meanwhile.
+    ann.send_chat("ann", "after");
     let heard = bob.recv_type("message");
-    assert_eq!(heard["msg"], after["msg"]);
+    assert_eq!(heard["msg"], "after");
     assert!(
-        heard["id"].as_u64().unwrap() > before_id,
-        "{heard} after {before}"
+        heard["id"].as_u64() > alone["id"].as_u64(),
+        "{heard} after {alone}"
     );
+    let mine = amy.recv_type("message");
+    assert_eq!(
+        (mine["msg"].as_str(), mine["id"].as_u64()),
+        (Some("after"), heard["id"].as_u64())
+    );
+    ann.send_chat("ann", "and again");
+    assert_eq!(bob.recv_type("message")["msg"], "and again");
 }
 
 #[test]
@@ -280,4 +276,63 @@ fn a_node_killed_without_a_word_leaves_everyone_s_presence() {
         "{left}"
     );
     drop(bob);
+}
+
+#[test]
+fn history_and_since_come_from_any_node_and_survive_a_restart() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let mut ann = Client::join(&a);
+    let epoch = {
+        let mut probe = Client::connect(&a.ws_url("/"));
+        probe.recv_type("welcome")["epoch"].as_u64().unwrap()
+    };
+    for i in 1..=5 {
+        ann.send_chat("ann", &format!("said {i}"));
+    }
+    let ids: Vec<u64> = (0..5)
+        .map(|_| ann.recv_type("message")["id"].as_u64().unwrap())
+        .collect();
+    // A node started after all that: its first client hears the lobby's history.
+    let b = node(&redis);
+    let mut bob = Client::connect(&b.ws_url("/"));
+    let welcome = bob.recv_type("welcome");
+    assert_eq!(
+        welcome["epoch"].as_u64(),
+        Some(epoch),
+        "one epoch for the cluster"
+    );
+    let replayed: Vec<String> = (0..5)
+        .map(|_| {
+            let m = bob.recv_type("message");
+            assert_eq!(m["history"], true, "{m}");
+            m["msg"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        replayed,
+        (1..=5).map(|i| format!("said {i}")).collect::<Vec<_>>()
+    );
+    // `since` from an id another node gave: only what came after it, no gap.
+    bob.send_text(&format!(
+        r#"{{"type":"join","room":"lobby","since":{},"epoch":{epoch}}}"#,
+        ids[2]
+    ));
+    let joined = bob.recv_type("joined");
+    assert_ne!(joined["gap"], true, "{joined}");
+    let after: Vec<u64> = (0..2)
+        .map(|_| bob.recv_type("message")["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(after, ids[3..]);
+    // The node that said it all restarts: its history is back.
+    drop(ann);
+    drop(a);
+    let a = node(&redis);
+    let mut again = Client::connect(&a.ws_url("/"));
+    again.recv_type("welcome");
+    let first = again.recv_type("message");
+    assert_eq!(
+        (first["msg"].as_str(), first["history"].as_bool()),
+        (Some("said 1"), Some(true))
+    );
 }
