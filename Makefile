@@ -49,20 +49,21 @@ autobahn: build
 
 ## The load generator against the optimised server: chat, fanout, saturate, rooms
 ## (50 rooms of 20), idle, storm, footprint, the naive example's rows beside them,
-## and chat, fanout, saturate and idle again over wss, every delivery checked
-## (about four minutes; not part of `make test`).
+## chat, fanout, saturate and idle again over wss, and saturate and rooms through
+## clusters of 2 and 3 nodes (needs redis-server), every delivery checked (about
+## five minutes; not part of `make test`).
 bench: release
 	$(CARGO) build --release -p threadchat-loadgen
 	$(CARGO) build --release --example naive
 	target/release/loadgen --server target/release/threadchat --naive target/release/examples/naive \
-		--tls-scenarios chat,fanout,saturate,idle
+		--tls-scenarios chat,fanout,saturate,idle --cluster-scenarios saturate,rooms
 
 ## The same with small numbers, a few seconds, so the bench code cannot rot.
 bench-quick: build
 	$(CARGO) build -p threadchat-loadgen
 	$(CARGO) build --example naive
 	target/debug/loadgen --quick --server target/debug/threadchat --naive target/debug/examples/naive \
-		--tls-scenarios saturate,idle
+		--tls-scenarios saturate,idle --cluster-scenarios saturate --cluster-nodes 2
 
 ## Coverage-guided fuzzing of the protocol parser and the path resolver, each for
 ## FUZZ_SECONDS (default 60). Needs `cargo install cargo-fuzz`. cargo-fuzz wants

@@ -32,19 +32,23 @@
 //!
 //! Every thread that loses Redis tries again with a growing pause. `redis-in`
 //! notices within a second, and the hub is told ([`Event::Linked`]). While Redis
-//! is gone, the node chats on by itself:
+//! is gone:
 //!
-//! * its clients get a `cluster` frame saying so, and their messages are delivered
-//!   on this node only, with ids past everything it has seen;
+//! * the node's clients stay connected and get a `cluster` frame saying so;
+//! * their messages are refused with an error frame. A message said on one node
+//!   alone would need an id, and any id it took could be another node's too (the
+//!   others may still reach Redis and go on counting), so it would break the one
+//!   order that `since` relies on;
 //! * the other nodes' members leave its counts.
 //!
 //! Once Redis answers again:
 //!
-//! * the id counter is first raised past those ids, so ids keep increasing on
-//!   every node;
+//! * the id counter is raised past every id this node has seen, in case Redis
+//!   lost its data;
 //! * `redis-in` resumes after the last entry it handed over, with no gap and no
 //!   duplicate;
-//! * the clients get a second `cluster` frame.
+//! * the clients get a second `cluster` frame, and the counts take the others
+//!   back in.
 //!
 //! A batch `redis-out` could not append is sent again on a new connection, a few
 //! times. Each message carries its number on this node, and the script skips a
@@ -55,8 +59,8 @@
 //!   there: every [`PRESENCE_EVERY`] it rewrites this node's hash
 //!   (`threadchat:presence:<node>`: client id → room and name, expiring after
 //!   [`PRESENCE_TTL`]) from the hub's mirror of its seats ([`Seats`]), reads every
-//!   other node's, and hands the hub the rooms' members elsewhere when they
-//!   changed. Counts and `who` cover the cluster that way, and a node that dies
+//!   other node's (those listed in `threadchat:presence-nodes`, in one round trip),
+//!   and hands the hub the rooms' members elsewhere when they changed. Counts and `who` cover the cluster that way, and a node that dies
 //!   without a word drops out of everyone's presence when its hash expires: within
 //!   `PRESENCE_TTL + PRESENCE_EVERY`, 6 s.
 //!
@@ -102,6 +106,8 @@ pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 pub const PRESENCE_TTL: Duration = Duration::from_secs(5);
 /// The prefix of every node's presence hash.
 const PRESENCE: &str = "threadchat:presence:";
+/// The nodes that have said they exist (each removed once its hash is gone).
+const NODE_SET: &str = "threadchat:presence-nodes";
 
 /// Entries one `XREAD` returns at most, and how long it blocks before looking at
 /// whether the server is stopping.
@@ -109,17 +115,20 @@ const READ_COUNT: usize = 512;
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
 /// Appends one message under the next id, atomically: KEYS[1] the stream, KEYS[2]
-/// the id counter, KEYS[3] this node's last appended number; ARGV: MAXLEN, room,
-/// from, name, msg, ts, except, to (empty for a room message), and the message's
-/// number on this node. A number already appended is skipped: a batch sent again
-/// after a lost answer is appended once.
-const APPEND: &str = "local last = tonumber(redis.call('GET', KEYS[3]) or '0') \
-    if tonumber(ARGV[9]) <= last then return 0 end \
-    redis.call('SET', KEYS[3], ARGV[9], 'EX', 86400) \
+/// the id counter, KEYS[3] the numbers this process has appended (a sorted set);
+/// ARGV: MAXLEN, room, from, name, msg, ts, except, to (empty for a room
+/// message), and the message's number in this process. A number already there is
+/// skipped, so a batch sent again after a lost answer is appended once; it is
+/// recorded only after the entry is in (a failed XADD ends the script, and the
+/// retry appends it). The set keeps the last 10,000 numbers.
+const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 end \
     local id = redis.call('INCR', KEYS[2]) \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id .. '-1', \
     'room', ARGV[2], 'from', ARGV[3], 'name', ARGV[4], 'msg', ARGV[5], \
     'ts', ARGV[6], 'except', ARGV[7], 'to', ARGV[8]) \
+    redis.call('ZADD', KEYS[3], ARGV[9], ARGV[9]) \
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(ARGV[9]) - 10000)) \
+    redis.call('EXPIRE', KEYS[3], 86400) \
     return id";
 
 /// Tries at one batch before its senders are told it did not go.
@@ -150,8 +159,8 @@ pub struct HubSide {
     pub outgoing: Sender<Publish>,
     /// This node's seats, mirrored for the other nodes.
     pub seats: Arc<Seats>,
-    /// The highest message id this node has used: the cluster's next ids go past
-    /// it, also after messages this node relayed alone while Redis was gone.
+    /// The highest message id this node has seen: where the hub's ids start, and
+    /// what the counter is raised to after Redis lost its data.
     pub highest: Arc<AtomicU64>,
 }
 
@@ -355,7 +364,15 @@ fn append_messages(
     hub: &Sender<Event>,
     highest: &AtomicU64,
 ) {
-    let appended = format!("threadchat:appended:{node}");
+    // This process's own, not the node number's: after Redis lost its data a node
+    // number can be handed out again.
+    let appended = format!(
+        "threadchat:appended:{node}:{}:{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
     let mut retry = Retry::new();
     let mut con: Option<(redis::Connection, String)> = None;
     let mut number = 0u64;
@@ -539,13 +556,15 @@ fn entries(value: redis::Value) -> Vec<(String, HashMap<String, String>)> {
             };
             let fields = pair.pop()?;
             let id = text(pair.pop()?)?;
-            let redis::Value::Array(flat) = fields else {
-                return None;
-            };
+            // An entry whose fields are not ours still moves the reader past it.
             let mut map = HashMap::new();
-            let mut flat = flat.into_iter();
-            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
-                map.insert(text(k)?, text(v)?);
+            if let redis::Value::Array(flat) = fields {
+                let mut flat = flat.into_iter();
+                while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                    if let (Some(k), Some(v)) = (text(k), text(v)) {
+                        map.insert(k, v);
+                    }
+                }
             }
             Some((id, map))
         })
@@ -609,7 +628,7 @@ fn share_presence(url: &str, node: u64, seats: &Seats, hub: &Sender<Event>, stop
             }
         }
         let Some(c) = con.as_mut() else { continue };
-        match exchange_presence(c, &mine, seats) {
+        match exchange_presence(c, node, &mine, seats) {
             Ok(elsewhere) => {
                 if told.as_ref() != Some(&elsewhere) {
                     told = Some(elsewhere.clone());
@@ -635,10 +654,20 @@ fn share_presence(url: &str, node: u64, seats: &Seats, hub: &Sender<Event>, stop
 /// members elsewhere, each list sorted by id.
 fn exchange_presence(
     con: &mut redis::Connection,
+    node: u64,
     mine: &str,
     seats: &Seats,
 ) -> redis::RedisResult<HashMap<String, Vec<(u64, String)>>> {
     let mut pipe = redis::pipe();
+    // The node counter stays past this node's number, also after Redis lost its
+    // data, so that a node started later does not get it again.
+    pipe.cmd("EVAL")
+        .arg(RAISE)
+        .arg(1)
+        .arg(NODES)
+        .arg(node)
+        .ignore();
+    pipe.cmd("SADD").arg(NODE_SET).arg(node).ignore();
     pipe.atomic().cmd("DEL").arg(mine).ignore();
     let snapshot = seats.snapshot();
     if !snapshot.is_empty() {
@@ -653,10 +682,25 @@ fn exchange_presence(
             .ignore();
     }
     let () = pipe.query(con)?;
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{PRESENCE}*")).query(con)?;
+    // The nodes that said they exist, and, in one round trip, what each holds.
+    let nodes: Vec<u64> = redis::cmd("SMEMBERS").arg(NODE_SET).query(con)?;
+    let others: Vec<u64> = nodes.into_iter().filter(|n| *n != node).collect();
+    let mut reads = redis::pipe();
+    for other in &others {
+        reads.cmd("HGETALL").arg(format!("{PRESENCE}{other}"));
+    }
+    let held: Vec<HashMap<String, String>> = if others.is_empty() {
+        Vec::new()
+    } else {
+        reads.query(con)?
+    };
     let mut rooms: HashMap<String, Vec<(u64, String)>> = HashMap::new();
-    for key in keys.iter().filter(|k| *k != mine) {
-        let members: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query(con)?;
+    for (other, members) in others.iter().zip(held) {
+        if members.is_empty() {
+            // Expired (or it has nobody): it adds itself again while it lives.
+            let _: redis::RedisResult<()> = redis::cmd("SREM").arg(NODE_SET).arg(other).query(con);
+            continue;
+        }
         for (id, seat) in members {
             let (Ok(id), Some((room, name))) = (id.parse::<u64>(), seat.split_once('\n')) else {
                 continue;

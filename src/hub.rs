@@ -23,7 +23,7 @@
 //! else either, except its channel: with nobody connected it sleeps in `select!`
 //! without even a heartbeat timer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
@@ -449,8 +449,11 @@ struct Hub {
     last_message_id: u64,
     /// In a cluster: the members of each room on the other nodes.
     elsewhere: HashMap<String, Vec<(u64, String)>>,
-    /// In a cluster: Redis answers. While it does not, this node chats on alone.
+    /// In a cluster: Redis answers. While it does not, messages are refused.
     linked: bool,
+    /// In a cluster: the other nodes' members as last reported, also while
+    /// unlinked (when `elsewhere` is empty).
+    reported: HashMap<String, Vec<(u64, String)>>,
     /// The hub's clock for the rooms' last use: ticks once per event.
     clock: u64,
     settings: HubSettings,
@@ -471,8 +474,12 @@ pub fn spawn(
 ) -> io::Result<JoinHandle<()>> {
     let mut hub = Hub::new(settings, stats);
     thread::Builder::new().name("hub".into()).spawn(move || {
-        for event in backfill {
+        for (n, event) in backfill.into_iter().enumerate() {
             hub.apply(event);
+            // Turns of the usual size: batches stay small, and rooms can be evicted.
+            if n % MAX_BATCH_EVENTS == MAX_BATCH_EVENTS - 1 {
+                hub.flush();
+            }
         }
         hub.flush();
         hub.run(&events);
@@ -481,6 +488,11 @@ pub fn spawn(
 
 impl Hub {
     fn new(settings: HubSettings, stats: Arc<Stats>) -> Hub {
+        // In a cluster, ids go on from the stream's (even with no history kept).
+        let last_message_id = settings
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.highest.load(std::sync::atomic::Ordering::Relaxed));
         let mut rooms = HashMap::new();
         rooms.insert(LOBBY.to_string(), Room::new(History::default()));
         Hub {
@@ -491,9 +503,10 @@ impl Hub {
             replies: Vec::new(),
             turn_bytes: 0,
             turn_messages: 0,
-            last_message_id: 0,
+            last_message_id,
             elsewhere: HashMap::new(),
             linked: true,
+            reported: HashMap::new(),
             clock: 0,
             settings,
             stats,
@@ -583,8 +596,13 @@ impl Hub {
             Event::NotRelayed { from, why } => {
                 self.reply_error(from, &InputError::NotRelayed(why));
             }
-            Event::Elsewhere { rooms } if self.linked => self.elsewhere_changed(rooms),
-            Event::Elsewhere { .. } => {}
+            Event::Elsewhere { rooms } => {
+                if self.linked {
+                    self.elsewhere_changed(rooms.clone());
+                }
+                // Kept while unlinked too: applied when Redis answers again.
+                self.reported = rooms;
+            }
             Event::Linked { up } => self.linked_changed(up),
             Event::RelayedDirect {
                 id,
@@ -693,6 +711,8 @@ impl Hub {
             }
             Event::Shutdown => {
                 self.shutting_down = true;
+                // redis-out ends when its channel does; the hub, when it has.
+                self.settings.cluster = None;
                 self.dirty.clear();
                 self.replies.clear();
                 for room in self.rooms.values_mut() {
@@ -761,7 +781,12 @@ impl Hub {
         let Some(seat) = self.seats.get(&from) else {
             return; // left (or kicked) while the message was on its way
         };
-        if let Some(side) = self.settings.cluster.as_ref().filter(|_| self.linked) {
+        if let Some(side) = &self.settings.cluster {
+            if !self.linked {
+                // An id taken here alone could be another node's too: nothing is
+                // said until the cluster can order it.
+                return self.reply_error(from, &InputError::NotRelayed(UNLINKED));
+            }
             // Delivered when Redis hands it back, in the cluster's order.
             let publish = Publish {
                 room: seat.room.clone(),
@@ -782,12 +807,6 @@ impl Hub {
         };
         self.last_message_id += 1;
         let id = self.last_message_id;
-        if let Some(side) = &self.settings.cluster {
-            // Cut off from Redis, this node chats on by itself; once back, the
-            // cluster's ids go on past these.
-            side.highest
-                .fetch_max(id, std::sync::atomic::Ordering::Relaxed);
-        }
         log::debug!(
             "message {id} from client {from} in {}: {}: {}",
             seat.room,
@@ -927,7 +946,10 @@ impl Hub {
     }
 
     fn direct(&mut self, from: u64, name: &str, to: u64, msg: &str) {
-        if let Some(side) = self.settings.cluster.as_ref().filter(|_| self.linked) {
+        if let Some(side) = &self.settings.cluster {
+            if !self.linked {
+                return self.reply_error(from, &InputError::NotRelayed(UNLINKED));
+            }
             // Through Redis, like a room message, for its id; the target's node
             // delivers it, the sender's node the sender's copy.
             let known = self.seats.contains_key(&to)
@@ -1009,13 +1031,16 @@ impl Hub {
                 "does not answer: chatting on alone"
             }
         );
-        if !up {
-            self.elsewhere_changed(HashMap::new());
-        }
-        let msg = if up {
-            "the other nodes can hear you again"
+        let now = if up {
+            self.reported.clone()
         } else {
-            "the chat's other nodes cannot be reached: only the people on this node hear you for now"
+            HashMap::new()
+        };
+        self.elsewhere_changed(now);
+        let msg = if up {
+            "the chat's other nodes can be reached again"
+        } else {
+            "the chat's other nodes cannot be reached: messages are refused until they can"
         };
         let frame = Outgoing::Cluster { connected: up, msg };
         let json = frame.to_json();
@@ -1039,15 +1064,20 @@ impl Hub {
             }
             let before = old.get(name).map_or(&[][..], Vec::as_slice);
             let after = self.elsewhere.get(name).map_or(&[][..], Vec::as_slice);
+            if before == after {
+                continue;
+            }
+            let ids = |list: &[(u64, String)]| list.iter().map(|m| m.0).collect::<HashSet<u64>>();
+            let (had, has) = (ids(before), ids(after));
             let mut count = room.members.len() + before.len();
             let mut changed = false;
-            for (id, who) in before.iter().filter(|m| !after.iter().any(|a| a.0 == m.0)) {
+            for (id, who) in before.iter().filter(|m| !has.contains(&m.0)) {
                 count -= 1;
                 room.batch
                     .presence(Presence::Leave, count, (*id, who.clone()), name);
                 changed = true;
             }
-            for (id, who) in after.iter().filter(|m| !before.iter().any(|b| b.0 == m.0)) {
+            for (id, who) in after.iter().filter(|m| !had.contains(&m.0)) {
                 count += 1;
                 room.batch
                     .presence(Presence::Join, count, (*id, who.clone()), name);
@@ -1279,6 +1309,9 @@ fn post(
     room.history.push(id, json, history);
     bytes
 }
+
+/// Why a message is refused while Redis does not answer.
+const UNLINKED: &str = "the chat's other nodes cannot be reached: try again in a moment";
 
 /// How many of `room`'s members are on other nodes (0 without a cluster).
 fn others(elsewhere: &HashMap<String, Vec<(u64, String)>>, room: &str) -> usize {

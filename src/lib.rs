@@ -335,7 +335,7 @@ fn schemes(tls: bool) -> (&'static str, &'static str) {
 /// How many of the cluster's last messages a node starts with: enough to fill
 /// every room's history, if they were spread evenly.
 fn backfill_entries(config: &Config) -> usize {
-    (config.history * config.max_rooms).min(100_000) as usize
+    (config.history * config.max_rooms).min(10_000) as usize
 }
 
 /// What the configuration asks the machine to carry.

@@ -19,8 +19,7 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = Ports::pick().ws;
-        Redis::start_on(port)
+        Redis::start_on(redis_port())
     }
 
     fn start_on(port: u16) -> Redis {
@@ -39,6 +38,21 @@ impl Redis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// A free port below the kernel's ephemeral range (32768 and up), where no
+/// `bind(0)` of another test lands: a test that stops its Redis and starts it
+/// again on the same port must find it free, not taken by another test's.
+fn redis_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = (std::process::id() % 600) as u16 * 16;
+    loop {
+        let port = 20_000 + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
@@ -151,7 +165,7 @@ fn a_room_spans_the_nodes_and_stays_apart_from_the_others() {
 }
 
 #[test]
-fn without_redis_each_node_chats_on_alone_and_the_cluster_heals_when_it_is_back() {
+fn without_redis_clients_are_told_and_kept_and_the_cluster_heals_when_it_is_back() {
     let redis = Redis::start();
     let port = redis.port;
     let (a, b) = (node(&redis), node(&redis));
@@ -163,30 +177,38 @@ fn without_redis_each_node_chats_on_alone_and_the_cluster_heals_when_it_is_back(
     assert_eq!(before["msg"], "before");
 
     drop(redis);
-    // Every client hears that its node is on its own for now; none is cut off.
+    // Every client hears that the other nodes cannot be reached; none is cut off.
     for client in [&mut ann, &mut amy, &mut bob] {
         let note = client.recv_type("cluster");
         assert_eq!(note["connected"], false, "{note}");
     }
-    // Node A's people still hear each other, with ids past the cluster's.
-    ann.send_chat("ann", "just us");
-    let alone = amy.recv_type("message");
-    assert_eq!(alone["msg"], "just us");
-    assert!(alone["id"].as_u64() > before["id"].as_u64());
+    // A message now would have no place in the cluster's order: it is refused,
+    // with a reason, and the connection goes on.
+    ann.send_chat("ann", "into the void");
+    let refused = ann.recv_type("error");
+    assert!(
+        refused["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("message not sent"),
+        "{refused}"
+    );
+    ann.send_text(r#"{"type":"ping"}"#);
+    ann.recv_type("pong");
 
     let _redis = Redis::start_on(port);
     for client in [&mut ann, &mut amy, &mut bob] {
         let note = client.recv_type("cluster");
         assert_eq!(note["connected"], true, "{note}");
     }
-    // One chat again: the next message reaches node B, once, with an id past
-    // everything node A's people saw meanwhile.
+    // One chat again: the next message reaches both nodes, once, with an id past
+    // everything before (Redis started empty: the counter was raised).
     ann.send_chat("ann", "after");
     let heard = bob.recv_type("message");
     assert_eq!(heard["msg"], "after");
     assert!(
-        heard["id"].as_u64() > alone["id"].as_u64(),
-        "{heard} after {alone}"
+        heard["id"].as_u64() > before["id"].as_u64(),
+        "{heard} after {before}"
     );
     let mine = amy.recv_type("message");
     assert_eq!(

@@ -91,6 +91,14 @@ struct Cli {
     /// as a `(wss)` row after the plain one, checked the same way.
     #[arg(long, value_delimiter = ',')]
     tls_scenarios: Vec<String>,
+    /// These load scenarios again through a cluster (`--redis`, with a
+    /// redis-server of the run's own), clients spread over the nodes, as
+    /// `(N nodes)` rows, checked the same way: one order on every node.
+    #[arg(long, value_delimiter = ',')]
+    cluster_scenarios: Vec<String>,
+    /// The cluster sizes of those rows.
+    #[arg(long, value_delimiter = ',', default_value = "2,3")]
+    cluster_nodes: Vec<usize>,
 }
 
 /// The scenarios `--naive` repeats against the naive server.
@@ -107,6 +115,65 @@ fn since_start() -> u64 {
 struct Server {
     child: Child,
     ws: SocketAddr,
+}
+
+/// The cluster rows' redis-server: a free port, no persistence, killed at the end.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let [port] = footprint::free_ports();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server: {e} (apt install redis-server)")
+            });
+        let pid = child.id();
+        assert!(
+            footprint::poll_until(START_PATIENCE, Duration::from_millis(1), || {
+                footprint::listening(&[port], Some(pid))
+            }),
+            "redis-server was not listening on {port}"
+        );
+        Redis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cpu(&self) -> Duration {
+        cpu_of(self.child.id())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process's CPU time so far (user and system, all threads).
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields 14 and 15 (utime, stime), counted after the `(comm)` field.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
 /// The wss rows' certificate: files for the server, a configuration for clients
@@ -288,11 +355,14 @@ impl Server {
     /// WebSocket port only, if `http` is false), as `/proc` shows them: the log is
     /// not read for it. Panics, with the server's stderr, if it exits first or is
     /// not listening within [`START_PATIENCE`].
-    fn start(binary: &str, http: bool, tls: Option<&Tls>) -> Server {
+    fn start(binary: &str, http: bool, tls: Option<&Tls>, redis: Option<&Redis>) -> Server {
         let [ws_port, http_port] = footprint::free_ports();
         let mut command = Command::new(binary);
         if let Some(tls) = tls {
             command.args(tls.server_args());
+        }
+        if let Some(redis) = redis {
+            command.args(["--redis", &redis.url()]);
         }
         let mut child = command
             .args(["--bind", "127.0.0.1"])
@@ -356,17 +426,7 @@ impl Server {
 
     /// CPU time the server has used so far (user and system, all threads).
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields 14 and 15 (utime, stime), counted after the `(comm)` field.
-        let ticks: u64 = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.parse::<u64>().ok())
-            .sum();
-        Duration::from_secs_f64(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+        cpu_of(self.child.id())
     }
 
     fn fds(&self) -> usize {
@@ -676,12 +736,15 @@ struct Outcome {
     foreign: u64,
     settle_s: f64,
     /// The server's CPU time (user and system) in the measured window, per
-    /// delivery: what one delivered message costs it.
+    /// delivery: what one delivered message costs it (all nodes together).
     cpu_us_per_delivery: f64,
+    /// Redis' CPU time likewise, in a cluster.
+    redis_cpu_us_per_delivery: Option<f64>,
 }
 
+/// Opens `n` clients, client `i` on `addrs[i % addrs.len()]`.
 fn open_clients(
-    server: &Server,
+    addrs: &[SocketAddr],
     n: usize,
     shared: &Arc<Shared>,
     tls: Option<&Arc<Tls>>,
@@ -692,11 +755,11 @@ fn open_clients(
     let clients = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let handles: Vec<_> = (0..openers)
         .map(|_| {
-            let (next, clients, shared, addr, tls) = (
+            let (next, clients, shared, addrs, tls) = (
                 next.clone(),
                 clients.clone(),
                 shared.clone(),
-                server.ws,
+                addrs.to_vec(),
                 tls.cloned(),
             );
             thread::spawn(move || -> Result<(), String> {
@@ -705,7 +768,7 @@ fn open_clients(
                     if i >= n {
                         return Ok(());
                     }
-                    let client = connect(addr, i, &shared, tls.as_deref())
+                    let client = connect(addrs[i % addrs.len()], i, &shared, tls.as_deref())
                         .map_err(|e| format!("client {i}: {e}"))?;
                     clients.lock().unwrap().push((i, client));
                 }
@@ -730,11 +793,14 @@ fn wait_until(deadline: Duration, done: impl FnMut() -> bool) -> bool {
 
 /// One load scenario against a fresh server. An `Err` is a run that could not be
 /// measured (a client could not connect, the joins never settled).
+/// `nodes`: 0 for one server on its own; else that many nodes of one cluster,
+/// through a redis-server of the run's own.
 fn run_load(
     binary: &str,
     http: bool,
     load: &Load,
     tls: Option<&Arc<Tls>>,
+    nodes: usize,
 ) -> Result<Outcome, String> {
     let groups = load.rooms.max(1);
     assert!(
@@ -742,7 +808,11 @@ fn run_load(
         "every room as many clients, and a sender"
     );
     let members = load.clients / groups;
-    let server = Server::start(binary, http, tls.map(|t| &**t));
+    let redis = (nodes > 0).then(Redis::start);
+    let servers: Vec<Server> = (0..nodes.max(1))
+        .map(|_| Server::start(binary, http, tls.map(|t| &**t), redis.as_ref()))
+        .collect();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.ws).collect();
     let (echo_tx, echo_rx): (Vec<_>, Vec<_>) =
         (0..load.senders).map(|_| bounded::<()>(1 << 16)).unzip();
     let shared = Arc::new(Shared {
@@ -761,7 +831,7 @@ fn run_load(
         keep_latencies: AtomicBool::new(true),
     });
     let started = Instant::now();
-    let clients = open_clients(&server, load.clients, &shared, tls)?;
+    let clients = open_clients(&addrs, load.clients, &shared, tls)?;
     let settled = wait_until(Duration::from_secs(60), || {
         shared.settled.load(Ordering::Relaxed) == load.clients as u64
     });
@@ -798,10 +868,11 @@ fn run_load(
             })
         })
         .collect();
-    // The server's CPU time over the measured window.
+    // The servers' and Redis' CPU time over the measured window.
     let cpu_at = |at: Instant| {
         thread::sleep(at.saturating_duration_since(Instant::now())); // a clock, not a sync
-        server.cpu()
+        let servers: Duration = servers.iter().map(Server::cpu).sum();
+        (servers, redis.as_ref().map(Redis::cpu))
     };
     let cpu_from = cpu_at(measure_from);
     let cpu_to = cpu_at(end);
@@ -838,8 +909,12 @@ fn run_load(
         load.duration,
         settle_s,
     );
-    outcome.cpu_us_per_delivery =
-        (cpu_to - cpu_from).as_secs_f64() * 1e6 / outcome.received.max(1) as f64;
+    let per_delivery = |d: Duration| d.as_secs_f64() * 1e6 / outcome.received.max(1) as f64;
+    outcome.cpu_us_per_delivery = per_delivery(cpu_to.0 - cpu_from.0);
+    outcome.redis_cpu_us_per_delivery = cpu_to
+        .1
+        .zip(cpu_from.1)
+        .map(|(to, from)| per_delivery(to - from));
     Ok(outcome)
 }
 
@@ -956,6 +1031,7 @@ fn summarize(
         foreign,
         settle_s,
         cpu_us_per_delivery: 0.0,
+        redis_cpu_us_per_delivery: None,
     }
 }
 
@@ -968,7 +1044,7 @@ struct Idle {
 }
 
 fn run_idle(binary: &str, n: usize, tls: Option<&Arc<Tls>>) -> Idle {
-    let server = Server::start(binary, true, tls.map(|t| &**t));
+    let server = Server::start(binary, true, tls.map(|t| &**t), None);
     let (echo_tx, _echo_rx) = bounded(1);
     let shared = Arc::new(Shared {
         senders: 1,
@@ -998,7 +1074,7 @@ fn run_idle(binary: &str, n: usize, tls: Option<&Arc<Tls>>) -> Idle {
         server.fds(),
     );
     let started = Instant::now();
-    let clients = open_clients(&server, n, &shared, tls).expect("clients connect");
+    let clients = open_clients(&[server.ws], n, &shared, tls).expect("clients connect");
     wait_until(Duration::from_secs(120), || {
         shared.settled.load(Ordering::Relaxed) == n as u64
     });
@@ -1104,7 +1180,7 @@ fn print_load_row(label: &str, outcome: &Result<Outcome, String>, judged: bool) 
         String::new()
     };
     println!(
-        "| {label}{} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {lost} | {} | {} | {}{foreign} | {:.2} | {:.2} |",
+        "| {label}{} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {lost} | {} | {} | {}{foreign} | {:.2} | {:.2}{} |",
         if bad { mark } else { "" },
         o.clients,
         o.deliveries_per_s,
@@ -1116,7 +1192,9 @@ fn print_load_row(label: &str, outcome: &Result<Outcome, String>, judged: bool) 
         o.out_of_order,
         if o.same_order { "yes" } else { "no ⚠" },
         o.settle_s,
-        o.cpu_us_per_delivery
+        o.cpu_us_per_delivery,
+        o.redis_cpu_us_per_delivery
+            .map_or_else(String::new, |r| format!(" + Redis {r:.2}"))
     );
     bad
 }
@@ -1264,15 +1342,23 @@ fn main() {
             name.clone()
         };
         for (tls, suffix) in &variants {
-            let outcome = run_load(&cli.server, true, &load, *tls);
+            let outcome = run_load(&cli.server, true, &load, *tls, 0);
             let bad = print_load_row(&format!("{label}{suffix}"), &outcome, true);
             failed |= bad;
             bad_scenarios += usize::from(bad);
         }
+        if cli.cluster_scenarios.contains(name) {
+            for &nodes in &cli.cluster_nodes {
+                let outcome = run_load(&cli.server, true, &load, None, nodes);
+                let bad = print_load_row(&format!("{label} ({nodes} nodes)"), &outcome, true);
+                failed |= bad;
+                bad_scenarios += usize::from(bad);
+            }
+        }
         if let Some(naive) = &cli.naive
             && NAIVE_SCENARIOS.contains(&name.as_str())
         {
-            let outcome = run_load(naive, false, &load, None);
+            let outcome = run_load(naive, false, &load, None, 0);
             naive_rows += 1;
             naive_bad += usize::from(print_load_row(&format!("{name} (naive)"), &outcome, false));
         }
@@ -1297,7 +1383,13 @@ fn main() {
             .tls_scenarios
             .iter()
             .filter(|s| cli.scenarios.contains(s))
-            .count();
+            .count()
+        + cli
+            .cluster_scenarios
+            .iter()
+            .filter(|s| cli.scenarios.contains(s))
+            .count()
+            * cli.cluster_nodes.len();
     println!("{} passed, {bad_scenarios} failed", rows - bad_scenarios);
     if failed {
         eprintln!(
