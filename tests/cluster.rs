@@ -89,19 +89,32 @@ fn messages(client: &mut Client, n: usize) -> Vec<(u64, String)> {
 
 #[test]
 fn clients_on_two_nodes_see_one_chat_in_one_order() {
+    one_chat_in_one_order(2);
+}
+
+#[test]
+fn clients_on_three_nodes_see_one_chat_in_one_order() {
+    one_chat_in_one_order(3);
+}
+
+/// Three clients and two concurrent senders on each of `n` nodes: every client
+/// sees every message, in one order, with increasing ids.
+fn one_chat_in_one_order(n: usize) {
     let redis = Redis::start();
-    let (a, b) = (node(&redis), node(&redis));
-    let mut on_a: Vec<Client> = (0..3).map(|_| Client::join(&a)).collect();
-    let mut on_b: Vec<Client> = (0..3).map(|_| Client::join(&b)).collect();
+    let nodes: Vec<Server> = (0..n).map(|_| node(&redis)).collect();
+    let mut clients: Vec<Client> = nodes
+        .iter()
+        .flat_map(|at| (0..3).map(|_| Client::join(at)).collect::<Vec<_>>())
+        .collect();
     // Client ids are the cluster's: no two alike across the nodes.
-    let ids: HashSet<u64> = on_a.iter().chain(&on_b).map(|c| c.id.unwrap()).collect();
-    assert_eq!(ids.len(), 6, "{ids:?}");
+    let ids: HashSet<u64> = clients.iter().map(|c| c.id.unwrap()).collect();
+    assert_eq!(ids.len(), 3 * n, "{ids:?}");
 
     // Two senders on each node, all at once.
     let per_sender = 100;
-    let senders: Vec<_> = (0..4)
+    let senders: Vec<_> = (0..2 * n)
         .map(|s| {
-            let at = if s % 2 == 0 { &a } else { &b };
+            let at = &nodes[s % n];
             let mut sender = Client::join(at);
             thread::spawn(move || {
                 for i in 0..per_sender {
@@ -111,14 +124,14 @@ fn clients_on_two_nodes_see_one_chat_in_one_order() {
             })
         })
         .collect();
-    let total = 4 * per_sender;
-    let reference = messages(&mut on_a[0], total);
+    let total = 2 * n * per_sender;
+    let reference = messages(&mut clients[0], total);
     // Ids increase along the one order, and each sender's messages keep theirs.
     assert!(
         reference.windows(2).all(|w| w[0].0 < w[1].0),
         "ids out of order"
     );
-    for s in 0..4 {
+    for s in 0..2 * n {
         let mine: Vec<&String> = reference
             .iter()
             .map(|(_, m)| m)
@@ -127,7 +140,7 @@ fn clients_on_two_nodes_see_one_chat_in_one_order() {
         let expected: Vec<String> = (0..per_sender).map(|i| format!("{s}:{i}")).collect();
         assert_eq!(mine, expected.iter().collect::<Vec<_>>());
     }
-    for client in on_a.iter_mut().skip(1).chain(on_b.iter_mut()) {
+    for client in clients.iter_mut().skip(1) {
         assert_eq!(messages(client, total), reference, "another order");
     }
     for s in senders {
