@@ -27,6 +27,15 @@
 //! * `redis-in` blocks in `XREAD` on the stream and hands every entry to the hub as
 //!   an ordinary [`Event::Relayed`]. A room message is delivered when it comes back
 //!   this way, on every node alike.
+//! * `redis-presence` tells the others who is where here, and learns who is where
+//!   there. Every [`PRESENCE_EVERY`] it rewrites this node's hash
+//!   (`threadchat:presence:<node>`: client id → room and name, expiring after
+//!   [`PRESENCE_TTL`]) from the hub's mirror of its seats ([`Seats`]). It reads every
+//!   other node's (those listed in `threadchat:presence-nodes`, in one round trip),
+//!   and hands the hub the rooms' members elsewhere when they changed. Counts and
+//!   `who` cover the cluster that way, and a node that dies without a word drops
+//!   out of everyone's presence when its hash expires: within `PRESENCE_TTL +
+//!   PRESENCE_EVERY`, 6 s.
 //!
 //! # Without Redis
 //!
@@ -51,18 +60,9 @@
 //!   back in.
 //!
 //! A batch `redis-out` could not append is sent again on a new connection, a few
-//! times. Each message carries its number on this node, and the script skips a
-//! number already appended, so a batch whose answer was lost is not appended
+//! times. Each message carries its number in this process, and the script skips
+//! a number already appended, so a batch whose answer was lost is not appended
 //! twice. If every try fails, the senders get an error frame.
-//!
-//! * `redis-presence` tells the others who is where here, and learns who is where
-//!   there: every [`PRESENCE_EVERY`] it rewrites this node's hash
-//!   (`threadchat:presence:<node>`: client id → room and name, expiring after
-//!   [`PRESENCE_TTL`]) from the hub's mirror of its seats ([`Seats`]), reads every
-//!   other node's (those listed in `threadchat:presence-nodes`, in one round trip),
-//!   and hands the hub the rooms' members elsewhere when they changed. Counts and `who` cover the cluster that way, and a node that dies
-//!   without a word drops out of everyone's presence when its hash expires: within
-//!   `PRESENCE_TTL + PRESENCE_EVERY`, 6 s.
 //!
 //! A direct message goes through the stream too (for its id, in the same order):
 //! the target's node delivers it, the sender's node the sender's copy.
