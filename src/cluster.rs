@@ -354,6 +354,40 @@ impl Retry {
     }
 }
 
+/// A connection to Redis, made when first needed and made again after a failure,
+/// with a growing pause between attempts.
+struct Link<'a> {
+    url: &'a str,
+    con: Option<redis::Connection>,
+    retry: Retry,
+}
+
+impl<'a> Link<'a> {
+    fn new(url: &'a str) -> Link<'a> {
+        Link {
+            url,
+            con: None,
+            retry: Retry::new(),
+        }
+    }
+
+    /// The connection, made now if there is none.
+    fn get(&mut self) -> redis::RedisResult<&mut redis::Connection> {
+        if self.con.is_none() {
+            self.con = Some(connect(self.url)?);
+            self.retry = Retry::new();
+        }
+        Ok(self.con.as_mut().expect("made just above"))
+    }
+
+    /// A command or the connecting failed: drop the connection, pause, and let
+    /// the next `get` try again.
+    fn failed(&mut self, what: &str, e: &redis::RedisError) {
+        self.con = None;
+        self.retry.wait(what, e);
+    }
+}
+
 /// `redis-out`: appends what the hub hands over until the hub is gone. A batch
 /// that fails is sent again on a new connection, a few times, before its senders
 /// are told; the script's numbering makes a repeat harmless.
@@ -474,8 +508,7 @@ fn read_stream(
     highest: &AtomicU64,
     stop: &AtomicBool,
 ) {
-    let mut retry = Retry::new();
-    let mut con = None;
+    let mut link = Link::new(url);
     // Whether the hub believes Redis answers: it is told when that changes.
     let mut linked = true;
     let tell = |up: bool, linked: &mut bool| {
@@ -485,35 +518,22 @@ fn read_stream(
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        if con.is_none() {
-            match connect(url) {
-                Ok(c) => {
-                    con = Some(c);
-                    retry = Retry::new();
-                }
-                Err(e) => {
-                    tell(false, &mut linked);
-                    retry.wait("cannot connect", &e);
-                    continue;
-                }
-            }
-        }
-        let Some(c) = con.as_mut() else { continue };
-        let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(READ_COUNT)
-            .arg("BLOCK")
-            .arg(READ_BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(&after)
-            .query(c);
+        let read = link.get().and_then(|c| {
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(STREAM)
+                .arg(&after)
+                .query::<redis::Value>(c)
+        });
         let reply = match read {
             Ok(reply) => reply,
             Err(e) => {
-                con = None;
                 tell(false, &mut linked);
-                retry.wait("read failed", &e);
+                link.failed("read failed", &e);
                 continue;
             }
         };
@@ -611,24 +631,13 @@ fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
 /// `redis-presence`: this node's seats out, the other nodes' in, until `stop`.
 fn share_presence(url: &str, node: u64, seats: &Seats, hub: &Sender<Event>, stop: &AtomicBool) {
     let mine = format!("{PRESENCE}{node}");
-    let mut retry = Retry::new();
-    let mut con = None;
+    let mut link = Link::new(url);
     let mut told = None;
     while !stop.load(Ordering::Relaxed) {
-        if con.is_none() {
-            match connect(url) {
-                Ok(c) => {
-                    con = Some(c);
-                    retry = Retry::new();
-                }
-                Err(e) => {
-                    retry.wait("cannot connect", &e);
-                    continue;
-                }
-            }
-        }
-        let Some(c) = con.as_mut() else { continue };
-        match exchange_presence(c, node, &mine, seats) {
+        match link
+            .get()
+            .and_then(|c| exchange_presence(c, node, &mine, seats))
+        {
             Ok(elsewhere) => {
                 if told.as_ref() != Some(&elsewhere) {
                     told = Some(elsewhere.clone());
@@ -638,14 +647,11 @@ fn share_presence(url: &str, node: u64, seats: &Seats, hub: &Sender<Event>, stop
                 }
                 thread::sleep(PRESENCE_EVERY); // the period of a heartbeat
             }
-            Err(e) => {
-                con = None;
-                retry.wait("presence failed", &e);
-            }
+            Err(e) => link.failed("presence failed", &e),
         }
     }
     // Leaving on purpose: the others need not wait for the hash to expire.
-    if let Some(c) = con.as_mut() {
+    if let Some(c) = link.con.as_mut() {
         let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&mine).query(c);
     }
 }
