@@ -15,7 +15,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use support::{
-    Client, Footprint, PATIENCE, Process, Running, connect_from, eventually, socket_closed_within,
+    Client, Footprint, PATIENCE, Process, Running, TestCert, connect_from, eventually,
+    socket_closed_within,
 };
 use tungstenite::Message;
 
@@ -96,6 +97,11 @@ fn footprint_of(pid: u32) -> Option<Footprint> {
 /// The footprint after an honest visit, once the visit's threads are gone.
 fn baseline(server: &Process) -> Footprint {
     honest_user_is_served(server);
+    settled(server)
+}
+
+/// The footprint once threads and descriptors have stopped changing.
+fn settled(server: &Process) -> Footprint {
     let mut last = server.footprint();
     // Settled: two readings 100 ms apart agree on threads and descriptors.
     eventually("the server settles", || {
@@ -604,4 +610,58 @@ fn a_client_that_reads_nothing_and_pings_a_lot_is_charged_what_it_costs() {
     honest_user_is_served(&server);
     assert_within(peak.stop(), base, 4 * 1024, 4, 4);
     back_to(&server, base, 2 * 1024);
+}
+
+#[test]
+fn half_finished_tls_handshakes_from_a_few_hosts_are_bounded_and_closed() {
+    // With TLS on both ports, three hosts open 200 connections each to each port
+    // and send the first 10 bytes of a ClientHello, then nothing.
+    let cert = TestCert::new("hostile");
+    let tls = cert.args();
+    let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    args.extend(["--handshake-timeout", "2", "--http-timeout", "2"]);
+    let server = Process::start(&args);
+    let honest_user_is_served = || {
+        assert_eq!(cert.get(server.http, "/").status, 200);
+        let mut client = cert.join(&server);
+        client.send_chat("honest", "still here");
+        assert_eq!(client.recv_type("message")["msg"], "still here");
+    };
+    honest_user_is_served();
+    let base = settled(&server);
+    let peak = Peak::watch(&server);
+    let half_hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
+    let mut stalled = Vec::new();
+    for host in 0..3 {
+        for port in [server.ws, server.http] {
+            for _ in 0..200 {
+                let mut s = connect_from(attacker(host), port);
+                let _ = s.write_all(&half_hello);
+                stalled.push(s);
+            }
+        }
+    }
+    // Each host keeps its share (8 handshakes, 16 page connections); the rest are
+    // refused without a thread.
+    eventually("the extra connections are refused", || {
+        cert.stats(&server)["places"]["refused_per_host"].as_u64() >= Some(3 * (192 + 184))
+    });
+    honest_user_is_served();
+    // The kept ones are closed at their deadline, TLS handshake unfinished.
+    for s in &mut stalled {
+        assert!(
+            socket_closed_within(s, PATIENCE),
+            "a stalled connection stayed open"
+        );
+    }
+    drop(stalled);
+    assert_within(
+        peak.stop(),
+        base,
+        8 * 1024,
+        3 * (8 + 16) + 10,
+        3 * (8 + 16) + 10,
+    );
+    back_to(&server, base, 4 * 1024);
+    honest_user_is_served();
 }

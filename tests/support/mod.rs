@@ -208,10 +208,15 @@ impl Process {
         };
         let deadline = Instant::now() + PATIENCE;
         let pid = process.pid();
+        // Over TLS the plain probe cannot answer; the ports queue connections until
+        // the acceptors take them, so listening is enough.
+        let tls = args.contains(&"--tls-cert");
         let ready = || {
             listening(pid, ports.http)
                 && listening(pid, ports.ws)
-                && try_http_get(process.http, "/healthz", PATIENCE).is_ok_and(|r| r.status == 200)
+                && (tls
+                    || try_http_get(process.http, "/healthz", PATIENCE)
+                        .is_ok_and(|r| r.status == 200))
         };
         while !ready() {
             if let Some(status) = process.child.try_wait().unwrap() {
