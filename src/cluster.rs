@@ -41,23 +41,26 @@
 //!
 //! Every thread that loses Redis tries again with a growing pause. `redis-in`
 //! notices within a second, and the hub is told ([`Event::Linked`]). While Redis
-//! is gone:
+//! is gone, the node goes on as a single server for its own clients:
 //!
-//! * the node's clients stay connected and get a `cluster` frame saying so;
-//! * their messages are refused with an error frame. A message said on one node
-//!   alone would need an id, and any id it took could be another node's too (the
-//!   others may still reach Redis and go on counting), so it would break the one
-//!   order that `since` relies on;
-//! * the other nodes' members leave its counts.
+//! * they stay connected and get a `cluster` frame saying so;
+//! * the hub numbers their messages itself, in an epoch of the node's own (the
+//!   frame names it). An id taken here alone could be another node's too (the
+//!   others may still reach Redis and go on counting), and the epoch is what
+//!   keeps the two apart: `since` and the page compare ids of one epoch only;
+//! * the other nodes' members leave its counts; a direct message or a kick for
+//!   one of them is refused with an error.
 //!
 //! Once Redis answers again:
 //!
-//! * the id counter is raised past every id this node has seen, in case Redis
-//!   lost its data;
-//! * `redis-in` resumes after the last entry it handed over, with no gap and no
-//!   duplicate;
-//! * the clients get a second `cluster` frame, and the counts take the others
-//!   back in.
+//! * `redis-in` resumes after the last entry it handed over, so the node hears
+//!   what the others said meanwhile, with no gap and no duplicate;
+//! * the node's own epoch ends: what was said in it stays with those who heard it
+//!   (the others never did) and leaves the histories, which are the stream's again;
+//! * the clients get a second `cluster` frame with the cluster's epoch, and the
+//!   counts take the others back in;
+//! * in case Redis lost its data, the id counter is raised past every id this
+//!   node has seen, and the epoch and node counter are written back.
 //!
 //! A batch `redis-out` could not append is sent again on a new connection, a few
 //! times. Each message carries its number in this process, and the script skips
@@ -65,7 +68,8 @@
 //! twice. If every try fails, the senders get an error frame.
 //!
 //! A direct message goes through the stream too (for its id, in the same order):
-//! the target's node delivers it, the sender's node the sender's copy.
+//! the target's node delivers it, the sender's node the sender's copy. So does an
+//! admin's kick of a client on another node: that client's node closes it.
 //!
 //! Client ids are unique across the cluster: each node takes a number from
 //! `threadchat:nodes` at start and numbers its clients from `node << 32`.
@@ -117,7 +121,7 @@ const READ_BLOCK: Duration = Duration::from_millis(1_000);
 /// Appends one message under the next id, atomically: KEYS[1] the stream, KEYS[2]
 /// the id counter, KEYS[3] the numbers this process has appended (a sorted set);
 /// ARGV: MAXLEN, room, from, name, msg, ts, except, to (empty for a room
-/// message), and the message's number in this process. A number already there is
+/// message), the message's number in this process, and kick (`1` for a kick). A number already there is
 /// skipped, so a batch sent again after a lost answer is appended once; it is
 /// recorded only after the entry is in (a failed XADD ends the script, and the
 /// retry appends it). The set keeps the last 10,000 numbers.
@@ -125,7 +129,7 @@ const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 en
     local id = redis.call('INCR', KEYS[2]) \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id .. '-1', \
     'room', ARGV[2], 'from', ARGV[3], 'name', ARGV[4], 'msg', ARGV[5], \
-    'ts', ARGV[6], 'except', ARGV[7], 'to', ARGV[8]) \
+    'ts', ARGV[6], 'except', ARGV[7], 'to', ARGV[8], 'kick', ARGV[10]) \
     redis.call('ZADD', KEYS[3], ARGV[9], ARGV[9]) \
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(ARGV[9]) - 10000)) \
     redis.call('EXPIRE', KEYS[3], 86400) \
@@ -139,8 +143,8 @@ const APPEND_TRIES: u32 = 4;
 /// seen, so nobody's `XREAD` position or `since` falls behind the new entries.
 const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0')     if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end     return 0";
 
-/// A room message (or, with `to`, a direct message) from one of this node's
-/// clients, on its way to Redis.
+/// A room message (or, with `to`, a direct message, or with `kick` too, an
+/// admin's kick) from one of this node's clients, on its way to Redis.
 #[derive(Debug, Clone)]
 pub struct Publish {
     pub room: String,
@@ -150,11 +154,15 @@ pub struct Publish {
     pub except_sender: bool,
     pub ts: u64,
     pub to: Option<u64>,
+    /// `from` closes client `to`, whichever node it is on.
+    pub kick: bool,
 }
 
 /// What the hub holds of the bridge.
 #[derive(Debug, Clone)]
 pub struct HubSide {
+    /// This node's number, for an epoch of its own while cut off.
+    pub node: u64,
     /// Room and direct messages to append.
     pub outgoing: Sender<Publish>,
     /// This node's seats, mirrored for the other nodes.
@@ -271,6 +279,7 @@ impl Cluster {
     /// What the hub needs of the bridge, its end of `outgoing` included.
     pub fn hub_side(&self, outgoing: Sender<Publish>) -> HubSide {
         HubSide {
+            node: self.node,
             outgoing,
             seats: Arc::clone(&self.seats),
             highest: Arc::clone(&self.highest),
@@ -299,16 +308,20 @@ impl Cluster {
         thread::Builder::new()
             .name("redis-in".into())
             .spawn(move || read_stream(&url, after, &to_hub, &highest, &stop))?;
-        let (url, node, seats, stop) = (
+        let (url, seats, stop) = (
             self.url.clone(),
-            self.node,
             Arc::clone(&self.seats),
             Arc::clone(&self.stop),
         );
+        let keep = Keep {
+            node: self.node,
+            epoch: self.epoch,
+            highest: Arc::clone(&self.highest),
+        };
         let to_hub = hub.clone();
         thread::Builder::new()
             .name("redis-presence".into())
-            .spawn(move || share_presence(&url, node, &seats, &to_hub, &stop))?;
+            .spawn(move || share_presence(&url, &keep, &seats, &to_hub, &stop))?;
         let (url, node, highest) = (self.url.clone(), self.node, Arc::clone(&self.highest));
         thread::Builder::new()
             .name("redis-out".into())
@@ -495,7 +508,8 @@ fn append(
             .arg(m.ts)
             .arg(u8::from(m.except_sender))
             .arg(m.to.map_or_else(String::new, |to| to.to_string()))
-            .arg(number);
+            .arg(number)
+            .arg(u8::from(m.kick));
     }
     pipe.query::<Vec<u64>>(c).map(|_| ())
 }
@@ -607,6 +621,12 @@ fn message_id(entry: &str) -> Option<u64> {
 /// A stream entry as the hub's event.
 fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
     let number = |key: &str| fields.get(key)?.parse::<u64>().ok();
+    if fields.get("kick").is_some_and(|k| k == "1") {
+        return Some(Event::RelayedKick {
+            by: number("from")?,
+            id: number("to")?,
+        });
+    }
     if let Some(to) = number("to") {
         return Some(Event::RelayedDirect {
             id: message_id(id)?,
@@ -628,15 +648,25 @@ fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
     })
 }
 
+/// What every node keeps in Redis besides its presence, in case Redis lost its
+/// data (restarted without persistence): the cluster's epoch, the node counter
+/// past its number, the id counter past every id it has seen. So a node started
+/// after such a restart joins the same chat, with a number and ids of its own.
+struct Keep {
+    node: u64,
+    epoch: u64,
+    highest: Arc<AtomicU64>,
+}
+
 /// `redis-presence`: this node's seats out, the other nodes' in, until `stop`.
-fn share_presence(url: &str, node: u64, seats: &Seats, hub: &Sender<Event>, stop: &AtomicBool) {
-    let mine = format!("{PRESENCE}{node}");
+fn share_presence(url: &str, keep: &Keep, seats: &Seats, hub: &Sender<Event>, stop: &AtomicBool) {
+    let mine = format!("{PRESENCE}{}", keep.node);
     let mut link = Link::new(url);
     let mut told = None;
     while !stop.load(Ordering::Relaxed) {
         match link
             .get()
-            .and_then(|c| exchange_presence(c, node, &mine, seats))
+            .and_then(|c| exchange_presence(c, keep, &mine, seats))
         {
             Ok(elsewhere) => {
                 if told.as_ref() != Some(&elsewhere) {
@@ -660,18 +690,28 @@ fn share_presence(url: &str, node: u64, seats: &Seats, hub: &Sender<Event>, stop
 /// members elsewhere, each list sorted by id.
 fn exchange_presence(
     con: &mut redis::Connection,
-    node: u64,
+    keep: &Keep,
     mine: &str,
     seats: &Seats,
 ) -> redis::RedisResult<HashMap<String, Vec<(u64, String)>>> {
+    let node = keep.node;
     let mut pipe = redis::pipe();
-    // The node counter stays past this node's number, also after Redis lost its
-    // data, so that a node started later does not get it again.
+    pipe.cmd("SET")
+        .arg(EPOCH)
+        .arg(keep.epoch)
+        .arg("NX")
+        .ignore();
     pipe.cmd("EVAL")
         .arg(RAISE)
         .arg(1)
         .arg(NODES)
         .arg(node)
+        .ignore();
+    pipe.cmd("EVAL")
+        .arg(RAISE)
+        .arg(1)
+        .arg(IDS)
+        .arg(keep.highest.load(Ordering::Relaxed))
         .ignore();
     pipe.cmd("SADD").arg(NODE_SET).arg(node).ignore();
     pipe.atomic().cmd("DEL").arg(mine).ignore();

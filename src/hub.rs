@@ -187,6 +187,8 @@ pub enum Event {
     },
     /// Redis stopped (`up: false`) or started again answering this node.
     Linked { up: bool },
+    /// An admin client of any node closes client `id`, perhaps one of this node's.
+    RelayedKick { by: u64, id: u64 },
     /// A direct message from another node, for client `to` here.
     RelayedDirect {
         id: u64,
@@ -335,44 +337,127 @@ impl Batch {
 }
 
 /// The last messages of a room, as their JSON, oldest first.
+///
+/// They come in runs, one per epoch (one sequence of ids): a single server has
+/// one run for its whole life. A cluster node has the cluster's, and while it is
+/// cut off from Redis a second one of its own, which it forgets when the cluster
+/// is back. Ids increase within a run, not across runs.
 #[derive(Default)]
 struct History {
-    entries: VecDeque<(u64, String)>,
+    runs: Vec<Run>,
+    /// Entries in all runs, and what they hold.
+    len: usize,
     bytes: usize,
-    /// The newest id dropped from here: a replay from before it has a gap.
+}
+
+/// One epoch's part of a history.
+struct Run {
+    epoch: u64,
+    entries: VecDeque<(u64, String)>,
+    /// The newest id of this run dropped from here: a replay from before it has
+    /// a gap.
     dropped_up_to: u64,
 }
 
 impl History {
+    /// A history that holds nothing, in which every id up to `dropped_up_to` of
+    /// each `(epoch, dropped_up_to)` is missing (a room made now never heard
+    /// those).
+    fn new(missing: impl IntoIterator<Item = (u64, u64)>) -> History {
+        let mut runs: Vec<Run> = Vec::new();
+        for (epoch, dropped_up_to) in missing {
+            if runs.iter().all(|r| r.epoch != epoch) {
+                runs.push(Run {
+                    epoch,
+                    entries: VecDeque::new(),
+                    dropped_up_to,
+                });
+            }
+        }
+        History {
+            runs,
+            ..History::default()
+        }
+    }
+
     /// What one entry holds in memory: the string's allocation (which can be twice
     /// its length), its slot, and the allocator's header.
     fn cost(json: &String) -> usize {
         json.capacity().max(json.len()) + HISTORY_ENTRY_OVERHEAD
     }
 
-    fn push(&mut self, id: u64, json: String, most: usize) {
+    fn push(&mut self, epoch: u64, id: u64, json: String, most: usize) {
+        if self.runs.last().is_none_or(|run| run.epoch != epoch) {
+            self.runs.push(Run {
+                epoch,
+                entries: VecDeque::new(),
+                dropped_up_to: 0,
+            });
+        }
         self.bytes += History::cost(&json);
-        self.entries.push_back((id, json));
-        while self.entries.len() > most || self.bytes > HISTORY_BYTES {
-            let Some((old, json)) = self.entries.pop_front() else {
+        self.len += 1;
+        let run = self.runs.last_mut().expect("pushed above");
+        run.entries.push_back((id, json));
+        while self.len > most || self.bytes > HISTORY_BYTES {
+            // The oldest entry is in the first run that has any; an emptied run
+            // stays, for the ids it dropped.
+            let Some(run) = self.runs.iter_mut().find(|r| !r.entries.is_empty()) else {
                 break;
             };
+            let (old, json) = run.entries.pop_front().expect("found non-empty");
             self.bytes -= History::cost(&json);
-            self.dropped_up_to = old;
+            self.len -= 1;
+            run.dropped_up_to = old;
         }
     }
 
-    /// The messages after `since` (all of them without), and whether some of
-    /// those are no longer here.
-    fn after(&self, since: Option<u64>) -> (bool, impl Iterator<Item = &String>) {
-        let gap = since.is_some_and(|since| since < self.dropped_up_to);
-        let since = since.unwrap_or(0);
-        let entries = self
+    /// The messages after `since` of `epoch` (all of them without `since`), and
+    /// whether some of those are no longer here. `current` is the hub's epoch:
+    /// a client of it that shows nothing newer than every run here needs nothing.
+    /// An epoch this history does not know (another server run, a cut-off that
+    /// is over) gets everything, with a gap.
+    fn after(
+        &self,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        current: u64,
+    ) -> (bool, impl Iterator<Item = &String>) {
+        let epoch = epoch.unwrap_or(current);
+        let (gap, from_run, since) = match since {
+            None => (false, 0, 0),
+            Some(since) => match self.runs.iter().position(|r| r.epoch == epoch) {
+                Some(at) => (since < self.runs[at].dropped_up_to, at, since),
+                None if epoch == current => (false, self.runs.len(), 0),
+                None => (true, 0, 0),
+            },
+        };
+        let entries = self.runs[from_run..]
+            .iter()
+            .enumerate()
+            .flat_map(move |(n, run)| {
+                // `since` is an id of the first run taken; the later ones are all
+                // after it.
+                let since = if n == 0 { since } else { 0 };
+                run.entries
+                    .iter()
+                    .filter(move |(id, _)| *id > since)
+                    .map(|(_, json)| json)
+            });
+        (gap, entries)
+    }
+
+    /// Drops the run of `epoch`, if there is one.
+    fn forget(&mut self, epoch: u64) {
+        let Some(at) = self.runs.iter().position(|r| r.epoch == epoch) else {
+            return;
+        };
+        let run = self.runs.remove(at);
+        self.len -= run.entries.len();
+        self.bytes -= run
             .entries
             .iter()
-            .filter(move |(id, _)| *id > since)
-            .map(|(_, json)| json);
-        (gap, entries)
+            .map(|(_, j)| History::cost(j))
+            .sum::<usize>();
     }
 }
 
@@ -445,11 +530,18 @@ struct Hub {
     /// Frames of this turn, and messages among them, for the batch bound and /stats.
     turn_bytes: usize,
     turn_messages: u64,
-    /// Id of the last message or direct message relayed.
+    /// Id of the last message or direct message relayed (in a cluster: of the
+    /// cluster's, the highest seen).
     last_message_id: u64,
+    /// The epoch of what the hub delivers now: the server run's or the
+    /// cluster's, or while cut off from the cluster one of this node's own.
+    epoch: u64,
+    /// While cut off: the last id this node gave a message itself, in `epoch`.
+    own_ids: u64,
     /// In a cluster: the members of each room on the other nodes.
     elsewhere: HashMap<String, Vec<(u64, String)>>,
-    /// In a cluster: Redis answers. While it does not, messages are refused.
+    /// In a cluster: Redis answers. While it does not, this node's clients chat
+    /// among themselves, in an epoch of the node's own.
     linked: bool,
     /// In a cluster: the other nodes' members as last reported, also while
     /// unlinked (when `elsewhere` is empty).
@@ -504,6 +596,8 @@ impl Hub {
             turn_bytes: 0,
             turn_messages: 0,
             last_message_id,
+            epoch: settings.epoch,
+            own_ids: 0,
             elsewhere: HashMap::new(),
             linked: true,
             reported: HashMap::new(),
@@ -604,6 +698,7 @@ impl Hub {
                 self.reported = rooms;
             }
             Event::Linked { up } => self.linked_changed(up),
+            Event::RelayedKick { by, id } => self.kick_out(id, by),
             Event::RelayedDirect {
                 id,
                 ts,
@@ -755,10 +850,10 @@ impl Hub {
             count,
             protocol,
             room: Some(&room),
-            epoch: Some(self.settings.epoch),
+            epoch: Some(self.epoch),
         };
         let mut prefix = encode(&welcome, format);
-        let (_, history) = target.history.after(None);
+        let (_, history) = target.history.after(None, None, self.epoch);
         append_history(&mut prefix, history, format);
         self.seats.insert(
             id,
@@ -778,15 +873,11 @@ impl Hub {
     }
 
     fn message(&mut self, from: u64, message: ChatMessage, except_sender: bool) {
-        let Some(seat) = self.seats.get(&from) else {
+        if !self.seats.contains_key(&from) {
             return; // left (or kicked) while the message was on its way
-        };
-        if let Some(side) = &self.settings.cluster {
-            if !self.linked {
-                // An id taken here alone could be another node's too: nothing is
-                // said until the cluster can order it.
-                return self.reply_error(from, &InputError::NotRelayed(UNLINKED));
-            }
+        }
+        if let Some(side) = self.settings.cluster.as_ref().filter(|_| self.linked) {
+            let seat = &self.seats[&from];
             // Delivered when Redis hands it back, in the cluster's order.
             let publish = Publish {
                 room: seat.room.clone(),
@@ -796,17 +887,18 @@ impl Hub {
                 except_sender,
                 ts: unix_millis(),
                 to: None,
+                kick: false,
             };
             if !cluster::offer(&side.outgoing, publish) {
                 self.reply_error(from, &InputError::NotRelayed("the chat is busy: try again"));
             }
             return;
         }
+        let id = self.take_id();
+        let seat = &self.seats[&from];
         let Some(room) = self.rooms.get_mut(&seat.room) else {
             return;
         };
-        self.last_message_id += 1;
-        let id = self.last_message_id;
         log::debug!(
             "message {id} from client {from} in {}: {}: {}",
             seat.room,
@@ -827,7 +919,7 @@ impl Hub {
             &seat.room,
             &frame,
             except_sender,
-            self.settings.history,
+            (self.epoch, self.settings.history),
         );
         self.turn_messages += 1;
         room.last_used = self.clock;
@@ -875,7 +967,7 @@ impl Hub {
             &room_name,
             &frame,
             except_sender,
-            self.settings.history,
+            (self.settings.epoch, self.settings.history),
         );
         self.turn_messages += 1;
         room.last_used = self.clock;
@@ -900,16 +992,16 @@ impl Hub {
             .get_mut(&room)
             .expect("made before the turn was flushed, and only empty rooms are dropped");
         target.last_used = clock;
-        // Another run of the server: its ids say nothing about this one's, so the
-        // whole history is sent and the reply says some may be missing.
-        let other_run = epoch.is_some_and(|e| e != self.settings.epoch);
-        let (gap, history) = target.history.after(if other_run { None } else { since });
+        // `since` of an epoch this room does not know (another server run, a
+        // cut-off that is over): its ids say nothing about these, so the whole
+        // history is sent and the reply says some may be missing.
+        let (gap, history) = target.history.after(since, epoch, self.epoch);
         let staying = old == room;
         let elsewhere = others(&self.elsewhere, &room);
         let joined = Outgoing::Joined {
             room: &room,
             count: target.members.len() + usize::from(!staying) + elsewhere,
-            gap: gap || (other_run && since.is_some()),
+            gap,
         };
         let mut prefix = encode(&joined, format);
         append_history(&mut prefix, history, format);
@@ -946,10 +1038,11 @@ impl Hub {
     }
 
     fn direct(&mut self, from: u64, name: &str, to: u64, msg: &str) {
-        if let Some(side) = &self.settings.cluster {
-            if !self.linked {
-                return self.reply_error(from, &InputError::NotRelayed(UNLINKED));
-            }
+        if self.settings.cluster.is_some() && !self.linked && !self.seats.contains_key(&to) {
+            // Perhaps on another node, which cannot be reached now.
+            return self.reply_error(from, &InputError::NotRelayed(UNLINKED));
+        }
+        if let Some(side) = self.settings.cluster.as_ref().filter(|_| self.linked) {
             // Through Redis, like a room message, for its id; the target's node
             // delivers it, the sender's node the sender's copy.
             let known = self.seats.contains_key(&to)
@@ -965,6 +1058,7 @@ impl Hub {
                 except_sender: false,
                 ts: unix_millis(),
                 to: Some(to),
+                kick: false,
             };
             if !cluster::offer(&side.outgoing, publish) {
                 self.reply_error(from, &InputError::NotRelayed("the chat is busy: try again"));
@@ -974,9 +1068,22 @@ impl Hub {
         if !(self.seats.contains_key(&to) && self.seats.contains_key(&from)) {
             return self.reply_error(from, &InputError::NoSuchClient(to));
         }
-        self.last_message_id += 1;
-        let id = self.last_message_id;
+        let id = self.take_id();
         self.deliver_direct(id, unix_millis(), from, name, to, msg);
+    }
+
+    /// The id of a message this hub numbers itself: a single server's next, or,
+    /// on a node cut off from its cluster, the next of the node's own epoch. Those
+    /// go on from the cluster's last id, but may be any other node's too, which is
+    /// why they have an epoch of their own.
+    fn take_id(&mut self) -> u64 {
+        if self.epoch == self.settings.epoch {
+            self.last_message_id += 1;
+            self.last_message_id
+        } else {
+            self.own_ids += 1;
+            self.own_ids
+        }
     }
 
     /// A direct message to `to` and the sender's copy, to whichever of the two is
@@ -1018,11 +1125,29 @@ impl Hub {
 
     /// Redis stopped or started answering: every room here hears it, and while it
     /// is gone the other nodes' members are out of this node's counts.
+    ///
+    /// Cut off, the node goes on as a single server for its own clients: it
+    /// numbers their messages itself, in a new epoch, so that no id of its own can
+    /// be mistaken for one the cluster gives meanwhile (the other nodes may still
+    /// reach Redis and go on counting). When Redis is back, that epoch ends: what
+    /// was said in it stays with those who heard it and leaves the histories, so
+    /// every node's history is the stream's again, and `redis-in` delivers what
+    /// the others said meanwhile.
     fn linked_changed(&mut self, up: bool) {
         if up == self.linked {
             return;
         }
         self.linked = up;
+        if up {
+            for room in self.rooms.values_mut() {
+                room.history.forget(self.epoch);
+            }
+            self.epoch = self.settings.epoch;
+        } else {
+            let node = self.settings.cluster.as_ref().map_or(0, |c| c.node);
+            self.epoch = own_epoch(node);
+            self.own_ids = self.last_message_id;
+        }
         log::warn!(
             "cluster: Redis {}",
             if up {
@@ -1040,9 +1165,13 @@ impl Hub {
         let msg = if up {
             "the chat's other nodes can be reached again"
         } else {
-            "the chat's other nodes cannot be reached: messages are refused until they can"
+            "the chat's other nodes cannot be reached: until they can, only this server's clients hear you"
         };
-        let frame = Outgoing::Cluster { connected: up, msg };
+        let frame = Outgoing::Cluster {
+            connected: up,
+            msg,
+            epoch: self.epoch,
+        };
         let json = frame.to_json();
         for (name, room) in &mut self.rooms {
             if room.members.is_empty() {
@@ -1094,8 +1223,43 @@ impl Hub {
         if !self.seats.contains_key(&by) {
             return; // kicked itself meanwhile
         }
-        let Some(seat) = self.seats.remove(&id) else {
+        if self.seats.contains_key(&id) {
+            return self.kick_out(id, by);
+        }
+        let Some(side) = &self.settings.cluster else {
             return self.reply_error(by, &InputError::NoSuchClient(id));
+        };
+        if !self.linked {
+            return self.reply_error(by, &InputError::NotRelayed(UNLINKED));
+        }
+        if !self
+            .elsewhere
+            .values()
+            .flatten()
+            .any(|(there, _)| *there == id)
+        {
+            return self.reply_error(by, &InputError::NoSuchClient(id));
+        }
+        // Its node removes it when the kick comes back through the stream.
+        let publish = Publish {
+            room: String::new(),
+            from: by,
+            name: String::new(),
+            msg: String::new(),
+            except_sender: false,
+            ts: unix_millis(),
+            to: Some(id),
+            kick: true,
+        };
+        if !cluster::offer(&side.outgoing, publish) {
+            self.reply_error(by, &InputError::NotRelayed("the chat is busy: try again"));
+        }
+    }
+
+    /// Closes client `id` with 4001, by order of client `by` (of any node).
+    fn kick_out(&mut self, id: u64, by: u64) {
+        let Some(seat) = self.seats.remove(&id) else {
+            return;
         };
         log::info!("client {id} kicked by client {by}");
         self.mirror(id, None);
@@ -1146,11 +1310,11 @@ impl Hub {
             }
         }
         // A room made anew has no history: a replay from any message before now
-        // has a gap.
-        let history = History {
-            dropped_up_to: self.last_message_id,
-            ..History::default()
-        };
+        // has a gap (in the cluster's epoch, and in this node's own while cut off).
+        let history = History::new([
+            (self.settings.epoch, self.last_message_id),
+            (self.epoch, self.own_ids),
+        ]);
         self.rooms.insert(room.to_string(), Room::new(history));
         Ok(())
     }
@@ -1295,7 +1459,7 @@ fn post(
     room_name: &str,
     frame: &Outgoing<'_>,
     except_sender: bool,
-    history: usize,
+    (epoch, history): (u64, usize),
 ) -> usize {
     let Outgoing::Message { id, from, .. } = *frame else {
         unreachable!("post is given message frames")
@@ -1306,12 +1470,20 @@ fn post(
         sender.except.push(at);
     }
     let bytes = json.len();
-    room.history.push(id, json, history);
+    room.history.push(epoch, id, json, history);
     bytes
 }
 
-/// Why a message is refused while Redis does not answer.
+/// Why a direct message or kick for another node is refused while Redis does not
+/// answer.
 const UNLINKED: &str = "the chat's other nodes cannot be reached: try again in a moment";
+
+/// An epoch of node `node`'s own, for a time cut off from its cluster: unlike
+/// every other, as its clock and number make it. Past any cluster's (a time in
+/// milliseconds), and below 2^53, for the page's JavaScript.
+fn own_epoch(node: u64) -> u64 {
+    (unix_millis() << 10) | (node & 1023)
+}
 
 /// How many of `room`'s members are on other nodes (0 without a cluster).
 fn others(elsewhere: &HashMap<String, Vec<(u64, String)>>, room: &str) -> usize {
@@ -1505,29 +1677,77 @@ mod tests {
     fn history_keeps_the_newest_and_knows_what_it_dropped() {
         let mut history = History::default();
         for id in 1..=5 {
-            history.push(id, format!("{{\"id\":{id}}}"), 3);
+            history.push(1, id, format!("{{\"id\":{id}}}"), 3);
         }
-        let (gap, kept) = history.after(None);
+        let (gap, kept) = history.after(None, None, 1);
         assert!(!gap);
         assert_eq!(kept.count(), 3);
-        let (gap, after) = history.after(Some(3));
+        let (gap, after) = history.after(Some(3), Some(1), 1);
         assert!(!gap, "3 and before are not needed");
         assert_eq!(
             after.cloned().collect::<Vec<_>>(),
             ["{\"id\":4}", "{\"id\":5}"]
         );
-        let (gap, _) = history.after(Some(1));
+        let (gap, _) = history.after(Some(1), None, 1);
         assert!(gap, "2 was dropped");
+        let (gap, all) = history.after(Some(5), Some(7), 1);
+        assert!(gap, "another run's ids say nothing about these");
+        assert_eq!(all.count(), 3);
         // And a byte bound whatever the count.
         let mut history = History::default();
         for id in 1..=100 {
-            history.push(id, "x".repeat(4096), 1000);
+            history.push(1, id, "x".repeat(4096), 1000);
         }
         assert!(history.bytes <= HISTORY_BYTES);
-        assert_eq!(
-            history.entries.len(),
-            HISTORY_BYTES / (4096 + HISTORY_ENTRY_OVERHEAD)
-        );
+        assert_eq!(history.len, HISTORY_BYTES / (4096 + HISTORY_ENTRY_OVERHEAD));
+    }
+
+    #[test]
+    fn a_cut_off_node_s_own_run_follows_the_cluster_s_and_is_forgotten_after() {
+        const CLUSTER: u64 = 10;
+        const OWN: u64 = 20;
+        let replay = |h: &History, since, epoch, current| {
+            let (gap, it) = h.after(Some(since), Some(epoch), current);
+            (gap, it.cloned().collect::<Vec<_>>())
+        };
+        let mut history = History::new([(CLUSTER, 0)]);
+        for id in 1..=3 {
+            history.push(CLUSTER, id, format!("c{id}"), 5);
+        }
+        // Cut off: the node numbers on from 3 in its own epoch.
+        for id in 4..=5 {
+            history.push(OWN, id, format!("o{id}"), 5);
+        }
+        // A client of the cluster's epoch misses the rest of it and all of the own.
+        let (gap, after) = replay(&history, 2, CLUSTER, OWN);
+        assert!(!gap);
+        assert_eq!(after, ["c3", "o4", "o5"]);
+        // One of the own epoch: its ids are only compared with the own run's.
+        let (gap, after) = replay(&history, 4, OWN, OWN);
+        assert!(!gap);
+        assert_eq!(after, ["o5"]);
+        // The own run pushes the cluster's oldest out, and the gap is the cluster's.
+        history.push(OWN, 6, "o6".into(), 5);
+        let (gap, _) = replay(&history, 0, CLUSTER, OWN);
+        assert!(gap, "c1 was dropped");
+        let (gap, _) = replay(&history, 1, CLUSTER, OWN);
+        assert!(!gap, "nothing after c1 was");
+        // Back in the cluster: the own run goes; the cluster's ids go on (the
+        // other nodes took 4 and 5 meanwhile), and so does the count of what is held.
+        history.forget(OWN);
+        assert_eq!(history.len, 2);
+        history.push(CLUSTER, 4, "c4".into(), 5);
+        let (gap, after) = replay(&history, 3, CLUSTER, CLUSTER);
+        assert!(!gap);
+        assert_eq!(after, ["c4"]);
+        let (gap, all) = replay(&history, 5, OWN, CLUSTER);
+        assert!(gap, "an epoch that is over");
+        assert_eq!(all, ["c2", "c3", "c4"]);
+        let bytes: usize = ["c2", "c3", "c4"]
+            .iter()
+            .map(|t| History::cost(&t.to_string()))
+            .sum();
+        assert_eq!(history.bytes, bytes);
     }
 
     /// A client on a loopback connection: its outbox, and the other end to read.

@@ -414,6 +414,9 @@ pub enum Outgoing<'a> {
         connected: bool,
         /// Says it in words.
         msg: &'a str,
+        /// The epoch of the messages from now on (as `welcome`'s): this node's
+        /// own while cut off, the cluster's again after.
+        epoch: u64,
     },
     /// First frame a new client gets: who it is and how many are here.
     Welcome {

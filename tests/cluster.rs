@@ -4,9 +4,11 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use support::*;
@@ -37,8 +39,100 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        redis_url(self.port)
     }
+}
+
+fn redis_url(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}/")
+}
+
+/// A TCP relay between one node and Redis that the test can cut, as a network
+/// would: while cut, every connection through it is shut down and new ones are
+/// closed at once. Its threads end with the test process.
+struct Cable {
+    addr: std::net::SocketAddr,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Cable {
+    fn to(redis: &Redis) -> Cable {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, open) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let (cut_, open_, port) = (Arc::clone(&cut), Arc::clone(&open), redis.port);
+        thread::spawn(move || {
+            for near in listener.incoming().flatten() {
+                if cut_.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(far) = TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let mut list = open_.lock().unwrap();
+                list.push(near.try_clone().unwrap());
+                list.push(far.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (near.try_clone().unwrap(), far.try_clone().unwrap()),
+                    (far, near),
+                ] {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cable { addr, cut, open }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn mend(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Asks `who` until the answer lists client `id` (by `name`, if given): the
+/// other nodes' members arrive with the next presence reading.
+fn wait_until_who_lists(client: &mut Client, id: u64, name: Option<&str>) {
+    eventually("who lists the other node's client", || {
+        client.send_text(r#"{"type":"who"}"#);
+        let who = client.recv_type("who");
+        who["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id && name.is_none_or(|n| m["name"] == n))
+    });
+}
+
+/// The next error `client` gets names client `id`.
+fn assert_refused_for(client: &mut Client, id: u64) {
+    let error = client.recv_type("error");
+    assert!(
+        error["msg"].as_str().unwrap().contains(&id.to_string()),
+        "{error}"
+    );
+}
+
+/// The epoch a node's clients are told in `welcome`.
+fn epoch_of(server: &Server) -> u64 {
+    let mut probe = Client::connect(&server.ws_url("/"));
+    probe.recv_type("welcome")["epoch"].as_u64().unwrap()
 }
 
 /// A free port below the kernel's ephemeral range (32768 and up), where no
@@ -178,47 +272,76 @@ fn a_room_spans_the_nodes_and_stays_apart_from_the_others() {
 }
 
 #[test]
-fn without_redis_clients_are_told_and_kept_and_the_cluster_heals_when_it_is_back() {
+fn without_redis_each_node_chats_on_alone_and_the_cluster_heals_when_it_is_back() {
     let redis = Redis::start();
     let port = redis.port;
     let (a, b) = (node(&redis), node(&redis));
+    let epoch = epoch_of(&a);
     let mut ann = Client::join(&a);
     let mut amy = Client::join(&a);
     let mut bob = Client::join(&b);
     ann.send_chat("ann", "before");
     let before = bob.recv_type("message");
     assert_eq!(before["msg"], "before");
+    assert_eq!(amy.recv_type("message")["msg"], "before");
 
     drop(redis);
-    // Every client hears that the other nodes cannot be reached; none is cut off.
+    // Every client hears that the other nodes cannot be reached, and the epoch its
+    // node numbers messages in from now on: one of the node's own. None is cut off.
+    let mut own = Vec::new();
     for client in [&mut ann, &mut amy, &mut bob] {
         let note = client.recv_type("cluster");
         assert_eq!(note["connected"], false, "{note}");
+        own.push(note["epoch"].as_u64().unwrap());
     }
-    // A message now would have no place in the cluster's order: it is refused,
-    // with a reason, and the connection goes on.
-    ann.send_chat("ann", "into the void");
-    let refused = ann.recv_type("error");
+    assert_eq!(own[0], own[1], "one node, one epoch");
     assert!(
-        refused["msg"]
-            .as_str()
-            .unwrap()
-            .starts_with("message not sent"),
-        "{refused}"
+        own[0] != epoch && own[2] != epoch && own[0] != own[2],
+        "{own:?} against {epoch}"
     );
+    // Local chat goes on, on each node apart.
+    ann.send_chat("ann", "just us on a");
+    let local = amy.recv_type("message");
+    assert_eq!(local["msg"], "just us on a");
+    assert!(local["id"].as_u64() > before["id"].as_u64(), "{local}");
+    bob.send_chat("bob", "just me on b");
+    assert_eq!(bob.recv_type("message")["msg"], "just me on b");
     ann.send_text(r#"{"type":"ping"}"#);
     ann.recv_type("pong");
+    // Someone arriving on a meanwhile hears all a has, in a's epoch; resuming from
+    // the cluster's last message, exactly what a said since.
+    let mut ada = Client::connect(&a.ws_url("/"));
+    let welcome = ada.recv_type("welcome");
+    assert_eq!(welcome["epoch"].as_u64(), Some(own[0]), "{welcome}");
+    let heard: Vec<String> = messages(&mut ada, 2).into_iter().map(|m| m.1).collect();
+    assert_eq!(heard, ["before", "just us on a"]);
+    ada.send_text(&format!(
+        r#"{{"type":"join","room":"lobby","since":{},"epoch":{epoch}}}"#,
+        before["id"]
+    ));
+    let joined = ada.recv_type("joined");
+    assert_ne!(joined["gap"], true, "{joined}");
+    let replay = ada.recv_type("message");
+    assert_eq!(
+        (replay["msg"].as_str(), replay["history"].as_bool()),
+        (Some("just us on a"), Some(true))
+    );
 
     let _redis = Redis::start_on(port);
-    for client in [&mut ann, &mut amy, &mut bob] {
+    for client in [&mut ann, &mut amy, &mut bob, &mut ada] {
         let note = client.recv_type("cluster");
-        assert_eq!(note["connected"], true, "{note}");
+        assert_eq!(
+            (note["connected"].as_bool(), note["epoch"].as_u64()),
+            (Some(true), Some(epoch)),
+            "{note}"
+        );
     }
     // One chat again: the next message reaches both nodes, once, with an id past
-    // everything before (Redis started empty: the counter was raised).
+    // everything before (Redis started empty: the counter was raised). What a
+    // said alone never reaches b.
     ann.send_chat("ann", "after");
     let heard = bob.recv_type("message");
-    assert_eq!(heard["msg"], "after");
+    assert_eq!(heard["msg"], "after", "b hears nothing of a's time alone");
     assert!(
         heard["id"].as_u64() > before["id"].as_u64(),
         "{heard} after {before}"
@@ -230,6 +353,193 @@ fn without_redis_clients_are_told_and_kept_and_the_cluster_heals_when_it_is_back
     );
     ann.send_chat("ann", "and again");
     assert_eq!(bob.recv_type("message")["msg"], "and again");
+    // The time alone has left the histories: both nodes tell newcomers the same.
+    let told = |server: &Server| {
+        let mut newcomer = Client::connect(&server.ws_url("/"));
+        messages(&mut newcomer, 3)
+    };
+    let on_a = told(&a);
+    assert_eq!(
+        on_a.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(),
+        ["before", "after", "and again"]
+    );
+    assert_eq!(on_a, told(&b));
+    // And the cluster's epoch is in Redis again: a node started now is in the same
+    // chat.
+    let mut con = redis::Client::open(redis_url(port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    eventually("the epoch is written back", || {
+        redis::cmd("GET")
+            .arg("threadchat:epoch")
+            .query::<Option<u64>>(&mut con)
+            .unwrap()
+            == Some(epoch)
+    });
+    let c = Server::start(&["--redis", &redis_url(port)]);
+    assert_eq!(epoch_of(&c), epoch);
+}
+
+#[test]
+fn a_node_cut_off_alone_chats_on_and_catches_up_when_it_is_back() {
+    let redis = Redis::start();
+    let cable = Cable::to(&redis);
+    let a = Server::start(&["--redis", &cable.url(), "--rate", "1000", "--burst", "1000"]);
+    let b = node(&redis);
+    let epoch = epoch_of(&b);
+    let mut ann = Client::join(&a);
+    let mut amy = Client::join(&a);
+    let mut bob = Client::join(&b);
+    ann.send_chat("ann", "before");
+    for client in [&mut amy, &mut bob] {
+        assert_eq!(client.recv_type("message")["msg"], "before");
+    }
+
+    cable.cut();
+    for client in [&mut ann, &mut amy] {
+        let note = client.recv_type("cluster");
+        assert_eq!(note["connected"], false, "{note}");
+        assert_ne!(note["epoch"].as_u64(), Some(epoch), "{note}");
+    }
+    // a chats alone; b, which still has Redis, goes on as the cluster.
+    ann.send_chat("ann", "only a hears this");
+    assert_eq!(amy.recv_type("message")["msg"], "only a hears this");
+    bob.send_chat("bob", "b goes on");
+    let meanwhile = bob.recv_type("message");
+    assert_eq!(meanwhile["msg"], "b goes on");
+
+    cable.mend();
+    for client in [&mut ann, &mut amy] {
+        let note = client.recv_type("cluster");
+        assert_eq!(
+            (note["connected"].as_bool(), note["epoch"].as_u64()),
+            (Some(true), Some(epoch)),
+            "{note}"
+        );
+    }
+    // a catches up on what b said meanwhile, in the cluster's order, once.
+    for client in [&mut ann, &mut amy] {
+        let caught = client.recv_type("message");
+        assert_eq!(
+            (caught["msg"].as_str(), caught["id"].as_u64()),
+            (Some("b goes on"), meanwhile["id"].as_u64())
+        );
+    }
+    bob.send_chat("bob", "after");
+    ann.send_chat("ann", "one chat");
+    let mut seen = Vec::new();
+    for client in [&mut ann, &mut amy, &mut bob] {
+        let got = messages(client, 2);
+        assert!(got[0].0 > meanwhile["id"].as_u64().unwrap(), "{got:?}");
+        seen.push(got);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "one order: {seen:?}");
+    // Newcomers on either node hear the cluster's history, without a's time alone.
+    let told = |server: &Server| {
+        let mut newcomer = Client::connect(&server.ws_url("/"));
+        messages(&mut newcomer, 4)
+    };
+    let on_b = told(&b);
+    let mut said: Vec<&str> = on_b.iter().map(|m| m.1.as_str()).collect();
+    said[2..].sort_unstable();
+    assert_eq!(said, ["before", "b goes on", "after", "one chat"]);
+    assert_eq!(told(&a), on_b);
+}
+
+#[test]
+fn an_admin_on_one_node_kicks_a_client_of_another() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let args = [
+        "--redis",
+        &url,
+        "--admin-token",
+        "s3cret",
+        "--rate",
+        "1000",
+        "--burst",
+        "1000",
+    ];
+    let (a, b) = (Server::start(&args), Server::start(&args));
+    let mut admin = Client::connect(&a.ws_url("/?admin=s3cret"));
+    admin.recv_type("welcome");
+    let mut victim = Client::join(&b);
+    let victim_id = victim.id.unwrap();
+    let mut witness = Client::join(&b);
+    // The admin's node must know of the victim (presence, within a second).
+    wait_until_who_lists(&mut admin, victim_id, None);
+    admin.send_text(&format!(r#"{{"type":"kick","id":{victim_id}}}"#));
+    assert_eq!(victim.recv_close(), 4001);
+    let removed = loop {
+        let note = witness.recv_type("notification");
+        if note["id"] == victim_id {
+            break note;
+        }
+    };
+    assert_eq!(removed["event"], "kick", "{removed}");
+    // An id no node has is an error, as on one node.
+    admin.send_text(r#"{"type":"kick","id":12345}"#);
+    assert_refused_for(&mut admin, 12345);
+}
+
+#[test]
+fn a_flooding_client_is_held_to_its_rate_before_anything_reaches_redis() {
+    let redis = Redis::start();
+    let url = redis.url();
+    // The default flood control: 10 frames a second, bursts of 20.
+    let a = Server::start(&["--redis", &url]);
+    let b = node(&redis);
+    let mut honest_here = Client::join(&a);
+    let mut honest_there = Client::join(&b);
+    let mut flooder = Client::join(&a);
+    let flooder_id = flooder.id.unwrap();
+    let started = std::time::Instant::now();
+    // As fast as the socket takes them, never reading: cut off with 1008 once the
+    // dropped frames run 100 ahead of the accepted ones.
+    let mut sent = 0;
+    while sent < 5_000 {
+        let frame = serde_json::json!({"name": "flood", "msg": format!("{sent:0>500}")});
+        if flooder
+            .ws
+            .send(tungstenite::Message::text(frame.to_string()))
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(flooder.wait_for_socket_closed(), "the flooder is cut off");
+    let elapsed = started.elapsed().as_secs_f64();
+    // Meanwhile the chat goes on across both nodes.
+    honest_there.send_chat("bob", "still here");
+    loop {
+        let m = honest_here.recv_type("message");
+        if m["msg"] == "still here" {
+            break;
+        }
+    }
+    // Redis holds only what the rate let through: the burst, and 10 a second.
+    let mut con = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("threadchat:messages")
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    let flooded = entries
+        .iter()
+        .filter(|(_, fields)| fields.get("from") == Some(&flooder_id.to_string()))
+        .count();
+    let allowed = 20 + (10.0 * (elapsed + 1.0)) as usize;
+    assert!(
+        flooded <= allowed,
+        "{flooded} of {sent} frames reached Redis in {elapsed:.1} s"
+    );
+    assert!(flooded >= 1, "the burst went through");
 }
 
 #[test]
@@ -251,15 +561,7 @@ fn counts_who_and_direct_messages_cover_the_cluster() {
         }
     };
     assert_eq!(joined["count"], 2, "{joined}");
-    eventually("ann's who lists bob", || {
-        ann.send_text(r#"{"type":"who"}"#);
-        let who = ann.recv_type("who");
-        who["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["id"] == bob_id && m["name"] == "bob")
-    });
+    wait_until_who_lists(&mut ann, bob_id, Some("bob"));
     // A direct message crosses nodes: bob gets it, ann her copy, with one id.
     ann.send_text(&format!(
         r#"{{"type":"direct","to":{bob_id},"msg":"psst"}}"#
@@ -274,12 +576,7 @@ fn counts_who_and_direct_messages_cover_the_cluster() {
     );
     // Nobody anywhere has this id.
     ann.send_text(r#"{"type":"direct","to":12345,"msg":"hello?"}"#);
-    assert!(
-        ann.recv_type("error")["msg"]
-            .as_str()
-            .unwrap()
-            .contains("12345")
-    );
+    assert_refused_for(&mut ann, 12345);
 }
 
 #[test]

@@ -10,7 +10,9 @@
 // - Protocol v2 (docs/PROTOCOL.md): the page says `hello` with its name, `join`s the
 //   room it remembers on every (re)connect, resuming from the last message id it
 //   showed there (`since`, with the server's `epoch`), and drops replayed messages
-//   it already shows. Nothing typed goes out before that join, so a message always
+//   it already shows. Ids are one sequence per epoch (a server run, a cluster, a
+//   node cut off from its cluster for a while), so the page keeps where it is in
+//   each epoch it has seen, and knows a message by its id, sender and time. Nothing typed goes out before that join, so a message always
 //   lands in the room on screen.
 'use strict';
 
@@ -44,7 +46,7 @@ const SLOW_RUN_MS = 3000;    // rate-limit errors this close together share a no
 let socket = null;
 let ready = false;        // welcome handled and our join sent: frames may go out
 let myId = null;          // from the welcome frame: marks our own messages
-let epoch = null;         // the server run of the last welcome
+let epoch = null;         // the epoch of what arrives now: welcome's, or a cluster frame's
 let online = null;        // count of the current room, from joined/notifications
 let wanted = true;        // false after the user pressed Disconnect
 let backoff = BACKOFF_START_MS;
@@ -84,9 +86,10 @@ let whoTimer = null;
 let retryFrames = null;   // after a rate-limit error: our own frames sent again
 let slow = null;          // the rate-limit notice of the current run of them
 
-// Per room: its log (in #chat when on screen, else parked in a fragment), the ids
-// shown (for dropping replays), the newest one and the server run they belong to.
+// Per room: its log (in #chat when on screen, else parked in a fragment), the
+// messages shown (for dropping replays), and the newest id shown in each epoch.
 const logs = new Map();
+const EPOCHS_KEPT = 4;    // a room remembers its place in this many epochs
 
 function storedRoom() {
   const saved = localStorage.getItem(ROOM_KEY);
@@ -96,8 +99,8 @@ function storedRoom() {
 function logOf(name) {
   let log = logs.get(name);
   if (!log) {
-    log = { parked: document.createDocumentFragment(), seen: new Set(), lastId: 0,
-            epoch: null, shown: false };
+    log = { parked: document.createDocumentFragment(), seen: new Set(),
+            lastIds: new Map(), shown: false };
     logs.set(name, log);
   }
   return log;
@@ -264,15 +267,25 @@ function sayHello() {
   transmit({ type: 'hello', name });
 }
 
-/** The join for `name`: resuming after what this page shows, if it shows any. */
+/** The join for `name`: resuming after what this page shows, if it shows any:
+ *  in the server's epoch if we have been in it, else in the latest we were in. */
 function joinFrame(name) {
   const frame = { type: 'join', room: name };
   const log = logs.get(name);
-  if (log && log.shown && log.epoch !== null) {
-    frame.since = log.lastId;
-    frame.epoch = log.epoch;
+  if (log && log.shown && log.lastIds.size > 0) {
+    const resume = log.lastIds.has(epoch) ? epoch : [...log.lastIds.keys()].pop();
+    frame.since = log.lastIds.get(resume);
+    frame.epoch = resume;
   }
   return frame;
+}
+
+/** Notes that `log` shows message `id` of the current epoch. */
+function shownUpTo(log, id) {
+  const last = Math.max(log.lastIds.get(epoch) ?? 0, id);
+  log.lastIds.delete(epoch); // re-inserted: the Map's last key is the latest epoch
+  log.lastIds.set(epoch, last);
+  while (log.lastIds.size > EPOCHS_KEPT) log.lastIds.delete(log.lastIds.keys().next().value);
 }
 
 function welcome(data) {
@@ -291,7 +304,6 @@ function welcome(data) {
   if (room === serverRoom && !log.shown) {
     // Nothing shown yet and already where we want to be: the history that
     // follows the welcome is the room's.
-    log.epoch = epoch;
     log.shown = true;
     syncedRoom = room;
     online = data.count;
@@ -299,18 +311,10 @@ function welcome(data) {
   } else {
     transmit(joinFrame(room));
     joining = room;
-    if (log.epoch !== epoch) forget(log);
   }
   showRoomNow();
   while (outbox.length) transmit(outbox.shift());
   setStatus('online');
-}
-
-/** A new server run: its ids say nothing about the ones shown. */
-function forget(log) {
-  log.seen = new Set();
-  log.lastId = 0;
-  log.epoch = epoch;
 }
 
 function joined(data) {
@@ -318,7 +322,6 @@ function joined(data) {
   syncedRoom = data.room;
   if (joining === data.room) joining = null;
   const log = logOf(data.room);
-  if (log.epoch !== epoch) forget(log);
   log.shown = true;
   if (data.gap) {
     addEntry('notice gap', [['text',
@@ -348,9 +351,11 @@ function message(data) {
   const where = data.room || serverRoom;
   if (!belongs(where, data.history)) return;
   const log = logOf(where);
-  if (log.seen.has(data.id)) return; // a replay of one shown already
-  log.seen.add(data.id);
-  log.lastId = Math.max(log.lastId, data.id);
+  // Ids alone repeat across epochs; with the sender and the time they do not.
+  const key = `${data.id}/${data.from}/${data.ts}`;
+  if (log.seen.has(key)) return; // a replay of one shown already
+  log.seen.add(key);
+  shownUpTo(log, data.id);
   const mine = data.from === myId;
   let kind = mine ? 'message mine' : 'message';
   if (data.history) kind += ' history';
@@ -380,6 +385,15 @@ function direct(data) {
   const entry = addEntry(sent ? 'message direct mine' : 'message direct',
     [['who', `${who} (direct)`], ['text', data.msg]], data.ts);
   entry.dataset.id = data.id;
+}
+
+/** Our server lost the chat's other nodes, or has them again: from now on ids
+ *  are of the epoch it names. */
+function cluster(data) {
+  if (typeof data.epoch === 'number') epoch = data.epoch;
+  addEntry(data.connected ? 'notice' : 'notice gap', [['text',
+    data.connected ? 'Connected to the whole chat again.'
+      : 'This server lost the rest of the chat: only people on it hear you until it is back.']]);
 }
 
 function error(data) {
@@ -482,6 +496,7 @@ async function connect() {
         }
         return undefined;
       case 'error': return error(data);
+      case 'cluster': return cluster(data);
       default: return undefined;
     }
   };

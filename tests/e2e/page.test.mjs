@@ -580,3 +580,67 @@ test("over https and wss, with make cert's certificate, the page chats", async (
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+/** A redis-server of this test's own on `port` (no persistence); resolves once it listens. */
+async function startRedis(port) {
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1',
+    '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const deadline = Date.now() + PATIENCE_MS;
+  while (!(await accepts(port))) {
+    if (Date.now() > deadline) throw new Error('redis-server did not start');
+    await new Promise((r) => setTimeout(r, 20)); // polling for the port: no event to wait for
+  }
+  return proc;
+}
+
+function stopRedis(proc) {
+  return new Promise((resolve) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+    proc.once('exit', () => resolve());
+    proc.kill('SIGKILL');
+  });
+}
+
+test('two nodes are one chat; cut off from Redis, a node chats on alone, then joins again', async () => {
+  const redisPort = await freePort();
+  let redis = await startRedis(redisPort);
+  const url = `redis://127.0.0.1:${redisPort}/`;
+  const [a, b] = [await startServer({ args: ['--redis', url] }),
+    await startServer({ args: ['--redis', url] })];
+  try {
+    const alice = await person('alice', { at: a });
+    const carol = await person('carol', { at: a });
+    const bob = await person('bob', { at: b });
+    await say(alice.page, 'before the cut');
+    await entry(bob.page, 'before the cut');
+
+    await stopRedis(redis);
+    for (const p of [alice, carol, bob]) await entry(p.page, 'lost the rest of the chat');
+    // Alone on node a: alice and carol still hear each other.
+    await say(alice.page, 'alone on a');
+    await entry(carol.page, 'alone on a');
+    await entry(alice.page, 'alone on a');
+
+    // Redis comes back empty: the cluster numbers on from the last id it gave,
+    // which a had also given to 'alone on a' in its own epoch.
+    redis = await startRedis(redisPort);
+    for (const p of [alice, carol, bob]) await entry(p.page, 'Connected to the whole chat again');
+    await say(bob.page, 'together again');
+    for (const p of [alice, carol, bob]) await entry(p.page, 'together again');
+    await say(carol.page, 'and on');
+    await entry(bob.page, 'and on');
+    for (const p of [alice, carol]) {
+      await entry(p.page, 'and on');
+      for (const text of ['before the cut', 'alone on a', 'together again']) {
+        assert.equal(await shown(p.page, text), 1, text);
+      }
+    }
+    assert.equal(await shown(bob.page, 'alone on a'), 0, 'b never heard a alone');
+    await alice.page.screenshot({ path: join(SHOTS, 'cluster-cut.png') });
+    for (const p of [alice, carol, bob]) await p.context.close();
+  } finally {
+    await stopServer(a);
+    await stopServer(b);
+    await stopRedis(redis);
+  }
+});
