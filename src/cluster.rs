@@ -40,8 +40,10 @@
 //! # Without Redis
 //!
 //! Every thread that loses Redis tries again with a growing pause. `redis-in`
-//! notices within a second, and the hub is told ([`Event::Linked`]). While Redis
-//! is gone, the node goes on as a single server for its own clients:
+//! notices when its read fails, and the hub is told ([`Event::Linked`]): at once
+//! when Redis closes the connection, within [`READ_BLOCK`] and the 5 s read
+//! deadline when the network just goes quiet. While Redis is gone, the node goes
+//! on as a single server for its own clients:
 //!
 //! * they stay connected and get a `cluster` frame saying so;
 //! * the hub numbers their messages itself, in an epoch of the node's own (the
@@ -49,14 +51,18 @@
 //!   others may still reach Redis and go on counting), and the epoch is what
 //!   keeps the two apart: `since` and the page compare ids of one epoch only;
 //! * the other nodes' members leave its counts; a direct message or a kick for
-//!   one of them is refused with an error.
+//!   one of them is refused with an error;
+//! * a message that was on its way to Redis when it went is appended if
+//!   `redis-out` reaches Redis again within its few tries (and heard once the
+//!   node is back), else its sender gets an error.
 //!
 //! Once Redis answers again:
 //!
 //! * `redis-in` resumes after the last entry it handed over, so the node hears
 //!   what the others said meanwhile, with no gap and no duplicate;
 //! * the node's own epoch ends: what was said in it stays with those who heard it
-//!   (the others never did) and leaves the histories, which are the stream's again;
+//!   (the others never did) and leaves the histories. Their cluster part was kept
+//!   apart meanwhile, so they are the stream's again;
 //! * the clients get a second `cluster` frame with the cluster's epoch, and the
 //!   counts take the others back in;
 //! * in case Redis lost its data, the id counter is raised past every id this

@@ -58,7 +58,8 @@ pub const LARGEST_BATCH: usize =
 
 /// The most memory a room's history holds, whatever `--history` says (each entry
 /// counted with its allocation and overhead): a room of long messages keeps fewer
-/// of them. Part of the capacity plan's memory.
+/// of them. Part of the capacity plan's memory. A cluster node cut off from Redis
+/// holds as much again of its own (see [`History`]).
 pub const HISTORY_BYTES: usize = 64 * 1024;
 
 /// What a history entry costs besides its text: its slot in the queue, its id, and
@@ -341,22 +342,37 @@ impl Batch {
 /// They come in runs, one per epoch (one sequence of ids): a single server has
 /// one run for its whole life. A cluster node has the cluster's, and while it is
 /// cut off from Redis a second one of its own, which it forgets when the cluster
-/// is back. Ids increase within a run, not across runs.
+/// is back. Ids increase within a run, not across runs. Each run keeps at most
+/// `--history` messages and [`HISTORY_BYTES`]: what a node says alone never
+/// pushes the cluster's history out, so the node has all of it when it is back.
 #[derive(Default)]
 struct History {
     runs: Vec<Run>,
-    /// Entries in all runs, and what they hold.
-    len: usize,
-    bytes: usize,
 }
 
 /// One epoch's part of a history.
 struct Run {
     epoch: u64,
     entries: VecDeque<(u64, String)>,
+    bytes: usize,
     /// The newest id of this run dropped from here: a replay from before it has
     /// a gap.
     dropped_up_to: u64,
+    /// What `dropped_up_to` was when the run began: it has dropped something
+    /// since when they differ.
+    began_at: u64,
+}
+
+impl Run {
+    fn new(epoch: u64, dropped_up_to: u64) -> Run {
+        Run {
+            epoch,
+            entries: VecDeque::new(),
+            bytes: 0,
+            dropped_up_to,
+            began_at: dropped_up_to,
+        }
+    }
 }
 
 impl History {
@@ -367,17 +383,10 @@ impl History {
         let mut runs: Vec<Run> = Vec::new();
         for (epoch, dropped_up_to) in missing {
             if runs.iter().all(|r| r.epoch != epoch) {
-                runs.push(Run {
-                    epoch,
-                    entries: VecDeque::new(),
-                    dropped_up_to,
-                });
+                runs.push(Run::new(epoch, dropped_up_to));
             }
         }
-        History {
-            runs,
-            ..History::default()
-        }
+        History { runs }
     }
 
     /// What one entry holds in memory: the string's allocation (which can be twice
@@ -388,25 +397,19 @@ impl History {
 
     fn push(&mut self, epoch: u64, id: u64, json: String, most: usize) {
         if self.runs.last().is_none_or(|run| run.epoch != epoch) {
-            self.runs.push(Run {
-                epoch,
-                entries: VecDeque::new(),
-                dropped_up_to: 0,
-            });
+            // Only the newest run grows: the hub leaves an epoch only for a new
+            // one (cut off) or for the run before it (back), forgetting its own.
+            debug_assert!(self.runs.iter().all(|r| r.epoch != epoch));
+            self.runs.push(Run::new(epoch, 0));
         }
-        self.bytes += History::cost(&json);
-        self.len += 1;
         let run = self.runs.last_mut().expect("pushed above");
+        run.bytes += History::cost(&json);
         run.entries.push_back((id, json));
-        while self.len > most || self.bytes > HISTORY_BYTES {
-            // The oldest entry is in the first run that has any; an emptied run
-            // stays, for the ids it dropped.
-            let Some(run) = self.runs.iter_mut().find(|r| !r.entries.is_empty()) else {
+        while run.entries.len() > most || run.bytes > HISTORY_BYTES {
+            let Some((old, json)) = run.entries.pop_front() else {
                 break;
             };
-            let (old, json) = run.entries.pop_front().expect("found non-empty");
-            self.bytes -= History::cost(&json);
-            self.len -= 1;
+            run.bytes -= History::cost(&json);
             run.dropped_up_to = old;
         }
     }
@@ -415,21 +418,29 @@ impl History {
     /// whether some of those are no longer here. `current` is the hub's epoch:
     /// a client of it that shows nothing newer than every run here needs nothing.
     /// An epoch this history does not know (another server run, a cut-off that
-    /// is over) gets everything, with a gap.
+    /// is over), or none, gets everything, with a gap.
     fn after(
         &self,
         since: Option<u64>,
         epoch: Option<u64>,
         current: u64,
     ) -> (bool, impl Iterator<Item = &String>) {
-        let epoch = epoch.unwrap_or(current);
-        let (gap, from_run, since) = match since {
-            None => (false, 0, 0),
-            Some(since) => match self.runs.iter().position(|r| r.epoch == epoch) {
-                Some(at) => (since < self.runs[at].dropped_up_to, at, since),
+        let (gap, from_run, since) = match (since, epoch) {
+            (None, _) => (false, 0, 0),
+            (Some(since), Some(epoch)) => match self.runs.iter().position(|r| r.epoch == epoch) {
+                // The later runs are replayed whole: a gap too if they lost any.
+                Some(at) => (
+                    since < self.runs[at].dropped_up_to
+                        || self.runs[at + 1..]
+                            .iter()
+                            .any(|r| r.dropped_up_to != r.began_at),
+                    at,
+                    since,
+                ),
                 None if epoch == current => (false, self.runs.len(), 0),
                 None => (true, 0, 0),
             },
+            (Some(_), None) => (true, 0, 0),
         };
         let entries = self.runs[from_run..]
             .iter()
@@ -448,16 +459,7 @@ impl History {
 
     /// Drops the run of `epoch`, if there is one.
     fn forget(&mut self, epoch: u64) {
-        let Some(at) = self.runs.iter().position(|r| r.epoch == epoch) else {
-            return;
-        };
-        let run = self.runs.remove(at);
-        self.len -= run.entries.len();
-        self.bytes -= run
-            .entries
-            .iter()
-            .map(|(_, j)| History::cost(j))
-            .sum::<usize>();
+        self.runs.retain(|r| r.epoch != epoch);
     }
 }
 
@@ -538,6 +540,8 @@ struct Hub {
     epoch: u64,
     /// While cut off: the last id this node gave a message itself, in `epoch`.
     own_ids: u64,
+    /// The last epoch of this node's own: the next is greater.
+    last_own_epoch: u64,
     /// In a cluster: the members of each room on the other nodes.
     elsewhere: HashMap<String, Vec<(u64, String)>>,
     /// In a cluster: Redis answers. While it does not, this node's clients chat
@@ -598,6 +602,7 @@ impl Hub {
             last_message_id,
             epoch: settings.epoch,
             own_ids: 0,
+            last_own_epoch: 0,
             elsewhere: HashMap::new(),
             linked: true,
             reported: HashMap::new(),
@@ -995,6 +1000,10 @@ impl Hub {
         // `since` of an epoch this room does not know (another server run, a
         // cut-off that is over): its ids say nothing about these, so the whole
         // history is sent and the reply says some may be missing.
+        // Without an epoch, `since` is of the server's only one, or the cluster's
+        // (as it was before this node's own); while cut off it may be either.
+        let cut_off = self.epoch != self.settings.epoch;
+        let epoch = epoch.or((!cut_off).then_some(self.epoch));
         let (gap, history) = target.history.after(since, epoch, self.epoch);
         let staying = old == room;
         let elsewhere = others(&self.elsewhere, &room);
@@ -1040,7 +1049,7 @@ impl Hub {
     fn direct(&mut self, from: u64, name: &str, to: u64, msg: &str) {
         if self.settings.cluster.is_some() && !self.linked && !self.seats.contains_key(&to) {
             // Perhaps on another node, which cannot be reached now.
-            return self.reply_error(from, &InputError::NotRelayed(UNLINKED));
+            return self.reply_error(from, &InputError::Unreachable(to));
         }
         if let Some(side) = self.settings.cluster.as_ref().filter(|_| self.linked) {
             // Through Redis, like a room message, for its id; the target's node
@@ -1145,7 +1154,8 @@ impl Hub {
             self.epoch = self.settings.epoch;
         } else {
             let node = self.settings.cluster.as_ref().map_or(0, |c| c.node);
-            self.epoch = own_epoch(node);
+            self.last_own_epoch = own_epoch(node, self.last_own_epoch);
+            self.epoch = self.last_own_epoch;
             self.own_ids = self.last_message_id;
         }
         log::warn!(
@@ -1230,7 +1240,7 @@ impl Hub {
             return self.reply_error(by, &InputError::NoSuchClient(id));
         };
         if !self.linked {
-            return self.reply_error(by, &InputError::NotRelayed(UNLINKED));
+            return self.reply_error(by, &InputError::Unreachable(id));
         }
         if !self
             .elsewhere
@@ -1474,15 +1484,13 @@ fn post(
     bytes
 }
 
-/// Why a direct message or kick for another node is refused while Redis does not
-/// answer.
-const UNLINKED: &str = "the chat's other nodes cannot be reached: try again in a moment";
-
-/// An epoch of node `node`'s own, for a time cut off from its cluster: unlike
-/// every other, as its clock and number make it. Past any cluster's (a time in
-/// milliseconds), and below 2^53, for the page's JavaScript.
-fn own_epoch(node: u64) -> u64 {
-    (unix_millis() << 10) | (node & 1023)
+/// An epoch of node `node`'s own, for a time cut off from its cluster, after its
+/// `previous` one: the time in seconds above the node's number (below 2^21), so
+/// no two nodes share one, and the same node's increase. Past any cluster's (a
+/// time in milliseconds), and below 2^53 (for the page's JavaScript) until 2106.
+fn own_epoch(node: u64, previous: u64) -> u64 {
+    let now = ((unix_millis() / 1000) << 21) | node;
+    now.max(previous + (1 << 21))
 }
 
 /// How many of `room`'s members are on other nodes (0 without a cluster).
@@ -1698,56 +1706,81 @@ mod tests {
         for id in 1..=100 {
             history.push(1, id, "x".repeat(4096), 1000);
         }
-        assert!(history.bytes <= HISTORY_BYTES);
-        assert_eq!(history.len, HISTORY_BYTES / (4096 + HISTORY_ENTRY_OVERHEAD));
+        assert!(history.runs[0].bytes <= HISTORY_BYTES);
+        assert_eq!(
+            history.runs[0].entries.len(),
+            HISTORY_BYTES / (4096 + HISTORY_ENTRY_OVERHEAD)
+        );
     }
 
     #[test]
     fn a_cut_off_node_s_own_run_follows_the_cluster_s_and_is_forgotten_after() {
         const CLUSTER: u64 = 10;
         const OWN: u64 = 20;
-        let replay = |h: &History, since, epoch, current| {
-            let (gap, it) = h.after(Some(since), Some(epoch), current);
+        let replay = |h: &History, since, epoch: Option<u64>, current| {
+            let (gap, it) = h.after(Some(since), epoch, current);
             (gap, it.cloned().collect::<Vec<_>>())
         };
         let mut history = History::new([(CLUSTER, 0)]);
         for id in 1..=3 {
-            history.push(CLUSTER, id, format!("c{id}"), 5);
+            history.push(CLUSTER, id, format!("c{id}"), 3);
         }
         // Cut off: the node numbers on from 3 in its own epoch.
         for id in 4..=5 {
-            history.push(OWN, id, format!("o{id}"), 5);
+            history.push(OWN, id, format!("o{id}"), 3);
         }
         // A client of the cluster's epoch misses the rest of it and all of the own.
-        let (gap, after) = replay(&history, 2, CLUSTER, OWN);
+        let (gap, after) = replay(&history, 2, Some(CLUSTER), OWN);
         assert!(!gap);
         assert_eq!(after, ["c3", "o4", "o5"]);
         // One of the own epoch: its ids are only compared with the own run's.
-        let (gap, after) = replay(&history, 4, OWN, OWN);
+        let (gap, after) = replay(&history, 4, Some(OWN), OWN);
         assert!(!gap);
         assert_eq!(after, ["o5"]);
-        // The own run pushes the cluster's oldest out, and the gap is the cluster's.
-        history.push(OWN, 6, "o6".into(), 5);
-        let (gap, _) = replay(&history, 0, CLUSTER, OWN);
-        assert!(gap, "c1 was dropped");
-        let (gap, _) = replay(&history, 1, CLUSTER, OWN);
-        assert!(!gap, "nothing after c1 was");
+        // The own run keeps its own count: the cluster's stays whole, and a client
+        // of the cluster's epoch hears that o4 is gone.
+        for id in 6..=7 {
+            history.push(OWN, id, format!("o{id}"), 3);
+        }
+        assert_eq!(history.runs[0].entries.len(), 3);
+        let (gap, after) = replay(&history, 3, Some(CLUSTER), OWN);
+        assert!(gap, "o4 was dropped");
+        assert_eq!(after, ["o5", "o6", "o7"]);
+        let (gap, after) = replay(&history, 5, Some(OWN), OWN);
+        assert!(!gap);
+        assert_eq!(after, ["o6", "o7"]);
+        // Without an epoch while cut off, an id could be of either: everything.
+        let (gap, after) = replay(&history, 3, None, OWN);
+        assert!(gap);
+        assert_eq!(after.len(), 6);
         // Back in the cluster: the own run goes; the cluster's ids go on (the
-        // other nodes took 4 and 5 meanwhile), and so does the count of what is held.
+        // other nodes took 4 and 5 meanwhile).
         history.forget(OWN);
-        assert_eq!(history.len, 2);
-        history.push(CLUSTER, 4, "c4".into(), 5);
-        let (gap, after) = replay(&history, 3, CLUSTER, CLUSTER);
+        assert_eq!(history.runs.len(), 1);
+        history.push(CLUSTER, 4, "c4".into(), 3);
+        let (gap, after) = replay(&history, 3, Some(CLUSTER), CLUSTER);
         assert!(!gap);
         assert_eq!(after, ["c4"]);
-        let (gap, all) = replay(&history, 5, OWN, CLUSTER);
+        let (gap, _) = replay(&history, 0, Some(CLUSTER), CLUSTER);
+        assert!(gap, "c1 was dropped");
+        let (gap, all) = replay(&history, 5, Some(OWN), CLUSTER);
         assert!(gap, "an epoch that is over");
         assert_eq!(all, ["c2", "c3", "c4"]);
         let bytes: usize = ["c2", "c3", "c4"]
             .iter()
             .map(|t| History::cost(&t.to_string()))
             .sum();
-        assert_eq!(history.bytes, bytes);
+        assert_eq!(history.runs[0].bytes, bytes);
+    }
+
+    #[test]
+    fn a_node_s_own_epochs_differ_from_each_other_and_from_every_other_node_s() {
+        let first = own_epoch(5, 0);
+        let again = own_epoch(5, first);
+        assert!(again > first);
+        assert_eq!(again % (1 << 21), 5, "still node 5's");
+        assert_ne!(own_epoch(6, 0) % (1 << 21), first % (1 << 21));
+        assert!(first > unix_millis() && first < 1 << 53);
     }
 
     /// A client on a loopback connection: its outbox, and the other end to read.

@@ -351,13 +351,13 @@ fn wanted(config: &Config, page: &Page) -> capacity::Wanted {
         },
         client_bytes: capacity::client_memory(config.max_backlog, config.max_message, tls),
         http_bytes: capacity::http_memory(page.largest_answer(), tls),
-        // The rooms' histories, and in a cluster what waits for Redis.
-        shared_bytes: config.max_rooms * hub::HISTORY_BYTES as u64
-            + if config.redis.as_deref().is_some_and(|url| !url.is_empty()) {
-                cluster::OUTGOING_BYTES
-            } else {
-                0
-            },
+        // The rooms' histories, and in a cluster what waits for Redis and the
+        // histories of a time cut off from it.
+        shared_bytes: if config.redis.as_deref().is_some_and(|url| !url.is_empty()) {
+            2 * config.max_rooms * hub::HISTORY_BYTES as u64 + cluster::OUTGOING_BYTES
+        } else {
+            config.max_rooms * hub::HISTORY_BYTES as u64
+        },
         tls,
     }
 }

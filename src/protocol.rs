@@ -76,7 +76,8 @@ pub enum Incoming {
         room: String,
         /// Replay only the messages after this id.
         since: Option<u64>,
-        /// The server run that `since` belongs to (`welcome`'s `epoch`).
+        /// The epoch `since` belongs to (`welcome`'s, or the last `cluster`
+        /// frame's).
         epoch: Option<u64>,
     },
     /// Which rooms there are.
@@ -136,6 +137,9 @@ pub enum InputError {
     TooManyRooms(usize),
     /// In a cluster: the message could not be handed to Redis, and why.
     NotRelayed(&'static str),
+    /// In a cluster cut off from Redis: a direct message or a kick for a
+    /// connection that is not on this node.
+    Unreachable(u64),
 }
 
 impl std::fmt::Display for InputError {
@@ -177,6 +181,11 @@ impl std::fmt::Display for InputError {
                 write!(f, "all {n} rooms are in use; join one of them")
             }
             InputError::NotRelayed(why) => write!(f, "message not sent: {why}"),
+            InputError::Unreachable(id) => write!(
+                f,
+                "connection {id} is not on this server, and the chat's other servers \
+                 cannot be reached: try again in a moment"
+            ),
         }
     }
 }

@@ -402,9 +402,19 @@ fn a_node_cut_off_alone_chats_on_and_catches_up_when_it_is_back() {
         assert_eq!(note["connected"], false, "{note}");
         assert_ne!(note["epoch"].as_u64(), Some(epoch), "{note}");
     }
-    // a chats alone; b, which still has Redis, goes on as the cluster.
-    ann.send_chat("ann", "only a hears this");
-    assert_eq!(amy.recv_type("message")["msg"], "only a hears this");
+    // a chats alone, more than a room's history holds (100); b, which still has
+    // Redis, goes on as the cluster.
+    for n in 0..110 {
+        ann.send_chat("ann", &format!("only a hears this, {n}"));
+    }
+    let alone = messages(&mut amy, 110);
+    assert!(alone.iter().all(|m| m.1.starts_with("only a hears")));
+    // A direct message for b's client cannot get there now, and says so.
+    ann.send_text(&format!(
+        r#"{{"type":"direct","to":{},"msg":"hi"}}"#,
+        bob.id.unwrap()
+    ));
+    assert_refused_for(&mut ann, bob.id.unwrap());
     bob.send_chat("bob", "b goes on");
     let meanwhile = bob.recv_type("message");
     assert_eq!(meanwhile["msg"], "b goes on");
@@ -435,7 +445,8 @@ fn a_node_cut_off_alone_chats_on_and_catches_up_when_it_is_back() {
         seen.push(got);
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "one order: {seen:?}");
-    // Newcomers on either node hear the cluster's history, without a's time alone.
+    // Newcomers on either node hear the cluster's history, whole (a's time alone
+    // had a room of its own), and without a's time alone.
     let told = |server: &Server| {
         let mut newcomer = Client::connect(&server.ws_url("/"));
         messages(&mut newcomer, 4)

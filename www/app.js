@@ -47,6 +47,7 @@ let socket = null;
 let ready = false;        // welcome handled and our join sent: frames may go out
 let myId = null;          // from the welcome frame: marks our own messages
 let epoch = null;         // the epoch of what arrives now: welcome's, or a cluster frame's
+let clusterEpoch = null;  // a cluster's own epoch, once a cluster frame has shown it
 let online = null;        // count of the current room, from joined/notifications
 let wanted = true;        // false after the user pressed Disconnect
 let backoff = BACKOFF_START_MS;
@@ -268,12 +269,14 @@ function sayHello() {
 }
 
 /** The join for `name`: resuming after what this page shows, if it shows any:
- *  in the server's epoch if we have been in it, else in the latest we were in. */
+ *  in the server's epoch if we have been in it, else in the cluster's (which
+ *  every node of it knows), else in the latest we were in. */
 function joinFrame(name) {
   const frame = { type: 'join', room: name };
   const log = logs.get(name);
   if (log && log.shown && log.lastIds.size > 0) {
-    const resume = log.lastIds.has(epoch) ? epoch : [...log.lastIds.keys()].pop();
+    const resume = [epoch, clusterEpoch].find((e) => e !== null && log.lastIds.has(e))
+      ?? [...log.lastIds.keys()].pop();
     frame.since = log.lastIds.get(resume);
     frame.epoch = resume;
   }
@@ -390,6 +393,8 @@ function direct(data) {
 /** Our server lost the chat's other nodes, or has them again: from now on ids
  *  are of the epoch it names. */
 function cluster(data) {
+  // Cut off, the epoch we were in was the cluster's; back, the frame names it.
+  clusterEpoch = data.connected ? data.epoch ?? null : epoch;
   if (typeof data.epoch === 'number') epoch = data.epoch;
   addEntry(data.connected ? 'notice' : 'notice gap', [['text',
     data.connected ? 'Connected to the whole chat again.'
