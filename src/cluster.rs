@@ -89,6 +89,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::hub::Event;
+use crate::protocol;
 
 /// The stream every node appends to and reads.
 const STREAM: &str = "threadchat:messages";
@@ -624,7 +625,11 @@ fn message_id(entry: &str) -> Option<u64> {
     entry.split('-').next()?.parse().ok()
 }
 
-/// A stream entry as the hub's event.
+/// A stream entry as the hub's event, or `None` for one that is not a message
+/// within the protocol's bounds. Every node checks what it appends, but an entry
+/// may come from anywhere that can write to Redis (another version, another
+/// `--max-message`, a typo at `redis-cli`), and the hub's bounds on a batch rely
+/// on the bounds of a message.
 fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
     let number = |key: &str| fields.get(key)?.parse::<u64>().ok();
     if fields.get("kick").is_some_and(|k| k == "1") {
@@ -633,23 +638,27 @@ fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
             id: number("to")?,
         });
     }
+    let (name, msg) = (fields.get("name")?, fields.get("msg")?);
+    protocol::check_message(name, msg).ok()?;
     if let Some(to) = number("to") {
         return Some(Event::RelayedDirect {
             id: message_id(id)?,
             ts: number("ts")?,
             from: number("from")?,
-            name: fields.get("name")?.clone(),
+            name: name.clone(),
             to,
-            msg: fields.get("msg")?.clone(),
+            msg: msg.clone(),
         });
     }
     Some(Event::Relayed {
         id: message_id(id)?,
         ts: number("ts")?,
         from: number("from")?,
-        room: fields.get("room")?.clone(),
-        name: fields.get("name")?.clone(),
-        msg: fields.get("msg")?.clone(),
+        room: Some(fields.get("room")?)
+            .filter(|room| protocol::is_room(room))?
+            .clone(),
+        name: name.clone(),
+        msg: msg.clone(),
         except_sender: fields.get("except").is_some_and(|e| e == "1"),
     })
 }
@@ -757,6 +766,11 @@ fn exchange_presence(
             let (Ok(id), Some((room, name))) = (id.parse::<u64>(), seat.split_once('\n')) else {
                 continue;
             };
+            // Within the protocol's bounds, as a message must be: a name goes into
+            // notifications, whose size the hub's batches count on.
+            if protocol::check_name(name).is_err() || !protocol::is_room(room) {
+                continue;
+            }
             rooms
                 .entry(room.to_string())
                 .or_default()
@@ -767,4 +781,62 @@ fn exchange_presence(
         members.sort_unstable();
     }
     Ok(rooms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_outside_the_protocol_s_bounds_is_not_a_message() {
+        let good = [
+            ("room", "lobby"),
+            ("from", "7"),
+            ("name", "ann"),
+            ("msg", "hi"),
+            ("ts", "1"),
+            ("except", "0"),
+            ("to", ""),
+            ("kick", "0"),
+        ];
+        assert!(matches!(
+            relayed("5-1", &entry(&good)),
+            Some(Event::Relayed { id: 5, .. })
+        ));
+        let long = "x".repeat(protocol::MAX_MSG_CHARS + 1);
+        for (key, bad) in [
+            ("msg", long.as_str()),
+            ("msg", " "),
+            ("name", &"n".repeat(protocol::MAX_NAME_CHARS + 1)),
+            ("room", "no spaces"),
+            ("room", ""),
+            ("from", "seven"),
+        ] {
+            let mut fields = entry(&good);
+            fields.insert(key.to_string(), bad.to_string());
+            assert!(relayed("5-1", &fields).is_none(), "{key} = {bad:?}");
+        }
+        assert!(relayed("not-an-id", &entry(&good)).is_none());
+        // A direct message is checked the same way, a kick has no text.
+        let mut direct = entry(&good);
+        direct.insert("to".into(), "9".into());
+        assert!(matches!(
+            relayed("6-1", &direct),
+            Some(Event::RelayedDirect { to: 9, .. })
+        ));
+        direct.insert("msg".into(), long.clone());
+        assert!(relayed("6-1", &direct).is_none());
+        let kick = entry(&[("from", "7"), ("to", "9"), ("kick", "1")]);
+        assert!(matches!(
+            relayed("7-1", &kick),
+            Some(Event::RelayedKick { by: 7, id: 9 })
+        ));
+    }
 }

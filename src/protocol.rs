@@ -289,11 +289,16 @@ pub fn parse_chat(text: &str) -> Result<ChatMessage, InputError> {
 
 /// Checks a room name: 1–32 ASCII letters, digits, `-`, `_`. Returns it.
 pub fn check_room(room: String) -> Result<String, InputError> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    if room.is_empty() || room.len() > MAX_ROOM_CHARS || !room.chars().all(allowed) {
+    if !is_room(&room) {
         return Err(InputError::BadRoom(room));
     }
     Ok(room)
+}
+
+/// Whether `room` is a room name (see [`check_room`]).
+pub fn is_room(room: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    !room.is_empty() && room.len() <= MAX_ROOM_CHARS && room.chars().all(allowed)
 }
 
 /// Checks a name against [`MAX_NAME_CHARS`].
@@ -309,11 +314,16 @@ pub fn check_name(name: &str) -> Result<(), InputError> {
 /// whose frames are not parsed).
 pub fn check_message(name: &str, msg: &str) -> Result<(), InputError> {
     check_name(name)?;
-    check_msg(Some(msg.to_string())).map(drop)
+    check_text(msg)
 }
 
 fn check_msg(msg: Option<String>) -> Result<String, InputError> {
     let msg = msg.ok_or(InputError::Missing("msg"))?;
+    check_text(&msg)?;
+    Ok(msg)
+}
+
+fn check_text(msg: &str) -> Result<(), InputError> {
     if msg.trim().is_empty() {
         return Err(InputError::EmptyMessage);
     }
@@ -321,7 +331,7 @@ fn check_msg(msg: Option<String>) -> Result<String, InputError> {
     if chars > MAX_MSG_CHARS {
         return Err(InputError::MessageTooLong(chars));
     }
-    Ok(msg)
+    Ok(())
 }
 
 fn optional_id(value: Option<Value>, field: &'static str) -> Result<Option<u64>, InputError> {
