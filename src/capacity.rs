@@ -14,7 +14,9 @@
 //! it (overhead included, see [`crate::outbox`]); tungstenite holds at most one
 //! frame and one message of `--max-message` each, and the parsed message is a third.
 //! Beside the connections, each of `--max-rooms` rooms keeps at most 64 KiB of
-//! history ([`crate::hub::HISTORY_BYTES`]).
+//! history ([`crate::hub::HISTORY_BYTES`]), twice that in a cluster (a node cut
+//! off from Redis keeps its own apart), and a cluster node's messages waiting for
+//! Redis take [`crate::cluster::OUTGOING_BYTES`].
 //!
 //! Three ceilings matter:
 //!

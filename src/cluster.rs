@@ -25,8 +25,9 @@
 //!   channel the hub fills with `try_send` (the hub never waits for Redis), and
 //!   appends it, every message waiting in one round trip.
 //! * `redis-in` blocks in `XREAD` on the stream and hands every entry to the hub as
-//!   an ordinary [`Event::Relayed`]. A room message is delivered when it comes back
-//!   this way, on every node alike.
+//!   an ordinary event ([`Event::Relayed`], or a direct message or kick), once it
+//!   has checked it against the protocol's bounds. A room message is delivered
+//!   when it comes back this way, on every node alike.
 //! * `redis-presence` tells the others who is where here, and learns who is where
 //!   there. Every [`PRESENCE_EVERY`] it rewrites this node's hash
 //!   (`threadchat:presence:<node>`: client id → room and name, expiring after
@@ -824,16 +825,27 @@ mod tests {
             assert!(relayed("5-1", &fields).is_none(), "{key} = {bad:?}");
         }
         assert!(relayed("not-an-id", &entry(&good)).is_none());
-        // A direct message is checked the same way, a kick has no text.
+        // A direct message (no room) is checked the same way; a kick has no text.
+        // Both as `append` writes them.
         let mut direct = entry(&good);
         direct.insert("to".into(), "9".into());
+        direct.insert("room".into(), String::new());
         assert!(matches!(
             relayed("6-1", &direct),
             Some(Event::RelayedDirect { to: 9, .. })
         ));
         direct.insert("msg".into(), long.clone());
         assert!(relayed("6-1", &direct).is_none());
-        let kick = entry(&[("from", "7"), ("to", "9"), ("kick", "1")]);
+        let kick = entry(&[
+            ("room", ""),
+            ("from", "7"),
+            ("name", ""),
+            ("msg", ""),
+            ("ts", "1"),
+            ("except", "0"),
+            ("to", "9"),
+            ("kick", "1"),
+        ]);
         assert!(matches!(
             relayed("7-1", &kick),
             Some(Event::RelayedKick { by: 7, id: 9 })

@@ -116,7 +116,7 @@ pub struct Config {
     pub max_rooms: u64,
 
     /// Messages each room keeps for clients that join it or come back (at most 64
-    /// KiB of them).
+    /// KiB of them; in a cluster, as many again while cut off from Redis).
     #[arg(long, env = "THREADCHAT_HISTORY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000), help_heading = "Chat")]
     pub history: u64,
 

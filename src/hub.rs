@@ -569,6 +569,12 @@ pub fn spawn(
     backfill: Vec<Event>,
 ) -> io::Result<JoinHandle<()>> {
     let mut hub = Hub::new(settings, stats);
+    // A room made while the backfill is applied has missed only what came before
+    // the message it is made for, not the whole backfill.
+    let highest = hub.last_message_id;
+    if let Some(Event::Relayed { id, .. } | Event::RelayedDirect { id, .. }) = backfill.first() {
+        hub.last_message_id = id - 1;
+    }
     thread::Builder::new().name("hub".into()).spawn(move || {
         for (n, event) in backfill.into_iter().enumerate() {
             hub.apply(event);
@@ -578,6 +584,7 @@ pub fn spawn(
             }
         }
         hub.flush();
+        hub.last_message_id = hub.last_message_id.max(highest);
         hub.run(&events);
     })
 }
@@ -590,7 +597,10 @@ impl Hub {
             .as_ref()
             .map_or(0, |c| c.highest.load(std::sync::atomic::Ordering::Relaxed));
         let mut rooms = HashMap::new();
-        rooms.insert(LOBBY.to_string(), Room::new(History::default()));
+        rooms.insert(
+            LOBBY.to_string(),
+            Room::new(History::new([(settings.epoch, 0)])),
+        );
         Hub {
             rooms,
             seats: HashMap::new(),
@@ -1490,7 +1500,7 @@ fn post(
 /// time in milliseconds), and below 2^53 (for the page's JavaScript) until 2106.
 fn own_epoch(node: u64, previous: u64) -> u64 {
     let now = ((unix_millis() / 1000) << 21) | node;
-    now.max(previous + (1 << 21))
+    now.max((previous | node) + (1 << 21))
 }
 
 /// How many of `room`'s members are on other nodes (0 without a cluster).
@@ -1696,7 +1706,7 @@ mod tests {
             after.cloned().collect::<Vec<_>>(),
             ["{\"id\":4}", "{\"id\":5}"]
         );
-        let (gap, _) = history.after(Some(1), None, 1);
+        let (gap, _) = history.after(Some(1), Some(1), 1);
         assert!(gap, "2 was dropped");
         let (gap, all) = history.after(Some(5), Some(7), 1);
         assert!(gap, "another run's ids say nothing about these");
@@ -1771,6 +1781,74 @@ mod tests {
             .map(|t| History::cost(&t.to_string()))
             .sum();
         assert_eq!(history.runs[0].bytes, bytes);
+    }
+
+    #[test]
+    fn cut_off_twice_a_hub_numbers_alone_in_a_new_epoch_each_time_and_forgets_it_after() {
+        // The hub's side of a cut, without a bridge: `Linked` is all it hears.
+        let mut hub = hub();
+        let (ann, mut ann_reads) = client(1);
+        hub.apply(connect(1, &ann));
+        hub.apply(say(1, "a"));
+        hub.flush();
+        received(&mut ann_reads, 3); // welcome, her join, "a" (id 1)
+        let said = |frames: &[serde_json::Value]| {
+            frames
+                .iter()
+                .filter(|f| f["type"] == "message")
+                .map(|f| f["msg"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let mut epochs = Vec::new();
+        for (newcomer, text) in [(8, "b"), (9, "c")] {
+            hub.apply(Event::Linked { up: false });
+            hub.apply(say(1, text));
+            hub.flush();
+            let heard = received(&mut ann_reads, 2);
+            assert_eq!(heard[0]["connected"], false, "{}", heard[0]);
+            let own = heard[0]["epoch"].as_u64().unwrap();
+            epochs.push(own);
+            // Its own ids go on from the cluster's last, each time anew.
+            assert_eq!(
+                (heard[1]["msg"].as_str(), heard[1]["id"].as_u64()),
+                (Some(text), Some(2))
+            );
+            // A newcomer meanwhile: the node's epoch, and both parts of the history.
+            let (outbox, mut reads) = client(newcomer);
+            hub.apply(connect(newcomer, &outbox));
+            hub.flush();
+            let welcomed = received(&mut reads, 4);
+            assert_eq!(welcomed[0]["epoch"].as_u64(), Some(own));
+            assert_eq!(said(&welcomed), ["a", text]);
+            // Resuming in the cluster's epoch: just what the node said alone.
+            hub.apply(Event::Join {
+                id: newcomer,
+                room: LOBBY.into(),
+                since: Some(1),
+                epoch: Some(1),
+            });
+            hub.flush();
+            let resumed = received(&mut reads, 2);
+            assert_ne!(resumed[0]["gap"], true, "{}", resumed[0]);
+            assert_eq!(said(&resumed), [text]);
+            hub.apply(Event::Leave { id: newcomer });
+            hub.apply(Event::Linked { up: true });
+            hub.flush();
+            let back = received(&mut ann_reads, 2);
+            let note = back.iter().find(|f| f["type"] == "cluster").unwrap();
+            assert_eq!(
+                (note["connected"].as_bool(), note["epoch"].as_u64()),
+                (Some(true), Some(1))
+            );
+        }
+        assert!(epochs[1] > epochs[0], "{epochs:?}");
+        // After: the history is the cluster's alone.
+        let (outbox, mut reads) = client(7);
+        hub.apply(connect(7, &outbox));
+        hub.flush();
+        let welcomed = received(&mut reads, 3);
+        assert_eq!(welcomed[0]["epoch"].as_u64(), Some(1));
+        assert_eq!(said(&welcomed), ["a"]);
     }
 
     #[test]

@@ -636,6 +636,16 @@ fn history_and_since_come_from_any_node_and_survive_a_restart() {
     let ids: Vec<u64> = (0..5)
         .map(|_| ann.recv_type("message")["id"].as_u64().unwrap())
         .collect();
+    // And in a room of its own, after the lobby's.
+    let mut gus = Client::join(&a);
+    gus.send_text(r#"{"type":"join","room":"games"}"#);
+    gus.recv_type("joined");
+    for i in 1..=3 {
+        gus.send_chat("gus", &format!("game {i}"));
+    }
+    let games: Vec<u64> = (0..3)
+        .map(|_| gus.recv_type("message")["id"].as_u64().unwrap())
+        .collect();
     // A node started after all that: its first client hears the lobby's history.
     let b = node(&redis);
     let mut bob = Client::connect(&b.ws_url("/"));
@@ -667,6 +677,17 @@ fn history_and_since_come_from_any_node_and_survive_a_restart() {
         .map(|_| bob.recv_type("message")["id"].as_u64().unwrap())
         .collect();
     assert_eq!(after, ids[3..]);
+    // The same in a room the new node made for the history it started with.
+    bob.send_text(&format!(
+        r#"{{"type":"join","room":"games","since":{},"epoch":{epoch}}}"#,
+        games[0]
+    ));
+    let joined = bob.recv_type("joined");
+    assert_ne!(joined["gap"], true, "{joined}");
+    let after: Vec<u64> = (0..2)
+        .map(|_| bob.recv_type("message")["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(after, games[1..]);
     // The node that said it all restarts: its history is back.
     drop(ann);
     drop(a);
