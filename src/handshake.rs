@@ -126,7 +126,13 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
 
     let mut admission = None;
     let callback = |request: &Request, response: Response| {
-        check(settings, peer, request, response, &mut admission)
+        let verdict = check(settings, peer, request, response, &mut admission);
+        if verdict.is_err() {
+            // Counted before tungstenite writes the refusal, so /stats never lags
+            // behind what the client has been told.
+            settings.stats.count_handshake(HandshakeEnd::Refused);
+        }
+        verdict
     };
     let ws = match tungstenite::accept_hdr_with_config(handshake_stream, callback, Some(config)) {
         Ok(ws) => ws,
@@ -145,7 +151,6 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
             return;
         }
         Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
-            settings.stats.count_handshake(HandshakeEnd::Refused);
             log::info!(
                 "client {id} from {peer}: refused with {}: {}",
                 response.status(),
