@@ -67,13 +67,15 @@ impl Cable {
         let (cut_, open_, port) = (Arc::clone(&cut), Arc::clone(&open), redis.port);
         thread::spawn(move || {
             for near in listener.incoming().flatten() {
+                // Under the lock `cut` takes too: a connection is either cut with
+                // the others or made after the cable is whole again.
+                let mut list = open_.lock().unwrap();
                 if cut_.load(Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
                 let Ok(far) = TcpStream::connect(("127.0.0.1", port)) else {
                     continue;
                 };
-                let mut list = open_.lock().unwrap();
                 list.push(near.try_clone().unwrap());
                 list.push(far.try_clone().unwrap());
                 for (mut from, mut to) in [
@@ -95,8 +97,9 @@ impl Cable {
     }
 
     fn cut(&self) {
+        let mut open = self.open.lock().unwrap();
         self.cut.store(true, Ordering::SeqCst);
-        for stream in self.open.lock().unwrap().drain(..) {
+        for stream in open.drain(..) {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
