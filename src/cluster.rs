@@ -46,7 +46,7 @@
 //! deadline when the network just goes quiet. While Redis is gone, the node goes
 //! on as a single server for its own clients:
 //!
-//! * they stay connected and get a `cluster` frame saying so;
+//! * they stay connected and get a `cluster` notification saying so;
 //! * the hub numbers their messages itself, in an epoch of the node's own (the
 //!   frame names it). An id taken here alone could be another node's too (the
 //!   others may still reach Redis and go on counting), and the epoch is what
@@ -64,7 +64,7 @@
 //! * the node's own epoch ends: what was said in it stays with those who heard it
 //!   (the others never did) and leaves the histories. Their cluster part was kept
 //!   apart meanwhile, so they are the stream's again;
-//! * the clients get a second `cluster` frame with the cluster's epoch, and the
+//! * the clients get a second `cluster` notification with the cluster's epoch, and the
 //!   counts take the others back in;
 //! * in case Redis lost its data, the id counter is raised past every id this
 //!   node has seen, and the epoch and node counter are written back.

@@ -1183,20 +1183,23 @@ impl Hub {
         };
         self.elsewhere_changed(now);
         let msg = if up {
-            "the chat's other nodes can be reached again"
+            "this server has the rest of the chat again"
         } else {
-            "the chat's other nodes cannot be reached: until they can, only this server's clients hear you"
+            "this server lost the rest of the chat: until it is back, only the people on this server hear you"
         };
-        let frame = Outgoing::Cluster {
-            connected: up,
-            msg,
-            epoch: self.epoch,
-        };
-        let json = frame.to_json();
         for (name, room) in &mut self.rooms {
             if room.members.is_empty() {
                 continue;
             }
+            let frame = Outgoing::Cluster {
+                msg,
+                count: room.members.len() + others(&self.elsewhere, name),
+                event: "cluster",
+                room: name,
+                connected: up,
+                epoch: self.epoch,
+            };
+            let json = frame.to_json();
             room.batch.push(&json, &frame, name);
             self.turn_bytes += json.len();
             mark_dirty(&mut self.dirty, name);
@@ -1835,7 +1838,7 @@ mod tests {
             hub.apply(Event::Linked { up: true });
             hub.flush();
             let back = received(&mut ann_reads, 2);
-            let note = back.iter().find(|f| f["type"] == "cluster").unwrap();
+            let note = back.iter().find(|f| f["event"] == "cluster").unwrap();
             assert_eq!(
                 (note["connected"].as_bool(), note["epoch"].as_u64()),
                 (Some(true), Some(1))

@@ -427,12 +427,20 @@ pub enum Outgoing<'a> {
         name: Option<&'a str>,
     },
     /// In a cluster: this node lost Redis (`connected: false`, it chats on alone)
-    /// or has it again.
+    /// or has it again. A notification (`"event":"cluster"`), so that a client
+    /// that shows notifications, the tutorials' included, shows this one too.
+    #[serde(rename = "notification")]
     Cluster {
-        /// Whether the other nodes hear this node's clients now.
-        connected: bool,
         /// Says it in words.
         msg: &'a str,
+        /// Members of the room now.
+        count: usize,
+        /// Always `"cluster"`.
+        event: &'static str,
+        /// The room.
+        room: &'a str,
+        /// Whether the other nodes hear this node's clients now.
+        connected: bool,
         /// The epoch of the messages from now on (as `welcome`'s): this node's
         /// own while cut off, the cluster's again after.
         epoch: u64,

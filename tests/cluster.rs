@@ -132,6 +132,16 @@ fn assert_refused_for(client: &mut Client, id: u64) {
     );
 }
 
+/// The next notification that the node lost Redis or has it again.
+fn recv_cluster(client: &mut Client) -> serde_json::Value {
+    loop {
+        let note = client.recv_type("notification");
+        if note["event"] == "cluster" {
+            return note;
+        }
+    }
+}
+
 /// The epoch a node's clients are told in `welcome`.
 fn epoch_of(server: &Server) -> u64 {
     let mut probe = Client::connect(&server.ws_url("/"));
@@ -291,12 +301,14 @@ fn without_redis_each_node_chats_on_alone_and_the_cluster_heals_when_it_is_back(
     drop(redis);
     // Every client hears that the other nodes cannot be reached, and the epoch its
     // node numbers messages in from now on: one of the node's own. None is cut off.
-    let mut own = Vec::new();
+    let (mut own, mut counts) = (Vec::new(), Vec::new());
     for client in [&mut ann, &mut amy, &mut bob] {
-        let note = client.recv_type("cluster");
+        let note = recv_cluster(client);
         assert_eq!(note["connected"], false, "{note}");
         own.push(note["epoch"].as_u64().unwrap());
+        counts.push(note["count"].as_u64().unwrap());
     }
+    assert_eq!(counts, [2, 2, 1], "each node counts its own clients alone");
     assert_eq!(own[0], own[1], "one node, one epoch");
     assert!(
         own[0] != epoch && own[2] != epoch && own[0] != own[2],
@@ -332,7 +344,7 @@ fn without_redis_each_node_chats_on_alone_and_the_cluster_heals_when_it_is_back(
 
     let _redis = Redis::start_on(port);
     for client in [&mut ann, &mut amy, &mut bob, &mut ada] {
-        let note = client.recv_type("cluster");
+        let note = recv_cluster(client);
         assert_eq!(
             (note["connected"].as_bool(), note["epoch"].as_u64()),
             (Some(true), Some(epoch)),
@@ -401,7 +413,7 @@ fn a_node_cut_off_alone_chats_on_and_catches_up_when_it_is_back() {
 
     cable.cut();
     for client in [&mut ann, &mut amy] {
-        let note = client.recv_type("cluster");
+        let note = recv_cluster(client);
         assert_eq!(note["connected"], false, "{note}");
         assert_ne!(note["epoch"].as_u64(), Some(epoch), "{note}");
     }
@@ -424,7 +436,7 @@ fn a_node_cut_off_alone_chats_on_and_catches_up_when_it_is_back() {
 
     cable.mend();
     for client in [&mut ann, &mut amy] {
-        let note = client.recv_type("cluster");
+        let note = recv_cluster(client);
         assert_eq!(
             (note["connected"].as_bool(), note["epoch"].as_u64()),
             (Some(true), Some(epoch)),

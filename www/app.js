@@ -46,8 +46,8 @@ const SLOW_RUN_MS = 3000;    // rate-limit errors this close together share a no
 let socket = null;
 let ready = false;        // welcome handled and our join sent: frames may go out
 let myId = null;          // from the welcome frame: marks our own messages
-let epoch = null;         // the epoch of what arrives now: welcome's, or a cluster frame's
-let clusterEpoch = null;  // a cluster's own epoch, once a cluster frame has shown it
+let epoch = null;         // the epoch of what arrives now: welcome's, or a cluster notification's
+let clusterEpoch = null;  // a cluster's own epoch, once a cluster notification has shown it
 let online = null;        // count of the current room, from joined/notifications
 let wanted = true;        // false after the user pressed Disconnect
 let backoff = BACKOFF_START_MS;
@@ -369,6 +369,7 @@ function message(data) {
 }
 
 function notification(data) {
+  if (data.event === 'cluster') return cluster(data);
   const where = data.room || serverRoom;
   if (!belongs(where, false)) return;
   addEntry('notification', [['text', data.msg]], null, where);
@@ -390,8 +391,8 @@ function direct(data) {
   entry.dataset.id = data.id;
 }
 
-/** Our server lost the chat's other nodes, or has them again: from now on ids
- *  are of the epoch it names. */
+/** Our server lost the chat's other nodes, or has them again (a notification
+ *  with `"event":"cluster"`): from now on ids are of the epoch it names. */
 function cluster(data) {
   // Cut off, the epoch we were in was the cluster's; back, the frame names it.
   clusterEpoch = data.connected ? data.epoch ?? null : epoch;
@@ -399,6 +400,11 @@ function cluster(data) {
   addEntry(data.connected ? 'notice' : 'notice gap', [['text',
     data.connected ? 'Connected to the whole chat again.'
       : 'This server lost the rest of the chat: only people on it hear you until it is back.']]);
+  if ((data.room || serverRoom) === room && typeof data.count === 'number') {
+    online = data.count;
+    setStatus('online');
+    askWho();
+  }
 }
 
 function error(data) {
@@ -501,7 +507,6 @@ async function connect() {
         }
         return undefined;
       case 'error': return error(data);
-      case 'cluster': return cluster(data);
       default: return undefined;
     }
   };
