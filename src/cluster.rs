@@ -60,7 +60,10 @@
 //! Once Redis answers again:
 //!
 //! * `redis-in` resumes after the last entry it handed over, so the node hears
-//!   what the others said meanwhile, with no gap and no duplicate;
+//!   what the others said meanwhile, with no gap and no duplicate, as long as the
+//!   stream still holds it ([`STREAM_KEEPS`]). Ids are consecutive along the
+//!   stream, so when the first id it reads jumps, the node knows some are gone
+//!   and tells its clients ([`Event::Missed`]);
 //! * the node's own epoch ends: what was said in it stays with those who heard it
 //!   (the others never did) and leaves the histories. Their cluster part was kept
 //!   apart meanwhile, so they are the stream's again;
@@ -533,6 +536,11 @@ fn read_stream(
     let mut link = Link::new(url);
     // Whether the hub believes Redis answers: it is told when that changes.
     let mut linked = true;
+    // The last message id handed over, when there is one to follow. Ids are
+    // consecutive along the stream (each is taken by the append that writes its
+    // entry), so a jump past it means entries this node will never read: trimmed
+    // (`MAXLEN ~`) while it was cut off, or lost with Redis' data.
+    let mut last = message_id(&after).filter(|n| *n > 0);
     let tell = |up: bool, linked: &mut bool| {
         if *linked != up {
             *linked = up;
@@ -571,6 +579,12 @@ fn read_stream(
             let Some(list) = parts.pop() else { continue };
             for (id, fields) in entries(list) {
                 if let Some(n) = message_id(&id) {
+                    if last.is_some_and(|last| n > last + 1)
+                        && hub.send(Event::Missed { upto: n - 1 }).is_err()
+                    {
+                        return;
+                    }
+                    last = Some(n);
                     highest.fetch_max(n, Ordering::Relaxed);
                 }
                 after = id.clone();

@@ -188,6 +188,9 @@ pub enum Event {
     },
     /// Redis stopped (`up: false`) or started again answering this node.
     Linked { up: bool },
+    /// The cluster's messages up to `upto` that this node has not heard are gone
+    /// from the stream.
+    Missed { upto: u64 },
     /// An admin client of any node closes client `id`, perhaps one of this node's.
     RelayedKick { by: u64, id: u64 },
     /// A direct message from another node, for client `to` here.
@@ -410,7 +413,7 @@ impl History {
                 break;
             };
             run.bytes -= History::cost(&json);
-            run.dropped_up_to = old;
+            run.dropped_up_to = run.dropped_up_to.max(old);
         }
     }
 
@@ -455,6 +458,14 @@ impl History {
                     .map(|(_, json)| json)
             });
         (gap, entries)
+    }
+
+    /// Every id of `epoch` up to `upto` is missing here, held or not.
+    fn missing(&mut self, epoch: u64, upto: u64) {
+        match self.runs.iter_mut().find(|r| r.epoch == epoch) {
+            Some(run) => run.dropped_up_to = run.dropped_up_to.max(upto),
+            None => self.runs.insert(0, Run::new(epoch, upto)),
+        }
     }
 
     /// Drops the run of `epoch`, if there is one.
@@ -713,6 +724,7 @@ impl Hub {
                 self.reported = rooms;
             }
             Event::Linked { up } => self.linked_changed(up),
+            Event::Missed { upto } => self.missed(upto),
             Event::RelayedKick { by, id } => self.kick_out(id, by),
             Event::RelayedDirect {
                 id,
@@ -1197,6 +1209,36 @@ impl Hub {
                 event: "cluster",
                 room: name,
                 connected: up,
+                gap: false,
+                epoch: self.epoch,
+            };
+            let json = frame.to_json();
+            room.batch.push(&json, &frame, name);
+            self.turn_bytes += json.len();
+            mark_dirty(&mut self.dirty, name);
+        }
+    }
+
+    /// The cluster's messages up to `upto` that this node has not heard never will
+    /// (the stream was trimmed past them while it was cut off, or Redis lost
+    /// them): a replay from before them has a gap, and everyone here is told.
+    fn missed(&mut self, upto: u64) {
+        log::warn!("cluster: messages up to {upto} are gone before this node heard them");
+        self.last_message_id = self.last_message_id.max(upto);
+        let msg =
+            "some of what was said on the other servers meanwhile is gone and will not arrive";
+        for (name, room) in &mut self.rooms {
+            room.history.missing(self.settings.epoch, upto);
+            if room.members.is_empty() {
+                continue;
+            }
+            let frame = Outgoing::Cluster {
+                msg,
+                count: room.members.len() + others(&self.elsewhere, name),
+                event: "cluster",
+                room: name,
+                connected: self.linked,
+                gap: true,
                 epoch: self.epoch,
             };
             let json = frame.to_json();

@@ -441,6 +441,10 @@ pub enum Outgoing<'a> {
         room: &'a str,
         /// Whether the other nodes hear this node's clients now.
         connected: bool,
+        /// Some of what the others said will never reach this node (the stream
+        /// no longer holds it).
+        #[serde(skip_serializing_if = "is_false")]
+        gap: bool,
         /// The epoch of the messages from now on (as `welcome`'s): this node's
         /// own while cut off, the cluster's again after.
         epoch: u64,

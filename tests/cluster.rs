@@ -366,6 +366,15 @@ fn without_redis_each_node_chats_on_alone_and_the_cluster_heals_when_it_is_back(
         (mine["msg"].as_str(), mine["id"].as_u64()),
         (Some("after"), heard["id"].as_u64())
     );
+    // Nothing the others said is missing (ids go on without a jump): nobody is
+    // told otherwise.
+    loop {
+        let frame = ann.recv_json();
+        assert_ne!(frame["gap"], true, "{frame}");
+        if frame["msg"] == "after" {
+            break;
+        }
+    }
     ann.send_chat("ann", "and again");
     assert_eq!(bob.recv_type("message")["msg"], "and again");
     // The time alone has left the histories: both nodes tell newcomers the same.
@@ -471,6 +480,73 @@ fn a_node_cut_off_alone_chats_on_and_catches_up_when_it_is_back() {
     said[2..].sort_unstable();
     assert_eq!(said, ["before", "b goes on", "after", "one chat"]);
     assert_eq!(told(&a), on_b);
+}
+
+#[test]
+fn a_node_cut_off_past_the_stream_s_trim_is_told_what_it_missed() {
+    let redis = Redis::start();
+    let cable = Cable::to(&redis);
+    let a = Server::start(&["--redis", &cable.url()]);
+    let b = node(&redis);
+    let epoch = epoch_of(&b);
+    let mut ann = Client::join(&a);
+    let mut bob = Client::join(&b);
+    ann.send_chat("ann", "before");
+    let before = bob.recv_type("message");
+    assert_eq!(ann.recv_type("message")["msg"], "before", "a has read it");
+
+    cable.cut();
+    assert_eq!(recv_cluster(&mut ann)["connected"], false);
+    bob.send_chat("bob", "trimmed away");
+    bob.send_chat("bob", "b goes on");
+    let trimmed = bob.recv_type("message");
+    let kept = bob.recv_type("message");
+    assert_eq!(kept["msg"], "b goes on");
+    // The stream lets go of everything before "b goes on" (what `MAXLEN ~` does
+    // to a node cut off for long enough), before a has read it.
+    let mut con = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: u64 = redis::cmd("XTRIM")
+        .arg("threadchat:messages")
+        .arg("MINID")
+        .arg(format!("{}-1", kept["id"]))
+        .query(&mut con)
+        .unwrap();
+
+    cable.mend();
+    let back = recv_cluster(&mut ann);
+    assert_eq!(back["connected"], true, "{back}");
+    // Told that something is gone, then what the stream still has.
+    let told = recv_cluster(&mut ann);
+    assert_eq!(
+        (told["gap"].as_bool(), told["connected"].as_bool()),
+        (Some(true), Some(true)),
+        "{told}"
+    );
+    let next = ann.recv_type("message");
+    assert_eq!(next["msg"], "b goes on", "never {trimmed}");
+    // A replay through a from before the lost message says so; from after it, not.
+    let mut newcomer = Client::connect(&a.ws_url("/"));
+    newcomer.recv_type("welcome");
+    for (since, gap) in [(&before, true), (&kept, false)] {
+        newcomer.send_text(&format!(
+            r#"{{"type":"join","room":"lobby","since":{},"epoch":{epoch}}}"#,
+            since["id"]
+        ));
+        let joined = newcomer.recv_type("joined");
+        assert_eq!(joined["gap"].as_bool().unwrap_or(false), gap, "{joined}");
+    }
+    // b, which read everything, was told nothing of the kind.
+    bob.send_chat("bob", "after");
+    loop {
+        let frame = bob.recv_json();
+        assert_ne!(frame["event"], "cluster", "{frame}");
+        if frame["msg"] == "after" {
+            break;
+        }
+    }
 }
 
 #[test]

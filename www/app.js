@@ -394,6 +394,11 @@ function direct(data) {
 /** Our server lost the chat's other nodes, or has them again (a notification
  *  with `"event":"cluster"`): from now on ids are of the epoch it names. */
 function cluster(data) {
+  if (data.gap) {
+    addEntry('notice gap', [['text',
+      'Some messages from the rest of the chat were missed while this server was cut off.']]);
+    return;
+  }
   // Cut off, the epoch we were in was the cluster's; back, the frame names it.
   clusterEpoch = data.connected ? data.epoch ?? null : epoch;
   if (typeof data.epoch === 'number') epoch = data.epoch;
