@@ -1199,6 +1199,12 @@ impl Hub {
         } else {
             "this server lost the rest of the chat: until it is back, only the people on this server hear you"
         };
+        self.tell_every_room(msg, false);
+    }
+
+    /// A cluster notification to every room with members: whether Redis answers
+    /// now, in which epoch, and (`gap`) whether something is gone for good.
+    fn tell_every_room(&mut self, msg: &str, gap: bool) {
         for (name, room) in &mut self.rooms {
             if room.members.is_empty() {
                 continue;
@@ -1208,8 +1214,8 @@ impl Hub {
                 count: room.members.len() + others(&self.elsewhere, name),
                 event: "cluster",
                 room: name,
-                connected: up,
-                gap: false,
+                connected: self.linked,
+                gap,
                 epoch: self.epoch,
             };
             let json = frame.to_json();
@@ -1225,27 +1231,13 @@ impl Hub {
     fn missed(&mut self, upto: u64) {
         log::warn!("cluster: messages up to {upto} are gone before this node heard them");
         self.last_message_id = self.last_message_id.max(upto);
-        let msg =
-            "some of what was said on the other servers meanwhile is gone and will not arrive";
-        for (name, room) in &mut self.rooms {
+        for room in self.rooms.values_mut() {
             room.history.missing(self.settings.epoch, upto);
-            if room.members.is_empty() {
-                continue;
-            }
-            let frame = Outgoing::Cluster {
-                msg,
-                count: room.members.len() + others(&self.elsewhere, name),
-                event: "cluster",
-                room: name,
-                connected: self.linked,
-                gap: true,
-                epoch: self.epoch,
-            };
-            let json = frame.to_json();
-            room.batch.push(&json, &frame, name);
-            self.turn_bytes += json.len();
-            mark_dirty(&mut self.dirty, name);
         }
+        self.tell_every_room(
+            "some of what was said on the other servers meanwhile is gone and will not arrive",
+            true,
+        );
     }
 
     /// Who is where on the other nodes changed: the counts follow, and this node's

@@ -757,28 +757,21 @@ fn history_and_since_come_from_any_node_and_survive_a_restart() {
         replayed,
         (1..=5).map(|i| format!("said {i}")).collect::<Vec<_>>()
     );
+    // Bob joins `room` from `since`: no gap, then the ids of the next two.
+    let mut resume = |room: &str, since: u64| {
+        bob.send_text(&format!(
+            r#"{{"type":"join","room":"{room}","since":{since},"epoch":{epoch}}}"#
+        ));
+        let joined = bob.recv_type("joined");
+        assert_ne!(joined["gap"], true, "{joined}");
+        (0..2)
+            .map(|_| bob.recv_type("message")["id"].as_u64().unwrap())
+            .collect::<Vec<u64>>()
+    };
     // `since` from an id another node gave: only what came after it, no gap.
-    bob.send_text(&format!(
-        r#"{{"type":"join","room":"lobby","since":{},"epoch":{epoch}}}"#,
-        ids[2]
-    ));
-    let joined = bob.recv_type("joined");
-    assert_ne!(joined["gap"], true, "{joined}");
-    let after: Vec<u64> = (0..2)
-        .map(|_| bob.recv_type("message")["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(after, ids[3..]);
+    assert_eq!(resume("lobby", ids[2]), ids[3..]);
     // The same in a room the new node made for the history it started with.
-    bob.send_text(&format!(
-        r#"{{"type":"join","room":"games","since":{},"epoch":{epoch}}}"#,
-        games[0]
-    ));
-    let joined = bob.recv_type("joined");
-    assert_ne!(joined["gap"], true, "{joined}");
-    let after: Vec<u64> = (0..2)
-        .map(|_| bob.recv_type("message")["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(after, games[1..]);
+    assert_eq!(resume("games", games[0]), games[1..]);
     // The node that said it all restarts: its history is back.
     drop(ann);
     drop(a);
