@@ -546,12 +546,10 @@ struct Hub {
     /// Id of the last message or direct message relayed (in a cluster: of the
     /// cluster's, the highest seen).
     last_message_id: u64,
-    /// The epoch of what the hub delivers now: the server run's or the
-    /// cluster's, or while cut off from the cluster one of this node's own.
-    epoch: u64,
-    /// While cut off: the last id this node gave a message itself, in `epoch`.
+    /// While cut off: the last id this node gave a message itself.
     own_ids: u64,
-    /// The last epoch of this node's own: the next is greater.
+    /// The last epoch of this node's own (the one it is in while cut off): the
+    /// next is greater.
     last_own_epoch: u64,
     /// In a cluster: the members of each room on the other nodes.
     elsewhere: HashMap<String, Vec<(u64, String)>>,
@@ -621,7 +619,6 @@ impl Hub {
             turn_bytes: 0,
             turn_messages: 0,
             last_message_id,
-            epoch: settings.epoch,
             own_ids: 0,
             last_own_epoch: 0,
             elsewhere: HashMap::new(),
@@ -868,7 +865,7 @@ impl Hub {
         let room = room
             .filter(|r| self.make_room(r).is_ok())
             .unwrap_or_else(|| LOBBY.to_string());
-        let clock = self.clock;
+        let (clock, epoch) = (self.clock, self.epoch());
         let target = self.rooms.get_mut(&room).expect("made above, or the lobby");
         let elsewhere = others(&self.elsewhere, &room);
         let count = target.members.len() + 1 + elsewhere;
@@ -877,10 +874,10 @@ impl Hub {
             count,
             protocol,
             room: Some(&room),
-            epoch: Some(self.epoch),
+            epoch: Some(epoch),
         };
         let mut prefix = encode(&welcome, format);
-        let (_, history) = target.history.after(None, None, self.epoch);
+        let (_, history) = target.history.after(None, None, epoch);
         append_history(&mut prefix, history, format);
         self.seats.insert(
             id,
@@ -921,7 +918,7 @@ impl Hub {
             }
             return;
         }
-        let id = self.take_id();
+        let (id, epoch) = (self.take_id(), self.epoch());
         let seat = &self.seats[&from];
         let Some(room) = self.rooms.get_mut(&seat.room) else {
             return;
@@ -946,7 +943,7 @@ impl Hub {
             &seat.room,
             &frame,
             except_sender,
-            (self.epoch, self.settings.history),
+            (epoch, self.settings.history),
         );
         self.turn_messages += 1;
         room.last_used = self.clock;
@@ -1013,7 +1010,7 @@ impl Hub {
         let name = seat.name.clone();
         let outbox = Arc::clone(&seat.outbox);
         let old = seat.room.clone();
-        let clock = self.clock;
+        let (clock, now, linked) = (self.clock, self.epoch(), self.linked);
         let target = self
             .rooms
             .get_mut(&room)
@@ -1024,9 +1021,8 @@ impl Hub {
         // history is sent and the reply says some may be missing.
         // Without an epoch, `since` is of the server's only one, or the cluster's
         // (as it was before this node's own); while cut off it may be either.
-        let cut_off = self.epoch != self.settings.epoch;
-        let epoch = epoch.or((!cut_off).then_some(self.epoch));
-        let (gap, history) = target.history.after(since, epoch, self.epoch);
+        let epoch = epoch.or(linked.then_some(now));
+        let (gap, history) = target.history.after(since, epoch, now);
         let staying = old == room;
         let elsewhere = others(&self.elsewhere, &room);
         let joined = Outgoing::Joined {
@@ -1103,12 +1099,22 @@ impl Hub {
         self.deliver_direct(id, unix_millis(), from, name, to, msg);
     }
 
+    /// The epoch of what the hub delivers now: the server run's or the
+    /// cluster's, or while cut off from the cluster one of this node's own.
+    fn epoch(&self) -> u64 {
+        if self.linked {
+            self.settings.epoch
+        } else {
+            self.last_own_epoch
+        }
+    }
+
     /// The id of a message this hub numbers itself: a single server's next, or,
     /// on a node cut off from its cluster, the next of the node's own epoch. Those
     /// go on from the cluster's last id, but may be any other node's too, which is
     /// why they have an epoch of their own.
     fn take_id(&mut self) -> u64 {
-        if self.epoch == self.settings.epoch {
+        if self.linked {
             self.last_message_id += 1;
             self.last_message_id
         } else {
@@ -1171,13 +1177,11 @@ impl Hub {
         self.linked = up;
         if up {
             for room in self.rooms.values_mut() {
-                room.history.forget(self.epoch);
+                room.history.forget(self.last_own_epoch);
             }
-            self.epoch = self.settings.epoch;
         } else {
             let node = self.settings.cluster.as_ref().map_or(0, |c| c.node);
             self.last_own_epoch = own_epoch(node, self.last_own_epoch);
-            self.epoch = self.last_own_epoch;
             self.own_ids = self.last_message_id;
         }
         log::warn!(
@@ -1205,6 +1209,7 @@ impl Hub {
     /// A cluster notification to every room with members: whether Redis answers
     /// now, in which epoch, and (`gap`) whether something is gone for good.
     fn tell_every_room(&mut self, msg: &str, gap: bool) {
+        let epoch = self.epoch();
         for (name, room) in &mut self.rooms {
             if room.members.is_empty() {
                 continue;
@@ -1216,7 +1221,7 @@ impl Hub {
                 room: name,
                 connected: self.linked,
                 gap,
-                epoch: self.epoch,
+                epoch,
             };
             let json = frame.to_json();
             room.batch.push(&json, &frame, name);
@@ -1370,7 +1375,7 @@ impl Hub {
         // has a gap (in the cluster's epoch, and in this node's own while cut off).
         let history = History::new([
             (self.settings.epoch, self.last_message_id),
-            (self.epoch, self.own_ids),
+            (self.epoch(), self.own_ids),
         ]);
         self.rooms.insert(room.to_string(), Room::new(history));
         Ok(())
