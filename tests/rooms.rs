@@ -269,12 +269,24 @@ fn a_joiner_gets_the_history_then_live_messages_without_a_gap_or_a_duplicate() {
     let server = Server::start(&["--history", "1000", "--rate", "100000", "--burst", "100000"]);
     let (mut talker, _) = join(&server);
     enter(&mut talker, "busy");
-    // The talker keeps talking while the joiner arrives.
+    // Some history before the joiner comes (the talker has heard its own tenth
+    // message back, so the hub has taken all ten) ...
+    for k in 0..10 {
+        talker.send_chat("t", &k.to_string());
+    }
+    until(&mut talker, "9");
+    // ... then the talker keeps talking while the joiner arrives, and keeps the
+    // second half back until the joiner is in: it lands mid-stream.
+    let (joined, go_on) = std::sync::mpsc::channel::<()>();
     let talking = thread::spawn(move || {
-        for k in 0..300 {
+        for k in 10..300 {
+            if k == 150 {
+                go_on.recv().unwrap();
+            }
             talker.send_chat("t", &k.to_string());
             if k % 10 == 0 {
-                // A sender at a human pace: the joiner must land mid-stream.
+                // A sender at a human pace, so that messages are in flight
+                // while the joiner's join is.
                 thread::sleep(Duration::from_millis(2));
             }
         }
@@ -282,6 +294,7 @@ fn a_joiner_gets_the_history_then_live_messages_without_a_gap_or_a_duplicate() {
     });
     let (mut joiner, _) = join(&server);
     enter(&mut joiner, "busy");
+    joined.send(()).unwrap();
     let heard = until(&mut joiner, "299");
     talking.join().unwrap();
     let numbers: Vec<u32> = messages(&heard)
