@@ -132,10 +132,11 @@ const READ_BLOCK: Duration = Duration::from_millis(1_000);
 /// Appends one message under the next id, atomically: KEYS[1] the stream, KEYS[2]
 /// the id counter, KEYS[3] the numbers this process has appended (a sorted set);
 /// ARGV: MAXLEN, room, from, name, msg, ts, except, to (empty for a room
-/// message), the message's number in this process, and kick (`1` for a kick). A number already there is
-/// skipped, so a batch sent again after a lost answer is appended once; it is
-/// recorded only after the entry is in (a failed XADD ends the script, and the
-/// retry appends it). The set keeps the last 10,000 numbers.
+/// message), the message's number in this process, and kick (`1` for a kick).
+/// A number already there is skipped, so a batch sent again after a lost answer
+/// is appended once; it is recorded only after the entry is in (a failed XADD
+/// ends the script, and the retry appends it). The set keeps the last 10,000
+/// numbers.
 const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 end \
     local id = redis.call('INCR', KEYS[2]) \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id .. '-1', \
@@ -152,7 +153,9 @@ const APPEND_TRIES: u32 = 4;
 /// Raises the id counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data
 /// (a restart without persistence), new ids still follow every id this node has
 /// seen, so nobody's `XREAD` position or `since` falls behind the new entries.
-const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0')     if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end     return 0";
+const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
+    if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end \
+    return 0";
 
 /// A room message (or, with `to`, a direct message, or with `kick` too, an
 /// admin's kick) from one of this node's clients, on its way to Redis.
