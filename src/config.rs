@@ -187,6 +187,39 @@ pub struct Config {
     )]
     pub max_http_per_host: usize,
 
+    /// Frames a second one address may send, all its chat connections and their
+    /// pings together, kept across reconnects (4 seconds' worth at once); 0 = no
+    /// limit. Over it frames are dropped, and a connection that keeps on is closed
+    /// with 1008. Counters one host flooding through many connections.
+    #[arg(
+        long,
+        env = "THREADCHAT_HOST_FRAMES",
+        default_value_t = 50,
+        help_heading = "Limits"
+    )]
+    pub host_frames: u64,
+
+    /// Bytes a second one address may send to the chat, all its connections
+    /// together (4 seconds' worth at once); 0 = no limit.
+    #[arg(long, env = "THREADCHAT_HOST_BYTES_IN", default_value_t = 128 * 1024, help_heading = "Limits")]
+    pub host_bytes_in: u64,
+
+    /// Bytes a second one address may make the server send: each of its messages
+    /// times the members it reaches, direct messages, history replays, answers and
+    /// errors (4 seconds' worth at once); 0 = no limit. Counters fan-out floods.
+    #[arg(long, env = "THREADCHAT_HOST_BYTES_OUT", default_value_t = 2 * 1024 * 1024, help_heading = "Limits")]
+    pub host_bytes_out: u64,
+
+    /// Rooms one address may have made that still exist; past it, its least
+    /// recently used empty room makes way, never another address's; 0 = no limit.
+    #[arg(
+        long,
+        env = "THREADCHAT_MAX_ROOMS_PER_HOST",
+        default_value_t = 10,
+        help_heading = "Limits"
+    )]
+    pub max_rooms_per_host: usize,
+
     /// Largest message in bytes, chat and echo; a larger one closes the connection
     /// with 1009. Counters memory exhaustion by one client.
     #[arg(long, env = "THREADCHAT_MAX_MESSAGE", default_value_t = 64 * 1024, help_heading = "Limits")]

@@ -47,6 +47,11 @@ pub fn is_close(frame: &[u8]) -> bool {
     frame.first().is_some_and(|byte| byte & 0x0F == 0x8)
 }
 
+/// Whether `frame` (a whole server frame, as tungstenite hands it over) is a pong.
+pub fn is_pong(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|byte| byte & 0x0F == 0xA)
+}
+
 fn append(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let header = FrameHeader {
         opcode,
@@ -79,5 +84,7 @@ mod tests {
         assert_eq!(close(CloseCode::Away, ""), vec![0x88, 2, 0x03, 0xE9]);
         assert!(is_close(&close(CloseCode::Normal, "bye")));
         assert!(!is_close(&ping) && !is_close(&text("x")) && !is_close(&[]));
+        assert!(!is_pong(&ping) && !is_pong(&text("x")) && !is_pong(&[]));
+        assert!(is_pong(&[0x8A, 0]));
     }
 }

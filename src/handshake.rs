@@ -35,6 +35,7 @@ use crate::hub::Format;
 use crate::hub::{Endpoint, Event};
 use crate::places::{Kind, Place, Places};
 use crate::protocol::{self, SUBPROTOCOL, SUBPROTOCOL_TEXT, SUBPROTOCOL_V2};
+use crate::budget::Budgets;
 use crate::reader::{self, ClientStream, ReaderSettings};
 use crate::stats::{HandshakeEnd, Stats};
 use crate::tls;
@@ -68,6 +69,8 @@ pub struct WsSettings {
     pub stats: Arc<Stats>,
     /// What the reader needs once the handshake is done.
     pub reader: ReaderSettings,
+    /// Every address's budget, carried across its connections.
+    pub budgets: Arc<Budgets>,
 }
 
 /// What the handshake callback found out, for the reader.
@@ -186,8 +189,16 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
             admission.endpoint
         ),
     }
+    // Echo clients serve conformance tools (`--echo` only, 16 at most), which send
+    // megabytes on purpose: budgets are the chat's.
+    let allowance = match admission.endpoint {
+        Endpoint::Chat => settings.budgets.of(peer),
+        Endpoint::Echo => None,
+    };
     reader::serve(
         reader::Client {
+            address: peer,
+            allowance,
             format: admission.format,
             name: admission.name,
             room: admission.room,

@@ -558,6 +558,7 @@ mod tests {
             ping_interval: Duration::from_secs(30),
             history: 10,
             max_rooms: 10,
+            max_rooms_per_host: 0,
             epoch: 1,
             cluster: None,
         };

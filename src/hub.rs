@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender, never, select, tick};
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::budget::Allowance;
 use crate::cluster::{self, Publish};
 use crate::frame;
 use crate::outbox::{Failure, Outbox};
@@ -114,6 +116,9 @@ pub struct HubSettings {
     pub history: usize,
     /// Rooms at most (`--max-rooms`), the lobby included.
     pub max_rooms: usize,
+    /// Rooms one address may have made that still exist (`--max-rooms-per-host`,
+    /// 0: no limit).
+    pub max_rooms_per_host: usize,
     /// This server run (or, in a cluster, the cluster's), in `welcome` and for
     /// `join`'s `since`.
     pub epoch: u64,
@@ -136,6 +141,11 @@ pub enum Event {
         room: Option<String>,
         /// What `welcome` says it speaks.
         protocol: &'static str,
+        /// Its address: rooms made are counted per address.
+        address: IpAddr,
+        /// Its address's budget: the hub charges it for what it sends on the
+        /// client's behalf.
+        allowance: Option<Arc<Allowance>>,
     },
     /// A chat client sent a valid message; the reader has filled in its name.
     Message {
@@ -485,6 +495,10 @@ struct Room {
     /// When it was last used, on the hub's own clock: the least recently used empty
     /// room gives its place to a new one.
     last_used: u64,
+    /// The address of the client that made it (none for the lobby, and for rooms
+    /// made for the cluster's messages): an address that has made its share of
+    /// rooms makes way among its own.
+    made_by: Option<IpAddr>,
 }
 
 impl Room {
@@ -494,6 +508,7 @@ impl Room {
             batch: Batch::default(),
             history,
             last_used: 0,
+            made_by: None,
         }
     }
 
@@ -527,6 +542,9 @@ struct Seat {
     name: String,
     format: Format,
     outbox: Arc<Outbox>,
+    address: IpAddr,
+    /// Pays for what the hub sends on this client's behalf.
+    allowance: Option<Arc<Allowance>>,
 }
 
 /// The hub's state. Only the hub thread touches it, so it needs no lock.
@@ -694,8 +712,20 @@ impl Hub {
                 name,
                 room,
                 protocol,
+                address,
+                allowance,
                 ..
-            } => self.connect(id, outbox, format, name, room, protocol),
+            } => {
+                let seat = Seat {
+                    room: LOBBY.to_string(),
+                    name,
+                    format,
+                    outbox,
+                    address,
+                    allowance,
+                };
+                self.connect(id, seat, room, protocol)
+            }
             Event::Message {
                 from,
                 message,
@@ -750,7 +780,8 @@ impl Hub {
                 if !self.seats.contains_key(&id) {
                     return;
                 }
-                if let Err(e) = self.make_room(&room) {
+                let address = self.seats[&id].address;
+                if let Err(e) = self.make_room(&room, Some(address)) {
                     return self.reply_error(id, &e);
                 }
                 // Moving between rooms happens between batches: every batch before
@@ -781,6 +812,7 @@ impl Hub {
                 let more = rooms.len().saturating_sub(LIST_MOST);
                 rooms.truncate(LIST_MOST);
                 let bytes = encode(&Outgoing::Rooms { rooms, more }, format);
+                charge(&self.seats[&id], bytes.len());
                 self.reply(id, bytes);
             }
             Event::Who { id } => {
@@ -809,6 +841,7 @@ impl Hub {
                     more: all.saturating_sub(LIST_MOST),
                 };
                 let bytes = encode(&frame, seat.format);
+                charge(seat, bytes.len());
                 self.reply(id, bytes);
             }
             Event::Direct {
@@ -852,19 +885,14 @@ impl Hub {
         }
     }
 
-    fn connect(
-        &mut self,
-        id: u64,
-        outbox: Arc<Outbox>,
-        format: Format,
-        name: String,
-        room: Option<String>,
-        protocol: &'static str,
-    ) {
+    /// Seats a new client (`seat` says where it wants to be: the lobby) in
+    /// `room`, or the lobby.
+    fn connect(&mut self, id: u64, mut seat: Seat, room: Option<String>, protocol: &'static str) {
         // A first room it cannot have (every place taken) is the lobby instead.
         let room = room
-            .filter(|r| self.make_room(r).is_ok())
+            .filter(|r| self.make_room(r, Some(seat.address)).is_ok())
             .unwrap_or_else(|| LOBBY.to_string());
+        let (format, name, outbox) = (seat.format, seat.name.clone(), Arc::clone(&seat.outbox));
         let (clock, epoch) = (self.clock, self.epoch());
         let target = self.rooms.get_mut(&room).expect("made above, or the lobby");
         let elsewhere = others(&self.elsewhere, &room);
@@ -879,15 +907,9 @@ impl Hub {
         let mut prefix = encode(&welcome, format);
         let (_, history) = target.history.after(None, None, epoch);
         append_history(&mut prefix, history, format);
-        self.seats.insert(
-            id,
-            Seat {
-                room: room.clone(),
-                name: name.clone(),
-                format,
-                outbox: Arc::clone(&outbox),
-            },
-        );
+        charge(&seat, prefix.len());
+        seat.room = room.clone();
+        self.seats.insert(id, seat);
         self.mirror(id, Some((&room, &name)));
         let target = self.rooms.get_mut(&room).expect("made above, or the lobby");
         target.last_used = clock;
@@ -938,13 +960,15 @@ impl Hub {
             room: Some(&seat.room),
         };
         let was_empty = room.batch.is_empty();
-        self.turn_bytes += post(
+        let bytes = post(
             room,
             &seat.room,
             &frame,
             except_sender,
             (epoch, self.settings.history),
         );
+        charge(seat, bytes * room.members.len());
+        self.turn_bytes += bytes;
         self.turn_messages += 1;
         room.last_used = self.clock;
         if was_empty {
@@ -969,7 +993,7 @@ impl Hub {
     ) {
         // Made before the id is taken in: a room new here has no history before
         // this message.
-        let made = self.make_room(&room_name);
+        let made = self.make_room(&room_name, None);
         self.last_message_id = self.last_message_id.max(id);
         if made.is_err() {
             return;
@@ -986,13 +1010,19 @@ impl Hub {
             room: Some(&room_name),
         };
         let was_empty = room.batch.is_empty();
-        self.turn_bytes += post(
+        let bytes = post(
             room,
             &room_name,
             &frame,
             except_sender,
             (self.settings.epoch, self.settings.history),
         );
+        // This node's own client pays for what this node sends for it; another
+        // node's pays there.
+        if let Some(sender) = self.seats.get(&from) {
+            charge(sender, bytes * room.members.len());
+        }
+        self.turn_bytes += bytes;
         self.turn_messages += 1;
         room.last_used = self.clock;
         if was_empty {
@@ -1010,6 +1040,7 @@ impl Hub {
         let name = seat.name.clone();
         let outbox = Arc::clone(&seat.outbox);
         let old = seat.room.clone();
+        let (address, allowance) = (seat.address, seat.allowance.clone());
         let (clock, now, linked) = (self.clock, self.epoch(), self.linked);
         let target = self
             .rooms
@@ -1022,8 +1053,12 @@ impl Hub {
         // Without an epoch, `since` is of the server's only one, or the cluster's
         // (as it was before this node's own); while cut off it may be either.
         let epoch = epoch.or(linked.then_some(now));
-        let (gap, history) = target.history.after(since, epoch, now);
         let staying = old == room;
+        // Joining the room it is in replays nothing unless asked to (`since`):
+        // otherwise one small frame would buy the whole history again.
+        let replay = !staying || since.is_some();
+        let (gap, history) = target.history.after(since, epoch, now);
+        let history = history.take(if replay { usize::MAX } else { 0 });
         let elsewhere = others(&self.elsewhere, &room);
         let joined = Outgoing::Joined {
             room: &room,
@@ -1033,6 +1068,7 @@ impl Hub {
         let mut prefix = encode(&joined, format);
         append_history(&mut prefix, history, format);
         self.turn_bytes += prefix.len();
+        charge(seat, prefix.len());
         if staying {
             // Joining the room it is in: the history again, nothing announced. Sent
             // now: the turn was flushed above, so this lands between what the client
@@ -1060,6 +1096,8 @@ impl Hub {
             name,
             format,
             outbox,
+            address,
+            allowance,
         };
         self.leave_room(id, &moved, Presence::Leave);
     }
@@ -1144,6 +1182,11 @@ impl Hub {
             .seats
             .get(&from)
             .map(|sender| encode(&frame(true), sender.format));
+        // The sender's address pays for both copies (when it is on this node).
+        if let Some(sender) = self.seats.get(&from) {
+            let copies = to_target.as_ref().map_or(0, Vec::len) + to_sender.as_ref().map_or(0, Vec::len);
+            charge(sender, copies);
+        }
         if let Some(to_target) = to_target {
             self.reply(to, to_target);
         }
@@ -1352,24 +1395,28 @@ impl Hub {
 
     /// Makes sure `room` exists, making room for it by dropping the least recently
     /// used empty room (and its history) when every place is taken.
-    fn make_room(&mut self, room: &str) -> Result<(), InputError> {
+    /// Makes `room` if it does not exist, for a client from `maker` (none: for the
+    /// cluster's messages). An address that has made its share of rooms makes way
+    /// among its own; otherwise, when every place is taken, the least recently
+    /// used empty room does. Never the lobby, and never a room with members or
+    /// frames this turn.
+    fn make_room(&mut self, room: &str, maker: Option<IpAddr>) -> Result<(), InputError> {
         if self.rooms.contains_key(room) {
             return Ok(());
         }
-        if self.rooms.len() >= self.settings.max_rooms {
-            let idle = self
-                .rooms
-                .iter()
-                .filter(|(name, r)| r.members.is_empty() && *name != LOBBY)
-                .filter(|(name, _)| !self.dirty.contains(name))
-                .min_by_key(|(_, r)| r.last_used)
-                .map(|(name, _)| name.clone());
-            match idle {
-                Some(idle) => {
-                    self.rooms.remove(&idle);
-                }
+        let cap = self.settings.max_rooms_per_host;
+        let own = |r: &Room| maker.is_some() && r.made_by == maker;
+        let made = self.rooms.values().filter(|r| own(r)).count();
+        if cap > 0 && made >= cap {
+            match self.idle_room(|r| own(r)) {
+                Some(idle) => self.rooms.remove(&idle),
+                None => return Err(InputError::TooManyRoomsFromAddress(cap)),
+            };
+        } else if self.rooms.len() >= self.settings.max_rooms {
+            match self.idle_room(|_| true) {
+                Some(idle) => self.rooms.remove(&idle),
                 None => return Err(InputError::TooManyRooms(self.settings.max_rooms)),
-            }
+            };
         }
         // A room made anew has no history: a replay from any message before now
         // has a gap (in the cluster's epoch, and in this node's own while cut off).
@@ -1377,13 +1424,28 @@ impl Hub {
             (self.settings.epoch, self.last_message_id),
             (self.epoch(), self.own_ids),
         ]);
-        self.rooms.insert(room.to_string(), Room::new(history));
+        let mut made = Room::new(history);
+        made.made_by = maker;
+        self.rooms.insert(room.to_string(), made);
         Ok(())
     }
 
+    /// The least recently used room among `candidates` that may make way: empty,
+    /// not the lobby, nothing in this turn's batch.
+    fn idle_room(&self, candidates: impl Fn(&Room) -> bool) -> Option<String> {
+        self.rooms
+            .iter()
+            .filter(|(name, r)| r.members.is_empty() && *name != LOBBY && candidates(r))
+            .filter(|(name, _)| !self.dirty.contains(name))
+            .min_by_key(|(_, r)| r.last_used)
+            .map(|(name, _)| name.clone())
+    }
+
+    /// An answer to client `id`, paid for by its address.
     fn reply_frame(&mut self, id: u64, frame: &Outgoing<'_>) {
         if let Some(seat) = self.seats.get(&id) {
             let bytes = encode(frame, seat.format);
+            charge(seat, bytes.len());
             self.reply(id, bytes);
         }
     }
@@ -1553,6 +1615,13 @@ fn others(elsewhere: &HashMap<String, Vec<(u64, String)>>, room: &str) -> usize 
 fn mark_dirty(dirty: &mut Vec<String>, room: &str) {
     if !dirty.iter().any(|r| r == room) {
         dirty.push(room.to_string());
+    }
+}
+
+/// Charges `bytes` the hub sends on `seat`'s behalf to its address's budget.
+fn charge(seat: &Seat, bytes: usize) {
+    if let Some(allowance) = &seat.allowance {
+        allowance.spend(bytes);
     }
 }
 
@@ -1951,6 +2020,7 @@ mod tests {
             ping_interval: Duration::from_secs(30),
             history: 100,
             max_rooms: 3,
+            max_rooms_per_host: 0,
             epoch: 1,
             cluster: None,
         };
@@ -1966,6 +2036,8 @@ mod tests {
             name: String::new(),
             room: None,
             protocol: protocol::SUBPROTOCOL,
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            allowance: None,
         }
     }
 
@@ -2062,20 +2134,26 @@ mod tests {
     }
 
     #[test]
-    fn rejoining_ones_own_room_replays_between_what_came_before_and_after() {
+    fn rejoining_ones_own_room_replays_only_what_it_asks_for() {
         let mut hub = hub();
         let (ann, mut ann_reads) = client(1);
         hub.apply(connect(1, &ann));
         hub.apply(say(1, "before"));
-        hub.apply(Event::Join {
+        let rejoin = |since| Event::Join {
             id: 1,
             room: LOBBY.into(),
-            since: None,
+            since,
             epoch: None,
-        });
+        };
+        // Without `since`: nothing again, or one small frame would buy the whole
+        // history.
+        hub.apply(rejoin(None));
+        hub.apply(say(1, "between"));
+        // With it: what came after, between what came before and what follows.
+        hub.apply(rejoin(Some(0)));
         hub.apply(say(1, "after"));
         hub.flush();
-        let heard = received(&mut ann_reads, 6);
+        let heard = received(&mut ann_reads, 9);
         let kinds: Vec<String> = heard[2..]
             .iter()
             .map(|f| match f["history"].as_bool() {
@@ -2092,7 +2170,10 @@ mod tests {
             [
                 "message before",
                 "joined ",
+                "message between",
+                "joined ",
                 "history before",
+                "history between",
                 "message after"
             ]
         );

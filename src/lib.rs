@@ -29,6 +29,7 @@
 //! | [`logging`] | log lines: human, or JSON for journald |
 //! | `capacity` | thread, descriptor and memory ceilings; how many of each connection fit |
 //! | `places` | the ledger of places: in all and per address |
+//! | `budget` | what one address may send and make the server send, across its connections |
 //! | `accept` | both ports' acceptor threads: a place, then a thread per connection |
 //! | `hosts` | which `Host` names we answer to (DNS rebinding) |
 //! | `http` | a page connection: bounded heads, deadlines, routes |
@@ -53,6 +54,7 @@
 
 mod accept;
 mod assets;
+mod budget;
 mod capacity;
 mod cluster;
 pub mod config;
@@ -79,6 +81,7 @@ use crossbeam_channel::Receiver;
 
 use crate::accept::Door;
 use crate::assets::Page;
+use crate::budget::{BudgetSettings, Budgets};
 use crate::config::Config;
 use crate::handshake::WsSettings;
 use crate::hosts::ServerNames;
@@ -204,6 +207,7 @@ pub fn run(
         ping_interval: config.ping_interval(),
         history: config.history as usize,
         max_rooms: config.max_rooms as usize,
+        max_rooms_per_host: config.max_rooms_per_host,
         epoch,
         cluster: cluster
             .as_ref()
@@ -243,6 +247,11 @@ pub fn run(
             rate: config.rate,
             burst: config.burst,
         },
+        budgets: Budgets::new(BudgetSettings {
+            frames: config.host_frames,
+            bytes_in: config.host_bytes_in,
+            bytes_out: config.host_bytes_out,
+        }),
     };
     let hub = hub_tx.clone();
     let door = Door {

@@ -202,6 +202,8 @@ struct State {
     backlog: VecDeque<Chunk>,
     /// Sum of `cost()` over `backlog`.
     backlog_cost: usize,
+    /// A pong may be in the backlog: further pongs are dropped until it empties.
+    pong_waiting: bool,
     /// A writer thread owns the write side of the socket until it finds the
     /// backlog empty. See the module docs.
     writer_running: bool,
@@ -254,6 +256,7 @@ impl Outbox {
             state: Mutex::new(State {
                 backlog: VecDeque::new(),
                 backlog_cost: 0,
+                pong_waiting: false,
                 writer_running: false,
                 phase: Phase::Open,
                 drain_deadline: None,
@@ -308,6 +311,16 @@ impl Outbox {
             return Err(SendError::Closed);
         }
         let closes = frame::is_close(frame);
+        let pong = frame::is_pong(frame);
+        if pong && state.pong_waiting {
+            // At most one pong per client waits in its backlog, so a client that
+            // pings and does not read cannot fill it with answers. RFC 6455 §5.5.3
+            // lets an endpoint answer only one of several pings.
+            return Ok(());
+        }
+        // Waiting until written: cleared when it goes through at once, or when
+        // the backlog it joins is empty again.
+        state.pong_waiting |= pong;
         let coalescable = state.backlog.len() > 1
             && state.backlog.back().is_some_and(|last| {
                 last.own
@@ -501,7 +514,11 @@ impl Outbox {
                 chunk.remaining(),
                 SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
             ) {
-                Ok(n) if n == chunk.remaining().len() => return Ok(()),
+                Ok(n) if n == chunk.remaining().len() => {
+                    // Nothing is queued, so no pong waits.
+                    state.pong_waiting = false;
+                    return Ok(());
+                }
                 // Records sealed for this client alone: keep only what is left of
                 // them, which is all the backlog is charged for.
                 Ok(n) if chunk.sealed => chunk = Chunk::records(chunk.remaining()[n..].to_vec()),
@@ -589,6 +606,7 @@ impl Outbox {
                     Some(chunk) => chunk.clone(),
                     None => {
                         state.writer_running = false;
+                        state.pong_waiting = false;
                         if state.drain_deadline.is_some() {
                             drop(state);
                             let _ = self.socket.shutdown(Shutdown::Both);
@@ -888,14 +906,28 @@ mod tests {
         let (server, _client_never_reads) = pair(true);
         let outbox = outbox(server, 100_000, Duration::from_secs(10), &places());
         fill_the_pipe(&outbox);
-        outbox.send_own(&[0x8A, 0]).unwrap();
-        // Ten thousand pongs, 20 KB: as chunks of their own they would cost 980 KB.
+        outbox.send_own(&[0x81, 1, b'x']).unwrap();
+        // Ten thousand small frames, 30 KB: as chunks of their own they would cost
+        // 990 KB.
         for _ in 0..10_000 {
-            outbox.send_own(&[0x8A, 0]).unwrap();
+            outbox.send_own(&[0x81, 1, b'x']).unwrap();
         }
         let (cost, chunks) = outbox.backlog_cost();
         assert!(chunks <= 4, "{chunks} chunks");
-        assert!(cost < 60_000 + 20_002 + 4 * CHUNK_OVERHEAD, "cost {cost}");
+        assert!(cost < 60_000 + 30_003 + 4 * CHUNK_OVERHEAD, "cost {cost}");
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_has_one_pong_waiting_at_most() {
+        let (server, _client_never_reads) = pair(true);
+        let outbox = outbox(server, 100_000, Duration::from_secs(10), &places());
+        fill_the_pipe(&outbox);
+        let (before, _) = outbox.backlog_cost();
+        for _ in 0..10_000 {
+            outbox.send_own(&[0x8A, 0]).unwrap();
+        }
+        let (after, _) = outbox.backlog_cost();
+        assert!(after - before <= 2 + CHUNK_OVERHEAD, "pongs cost {}", after - before);
     }
 
     #[test]

@@ -129,12 +129,17 @@ pub enum InputError {
         /// Frames a second.
         rate: u32,
     },
+    /// The sender's address has used up one of its budgets for now (what, in
+    /// words): the frame was dropped.
+    AddressBusy(&'static str),
     /// A kick from a connection that is not an admin.
     NotAllowed,
     /// A direct message or a kick for a connection that does not exist.
     NoSuchClient(u64),
     /// Every room has members: no new one can be made.
     TooManyRooms(usize),
+    /// The sender's address made this many rooms, all in use: no more.
+    TooManyRoomsFromAddress(usize),
     /// In a cluster: the message could not be handed to Redis, and why.
     NotRelayed(&'static str),
     /// In a cluster cut off from Redis: a direct message or a kick for a
@@ -175,11 +180,20 @@ impl std::fmt::Display for InputError {
                 f,
                 "slow down: at most {rate} messages a second; this one was dropped"
             ),
+            InputError::AddressBusy(what) => write!(
+                f,
+                "slow down: your address has used its share of {what} for now; frames are \
+                 being dropped"
+            ),
             InputError::NotAllowed => write!(f, "only an admin connection may kick"),
             InputError::NoSuchClient(id) => write!(f, "there is no connection {id}"),
             InputError::TooManyRooms(n) => {
                 write!(f, "all {n} rooms are in use; join one of them")
             }
+            InputError::TooManyRoomsFromAddress(n) => write!(
+                f,
+                "your address made {n} rooms, all in use: join one of them"
+            ),
             InputError::NotRelayed(why) => write!(f, "message not sent: {why}"),
             InputError::Unreachable(id) => write!(
                 f,

@@ -19,7 +19,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+use crate::budget::{Allowance, Spent};
 use crate::hub::{Endpoint, Event, Format};
 use crate::outbox::{Failure, Outbox, SendError};
 use crate::places::Place;
@@ -45,6 +46,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// sending many times its rate is cut off, even though a token now and then lets a
 /// frame of it through.
 const FLOOD_LIMIT: u32 = 100;
+
+/// How often a connection is told that its frames are being dropped: once a
+/// second at most, so that telling it costs less than its flood.
+const TELL_EVERY: Duration = Duration::from_secs(1);
 
 /// The reader's view of the socket, given to tungstenite as its stream.
 pub struct ClientStream {
@@ -230,6 +235,11 @@ pub struct Client {
     pub room: Option<String>,
     /// Opened with the admin token: may kick.
     pub admin: bool,
+    /// The TCP peer's address: budgets and rooms made are counted per address.
+    pub address: IpAddr,
+    /// Its address's budget, shared with the address's other connections; `None`
+    /// when budgets are off, and for echo clients.
+    pub allowance: Option<Arc<Allowance>>,
     /// What `welcome` says it speaks.
     pub protocol: &'static str,
     /// The socket; the outbox has the same one, to write.
@@ -266,6 +276,82 @@ impl Bucket {
             true
         } else {
             false
+        }
+    }
+}
+
+/// What a connection may send: its own rate (`--rate`, data frames), and what
+/// its address has left of its budgets (every frame). A frame over either is
+/// dropped; the connection hears so once a second at most, and is closed when
+/// its drops run [`FLOOD_LIMIT`] ahead of what it was allowed.
+struct Limits {
+    own: Bucket,
+    allowance: Option<Arc<Allowance>>,
+    /// Frames dropped, less frames admitted since (never below zero).
+    dropped: u32,
+    /// When the connection was last told that a frame was dropped.
+    told_at: Option<Instant>,
+}
+
+/// What becomes of one frame.
+enum Verdict {
+    /// Handle it.
+    Admit,
+    /// Drop it, and tell the connection why.
+    DropAndTell(InputError),
+    /// Drop it silently (it was told within the last second).
+    Drop,
+    /// It keeps on: close it with 1008.
+    Close,
+}
+
+impl Limits {
+    fn new(settings: &ReaderSettings, allowance: Option<Arc<Allowance>>) -> Limits {
+        Limits {
+            own: Bucket::new(settings.rate, settings.burst),
+            allowance,
+            dropped: 0,
+            told_at: None,
+        }
+    }
+
+    /// Decides a frame of `bytes`; `data` frames also count against the
+    /// connection's own rate.
+    fn check(&mut self, bytes: usize, data: bool) -> Verdict {
+        let refused = if data && !self.own.take() {
+            Some(InputError::TooFast {
+                rate: self.own.rate as u32,
+            })
+        } else {
+            self.allowance
+                .as_ref()
+                .and_then(|a| a.admit(bytes).err())
+                .map(|spent: Spent| InputError::AddressBusy(spent.what()))
+        };
+        let Some(refused) = refused else {
+            self.dropped = self.dropped.saturating_sub(1);
+            return Verdict::Admit;
+        };
+        self.dropped += 1;
+        if self.dropped >= FLOOD_LIMIT {
+            return Verdict::Close;
+        }
+        let now = Instant::now();
+        let told_lately = self
+            .told_at
+            .is_some_and(|at| now.duration_since(at) < TELL_EVERY);
+        if !data || told_lately || !self.allowance.as_ref().is_none_or(|a| a.can_spend()) {
+            return Verdict::Drop;
+        }
+        self.told_at = Some(now);
+        Verdict::DropAndTell(refused)
+    }
+
+    /// The server sends this connection `bytes` of its own answers: its address
+    /// pays for them.
+    fn spend(&self, bytes: usize) {
+        if let Some(allowance) = &self.allowance {
+            allowance.spend(bytes);
         }
     }
 }
@@ -418,6 +504,8 @@ pub fn serve(
         name: client.name.clone().unwrap_or_default(),
         room: client.room.take(),
         protocol: client.protocol,
+        address: client.address,
+        allowance: client.allowance.clone(),
     });
     if joined.is_err() {
         outbox.finish();
@@ -428,8 +516,8 @@ pub fn serve(
         hub,
         outbox: Arc::clone(&outbox),
     };
-    let mut bucket = Bucket::new(settings.rate, settings.burst);
-    let seen = read_until_closed(&mut client, &outbox, hub, &mut bucket);
+    let mut limits = Limits::new(settings, client.allowance.clone());
+    let seen = read_until_closed(&mut client, &outbox, hub, &mut limits);
     // What the outbox saw (a slow consumer, a failed write) is why the read ended.
     let reason = outbox.failure().map_or(seen, Disconnect::from);
     stats.count_disconnect(reason);
@@ -441,48 +529,42 @@ fn read_until_closed(
     client: &mut Client,
     outbox: &Outbox,
     hub: &Sender<Event>,
-    bucket: &mut Bucket,
+    limits: &mut Limits,
 ) -> Disconnect {
-    let mut dropped = 0;
     loop {
         let message = match client.ws.read() {
             Ok(message) => message,
             Err(e) => return end_after_error(client, outbox, e),
         };
-        let reply = match (client.endpoint, message) {
-            (Endpoint::Chat, message @ (Message::Text(_) | Message::Binary(_))) => {
-                // Flood control comes first, for every data frame: one over the rate
-                // costs the server a token count and one error frame, nothing more.
-                if !bucket.take() {
-                    dropped += 1;
-                    if dropped >= FLOOD_LIMIT {
-                        close_with(client, outbox, CloseCode::Policy, "flooding");
-                        await_close(client);
-                        return Disconnect::Flooding;
-                    }
-                    Some(InputError::TooFast {
-                        rate: bucket.rate as u32,
-                    })
-                } else if let Message::Binary(_) = message {
-                    dropped = dropped.saturating_sub(1);
-                    Some(InputError::Binary)
-                } else {
-                    dropped = dropped.saturating_sub(1);
-                    let text = message.into_text().unwrap_or_default();
-                    match handle(client, &text, hub) {
-                        Ok(Handled::Sent) => None,
-                        Ok(Handled::Reply(frame)) => {
-                            if let Err(e) = client.ws.send(frame) {
-                                return end_after_error(client, outbox, e);
-                            }
-                            None
-                        }
-                        Ok(Handled::HubGone) => return Disconnect::ServerStopping,
-                        Err(e) => Some(e),
-                    }
+        if client.endpoint == Endpoint::Chat && !matches!(message, Message::Close(_)) {
+            // Budgets come first, for every frame but Close: one over them costs
+            // the server a few counters, and one error frame a second at most.
+            let data = matches!(message, Message::Text(_) | Message::Binary(_));
+            let reply = match limits.check(message.len(), data) {
+                Verdict::Admit => None,
+                Verdict::Drop => continue,
+                Verdict::DropAndTell(e) => Some(e),
+                Verdict::Close => {
+                    close_with(client, outbox, CloseCode::Policy, "flooding");
+                    await_close(client);
+                    return Disconnect::Flooding;
                 }
-                .map(|e| error_frame(&e, client.format))
+            };
+            if let Some(e) = reply {
+                if let Err(e) = send_reply(client, limits, error_frame(&e, client.format)) {
+                    return end_after_error(client, outbox, e);
+                }
+                continue;
             }
+        }
+        let reply = match (client.endpoint, message) {
+            (Endpoint::Chat, Message::Binary(_)) => Some(error_frame(&InputError::Binary, client.format)),
+            (Endpoint::Chat, Message::Text(text)) => match handle(client, &text, hub) {
+                Ok(Handled::Sent) => None,
+                Ok(Handled::Reply(frame)) => Some(frame),
+                Ok(Handled::HubGone) => return Disconnect::ServerStopping,
+                Err(e) => Some(error_frame(&e, client.format)),
+            },
             (Endpoint::Echo, message @ (Message::Text(_) | Message::Binary(_))) => Some(message),
             (_, Message::Close(_)) => {
                 // tungstenite queues the answering Close and sends it at the next
@@ -490,16 +572,23 @@ fn read_until_closed(
                 outbox.stop_broadcasts();
                 None
             }
-            // Pings are answered by tungstenite itself; pongs only prove liveness,
-            // which the read returning already did.
+            // Pings are answered by tungstenite itself (one pong waiting at most:
+            // see the outbox); pongs only prove liveness, which the read returning
+            // already did.
             (_, Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
         };
         if let Some(reply) = reply
-            && let Err(e) = client.ws.send(reply)
+            && let Err(e) = send_reply(client, limits, reply)
         {
             return end_after_error(client, outbox, e);
         }
     }
+}
+
+/// Sends the reader's own answer, paid for by the client's address.
+fn send_reply(client: &mut Client, limits: &Limits, reply: Message) -> tungstenite::Result<()> {
+    limits.spend(reply.len());
+    client.ws.send(reply)
 }
 
 /// What became of one frame from a chat client.

@@ -432,7 +432,7 @@ fn a_slow_clients_place_is_given_back_only_when_its_writer_is_gone() {
         "--max-backlog",
         "67108864",
         // The talker floods on purpose, to fill the slow client's backlog.
-        "--rate",
+        "--host-frames", "0", "--host-bytes-in", "0", "--host-bytes-out", "0", "--rate",
         "100000",
         "--burst",
         "100000",

@@ -118,7 +118,7 @@ fn a_client_that_never_reads_is_cut_off_and_everyone_else_gets_everything() {
         "--max-message",
         "16384",
         // The sender talks as fast as it can: no flood control in its way.
-        "--rate",
+        "--host-frames", "0", "--host-bytes-in", "0", "--host-bytes-out", "0", "--rate",
         "100000",
         "--burst",
         "100000",

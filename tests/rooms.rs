@@ -266,7 +266,7 @@ fn a_direct_message_reaches_its_target_only() {
 
 #[test]
 fn a_joiner_gets_the_history_then_live_messages_without_a_gap_or_a_duplicate() {
-    let server = Server::start(&["--history", "1000", "--rate", "100000", "--burst", "100000"]);
+    let server = Server::start(&["--history", "1000", "--host-frames", "0", "--host-bytes-in", "0", "--host-bytes-out", "0", "--rate", "100000", "--burst", "100000"]);
     let (mut talker, _) = join(&server);
     enter(&mut talker, "busy");
     // Some history before the joiner comes (the talker has heard its own tenth
@@ -422,7 +422,8 @@ fn a_flooder_is_cut_off_and_a_quiet_client_is_not() {
     });
     let (errors, code) = flooding.join().unwrap();
     assert_eq!(code, Some(1008));
-    assert!(errors >= 99, "{errors} errors");
+    // Told once a second at most: telling costs less than the flood.
+    assert!((1..=3).contains(&errors), "{errors} errors");
     eventually("the flood is counted", || {
         server.disconnects("flooding") == 1
     });
