@@ -336,9 +336,16 @@ mod tests {
         assert_eq!(second.admit(10), Err(Spent::Frames));
         // Reconnecting: both gone, the address comes back to its debt.
         drop((first, second));
-        budgets.table.lock().unwrap().forget_the_paid_up(Instant::now());
+        budgets
+            .table
+            .lock()
+            .unwrap()
+            .forget_the_paid_up(Instant::now());
         assert_eq!(budgets.addresses(), 1, "kept while not paid up");
-        assert_eq!(budgets.of(address(2)).unwrap().admit(10), Err(Spent::Frames));
+        assert_eq!(
+            budgets.of(address(2)).unwrap().admit(10),
+            Err(Spent::Frames)
+        );
         // Another address has its own.
         assert_eq!(budgets.of(address(3)).unwrap().admit(10), Ok(()));
     }

@@ -30,12 +30,12 @@ use tungstenite::http::{self, HeaderMap, StatusCode, header};
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::accept::Connection;
+use crate::budget::Budgets;
 use crate::hosts::ServerNames;
 use crate::hub::Format;
 use crate::hub::{Endpoint, Event};
 use crate::places::{Kind, Place, Places};
 use crate::protocol::{self, SUBPROTOCOL, SUBPROTOCOL_TEXT, SUBPROTOCOL_V2};
-use crate::budget::Budgets;
 use crate::reader::{self, ClientStream, ReaderSettings};
 use crate::stats::{HandshakeEnd, Stats};
 use crate::tls;

@@ -1184,7 +1184,8 @@ impl Hub {
             .map(|sender| encode(&frame(true), sender.format));
         // The sender's address pays for both copies (when it is on this node).
         if let Some(sender) = self.seats.get(&from) {
-            let copies = to_target.as_ref().map_or(0, Vec::len) + to_sender.as_ref().map_or(0, Vec::len);
+            let copies =
+                to_target.as_ref().map_or(0, Vec::len) + to_sender.as_ref().map_or(0, Vec::len);
             charge(sender, copies);
         }
         if let Some(to_target) = to_target {

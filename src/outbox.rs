@@ -927,7 +927,11 @@ mod tests {
             outbox.send_own(&[0x8A, 0]).unwrap();
         }
         let (after, _) = outbox.backlog_cost();
-        assert!(after - before <= 2 + CHUNK_OVERHEAD, "pongs cost {}", after - before);
+        assert!(
+            after - before <= 2 + CHUNK_OVERHEAD,
+            "pongs cost {}",
+            after - before
+        );
     }
 
     #[test]

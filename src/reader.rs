@@ -558,7 +558,9 @@ fn read_until_closed(
             }
         }
         let reply = match (client.endpoint, message) {
-            (Endpoint::Chat, Message::Binary(_)) => Some(error_frame(&InputError::Binary, client.format)),
+            (Endpoint::Chat, Message::Binary(_)) => {
+                Some(error_frame(&InputError::Binary, client.format))
+            }
             (Endpoint::Chat, Message::Text(text)) => match handle(client, &text, hub) {
                 Ok(Handled::Sent) => None,
                 Ok(Handled::Reply(frame)) => Some(frame),

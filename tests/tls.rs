@@ -198,7 +198,13 @@ fn a_slow_wss_reader_gets_everything_in_order_and_one_that_never_reads_is_cut_of
     let server = start(
         &cert,
         &[
-            "--host-frames", "0", "--host-bytes-in", "0", "--host-bytes-out", "0", "--rate",
+            "--host-frames",
+            "0",
+            "--host-bytes-in",
+            "0",
+            "--host-bytes-out",
+            "0",
+            "--rate",
             "100000",
             "--burst",
             "100000",
