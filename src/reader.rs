@@ -540,21 +540,20 @@ fn read_until_closed(
             // Budgets come first, for every frame but Close: one over them costs
             // the server a few counters, and one error frame a second at most.
             let data = matches!(message, Message::Text(_) | Message::Binary(_));
-            let reply = match limits.check(message.len(), data) {
-                Verdict::Admit => None,
+            match limits.check(message.len(), data) {
+                Verdict::Admit => {}
                 Verdict::Drop => continue,
-                Verdict::DropAndTell(e) => Some(e),
+                Verdict::DropAndTell(e) => {
+                    if let Err(e) = send_reply(client, limits, error_frame(&e, client.format)) {
+                        return end_after_error(client, outbox, e);
+                    }
+                    continue;
+                }
                 Verdict::Close => {
                     close_with(client, outbox, CloseCode::Policy, "flooding");
                     await_close(client);
                     return Disconnect::Flooding;
                 }
-            };
-            if let Some(e) = reply {
-                if let Err(e) = send_reply(client, limits, error_frame(&e, client.format)) {
-                    return end_after_error(client, outbox, e);
-                }
-                continue;
             }
         }
         let reply = match (client.endpoint, message) {
