@@ -177,6 +177,7 @@ fn while_honest_people_chat(
     attack: impl Fn(usize, &AtomicBool) -> u64 + Send + Sync + 'static,
 ) -> (u64, u64) {
     let before = settled(server);
+    let log_before = server.log_text().len();
     let phone = Phone::join(server);
     let stop = Arc::new(AtomicBool::new(false));
     let attack = Arc::new(attack);
@@ -211,6 +212,8 @@ fn while_honest_people_chat(
         "an honest round trip took {longest:?}"
     );
     comes_back(server, before);
+    let logged = server.log_text().len() - log_before;
+    eprintln!("log grew by {logged} bytes");
     (total, attacker_messages)
 }
 
