@@ -87,7 +87,10 @@ fn with_a_token_stats_needs_it_and_what_stays_open_tells_no_counts() {
     let open_answers = || {
         let health = support::http_get(server.http, "/healthz");
         assert_eq!(health.status, 200);
-        (String::from_utf8_lossy(&health.body).into_owned(), config_json(&server))
+        (
+            String::from_utf8_lossy(&health.body).into_owned(),
+            config_json(&server),
+        )
     };
     let before = open_answers();
     let mut alice = Client::connect(&server.ws_url(&format!("/?token={TOKEN}")));
@@ -100,20 +103,41 @@ fn with_a_token_stats_needs_it_and_what_stays_open_tells_no_counts() {
         support::http_get(server.http, "/stats?token=pi-chat.43_x~"),
         support::http_get(server.http, &format!("/stats?tokens={TOKEN}")),
         support::http_get_with(server.http, "/stats", &["Authorization: Bearer wrong"]),
-        support::http_get_with(server.http, "/stats", &[&format!("Authorization: Basic {TOKEN}")]),
+        support::http_get_with(
+            server.http,
+            "/stats",
+            &[&format!("Authorization: Basic {TOKEN}")],
+        ),
     ];
     for answer in refused {
         let body = String::from_utf8_lossy(&answer.body);
         assert_eq!(answer.status, 401, "{}\n{body}", answer.head);
         assert_eq!(answer.header("www-authenticate").as_deref(), Some("Bearer"));
-        assert!(body.contains("access token") && !body.contains(TOKEN), "{body}");
-        assert!(!body.chars().any(|c| c.is_ascii_digit()), "a count in {body}");
+        assert!(
+            body.contains("access token") && !body.contains(TOKEN),
+            "{body}"
+        );
+        assert!(
+            !body.chars().any(|c| c.is_ascii_digit()),
+            "a count in {body}"
+        );
     }
     let admitted = [
         support::http_get(server.http, &format!("/stats?token={TOKEN}")),
-        support::http_get(server.http, &format!("/stats?x=1&token={}", "pi-chat.42_x%7E")),
-        support::http_get_with(server.http, "/stats", &[&format!("Authorization: Bearer {TOKEN}")]),
-        support::http_get_with(server.http, "/stats", &[&format!("authorization: bearer  {TOKEN}")]),
+        support::http_get(
+            server.http,
+            &format!("/stats?x=1&token={}", "pi-chat.42_x%7E"),
+        ),
+        support::http_get_with(
+            server.http,
+            "/stats",
+            &[&format!("Authorization: Bearer {TOKEN}")],
+        ),
+        support::http_get_with(
+            server.http,
+            "/stats",
+            &[&format!("authorization: bearer  {TOKEN}")],
+        ),
     ];
     for answer in admitted {
         assert_eq!(answer.status, 200, "{}", answer.head);
@@ -127,7 +151,12 @@ fn with_a_token_stats_needs_it_and_what_stays_open_tells_no_counts() {
     let (health, config) = open_answers();
     assert_eq!((health.as_str(), &config), (before.0.as_str(), &before.1));
     assert_eq!(health, "ok\n");
-    let mut keys: Vec<&str> = config.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = config
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     assert_eq!(keys, ["token", "wsPath", "wsPort"], "{config}");
 }
@@ -217,7 +246,11 @@ fn the_access_token_never_reaches_the_log() {
     for wrong in ["/stats?token=tok-5ecret-xyq", "/stats?token=tok-5ecret-xyz"] {
         support::http_get(server.http, wrong);
     }
-    support::http_get_with(server.http, "/stats", &["Authorization: Bearer tok-5ecret-xyq"]);
+    support::http_get_with(
+        server.http,
+        "/stats",
+        &["Authorization: Bearer tok-5ecret-xyq"],
+    );
     let mut by_query = Client::connect(&server.ws_url("/?token=tok-5ecret-xyz"));
     by_query.recv_type("welcome");
     let mut by_protocol = Client::connect_with(
