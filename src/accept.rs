@@ -176,7 +176,7 @@ where
         let place = match door.places.take(door.kind, peer) {
             Ok(place) => place,
             Err(refusal) => {
-                refusals.note(door.name, peer, refusal);
+                refusals.note(door, peer, refusal);
                 refuse_without_thread(&stream, refusal);
                 continue;
             }
@@ -246,7 +246,7 @@ struct RefusalLog {
 }
 
 impl RefusalLog {
-    fn note(&mut self, door: &str, peer: IpAddr, refusal: Refusal) {
+    fn note(&mut self, door: &Door, peer: IpAddr, refusal: Refusal) {
         let due = self
             .last
             .is_none_or(|last| last.elapsed() >= REFUSAL_LOG_INTERVAL);
@@ -258,7 +258,18 @@ impl RefusalLog {
             0 => String::new(),
             n => format!(" ({n} more refused since the last line)"),
         };
-        log::warn!("{door}: connection from {peer} refused: {refusal}{also}");
+        // Past a /64's ceiling the refused address is only the latest of many:
+        // the line names those that hold the places.
+        let holders = match refusal {
+            Refusal::NetworkFull(kind, _, network) => {
+                format!("; {}", door.places.holders(kind, network))
+            }
+            _ => String::new(),
+        };
+        log::warn!(
+            "{}: connection from {peer} refused: {refusal}{holders}{also}",
+            door.name
+        );
         self.last = Some(Instant::now());
         self.unlogged = 0;
     }

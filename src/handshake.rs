@@ -34,7 +34,7 @@ use crate::budget::Budgets;
 use crate::hosts::ServerNames;
 use crate::hub::Format;
 use crate::hub::{Endpoint, Event};
-use crate::places::{Kind, Place, Places};
+use crate::places::{Kind, Place, Places, Refusal};
 use crate::protocol::{self, SUBPROTOCOL, SUBPROTOCOL_TEXT, SUBPROTOCOL_V2};
 use crate::reader::{self, ClientStream, ReaderSettings};
 use crate::stats::{HandshakeEnd, Stats};
@@ -318,10 +318,17 @@ fn check(
         ),
         _ => None,
     };
-    let place = settings
-        .places
-        .take(kind, peer)
-        .map_err(|why| refusal(StatusCode::SERVICE_UNAVAILABLE, &why.to_string()))?;
+    let place = settings.places.take(kind, peer).map_err(|why| {
+        // The refusal's text (logged by `serve`) is the client's; who else in its
+        // /64 holds the places is for the log alone.
+        if let Refusal::NetworkFull(kind, _, network) = why {
+            log::info!(
+                "chat place refused to {peer}: {}",
+                settings.places.holders(kind, network)
+            );
+        }
+        refusal(StatusCode::SERVICE_UNAVAILABLE, &why.to_string())
+    })?;
     // The first of ours the client offers, in this order; never one it did not.
     let chosen = [SUBPROTOCOL_V2, SUBPROTOCOL, SUBPROTOCOL_TEXT]
         .into_iter()
@@ -389,8 +396,8 @@ impl Query {
 
 /// Compares two secrets in time that depends only on their lengths, so that how
 /// long a wrong guess takes to be refused says nothing about how much of it was
-/// right.
-fn same_secret(expected: &[u8], given: &[u8]) -> bool {
+/// right. The page's `/stats` uses it too.
+pub(crate) fn same_secret(expected: &[u8], given: &[u8]) -> bool {
     if expected.len() != given.len() {
         return false;
     }

@@ -7,6 +7,12 @@
 //! `Cache-Control: no-cache`: the browser keeps a copy and asks each time whether
 //! it is current, and a match costs a `304` with no body. Other methods get 405.
 //!
+//! With `--token`, `/stats` asks for the chat's token too (`?token=` as on the
+//! chat port, or `Authorization: Bearer`), else `401`: its counts tell a stranger
+//! how many people are here and how busy they are. What stays open says nothing
+//! of the sort: `/healthz` is `ok` or not, and `/config.json` only where the
+//! socket is and whether a token is needed, which a page needs before it has one.
+//!
 //! # The designs that do not hold
 //!
 //! * *Read a line until its end, then the next.* The classic loop (and
@@ -50,6 +56,7 @@ use serde::Serialize;
 
 use crate::accept::Connection;
 use crate::assets::{Page, Unavailable};
+use crate::handshake::same_secret;
 use crate::hosts::ServerNames;
 use crate::hub::Event;
 use crate::places::{Occupancy, Places};
@@ -87,9 +94,10 @@ pub struct Site {
     pub hub: Sender<Event>,
     /// The WebSocket port, for `/config.json`.
     pub ws_port: u16,
-    /// Whether the chat wants an access token (`--token`), for `/config.json`: the
-    /// page then says so instead of failing quietly.
-    pub token_required: bool,
+    /// The chat's access token (`--token`): `/stats` asks for it too, and
+    /// `/config.json` says whether there is one, so that the page can say so instead
+    /// of failing quietly.
+    pub access_token: Option<String>,
     /// Names accepted in `Host`.
     pub server_names: ServerNames,
     /// `--http-timeout`: the deadline of a request head, of an answer, and of an
@@ -159,6 +167,8 @@ struct Request {
     http11: bool,
     host: Option<String>,
     if_none_match: Option<String>,
+    /// `Authorization`, which may hold the access token: never logged.
+    authorization: Option<String>,
     /// The client wants the connection kept open after this answer.
     keep_alive: bool,
     /// The request announces a body, which is never read.
@@ -323,6 +333,7 @@ fn parse_head(input: &[u8]) -> Result<Option<(Request, usize)>, NoRequest> {
         keep_alive: http11 && !connection.split(',').any(|t| t.trim() == "close"),
         host,
         if_none_match: header("if-none-match"),
+        authorization: header("authorization"),
         has_body,
     };
     Ok(Some((request, len)))
@@ -348,6 +359,11 @@ fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
     match path {
         "/healthz" if hub_answers(&site.hub) => text(200, "ok\n"),
         "/healthz" => text(503, "the hub is not answering\n"),
+        "/stats" if !presents_token(request, site.access_token.as_deref()) => text(
+            401,
+            "/stats needs the chat's access token: ?token=… or Authorization: Bearer …\n",
+        )
+        .with("WWW-Authenticate", "Bearer"),
         "/stats" => json(&StatsBody {
             stats: site.stats.snapshot(),
             places: site.places.occupancy(),
@@ -355,10 +371,34 @@ fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
         "/config.json" => json(&serde_json::json!({
             "wsPort": site.ws_port,
             "wsPath": "/",
-            "token": site.token_required,
+            "token": site.access_token.is_some(),
         })),
         _ => file(request, &site.page, path),
     }
+}
+
+/// Whether `request` carries the access token, when there is one: as the query key
+/// `token` (as a chat handshake may) or as `Authorization: Bearer <it>` (what a
+/// monitoring tool sends). Compared in constant time, as on the chat port.
+fn presents_token(request: &Request, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let query = request.target.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or("");
+    let in_query = query.split('&').filter_map(|pair| {
+        let value = pair.strip_prefix("token=")?;
+        crate::static_files::percent_decode(value).ok()
+    });
+    let bearer = request.authorization.as_deref().and_then(|value| {
+        let (scheme, credentials) = value.trim().split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| credentials.trim().to_owned())
+    });
+    in_query
+        .chain(bearer)
+        .any(|given| same_secret(token.as_bytes(), given.as_bytes()))
 }
 
 /// What `GET /stats` returns: the counters, and the places taken.
@@ -522,6 +562,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         304 => "Not Modified",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -573,6 +614,35 @@ mod tests {
         let asked = Instant::now();
         assert!(!hub_answers(&stuck));
         assert!(asked.elapsed() >= HEALTH_DEADLINE);
+    }
+
+    #[test]
+    fn the_token_comes_in_the_query_or_as_a_bearer() {
+        let request = |target: &str, authorization: Option<&str>| Request {
+            method: "GET".into(),
+            target: target.into(),
+            http11: true,
+            host: None,
+            if_none_match: None,
+            authorization: authorization.map(str::to_owned),
+            keep_alive: true,
+            has_body: false,
+        };
+        assert!(presents_token(&request("/stats", None), None));
+        let admits = |target: &str, authorization: Option<&str>| {
+            presents_token(&request(target, authorization), Some("s3cret~"))
+        };
+        assert!(!admits("/stats", None));
+        assert!(admits("/stats?token=s3cret~", None));
+        assert!(admits("/stats?a=b&token=s3cret%7E", None));
+        assert!(!admits("/stats?token=s3cret", None));
+        assert!(!admits("/stats?xtoken=s3cret~", None));
+        assert!(!admits("/stats?token=%zz", None));
+        assert!(admits("/stats", Some("Bearer s3cret~")));
+        assert!(admits("/stats", Some("bearer   s3cret~ ")));
+        assert!(!admits("/stats", Some("Basic s3cret~")));
+        assert!(!admits("/stats", Some("s3cret~")));
+        assert!(!admits("/stats", Some("Bearer")));
     }
 
     #[test]

@@ -272,7 +272,7 @@ pub fn run(
         places: Arc::clone(&places),
         hub: hub_tx.clone(),
         ws_port: ws_addr.port(),
-        token_required: config.access_token()?.is_some(),
+        access_token: config.access_token()?,
         tls: tls.clone(),
         server_names: server_names.clone(),
         timeout: config.http_timeout(),

@@ -1,5 +1,6 @@
 //! The access token (`--token`, `--token-file`): who gets in, how a page presents
-//! it, and that it never shows in an answer or a log line.
+//! it, that `/stats` asks for it too while nothing open tells counts, and that it
+//! never shows in an answer or a log line.
 
 mod support;
 
@@ -78,6 +79,86 @@ fn the_token_in_the_query_or_as_a_subprotocol_lets_a_client_in() {
         !head.to_ascii_lowercase().contains("sec-websocket-protocol"),
         "{head}"
     );
+}
+
+#[test]
+fn with_a_token_stats_needs_it_and_what_stays_open_tells_no_counts() {
+    let server = Server::start(&["--token", TOKEN]);
+    let open_answers = || {
+        let health = support::http_get(server.http, "/healthz");
+        assert_eq!(health.status, 200);
+        (
+            String::from_utf8_lossy(&health.body).into_owned(),
+            config_json(&server),
+        )
+    };
+    let before = open_answers();
+    let mut alice = Client::connect(&server.ws_url(&format!("/?token={TOKEN}")));
+    alice.recv_type("welcome");
+    alice.send_chat("alice", "counted");
+    alice.recv_type("message");
+
+    let refused = [
+        support::http_get(server.http, "/stats"),
+        support::http_get(server.http, "/stats?token=pi-chat.43_x~"),
+        support::http_get(server.http, &format!("/stats?tokens={TOKEN}")),
+        support::http_get_with(server.http, "/stats", &["Authorization: Bearer wrong"]),
+        support::http_get_with(
+            server.http,
+            "/stats",
+            &[&format!("Authorization: Basic {TOKEN}")],
+        ),
+    ];
+    for answer in refused {
+        let body = String::from_utf8_lossy(&answer.body);
+        assert_eq!(answer.status, 401, "{}\n{body}", answer.head);
+        assert_eq!(answer.header("www-authenticate").as_deref(), Some("Bearer"));
+        assert!(
+            body.contains("access token") && !body.contains(TOKEN),
+            "{body}"
+        );
+        assert!(
+            !body.chars().any(|c| c.is_ascii_digit()),
+            "a count in {body}"
+        );
+    }
+    let admitted = [
+        support::http_get(server.http, &format!("/stats?token={TOKEN}")),
+        support::http_get(
+            server.http,
+            &format!("/stats?x=1&token={}", "pi-chat.42_x%7E"),
+        ),
+        support::http_get_with(
+            server.http,
+            "/stats",
+            &[&format!("Authorization: Bearer {TOKEN}")],
+        ),
+        support::http_get_with(
+            server.http,
+            "/stats",
+            &[&format!("authorization: bearer  {TOKEN}")],
+        ),
+    ];
+    for answer in admitted {
+        assert_eq!(answer.status, 200, "{}", answer.head);
+        let stats: Value = serde_json::from_slice(&answer.body).expect("/stats is JSON");
+        assert_eq!(stats["clients"], 1, "{stats}");
+        assert_eq!(stats["messages_relayed"], 1, "{stats}");
+    }
+
+    // What anyone may read is the same with a client in and a message relayed as
+    // before: it holds no count. `/config.json` holds only what a page needs to connect.
+    let (health, config) = open_answers();
+    assert_eq!((health.as_str(), &config), (before.0.as_str(), &before.1));
+    assert_eq!(health, "ok\n");
+    let mut keys: Vec<&str> = config
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["token", "wsPath", "wsPort"], "{config}");
 }
 
 #[test]
@@ -162,6 +243,14 @@ fn the_access_token_never_reaches_the_log() {
         ],
     );
     support::http_get(server.http, "/?token=tok-5ecret-xyz");
+    for wrong in ["/stats?token=tok-5ecret-xyq", "/stats?token=tok-5ecret-xyz"] {
+        support::http_get(server.http, wrong);
+    }
+    support::http_get_with(
+        server.http,
+        "/stats",
+        &["Authorization: Bearer tok-5ecret-xyq"],
+    );
     let mut by_query = Client::connect(&server.ws_url("/?token=tok-5ecret-xyz"));
     by_query.recv_type("welcome");
     let mut by_protocol = Client::connect_with(

@@ -1,14 +1,16 @@
 //! The page side: files with their Content-Type and ETag, the same compiled in and
-//! from a folder, nothing outside `www/`, the JSON endpoints, and staying up under
-//! slow clients.
+//! from a folder, nothing outside `www/`, the JSON endpoints, staying up under
+//! slow clients, and an IPv6 peer's share of places.
 
 mod support;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{Server, WWW, http_get, http_get_with, http_raw, socket_closed_within};
+use clap::Parser as _;
+use support::{Client, Server, WWW, http_get, http_get_with, http_raw, socket_closed_within};
 
 #[test]
 fn page_and_assets_are_served_with_their_content_type() {
@@ -400,4 +402,89 @@ fn when_every_page_place_is_taken_a_visitor_waits_for_one() {
     // One visitor leaves; its place goes to the one waiting.
     drop(held.pop());
     assert_eq!(read_response(&mut visitor, false).0, 200);
+}
+
+/// A server in this process on IPv6 loopback, `[::1]`, on ports of the kernel's
+/// choosing (`support::Server` binds 127.0.0.1); stopped when dropped.
+struct OnIpv6Loopback {
+    http: SocketAddr,
+    ws: SocketAddr,
+    stop: Option<crossbeam_channel::Sender<threadchat::Control>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl OnIpv6Loopback {
+    fn start(args: &[&str]) -> OnIpv6Loopback {
+        let mut all = vec![
+            "threadchat",
+            "--bind",
+            "::1",
+            "--http-port",
+            "0",
+            "--ws-port",
+            "0",
+        ];
+        all.extend_from_slice(args);
+        let config = threadchat::config::Config::try_parse_from(all).expect("valid arguments");
+        let listeners = threadchat::Listeners::bind(&config)
+            .unwrap_or_else(|e| panic!("this machine has no IPv6 loopback (::1): {e}"));
+        let (http, ws) = (
+            listeners.http.local_addr().unwrap(),
+            listeners.ws.local_addr().unwrap(),
+        );
+        let (stop, controls) = crossbeam_channel::bounded(1);
+        let thread = std::thread::spawn(move || {
+            threadchat::run(config, listeners, controls).expect("the server runs");
+        });
+        OnIpv6Loopback {
+            http,
+            ws,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for OnIpv6Loopback {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && let Err(panic) = thread.join()
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+#[test]
+fn over_ipv6_an_address_has_its_own_share() {
+    // The /64 of ::1 holds no other address, so a second host in one /64 and the
+    // /64's ceiling are the ledger's unit tests; this is the path a real IPv6
+    // peer takes, from the socket's address to the refusal and the counters.
+    let server = OnIpv6Loopback::start(&["--max-per-host", "2"]);
+    assert!(server.http.is_ipv6() && server.ws.is_ipv6());
+    let url = format!("ws://{}/", server.ws);
+    let mut admitted: Vec<Client> = (0..2).map(|_| Client::connect(&url)).collect();
+    for client in &mut admitted {
+        client.recv_type("welcome");
+    }
+    let refused = Client::connect_with(&url, &[])
+        .err()
+        .expect("past the share");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        refused
+            .body
+            .contains("your address already has 2 chat clients"),
+        "{refused:?}"
+    );
+    // Page connections are another share: /stats from the same address answers.
+    let stats = http_get(server.http, "/stats");
+    assert_eq!(stats.status, 200, "{}", stats.head);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    let places = &stats["places"];
+    assert_eq!(places["chat"], 2, "{stats}");
+    assert_eq!(places["refused_per_host"], 1, "{stats}");
+    assert_eq!(places["refused_per_network"], 0, "{stats}");
 }

@@ -14,6 +14,9 @@
 //   node cut off from its cluster for a while), so the page keeps where it is in
 //   each epoch it has seen, and knows a message by its id, sender and time. Nothing typed goes out before that join, so a message always
 //   lands in the room on screen.
+// - A room's log keeps its last LOG_CAP entries, and the page remembers no more
+//   messages than its logs show: a page open for days holds a thousand entries
+//   per room, not everything it was ever sent.
 'use strict';
 
 const els = {
@@ -91,6 +94,12 @@ let slow = null;          // the rate-limit notice of the current run of them
 // messages shown (for dropping replays), and the newest id shown in each epoch.
 const logs = new Map();
 const EPOCHS_KEPT = 4;    // a room remembers its place in this many epochs
+// Entries a room's log keeps; past it the oldest go, and with them the keys of the
+// messages they showed. A tab left open in a busy room (or one that a flood
+// reaches) would otherwise grow for ever, in elements and in `seen`, until the
+// browser slows or kills it. Resuming needs only `lastIds`, which is kept apart;
+// a replay of a message this old is shown again rather than remembered for ever.
+const LOG_CAP = 1000;
 
 function storedRoom() {
   const saved = localStorage.getItem(ROOM_KEY);
@@ -131,10 +140,22 @@ function addEntry(kind, parts, time, where = room) {
     span.textContent = text;
     entry.append(span);
   }
-  (visible ? els.chat : logOf(where).parked).append(entry);
+  const list = visible ? els.chat : logOf(where).parked;
+  list.append(entry);
+  trimLog(list, logOf(where));
   // Follow the conversation unless the reader has scrolled up to read.
   if (follow) els.chat.scrollTop = els.chat.scrollHeight;
   return entry;
+}
+
+/** Removes `log`'s oldest entries past LOG_CAP from `list` (where they are now),
+ *  and forgets the messages they showed. */
+function trimLog(list, log) {
+  while (list.childElementCount > LOG_CAP) {
+    const oldest = list.firstElementChild;
+    if (oldest.dataset.key) log.seen.delete(oldest.dataset.key);
+    oldest.remove();
+  }
 }
 
 /** Puts `next`'s log on screen, parking the current one. */
@@ -365,6 +386,7 @@ function message(data) {
   const entry = addEntry(kind, [['who', data.name || 'anonymous'], ['text', data.msg]],
     data.ts, where);
   entry.dataset.id = data.id;
+  entry.dataset.key = key; // forgotten with the entry (trimLog)
   if (data.history) entry.title = 'sent before you arrived';
 }
 

@@ -353,10 +353,10 @@ async function member(page, name) {
  * origin, since Node 20 has no WebSocket without a flag) that joins `room`, says
  * `msg` and leaves once the server has relayed it.
  */
-async function sayFromOutside(room, msg) {
+async function sayFromOutside(room, msg, at = server) {
   const context = await browser.newContext();
   const page = await context.newPage();
-  await page.goto(`http://127.0.0.1:${server.httpPort}/healthz`);
+  await page.goto(`http://127.0.0.1:${at.httpPort}/healthz`);
   await page.evaluate(({ port, room, msg }) => new Promise((resolve, reject) => {
     const ws = new WebSocket(`ws://127.0.0.1:${port}/`, 'threadchat.v2');
     ws.onerror = () => reject(new Error('socket failed'));
@@ -370,7 +370,7 @@ async function sayFromOutside(room, msg) {
       }
       if (frame.type === 'error') reject(new Error(frame.msg));
     };
-  }), { port: server.wsPort, room, msg });
+  }), { port: at.wsPort, room, msg });
   await context.close();
 }
 
@@ -523,6 +523,88 @@ test('sending faster than the server takes is answered politely, not as an alarm
   assert.equal(await hasty.page.locator('#chat li.notice.slow').count(), 1);
   await hasty.page.screenshot({ path: join(SHOTS, 'slow-down.png') });
   await hasty.context.close();
+});
+
+/**
+ * Another client that sends `count` messages `${prefix} 0`, `${prefix} 1`, … into
+ * the lobby of `at` at once, and resolves once the last has come back to it. Its
+ * socket stays open (in a blank page of the server's origin) until `context` closes.
+ */
+async function floodFromOutside(at, prefix, count) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`http://127.0.0.1:${at.httpPort}/healthz`);
+  await page.evaluate(({ port, prefix, count }) => new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/`, 'threadchat.v2');
+    ws.onerror = () => reject(new Error('socket failed'));
+    ws.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type === 'welcome') {
+        for (let i = 0; i < count; i++) ws.send(JSON.stringify({ name: 'flood', msg: `${prefix} ${i}` }));
+      }
+      if (frame.type === 'message' && frame.msg === `${prefix} ${count - 1}` && !frame.history) resolve();
+      if (frame.type === 'error') reject(new Error(frame.msg));
+    };
+  }), { port: at.wsPort, prefix, count });
+  return context;
+}
+
+/** The largest size of any Set and of any Map in `page`'s heap (its own world, not
+ *  playwright's): what the page remembers, measured without a hook in the page. */
+async function largestCollections(page) {
+  const cdp = await page.context().newCDPSession(page);
+  const largest = async (type) => {
+    const { result: prototype } = await cdp.send('Runtime.evaluate', { expression: `${type}.prototype` });
+    const { objects } = await cdp.send('Runtime.queryObjects', { prototypeObjectId: prototype.objectId });
+    const { result } = await cdp.send('Runtime.callFunctionOn', {
+      objectId: objects.objectId,
+      functionDeclaration: 'function () { return Math.max(0, ...this.map((c) => c.size)); }',
+      returnByValue: true,
+    });
+    return result.value;
+  };
+  const sizes = { set: await largest('Set'), map: await largest('Map') };
+  await cdp.detach();
+  return sizes;
+}
+
+test('the log keeps the newest thousand entries, remembers no more, and resumes after them', async () => {
+  const CAP = 1000; // LOG_CAP in www/app.js
+  const SENT = CAP + 200;
+  // Flood control would drop most of one client's burst: this test is about the page.
+  const busy = await startServer({ args: ['--rate', '10000', '--burst', String(2 * SENT)] });
+  try {
+    const reader = await person('reader', { at: busy });
+    const sent = [];
+    reader.page.on('websocket', (ws) => ws.on('framesent', ({ payload }) => sent.push(String(payload))));
+    const flooder = await floodFromOutside(busy, 'flood', SENT);
+    const newest = await entry(reader.page, `flood ${SENT - 1}`);
+    const texts = await reader.page.$$eval('#chat li .text', (items) => items.map((t) => t.textContent));
+    assert.equal(await reader.page.locator('#chat li').count(), CAP);
+    assert.equal(texts.length, CAP);
+    assert.deepEqual(texts, Array.from({ length: CAP }, (_, i) => `flood ${SENT - CAP + i}`));
+    // The largest Set is the log's known messages, one per entry; no Map holds more.
+    const largest = await largestCollections(reader.page);
+    assert.equal(largest.set, CAP, JSON.stringify(largest));
+    assert.ok(largest.map <= CAP, JSON.stringify(largest));
+
+    // Away and back: the join resumes after the newest message, which was kept.
+    await reader.page.click('#toggle');
+    await reader.page.waitForSelector('#status[data-state="offline"]');
+    await sayFromOutside('lobby', 'said while away', busy);
+    await reader.page.click('#toggle');
+    const away = await entry(reader.page, 'said while away');
+    assert.match(await away.getAttribute('class'), /\bhistory\b/);
+    const joins = sent.map((p) => JSON.parse(p)).filter((f) => f.type === 'join');
+    assert.equal(joins.at(-1).since, Number(await newest.getAttribute('data-id')), JSON.stringify(joins));
+    assert.equal(await shown(reader.page, `flood ${SENT - 1}`), 1);
+    assert.equal(await reader.page.locator('#chat li').count(), CAP);
+    await reader.page.screenshot({ path: join(SHOTS, 'log-cap.png') });
+    await reader.context.close();
+    await flooder.close();
+  } finally {
+    await stopServer(busy);
+  }
 });
 
 test('with --token, the link with #token= lets a person in and other links do not', async () => {
