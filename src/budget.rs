@@ -25,9 +25,15 @@
 //!
 //! An address's [`Allowance`] stays in the table after its last connection has
 //! gone, until it has earned its buckets back full: only then is a new one the
-//! same. So reconnecting refills nothing. The table holds at most
-//! [`MAX_ADDRESSES`] addresses; beyond them (an IPv6 host trying addresses of its
-//! /64, say) every new address shares one allowance, so the table's memory is
+//! same. So reconnecting refills nothing.
+//!
+//! An IPv6 host is given a whole /64 and may pick a new address in it for every
+//! connection, each with a fresh allowance. So an IPv6 address also pays into its
+//! /64's allowance, [`NETWORK_SHARES`] times an address's (the same ceiling
+//! `places` puts on the /64's connections): hosts of one LAN keep budgets of
+//! their own, and one host hopping through its /64 gets no more than four.
+//! The table holds at most [`MAX_ADDRESSES`] addresses (and as many /64s);
+//! beyond them every new one shares one allowance, so the table's memory is
 //! bounded and the newcomers are limited together.
 //!
 //! Why a mutex per address and not atomics: a frame checks three buckets that
@@ -50,6 +56,9 @@ pub const BURST_SECONDS: u32 = 4;
 /// hundred bytes, so the table stays under a megabyte.
 pub const MAX_ADDRESSES: usize = 4_096;
 
+/// An IPv6 /64 may spend this many addresses' budgets, all its addresses together.
+pub const NETWORK_SHARES: u64 = 4;
+
 /// How often the table looks for allowances it may forget.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -67,6 +76,15 @@ pub struct BudgetSettings {
 impl BudgetSettings {
     fn any(&self) -> bool {
         self.frames > 0 || self.bytes_in > 0 || self.bytes_out > 0
+    }
+
+    /// The budgets of a /64: `NETWORK_SHARES` addresses' worth.
+    fn of_network(self) -> BudgetSettings {
+        BudgetSettings {
+            frames: self.frames * NETWORK_SHARES,
+            bytes_in: self.bytes_in * NETWORK_SHARES,
+            bytes_out: self.bytes_out * NETWORK_SHARES,
+        }
     }
 }
 
@@ -173,18 +191,42 @@ impl Buckets {
     fn is_full(&self) -> bool {
         self.frames.is_full() && self.bytes_in.is_full() && self.bytes_out.is_full()
     }
+
+    /// Whether a frame may start now: a whole frame left, and any bytes at all
+    /// (one large frame may overdraw).
+    fn afford(&mut self, now: Instant) -> Result<(), Spent> {
+        self.earn(now);
+        if !self.frames.has(1.0) {
+            return Err(Spent::Frames);
+        }
+        if !self.bytes_in.has(f64::MIN_POSITIVE) {
+            return Err(Spent::BytesIn);
+        }
+        if !self.bytes_out.has(f64::MIN_POSITIVE) {
+            return Err(Spent::BytesOut);
+        }
+        Ok(())
+    }
+
+    fn pay(&mut self, bytes: usize) {
+        self.frames.take(1);
+        self.bytes_in.take(bytes);
+    }
 }
 
 /// One address's budget, shared by its connections' readers and the hub.
 #[derive(Debug)]
 pub struct Allowance {
     buckets: Mutex<Buckets>,
+    /// An IPv6 address's /64, which it pays into as well.
+    network: Option<Arc<Allowance>>,
 }
 
 impl Allowance {
-    fn new(settings: BudgetSettings) -> Allowance {
+    fn new(settings: BudgetSettings, network: Option<Arc<Allowance>>) -> Allowance {
         Allowance {
             buckets: Mutex::new(Buckets::new(settings)),
+            network,
         }
     }
 
@@ -192,32 +234,35 @@ impl Allowance {
     /// something left of every budget; otherwise it costs nothing and the answer
     /// says which budget is spent.
     pub fn admit(&self, bytes: usize) -> Result<(), Spent> {
-        let mut buckets = self.lock();
-        buckets.earn(Instant::now());
-        // A whole frame, but any bytes at all: one large frame may overdraw.
-        if !buckets.frames.has(1.0) {
-            return Err(Spent::Frames);
+        let now = Instant::now();
+        let mut own = self.lock();
+        own.afford(now)?;
+        // Locked address first, then its /64, always in that order: a /64 never
+        // locks an address.
+        let mut network = self.network.as_ref().map(|n| n.lock());
+        if let Some(network) = &mut network {
+            network.afford(now)?;
+            network.pay(bytes);
         }
-        if !buckets.bytes_in.has(f64::MIN_POSITIVE) {
-            return Err(Spent::BytesIn);
-        }
-        if !buckets.bytes_out.has(f64::MIN_POSITIVE) {
-            return Err(Spent::BytesOut);
-        }
-        buckets.frames.take(1);
-        buckets.bytes_in.take(bytes);
+        own.pay(bytes);
         Ok(())
     }
 
     /// The server sends `bytes` on this address's behalf. Never refused: what was
     /// admitted is delivered, and the debt holds the address's next frames back.
     pub fn spend(&self, bytes: usize) {
+        if let Some(network) = &self.network {
+            network.spend(bytes);
+        }
         self.lock().bytes_out.take(bytes);
     }
 
     /// Whether the address may have the server send something optional for it
     /// now (an error frame): it has bytes out left.
     pub fn can_spend(&self) -> bool {
+        if self.network.as_ref().is_some_and(|n| !n.can_spend()) {
+            return false;
+        }
         let mut buckets = self.lock();
         buckets.earn(Instant::now());
         buckets.bytes_out.has(f64::MIN_POSITIVE)
@@ -237,6 +282,9 @@ pub struct Budgets {
 
 struct Table {
     by_address: HashMap<IpAddr, Arc<Allowance>>,
+    /// IPv6 /64s (the address with its last 64 bits zero), which their addresses'
+    /// allowances hold.
+    by_network: HashMap<IpAddr, Arc<Allowance>>,
     /// Shared by every address that finds the table full.
     overflow: Arc<Allowance>,
     swept_at: Instant,
@@ -249,7 +297,8 @@ impl Budgets {
             settings,
             table: Mutex::new(Table {
                 by_address: HashMap::new(),
-                overflow: Arc::new(Allowance::new(settings)),
+                by_network: HashMap::new(),
+                overflow: Arc::new(Allowance::new(settings, None)),
                 swept_at: Instant::now(),
             }),
         })
@@ -273,7 +322,12 @@ impl Budgets {
         if table.by_address.len() >= MAX_ADDRESSES {
             return Some(Arc::clone(&table.overflow));
         }
-        let allowance = Arc::new(Allowance::new(self.settings));
+        let network = network_of(address).map(|network| {
+            let settings = self.settings.of_network();
+            let made = || Arc::new(Allowance::new(settings, None));
+            Arc::clone(table.by_network.entry(network).or_insert_with(made))
+        });
+        let allowance = Arc::new(Allowance::new(self.settings, network));
         table.by_address.insert(address, Arc::clone(&allowance));
         Some(allowance)
     }
@@ -287,17 +341,31 @@ impl Budgets {
 }
 
 impl Table {
-    /// Drops the allowances no connection holds whose buckets are full again: a
-    /// new allowance for that address would be exactly the same.
+    /// Drops the allowances no connection (or address) holds whose buckets are
+    /// full again: a new allowance would be exactly the same. Addresses first, so
+    /// that their /64s are free to go in the same sweep.
     fn forget_the_paid_up(&mut self, now: Instant) {
-        self.by_address.retain(|_, allowance| {
+        let owing = |allowance: &mut Arc<Allowance>| {
             if Arc::strong_count(allowance) > 1 {
                 return true;
             }
             let mut buckets = allowance.lock();
             buckets.earn(now);
             !buckets.is_full()
-        });
+        };
+        self.by_address.retain(|_, allowance| owing(allowance));
+        self.by_network.retain(|_, allowance| owing(allowance));
+    }
+}
+
+/// The /64 of an IPv6 address (not of an IPv4 one, mapped or not).
+fn network_of(address: IpAddr) -> Option<IpAddr> {
+    match address {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let prefix = u128::from(v6) & !u128::from(u64::MAX);
+            Some(IpAddr::V6(prefix.into()))
+        }
+        _ => None,
     }
 }
 
@@ -378,6 +446,33 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(1);
         budgets.table.lock().unwrap().forget_the_paid_up(later);
         assert_eq!(budgets.addresses(), 0);
+    }
+
+    #[test]
+    fn addresses_of_one_ipv6_64_have_their_own_budgets_and_four_together() {
+        let budgets = Budgets::new(settings(1, 0, 0));
+        let burst = BURST_SECONDS as usize;
+        let host = |n: u16| IpAddr::V6([0xfd00, 0, 0, 1, 0, 0, 0, n].into());
+        // Two hosts on one LAN: each its own budget.
+        for n in 1..=2 {
+            let allowance = budgets.of(host(n)).unwrap();
+            for _ in 0..burst {
+                assert_eq!(allowance.admit(1), Ok(()));
+            }
+            assert_eq!(allowance.admit(1), Err(Spent::Frames));
+        }
+        // One host hopping through the /64: four addresses' worth in all.
+        let mut admitted = 2 * burst;
+        for n in 3..100 {
+            let allowance = budgets.of(host(n)).unwrap();
+            while allowance.admit(1).is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, NETWORK_SHARES as usize * burst);
+        // Another /64 is not touched.
+        let elsewhere = IpAddr::V6([0xfd00, 0, 0, 2, 0, 0, 0, 1].into());
+        assert_eq!(budgets.of(elsewhere).unwrap().admit(1), Ok(()));
     }
 
     #[test]

@@ -192,7 +192,7 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
     // Echo clients serve conformance tools (`--echo` only, 16 at most), which send
     // megabytes on purpose: budgets are the chat's.
     let allowance = match admission.endpoint {
-        Endpoint::Chat => settings.budgets.of(peer),
+        Endpoint::Chat => settings.budgets.of(crate::places::host_of(peer)),
         Endpoint::Echo => None,
     };
     reader::serve(
