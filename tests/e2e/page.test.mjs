@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import WebSocket from 'ws';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BINARY = process.env.THREADCHAT_BIN || join(ROOT, 'target/debug/threadchat');
@@ -571,8 +572,11 @@ async function largestCollections(page) {
 test('the log keeps the newest thousand entries, remembers no more, and resumes after them', async () => {
   const CAP = 1000; // LOG_CAP in www/app.js
   const SENT = CAP + 200;
-  // Flood control would drop most of one client's burst: this test is about the page.
-  const busy = await startServer({ args: ['--rate', '10000', '--burst', String(2 * SENT)] });
+  // Flood control would drop most of one client's burst, and the address's budgets
+  // most of the rest: this test is about the page.
+  const busy = await startServer({
+    args: ['--rate', '10000', '--burst', String(2 * SENT), '--host-frames', '0', '--host-bytes-in', '0'],
+  });
   try {
     const reader = await person('reader', { at: busy });
     const sent = [];
@@ -729,5 +733,67 @@ test('two nodes are one chat; cut off from Redis, a node chats on alone, then jo
     await stopServer(a);
     await stopServer(b);
     await stopRedis(redis);
+  }
+});
+
+/**
+ * An attacker on 127.0.0.2 (the official `ws` client, bound to that source
+ * address): `connections` loops that each connect, send their burst of 20 chat
+ * messages, close and connect again at once, until `stop()` is called. Resolves
+ * `stop()`'s promise with the number of messages sent.
+ */
+function reconnectFlood(at, connections) {
+  let running = true;
+  let sent = 0;
+  const loop = () => new Promise((resolve) => {
+    if (!running) return resolve();
+    const ws = new WebSocket(`ws://127.0.0.1:${at.wsPort}/`, { localAddress: '127.0.0.2' });
+    ws.on('open', () => {
+      for (let i = 0; i < 20; i++) ws.send(JSON.stringify({ name: 'attack', msg: `attack ${sent++}` }));
+      ws.close();
+    });
+    // Refused (the address's places) or closed: the next round at once.
+    ws.on('error', () => {});
+    ws.on('close', () => resolve(loop()));
+  });
+  const loops = Array.from({ length: connections }, loop);
+  return {
+    stop: async () => {
+      running = false;
+      await Promise.all(loops);
+      return sent;
+    },
+  };
+}
+
+test('during a reconnect flood from another address the page shows every honest message', async () => {
+  // Its own server with the default budgets, so that the flood does not touch the
+  // other tests' server.
+  const flooded = await startServer();
+  try {
+    const alice = await person('alice', { at: flooded });
+    const bob = await person('bob', { at: flooded });
+    const attack = reconnectFlood(flooded, 32);
+    const said = [];
+    for (let k = 0; k < 12; k++) {
+      said.push(`honest ${k}`);
+      await say(alice.page, said.at(-1));
+      // One at a time, as a person types: each must reach bob before the next.
+      await entry(bob.page, said.at(-1));
+    }
+    const sent = await attack.stop();
+    for (const page of [alice.page, bob.page]) {
+      for (const text of said) assert.equal(await shown(page, text), 1, text);
+      assert.match(await page.locator('#status').getAttribute('data-state'), /online/);
+    }
+    // What got through of the attacker's is its address's budget, not its burst
+    // times its reconnections.
+    const attacks = await bob.page.locator('#chat li', { hasText: /^attack/ }).count();
+    assert.ok(sent > 5 * attacks, `${attacks} of ${sent} attack messages shown`);
+    await bob.page.screenshot({ path: join(SHOTS, 'reconnect-flood.png') });
+    await alice.context.close();
+    await bob.context.close();
+  } finally {
+    await stopServer(flooded);
   }
 });
