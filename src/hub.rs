@@ -35,6 +35,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::cluster::{self, Publish};
 use crate::frame;
+use crate::logging::Untrusted;
 use crate::outbox::{Failure, Outbox};
 use crate::protocol::{
     self, ChatMessage, InputError, LOBBY, Member as WhoMember, Outgoing, Presence, RoomCount,
@@ -924,10 +925,10 @@ impl Hub {
             return;
         };
         log::debug!(
-            "message {id} from client {from} in {}: {}: {}",
-            seat.room,
-            message.name,
-            message.msg
+            "message {id} from client {from} in \"{}\": \"{}\": \"{}\"",
+            Untrusted(&seat.room),
+            Untrusted(&message.name),
+            Untrusted(&message.msg)
         );
         let frame = Outgoing::Message {
             id,
