@@ -27,10 +27,11 @@ use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::net::{RecvFlags, SendFlags};
 
+use crate::logging::{Noisy, limited};
 use crate::places::{Kind, Place, Places, Refusal};
 
 /// Stack of a connection thread. Only the pages it touches count towards memory
@@ -63,10 +64,6 @@ impl Backoff {
         pause
     }
 }
-
-/// How often a refusal is logged at most. One host can be refused thousands of
-/// times a second; the log gets a line a second with the count.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A connection that has a place and a thread of its own.
 pub struct Connection {
@@ -146,7 +143,6 @@ where
 {
     let mut backoff = Backoff::new();
     let mut next_id = door.first_id;
-    let mut refusals = RefusalLog::default();
     loop {
         // As long as it takes: places are given back by connection threads, each of
         // which ends within its own deadlines. False: the server is stopping.
@@ -162,7 +158,11 @@ where
             Err(e) if is_out_of_resources(&e) => {
                 // Retrying at once would spin; clients wait in the listen queue.
                 let pause = backoff.pause();
-                log::warn!("{}: {e}; retrying in {pause:?}", door.name);
+                limited!(
+                    Noisy::AcceptFailed,
+                    "{}: {e}; retrying in {pause:?}",
+                    door.name
+                );
                 thread::sleep(pause);
                 continue;
             }
@@ -176,7 +176,22 @@ where
         let place = match door.places.take(door.kind, peer) {
             Ok(place) => place,
             Err(refusal) => {
-                refusals.note(door, peer, refusal);
+                // One host can be refused thousands of times a second. Past a
+                // /64's ceiling the refused address is only the latest of many: the
+                // line names those that hold the places.
+                let (kind, holders) = match refusal {
+                    Refusal::Full(_) => (Noisy::Full, String::new()),
+                    Refusal::HostFull(..) => (Noisy::AddressFull, String::new()),
+                    Refusal::NetworkFull(kind, _, network) => (
+                        Noisy::AddressFull,
+                        format!("; {}", door.places.holders(kind, network)),
+                    ),
+                };
+                limited!(
+                    kind,
+                    "{}: connection from {peer} refused: {refusal}{holders}",
+                    door.name
+                );
                 refuse_without_thread(&stream, refusal);
                 continue;
             }
@@ -197,7 +212,8 @@ where
         if let Err(e) = spawned {
             // The closure, with the socket and the place, is dropped: the
             // connection closes and the place is free again.
-            log::error!(
+            limited!(
+                Noisy::NoThread,
                 "{}: cannot start a thread for a connection from {peer} ({e}): refused",
                 door.name
             );
@@ -235,42 +251,4 @@ fn refuse_without_thread(stream: &TcpStream, refusal: Refusal) {
     // without waiting for more.
     let mut sink = [0u8; 4096];
     let _ = rustix::net::recv(stream, &mut sink[..], RecvFlags::DONTWAIT);
-}
-
-/// Logs refusals at most once per [`REFUSAL_LOG_INTERVAL`], with how many were
-/// left out, so a flood of refused connections cannot become a flood of log lines.
-#[derive(Default)]
-struct RefusalLog {
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl RefusalLog {
-    fn note(&mut self, door: &Door, peer: IpAddr, refusal: Refusal) {
-        let due = self
-            .last
-            .is_none_or(|last| last.elapsed() >= REFUSAL_LOG_INTERVAL);
-        if !due {
-            self.unlogged += 1;
-            return;
-        }
-        let also = match self.unlogged {
-            0 => String::new(),
-            n => format!(" ({n} more refused since the last line)"),
-        };
-        // Past a /64's ceiling the refused address is only the latest of many:
-        // the line names those that hold the places.
-        let holders = match refusal {
-            Refusal::NetworkFull(kind, _, network) => {
-                format!("; {}", door.places.holders(kind, network))
-            }
-            _ => String::new(),
-        };
-        log::warn!(
-            "{}: connection from {peer} refused: {refusal}{holders}{also}",
-            door.name
-        );
-        self.last = Some(Instant::now());
-        self.unlogged = 0;
-    }
 }

@@ -29,6 +29,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::logging::{Noisy, Untrusted, limited};
 use crate::static_files::{self, Refusal};
 
 /// The files of `www/`, as they were when the binary was built.
@@ -146,9 +147,11 @@ impl Page {
                 let file = File::open(&path).map_err(|_| Unavailable::NotFound)?;
                 let size = file.metadata().map_err(|_| Unavailable::NotFound)?.len();
                 if size > MAX_FOLDER_FILE {
-                    log::warn!(
+                    // Asked for by a client, as often as it likes.
+                    limited!(
+                        Noisy::FileTooLarge,
                         "http: {} is {size} bytes, over the {MAX_FOLDER_FILE}-byte limit for --www files",
-                        path.display()
+                        Untrusted(path.display())
                     );
                     return Err(Unavailable::TooLarge);
                 }

@@ -47,9 +47,10 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 use crate::http::MAX_HEAD;
 
-/// Threads the server has whatever the load: main (waiting for signals), the hub,
-/// the two acceptors, and room for a few more.
-pub const FIXED_THREADS: u64 = 8;
+/// Threads the server has whatever the load: main (waiting for signals), the
+/// signal forwarder, the hub, the two acceptors, the log's summary thread, in a
+/// cluster three more for Redis, and one spare.
+pub const FIXED_THREADS: u64 = 10;
 
 /// Descriptors the server holds whatever the load: stdin, stdout, stderr, the two
 /// listeners, signal-hook's pipe, a `/proc` file being read, and room.
@@ -415,7 +416,10 @@ mod tests {
         let p = plan(&wanted(100_000), &limits(65_530, 100_000, 1 << 20));
         assert!(p.clamped);
         assert_eq!((p.max_http, p.handshakes), (256, 128));
-        assert_eq!(p.max_clients, (12_286 - 8 - 256 - 128) / 2);
+        assert_eq!(
+            p.max_clients,
+            (12_286 - FIXED_THREADS as usize - 256 - 128) / 2
+        );
     }
 
     #[test]
@@ -524,12 +528,12 @@ mod tests {
 
     #[test]
     fn a_tiny_machine_still_serves_someone() {
-        // 50 tasks: a budget of 37 threads, 8 fixed, half of the other 29 for the
-        // reserves (14 / 384 of them: 9 page connections, 4 handshakes), two
+        // 50 tasks: a budget of 37 threads, 10 fixed, half of the other 27 for the
+        // reserves (13 / 384 of them: 9 page connections, 4 handshakes), two
         // threads per client.
         let p = plan(&wanted(1024), &limits(400, 50, 200));
         assert_eq!((p.max_http, p.handshakes), (9, 4));
-        assert_eq!(p.max_clients, (37 - 8 - 9 - 4) / 2);
+        assert_eq!(p.max_clients, (37 - FIXED_THREADS as usize - 9 - 4) / 2);
         // Not even the fixed threads fit: one client all the same.
         let p = plan(&wanted(1024), &limits(400, 20, 40));
         assert_eq!(p.max_clients, 1);

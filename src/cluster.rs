@@ -93,6 +93,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::hub::Event;
+use crate::logging::{Noisy, Untrusted, limited};
 use crate::protocol;
 
 /// The stream every node appends to and reads.
@@ -375,7 +376,12 @@ impl Retry {
         Retry(Duration::from_millis(100))
     }
     fn wait(&mut self, what: &str, e: &redis::RedisError) {
-        log::warn!("redis: {what}: {e}; trying again in {:?}", self.0);
+        // Redis's errors can quote what it was sent or holds.
+        log::warn!(
+            "redis: {what}: {}; trying again in {:?}",
+            Untrusted(e),
+            self.0
+        );
         thread::sleep(self.0);
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
     }
@@ -471,7 +477,11 @@ fn append_messages(
             }
         };
         if let Err(e) = outcome {
-            log::warn!("redis: {} messages not appended: {e}", batch.len());
+            log::warn!(
+                "redis: {} messages not appended: {}",
+                batch.len(),
+                Untrusted(&e)
+            );
             for (_, m) in &batch {
                 let _ = hub.send(Event::NotRelayed {
                     from: m.from,
@@ -592,7 +602,12 @@ fn read_stream(
                 }
                 after = id.clone();
                 let Some(event) = relayed(&id, &fields) else {
-                    log::warn!("redis: entry {id} of {STREAM} is not a message: skipped");
+                    // Anyone who can write to the stream chooses these.
+                    limited!(
+                        Noisy::BadStreamEntry,
+                        "redis: entry \"{}\" of {STREAM} is not a message: skipped",
+                        Untrusted(&id)
+                    );
                     continue;
                 };
                 if hub.send(event).is_err() {

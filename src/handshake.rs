@@ -34,6 +34,7 @@ use crate::budget::Budgets;
 use crate::hosts::ServerNames;
 use crate::hub::Format;
 use crate::hub::{Endpoint, Event};
+use crate::logging::{Noisy, Quoting, Untrusted, limited};
 use crate::places::{Kind, Place, Places, Refusal};
 use crate::protocol::{self, SUBPROTOCOL, SUBPROTOCOL_TEXT, SUBPROTOCOL_V2};
 use crate::reader::{self, ClientStream, ReaderSettings};
@@ -114,7 +115,11 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
                     HandshakeEnd::Failed
                 };
                 settings.stats.count_handshake(end);
-                log::info!("client {id} from {peer}: TLS handshake failed: {e}");
+                limited!(
+                    Noisy::HandshakeFailed,
+                    "client {id} from {peer}: TLS handshake failed: {}",
+                    Untrusted(&e)
+                );
                 return;
             }
         },
@@ -143,27 +148,43 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
         // is our own `TimedOut` (see `ClientStream`).
         Err(HandshakeError::Interrupted(_)) => {
             settings.stats.count_handshake(HandshakeEnd::TimedOut);
-            log::info!("client {id} from {peer}: handshake timed out");
+            limited!(
+                Noisy::HandshakeTimedOut,
+                "client {id} from {peer}: handshake timed out"
+            );
             return;
         }
         Err(HandshakeError::Failure(tungstenite::Error::Io(e)))
             if e.kind() == std::io::ErrorKind::TimedOut =>
         {
             settings.stats.count_handshake(HandshakeEnd::TimedOut);
-            log::info!("client {id} from {peer}: handshake timed out");
+            limited!(
+                Noisy::HandshakeTimedOut,
+                "client {id} from {peer}: handshake timed out"
+            );
             return;
         }
         Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
-            log::info!(
+            // The refusal's text may quote the request (a Host, a room name).
+            limited!(
+                Noisy::refused(response.status().as_u16()),
                 "client {id} from {peer}: refused with {}: {}",
                 response.status(),
-                String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).trim_end()
+                Quoting(
+                    String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                        .trim_end()
+                )
             );
             return;
         }
         Err(HandshakeError::Failure(e)) => {
             settings.stats.count_handshake(HandshakeEnd::Failed);
-            log::info!("client {id} from {peer}: handshake failed: {e}");
+            // tungstenite's errors can quote the request.
+            limited!(
+                Noisy::HandshakeFailed,
+                "client {id} from {peer}: handshake failed: {}",
+                Untrusted(&e)
+            );
             return;
         }
     };
@@ -180,11 +201,14 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
         return;
     };
     match &admission.forwarded_for {
-        Some(xff) => log::info!(
-            "client {id} connected from {peer} (X-Forwarded-For: {xff}) to {:?}",
+        Some(xff) => limited!(
+            Noisy::Connected,
+            "client {id} connected from {peer} (X-Forwarded-For: \"{}\") to {:?}",
+            Untrusted(xff),
             admission.endpoint
         ),
-        None => log::info!(
+        None => limited!(
+            Noisy::Connected,
             "client {id} connected from {peer} to {:?}",
             admission.endpoint
         ),
@@ -322,7 +346,8 @@ fn check(
         // The refusal's text (logged by `serve`) is the client's; who else in its
         // /64 holds the places is for the log alone.
         if let Refusal::NetworkFull(kind, _, network) = why {
-            log::info!(
+            limited!(
+                Noisy::AddressFull,
                 "chat place refused to {peer}: {}",
                 settings.places.holders(kind, network)
             );

@@ -59,6 +59,7 @@ use crate::assets::{Page, Unavailable};
 use crate::handshake::same_secret;
 use crate::hosts::ServerNames;
 use crate::hub::Event;
+use crate::logging::{Noisy, Quoting, Untrusted, limited};
 use crate::places::{Occupancy, Places};
 use crate::stats::{Snapshot, Stats};
 use crate::tls::{self, Deadline};
@@ -206,7 +207,11 @@ pub fn serve(conn: Connection, site: &Site) {
     let tls = match site.tls.as_ref().map(tls::accept).transpose() {
         Ok(tls) => tls,
         Err(e) => {
-            log::warn!("page connection from {peer}: {e}");
+            limited!(
+                Noisy::HandshakeFailed,
+                "page connection from {peer}: {}",
+                Untrusted(&e)
+            );
             return;
         }
     };
@@ -218,6 +223,11 @@ pub fn serve(conn: Connection, site: &Site) {
             Ok(request) => request,
             Err(NoRequest::Gone) => break,
             Err(NoRequest::Refuse(status)) => {
+                limited!(
+                    Noisy::refused(status),
+                    "page request from {peer} refused with {status}: {}",
+                    reason(status)
+                );
                 let response = text(status, &format!("{}\n", reason(status))).closing();
                 let _ = write_response(&mut stream, &response, false, site.timeout);
                 linger(&mut stream);
@@ -349,7 +359,11 @@ fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
     match &request.host {
         Some(host) if !site.server_names.accepts(host) => {
             let why = ServerNames::refusal(host);
-            log::info!("page request from {peer} refused with 421: {why}");
+            limited!(
+                Noisy::Misdirected,
+                "page request from {peer} refused with 421: {}",
+                Quoting(&why)
+            );
             return text(421, &format!("{why}\n")).closing();
         }
         None if request.http11 => return text(400, "an HTTP/1.1 request needs a Host\n").closing(),

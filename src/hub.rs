@@ -37,6 +37,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::budget::Allowance;
 use crate::cluster::{self, Publish};
 use crate::frame;
+use crate::logging::Untrusted;
 use crate::outbox::{Failure, Outbox};
 use crate::protocol::{
     self, ChatMessage, InputError, LOBBY, Member as WhoMember, Outgoing, Presence, RoomCount,
@@ -946,10 +947,10 @@ impl Hub {
             return;
         };
         log::debug!(
-            "message {id} from client {from} in {}: {}: {}",
-            seat.room,
-            message.name,
-            message.msg
+            "message {id} from client {from} in \"{}\": \"{}\": \"{}\"",
+            Untrusted(&seat.room),
+            Untrusted(&message.name),
+            Untrusted(&message.msg)
         );
         let frame = Outgoing::Message {
             id,

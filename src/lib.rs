@@ -26,7 +26,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | flags and environment, every limit with its reason |
-//! | [`logging`] | log lines: human, or JSON for journald |
+//! | [`logging`] | log lines: human, or JSON for journald; client text escaped and cut; lines a client can cause, limited per kind |
 //! | `capacity` | thread, descriptor and memory ceilings; how many of each connection fit |
 //! | `places` | the ledger of places: in all and per address |
 //! | `budget` | what one address may send and make the server send, across its connections |

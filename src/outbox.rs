@@ -94,6 +94,7 @@ use rustix::net::SendFlags;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::frame;
+use crate::logging::{Noisy, limited};
 use crate::places::Place;
 use crate::tls::Session;
 
@@ -553,7 +554,8 @@ impl Outbox {
         if state.phase == Phase::Closed {
             return;
         }
-        log::warn!(
+        limited!(
+            Noisy::SlowConsumer,
             "client {}: slow consumer, {} bytes waiting in {} chunks (limit {}): disconnecting",
             self.id,
             state.backlog_cost,
@@ -588,7 +590,8 @@ impl Outbox {
         if let Err(e) = spawned {
             // Out of threads: this client cannot be served without blocking the hub,
             // so it is shed. Its reader wakes up and reports the leave.
-            log::error!(
+            limited!(
+                Noisy::NoThread,
                 "client {}: cannot start a writer thread ({e}): disconnecting",
                 self.id
             );
@@ -619,7 +622,11 @@ impl Outbox {
             if let Err(e) = self.write_chunk(chunk.remaining()) {
                 let why = match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                        log::warn!("client {}: {e}: disconnecting", self.id);
+                        limited!(
+                            Noisy::SlowConsumer,
+                            "client {}: {e}: disconnecting",
+                            self.id
+                        );
                         Some(Failure::WriteFailed)
                     }
                     // The peer is gone (reset, broken pipe): its reader sees that

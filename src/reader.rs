@@ -31,6 +31,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::budget::{Allowance, Spent};
 use crate::hub::{Endpoint, Event, Format};
+use crate::logging::{Noisy, Untrusted, limited};
 use crate::outbox::{Failure, Outbox, SendError};
 use crate::places::Place;
 use crate::protocol::{self, ChatMessage, Incoming, InputError, Outgoing};
@@ -521,7 +522,15 @@ pub fn serve(
     // What the outbox saw (a slow consumer, a failed write) is why the read ended.
     let reason = outbox.failure().map_or(seen, Disconnect::from);
     stats.count_disconnect(reason);
-    log::info!("client {} disconnected: {reason}", client.id);
+    // A flood of short-lived clients must not become a flood of lines.
+    let kind = match reason {
+        Disconnect::Flooding => Noisy::Flooding,
+        Disconnect::TooBig | Disconnect::InvalidUtf8 | Disconnect::ProtocolError => {
+            Noisy::BadFrames
+        }
+        _ => Noisy::Left,
+    };
+    limited!(kind, "client {} disconnected: {reason}", client.id);
 }
 
 /// The read loop. Returns why the client is gone.
@@ -699,11 +708,11 @@ fn end_after_error(client: &mut Client, outbox: &Outbox, error: tungstenite::Err
             Disconnect::Silent
         }
         Error::Io(e) => {
-            log::debug!("client {}: {e}", client.id);
+            log::debug!("client {}: {}", client.id, Untrusted(&e));
             Disconnect::Failed
         }
         Error::Capacity(e) => {
-            log::debug!("client {}: {e}", client.id);
+            log::debug!("client {}: {}", client.id, Untrusted(&e));
             close_with(client, outbox, CloseCode::Size, "message too big");
             // tungstenite cannot read on after a capacity error (it is mid-frame),
             // so the peer's answering Close cannot be parsed: linger instead.
@@ -717,13 +726,13 @@ fn end_after_error(client: &mut Client, outbox: &Outbox, error: tungstenite::Err
         }
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Disconnect::Dropped,
         Error::Protocol(e) => {
-            log::debug!("client {}: {e}", client.id);
+            log::debug!("client {}: {}", client.id, Untrusted(&e));
             close_with(client, outbox, CloseCode::Protocol, "protocol error");
             await_close(client);
             Disconnect::ProtocolError
         }
         other => {
-            log::debug!("client {}: {other}", client.id);
+            log::debug!("client {}: {}", client.id, Untrusted(&other));
             Disconnect::Failed
         }
     }

@@ -671,3 +671,234 @@ fn half_finished_tls_handshakes_from_a_few_hosts_are_bounded_and_closed() {
     back_to(&server, base, 4 * 1024);
     honest_user_is_served();
 }
+
+/// A log line's start, as the attacker would like to forge it.
+const FORGED: &str = "[2026-01-01T00:00:00Z ERROR threadchat] forged";
+
+/// What the attacker in [`an_attack_with_huge_headers_writes_a_few_kilobytes_of_log`]
+/// sends, each on a connection of its own, and the status each must get.
+#[derive(Debug, Clone, Copy)]
+enum HugeRequest {
+    /// A handshake whose `Host` is 60,000 bytes: 421.
+    ChatHost,
+    /// A handshake whose `Origin` is 60,000 bytes: 403.
+    ChatOrigin,
+    /// A handshake to a 30,000-byte path: 404.
+    ChatPath,
+    /// A handshake asking for a 30,000-character room that starts with a
+    /// newline, a forged log line and a terminal escape: 400, whose text quotes it.
+    ChatRoom,
+    /// A page request whose `Host` is 15,000 bytes (the head fits in 16 KiB): 421.
+    PageHost,
+    /// A page request whose `Host` is 60,000 bytes: 431.
+    PageHead,
+}
+
+impl HugeRequest {
+    /// Six in ten are the 60 KB `Host` of the measurement on main.
+    const MIX: [HugeRequest; 10] = [
+        HugeRequest::ChatHost,
+        HugeRequest::ChatHost,
+        HugeRequest::ChatHost,
+        HugeRequest::ChatHost,
+        HugeRequest::ChatHost,
+        HugeRequest::ChatHost,
+        HugeRequest::ChatOrigin,
+        HugeRequest::ChatPath,
+        HugeRequest::ChatRoom,
+        HugeRequest::PageHost,
+    ];
+
+    fn status(self) -> u16 {
+        match self {
+            HugeRequest::ChatHost | HugeRequest::PageHost => 421,
+            HugeRequest::ChatOrigin => 403,
+            HugeRequest::ChatPath => 404,
+            HugeRequest::ChatRoom => 400,
+            HugeRequest::PageHead => 431,
+        }
+    }
+
+    /// Sends it from the attacker's address and returns the status it got.
+    fn send(self, server: &Process) -> Option<u16> {
+        let a = |n: usize| "a".repeat(n);
+        let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13";
+        let (addr, request) = match self {
+            HugeRequest::ChatHost => (
+                server.ws,
+                format!("GET / HTTP/1.1\r\nHost: {}\r\n{upgrade}", a(60_000)),
+            ),
+            HugeRequest::ChatOrigin => (
+                server.ws,
+                format!(
+                    "GET / HTTP/1.1\r\nHost: {}\r\nOrigin: http://{}\r\n{upgrade}",
+                    server.ws,
+                    a(60_000)
+                ),
+            ),
+            HugeRequest::ChatPath => (
+                server.ws,
+                format!(
+                    "GET /{} HTTP/1.1\r\nHost: {}\r\n{upgrade}",
+                    a(30_000),
+                    server.ws
+                ),
+            ),
+            HugeRequest::ChatRoom => (
+                server.ws,
+                format!(
+                    "GET /?room=%0A{}%1B[31m{} HTTP/1.1\r\nHost: {}\r\n{upgrade}",
+                    FORGED.replace(' ', "+"),
+                    a(30_000),
+                    server.ws
+                ),
+            ),
+            HugeRequest::PageHost => (
+                server.http,
+                format!("GET / HTTP/1.1\r\nHost: {}", a(15_000)),
+            ),
+            HugeRequest::PageHead => (
+                server.http,
+                format!("GET / HTTP/1.1\r\nHost: {}", a(60_000)),
+            ),
+        };
+        let mut stream = connect_from(ATTACKER, addr);
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        // The page port stops reading at 16 KiB and drains the rest, so the whole
+        // request goes out either way.
+        stream
+            .write_all(format!("{request}\r\n\r\n").as_bytes())
+            .ok()?;
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        support::status_in(&String::from_utf8_lossy(&response))
+    }
+}
+
+#[test]
+fn an_attack_with_huge_headers_writes_a_few_kilobytes_of_log() {
+    // Refusals of requests with a 60 KB Host, each logged whole (the name twice),
+    // once wrote 848 MB of log in 10 s: a Raspberry Pi's SD card full in minutes.
+    // Now client text is escaped and cut, and each kind of refusal writes ten
+    // lines at once, then one a second with a count of the rest.
+    const REQUESTS: usize = 2_000;
+    const LONGEST_LINE: usize = 512;
+    const LOG_BOUND: usize = 64 * 1024;
+    const ATTACK: Duration = Duration::from_secs(5);
+    let server = Process::start_with_env(&[], &[("RUST_LOG", "info")]);
+    honest_user_is_served(&server);
+    let before = server.log_lines().len();
+    let claimed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let server = Arc::new(server);
+    // Four connections at a time, within the per-address caps: refusals for
+    // what the requests say, none for how many there are.
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, claimed) = (Arc::clone(&server), Arc::clone(&claimed));
+            thread::spawn(move || {
+                let mut answers = Vec::new();
+                loop {
+                    let n = claimed.fetch_add(1, Ordering::Relaxed);
+                    if n >= REQUESTS || started.elapsed() > ATTACK {
+                        return answers;
+                    }
+                    // Every other page request has the 60 KB Host too, which the
+                    // page port refuses for its size.
+                    let request = match HugeRequest::MIX[n % 10] {
+                        HugeRequest::PageHost if n % 20 == 9 => HugeRequest::PageHead,
+                        request => request,
+                    };
+                    answers.push((request, request.send(&server)));
+                }
+            })
+        })
+        .collect();
+    honest_user_is_served(&server);
+    let answers: Vec<_> = attackers
+        .into_iter()
+        .flat_map(|attacker| attacker.join().unwrap())
+        .collect();
+    let attack = started.elapsed();
+    let requests = answers.len();
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(request, status)| *status != Some(request.status()))
+        .collect();
+    assert!(wrong.is_empty(), "unexpected answers: {wrong:?}");
+    // Enough of each kind to run through its burst of lines.
+    assert!(requests >= 100, "only {requests} requests in {attack:?}");
+    // Every refusal's line was written before its connection closed; the log is
+    // read through a pipe, in order: once a later line has arrived, all have.
+    let marker = Client::join_over(&*server, connect_from(HONEST, server.ws));
+    server.wait_for_log(&format!("client {} connected", marker.id.unwrap()));
+
+    let lines = &server.log_lines()[before..];
+    let bytes: usize = lines.iter().map(|line| line.len() + 1).sum();
+    eprintln!(
+        "{requests} requests in {attack:?}: {} log lines, {bytes} bytes",
+        lines.len()
+    );
+    let longest = lines.iter().max_by_key(|line| line.len()).unwrap();
+    assert!(
+        longest.len() <= LONGEST_LINE,
+        "a line of {} bytes: {longest}",
+        longest.len()
+    );
+    assert!(
+        bytes < LOG_BOUND,
+        "{bytes} bytes of log for {requests} requests:\n{}",
+        lines.join("\n")
+    );
+    // Nothing silently lost: the lines held back are counted.
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains(" more refusals with 421 since ")),
+        "no count of held-back lines:\n{}",
+        lines.join("\n")
+    );
+    // The room is in the line, its newline and escape escaped: no forged line.
+    assert!(
+        lines.iter().all(|line| !line.starts_with(FORGED)),
+        "a forged line:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains(&format!(r"\n{FORGED}\u{{1b}}[31maaa"))),
+        "{}",
+        lines.join("\n")
+    );
+    // The host is in the line, escaped and cut, with its length.
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains(&format!("{}…(", "a".repeat(40)))
+                && line.contains(" bytes)")),
+        "{}",
+        lines.join("\n")
+    );
+
+    // The attack's last refusals: the flood left the kind no lines to spend, and
+    // it earns one a second, far fewer than these twenty, so some are held back.
+    // No refusal of that kind follows to carry their count: a line of its own
+    // says it.
+    let after = server.log_lines().len();
+    for _ in 0..20 {
+        let refused = Client::handshake(
+            connect_from(ATTACKER, server.ws),
+            &server.ws_url("/"),
+            &[("host", "attacker.example")],
+        );
+        assert_eq!(refused.err().map(|r| r.status), Some(421));
+    }
+    eventually("a line of its own counts the last refusals", || {
+        server.log_lines()[after..].iter().any(|line| {
+            line.contains("] … and ") && line.contains(" more refusals with 421 since ")
+        })
+    });
+}
