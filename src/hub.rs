@@ -2221,4 +2221,42 @@ mod tests {
         });
         assert!(hub.rooms.contains_key("a") && !hub.rooms.contains_key("b"));
     }
+
+    #[test]
+    fn an_address_s_new_rooms_make_way_among_its_own() {
+        let mut hub = hub();
+        hub.settings.max_rooms = 100;
+        hub.settings.max_rooms_per_host = 2;
+        let join = |id, room: &str| Event::Join {
+            id,
+            room: room.into(),
+            since: None,
+            epoch: None,
+        };
+        // Someone else's room, empty now: an attacker's churn must leave it be.
+        let (ann, _ann_reads) = client(1);
+        hub.apply(connect(1, &ann));
+        hub.apply(join(1, "homework"));
+        hub.apply(join(1, LOBBY));
+        // Another address makes room after room: its own oldest makes way.
+        let (eve, _eve_reads) = client(2);
+        let mut from_eve = connect(2, &eve);
+        if let Event::Connect { address, .. } = &mut from_eve {
+            *address = std::net::Ipv4Addr::new(127, 0, 0, 2).into();
+        }
+        hub.apply(from_eve);
+        for n in 0..20 {
+            hub.apply(join(2, &format!("spam-{n}")));
+            hub.flush(); // a turn each, as the hub's loop takes them
+        }
+        let made = |hub: &Hub| hub.rooms.keys().filter(|r| r.starts_with("spam")).count();
+        assert_eq!(made(&hub), 2);
+        assert!(hub.rooms.contains_key("homework") && hub.rooms.contains_key("spam-19"));
+        // Both of its rooms in use (one by someone else): no third.
+        hub.apply(join(1, "spam-18"));
+        hub.flush();
+        hub.apply(join(2, "spam-20"));
+        assert!(!hub.rooms.contains_key("spam-20"), "{:?}", hub.rooms.keys());
+        assert_eq!(made(&hub), 2);
+    }
 }
