@@ -30,7 +30,7 @@ use tungstenite::http::{self, HeaderMap, StatusCode, header};
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::accept::Connection;
-use crate::budget::Budgets;
+use crate::budget::{Allowance, Budgets};
 use crate::hosts::ServerNames;
 use crate::hub::Format;
 use crate::hub::{Endpoint, Event};
@@ -85,6 +85,8 @@ struct Admission {
     forwarded_for: Option<String>,
     /// The client place, held from now until the client's last thread is gone.
     place: Place,
+    /// Its address's budget (none for echo clients, or with budgets off).
+    allowance: Option<Arc<Allowance>>,
 }
 
 /// Runs a chat-port connection: the handshake here, then the reader.
@@ -213,16 +215,10 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
             admission.endpoint
         ),
     }
-    // Echo clients serve conformance tools (`--echo` only, 16 at most), which send
-    // megabytes on purpose: budgets are the chat's.
-    let allowance = match admission.endpoint {
-        Endpoint::Chat => settings.budgets.of(crate::places::host_of(peer)),
-        Endpoint::Echo => None,
-    };
     reader::serve(
         reader::Client {
             address: peer,
-            allowance,
+            allowance: admission.allowance,
             format: admission.format,
             name: admission.name,
             room: admission.room,
@@ -342,6 +338,22 @@ fn check(
         ),
         _ => None,
     };
+    // A connection costs its address a frame, and its join and leave reach the
+    // whole room: an address that has spent its budget does not get one until it
+    // has earned some back, so reconnecting refills nothing. Echo clients serve
+    // conformance tools (`--echo` only, 16 at most), which send megabytes on
+    // purpose: budgets are the chat's.
+    let allowance = match endpoint {
+        Endpoint::Chat => settings.budgets.of(crate::places::host_of(peer)),
+        Endpoint::Echo => None,
+    };
+    if let Some(Err(spent)) = allowance.as_ref().map(|a| a.admit(0)) {
+        let why = format!(
+            "your address has used its share of {} for now: try again in a few seconds",
+            spent.what()
+        );
+        return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &why));
+    }
     let place = settings.places.take(kind, peer).map_err(|why| {
         // The refusal's text (logged by `serve`) is the client's; who else in its
         // /64 holds the places is for the log alone.
@@ -385,6 +397,7 @@ fn check(
         admin,
         forwarded_for,
         place,
+        allowance,
     });
     Ok(response)
 }

@@ -854,6 +854,10 @@ impl Hub {
             Event::Kick { by, id } => self.kick(by, id),
             Event::Leave { id } => {
                 if let Some(seat) = self.seats.remove(&id) {
+                    // Its leave's notification to everyone there.
+                    if let Some(room) = self.rooms.get(&seat.room) {
+                        charge(&seat, presence_cost(room));
+                    }
                     self.mirror(id, None);
                     self.leave_room(id, &seat, Presence::Leave);
                 }
@@ -908,7 +912,8 @@ impl Hub {
         let mut prefix = encode(&welcome, format);
         let (_, history) = target.history.after(None, None, epoch);
         append_history(&mut prefix, history, format);
-        charge(&seat, prefix.len());
+        // Its welcome and history, and its join's notification to everyone there.
+        charge(&seat, prefix.len() + presence_cost(target));
         seat.room = room.clone();
         self.seats.insert(id, seat);
         self.mirror(id, Some((&room, &name)));
@@ -1069,11 +1074,14 @@ impl Hub {
         let mut prefix = encode(&joined, format);
         append_history(&mut prefix, history, format);
         self.turn_bytes += prefix.len();
-        charge(seat, prefix.len());
+        // Its answer and replay, and a move's join notification to everyone there.
+        let announced = if staying { 0 } else { presence_cost(target) };
+        charge(seat, prefix.len() + announced);
         if staying {
-            // Joining the room it is in: the history again, nothing announced. Sent
-            // now: the turn was flushed above, so this lands between what the client
-            // already has and the rest of this turn, as a move's prefix does.
+            // Joining the room it is in: `joined` (and, with `since`, what followed),
+            // nothing announced. Sent now: the turn was flushed above, so this lands
+            // between what the client already has and the rest of this turn, as a
+            // move's prefix does.
             let _ = outbox.send_shared(&Arc::new(prefix), 0);
             return;
         }
@@ -1100,6 +1108,9 @@ impl Hub {
             address,
             allowance,
         };
+        if let Some(left) = self.rooms.get(&moved.room) {
+            charge(&moved, presence_cost(left));
+        }
         self.leave_room(id, &moved, Presence::Leave);
     }
 
@@ -1618,6 +1629,11 @@ fn mark_dirty(dirty: &mut Vec<String>, room: &str) {
     if !dirty.iter().any(|r| r == room) {
         dirty.push(room.to_string());
     }
+}
+
+/// What one join or leave notification to everyone in `room` may cost.
+fn presence_cost(room: &Room) -> usize {
+    protocol::MAX_PRESENCE_FRAME * room.members.len()
 }
 
 /// Charges `bytes` the hub sends on `seat`'s behalf to its address's budget.

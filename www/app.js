@@ -16,7 +16,9 @@
 //   lands in the room on screen.
 // - A room's log keeps its last LOG_CAP entries, and the page remembers no more
 //   messages than its logs show: a page open for days holds a thousand entries
-//   per room, not everything it was ever sent.
+//   per room, not everything it was ever sent. Join and leave notifications give
+//   way first, so that someone reconnecting in a loop cannot push what people
+//   said out of the log.
 'use strict';
 
 const els = {
@@ -149,10 +151,10 @@ function addEntry(kind, parts, time, where = room) {
 }
 
 /** Removes `log`'s oldest entries past LOG_CAP from `list` (where they are now),
- *  and forgets the messages they showed. */
+ *  notifications first, and forgets the messages they showed. */
 function trimLog(list, log) {
   while (list.childElementCount > LOG_CAP) {
-    const oldest = list.firstElementChild;
+    const oldest = list.querySelector(':scope > li.notification') || list.firstElementChild;
     if (oldest.dataset.key) log.seen.delete(oldest.dataset.key);
     oldest.remove();
   }

@@ -12,7 +12,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import WebSocket from 'ws';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BINARY = process.env.THREADCHAT_BIN || join(ROOT, 'target/debug/threadchat');
@@ -737,33 +736,19 @@ test('two nodes are one chat; cut off from Redis, a node chats on alone, then jo
 });
 
 /**
- * An attacker on 127.0.0.2 (the official `ws` client, bound to that source
- * address): `connections` loops that each connect, send their burst of 20 chat
- * messages, close and connect again at once, until `stop()` is called. Resolves
- * `stop()`'s promise with the number of messages sent.
+ * An attacker on 127.0.0.2 flooding `at` for `seconds` (`reconnect-flood.mjs`, in a
+ * process of its own); resolves with the number of messages it sent.
  */
-function reconnectFlood(at, connections) {
-  let running = true;
-  let sent = 0;
-  const loop = () => new Promise((resolve) => {
-    if (!running) return resolve();
-    const ws = new WebSocket(`ws://127.0.0.1:${at.wsPort}/`, { localAddress: '127.0.0.2' });
-    ws.on('open', () => {
-      for (let i = 0; i < 20; i++) ws.send(JSON.stringify({ name: 'attack', msg: `attack ${sent++}` }));
-      ws.close();
-    });
-    // Refused (the address's places) or closed: the next round at once.
-    ws.on('error', () => {});
-    ws.on('close', () => resolve(loop()));
+function reconnectFlood(at, connections, seconds) {
+  const attacker = spawn(process.execPath, [
+    join(ROOT, 'tests/e2e/reconnect-flood.mjs'), String(at.wsPort), String(connections), String(seconds),
+  ], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  attacker.stdout.setEncoding('utf8');
+  attacker.stdout.on('data', (chunk) => { out += chunk; });
+  return new Promise((resolve, reject) => {
+    attacker.on('exit', (code) => (code === 0 ? resolve(Number(out)) : reject(new Error(`attacker: ${code}`))));
   });
-  const loops = Array.from({ length: connections }, loop);
-  return {
-    stop: async () => {
-      running = false;
-      await Promise.all(loops);
-      return sent;
-    },
-  };
 }
 
 test('during a reconnect flood from another address the page shows every honest message', async () => {
@@ -773,24 +758,27 @@ test('during a reconnect flood from another address the page shows every honest 
   try {
     const alice = await person('alice', { at: flooded });
     const bob = await person('bob', { at: flooded });
-    const attack = reconnectFlood(flooded, 32);
+    const attack = reconnectFlood(flooded, 32, 6);
+    // The flood is on before anyone speaks.
+    await bob.page.locator('#chat li .text', { hasText: /^attack \d+$/ }).first().waitFor();
     const said = [];
     for (let k = 0; k < 12; k++) {
-      said.push(`honest ${k}`);
+      said.push(`honest ${k} of 12`); // no text another's contains
       await say(alice.page, said.at(-1));
       // One at a time, as a person types: each must reach bob before the next.
       await entry(bob.page, said.at(-1));
     }
-    const sent = await attack.stop();
-    for (const page of [alice.page, bob.page]) {
-      for (const text of said) assert.equal(await shown(page, text), 1, text);
-      assert.match(await page.locator('#status').getAttribute('data-state'), /online/);
+    const sent = await attack;
+    for (const [who, page] of [['alice', alice.page], ['bob', bob.page]]) {
+      await page.screenshot({ path: join(SHOTS, `reconnect-flood-${who}.png`) });
+      const log = await page.$$eval('#chat li', (items) => items.map((li) => `${li.className}|${li.textContent}`));
+      for (const text of said) assert.equal(await shown(page, text), 1, `${who}: ${text}\n${log.filter((l) => !/attack/.test(l)).join('\n')}`);
+      assert.equal(await page.locator('#status').getAttribute('data-state'), 'online', who);
     }
     // What got through of the attacker's is its address's budget, not its burst
     // times its reconnections.
-    const attacks = await bob.page.locator('#chat li', { hasText: /^attack/ }).count();
+    const attacks = await bob.page.locator('#chat li .text', { hasText: /^attack \d+$/ }).count();
     assert.ok(sent > 5 * attacks, `${attacks} of ${sent} attack messages shown`);
-    await bob.page.screenshot({ path: join(SHOTS, 'reconnect-flood.png') });
     await alice.context.close();
     await bob.context.close();
   } finally {
