@@ -1665,10 +1665,7 @@ fn append_history<'a>(
                 // Rare (a plain-text client joining): read the line back from the
                 // JSON rather than keep a second copy of every message.
                 if let Ok(line) = serde_json::from_str::<HistoryLine>(json) {
-                    let line = match line.name.as_str() {
-                        "" => line.msg,
-                        name => format!("{name}: {}", line.msg),
-                    };
+                    let line = protocol::person_line(&line.name, "", &line.msg);
                     frame::append_text(prefix, &line);
                 }
             }
@@ -1794,7 +1791,7 @@ mod tests {
         batch.push(&json, &frame, ROOM);
         batch.presence(Presence::Leave, 1, (3, "bob".into()), ROOM);
         let bytes = batch.finish(ROOM);
-        assert_eq!(frames(&bytes.text), ["n: hi", "user left [online: 1]"]);
+        assert_eq!(frames(&bytes.text), ["[n] hi", "user left [online: 1]"]);
         assert_eq!(texts(&bytes.json).len(), 3);
     }
 

@@ -7,8 +7,8 @@
 //! plain-text clients ([`Outgoing::text_line`]). `docs/PROTOCOL.md` is the same
 //! contract in prose, with a table of every frame.
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// The subprotocol of v1, selected when a client offers it (and not v2).
 pub const SUBPROTOCOL: &str = "threadchat.v1";
@@ -101,17 +101,22 @@ pub enum Incoming {
 }
 
 /// Why an incoming frame was refused. Its `Display` text is what the sender sees
-/// in the `error` frame, so it says what to fix.
+/// in the `error` frame, so it says what to fix. It never quotes the frame: what a
+/// client sent does not come back to it (an error frame stays within
+/// [`MAX_ERROR_FRAME`] whatever the input), and nothing of it reaches a log line
+/// through an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputError {
-    /// Not JSON, or JSON of the wrong shape.
-    Malformed(String),
+    /// Not JSON, or JSON that is not an object.
+    Malformed(JsonFault),
     /// A `type` that is not one of the protocol's.
-    UnknownType(String),
+    UnknownType,
     /// A field the frame needs is not there.
     Missing(&'static str),
     /// A field has the wrong kind of value.
     WrongType(&'static str, &'static str),
+    /// A field given twice in one frame.
+    Repeated(&'static str),
     /// A message without a name, from a connection that has not said `hello`.
     NoName,
     /// `msg` empty or only whitespace.
@@ -121,7 +126,7 @@ pub enum InputError {
     /// `msg` longer than [`MAX_MSG_CHARS`].
     MessageTooLong(usize),
     /// A room name that is not 1–32 letters, digits, `-` or `_`.
-    BadRoom(String),
+    BadRoom,
     /// A binary WebSocket frame on the chat endpoint.
     Binary,
     /// More frames than the connection's rate allows.
@@ -147,17 +152,76 @@ pub enum InputError {
     Unreachable(u64),
 }
 
+/// The most bytes an `error` frame takes on the wire, frame header included,
+/// whatever the frame it answers: every [`InputError`] says what is wrong in the
+/// server's own words and numbers.
+pub const MAX_ERROR_FRAME: usize = 512;
+
+/// What is wrong with a frame that is not a JSON object, and where. In the
+/// server's words: serde_json's own text can quote the input (`invalid type:
+/// string "…"`), and an error frame must not hand a client's bytes back to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonFault {
+    /// What kind of fault.
+    pub problem: JsonProblem,
+    /// The line it was seen on, counted from 1.
+    pub line: usize,
+    /// Its column in that line, counted from 1.
+    pub column: usize,
+}
+
+/// The kinds of [`JsonFault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonProblem {
+    /// Not JSON: a character JSON does not allow there.
+    Syntax,
+    /// The text ends before the JSON does.
+    Truncated,
+    /// JSON, but not an object.
+    NotAnObject,
+}
+
+impl From<&serde_json::Error> for JsonFault {
+    fn from(e: &serde_json::Error) -> JsonFault {
+        use serde_json::error::Category;
+        let problem = match e.classify() {
+            Category::Eof => JsonProblem::Truncated,
+            // The parser's fields take any value (see `Keep`), so the only data
+            // error left is the frame itself not being a map.
+            Category::Data => JsonProblem::NotAnObject,
+            Category::Syntax | Category::Io => JsonProblem::Syntax,
+        };
+        JsonFault {
+            problem,
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+impl std::fmt::Display for JsonFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.problem {
+            JsonProblem::Syntax => "not valid JSON",
+            JsonProblem::Truncated => "the JSON ends before it is complete",
+            JsonProblem::NotAnObject => "a frame must be one JSON object",
+        };
+        write!(f, "{what} (line {}, column {})", self.line, self.column)
+    }
+}
+
 impl std::fmt::Display for InputError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            InputError::Malformed(why) => write!(f, "invalid message: {why}"),
-            InputError::UnknownType(kind) => write!(
+            InputError::Malformed(fault) => write!(f, "invalid message: {fault}"),
+            InputError::UnknownType => write!(
                 f,
-                "unknown message type {kind:?}: the types are message, hello, join, rooms, \
-                 who, direct, ping and kick"
+                "unknown message type: the types are message, hello, join, rooms, who, \
+                 direct, ping and kick"
             ),
             InputError::Missing(field) => write!(f, "{field} is missing"),
             InputError::WrongType(field, kind) => write!(f, "{field} must be {kind}"),
+            InputError::Repeated(field) => write!(f, "{field} is given more than once"),
             InputError::NoName => write!(f, "name is missing: send one, or say hello first"),
             InputError::EmptyMessage => write!(f, "msg is empty"),
             InputError::NameTooLong(n) => write!(
@@ -168,9 +232,9 @@ impl std::fmt::Display for InputError {
                 f,
                 "msg is {n} characters long; at most {MAX_MSG_CHARS} are allowed"
             ),
-            InputError::BadRoom(room) => write!(
+            InputError::BadRoom => write!(
                 f,
-                "{room:?} is not a room name: 1 to {MAX_ROOM_CHARS} letters, digits, - or _"
+                "not a room name: 1 to {MAX_ROOM_CHARS} letters, digits, - or _"
             ),
             InputError::Binary => write!(
                 f,
@@ -206,105 +270,309 @@ impl std::fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
+/// The longest `type` the protocol has (`message`): a longer one is unknown
+/// without being kept.
+const MAX_TYPE_CHARS: usize = 7;
+
+/// One field of a client's frame, as the parser keeps it: its kind of value, and
+/// a string only while it is short enough to be valid. Arrays and objects are
+/// skipped, never built, and a string over its field's limit is counted, not
+/// copied: whatever a frame holds, parsing it allocates no more than the strings
+/// the protocol can use, and serde_json's buffer for unescaping a string with
+/// escapes (up to twice the string; see `tests/parse_cost.rs`).
+#[derive(Debug, Default)]
+enum Field {
+    /// Not in the frame.
+    #[default]
+    Absent,
+    /// `null`: the same as absent, as it was for the Node original.
+    Null,
+    Bool(bool),
+    /// A whole number from 0 to 2^64 - 1.
+    Whole(u64),
+    /// A string within its field's limit.
+    Text(String),
+    /// A string over its field's limit, and how many characters it has.
+    LongText(usize),
+    /// A negative or fractional number, an array or an object.
+    Other,
+}
+
+impl Field {
+    /// A string field's value: `None` when absent or null; `too_long` says what
+    /// a string over the field's limit is.
+    fn text(
+        self,
+        field: &'static str,
+        too_long: impl FnOnce(usize) -> InputError,
+    ) -> Result<Option<String>, InputError> {
+        match self {
+            Field::Absent | Field::Null => Ok(None),
+            Field::Text(text) => Ok(Some(text)),
+            Field::LongText(chars) => Err(too_long(chars)),
+            Field::Bool(_) | Field::Whole(_) | Field::Other => {
+                Err(InputError::WrongType(field, "a string"))
+            }
+        }
+    }
+
+    /// A whole-number field's value: `None` when absent or null.
+    fn whole(self, field: &'static str) -> Result<Option<u64>, InputError> {
+        match self {
+            Field::Absent | Field::Null => Ok(None),
+            Field::Whole(n) => Ok(Some(n)),
+            _ => Err(InputError::WrongType(field, "a whole number")),
+        }
+    }
+
+    /// A true-or-false field's value: false when absent or null.
+    fn flag(self, field: &'static str) -> Result<bool, InputError> {
+        match self {
+            Field::Absent | Field::Null => Ok(false),
+            Field::Bool(b) => Ok(b),
+            _ => Err(InputError::WrongType(field, "true or false")),
+        }
+    }
+
+    /// `type`'s value: `message` when there is none.
+    fn into_kind(self) -> Result<String, InputError> {
+        let kind = self.text("type", |_| InputError::UnknownType)?;
+        Ok(kind.unwrap_or_else(|| "message".to_string()))
+    }
+
+    /// `name`'s value, if there is one, within its limit.
+    fn into_name(self) -> Result<Option<String>, InputError> {
+        self.text("name", InputError::NameTooLong)
+    }
+
+    /// `msg`'s value, which a frame with text must have: not blank, within its
+    /// limit.
+    fn into_msg(self) -> Result<String, InputError> {
+        let msg = self
+            .text("msg", InputError::MessageTooLong)?
+            .ok_or(InputError::Missing("msg"))?;
+        check_text(&msg)?;
+        Ok(msg)
+    }
+
+    fn is_present(&self) -> bool {
+        !matches!(self, Field::Absent)
+    }
+}
+
+/// Reads any JSON value into a [`Field`], keeping a string only when it has at
+/// most this many characters.
+struct Keep(usize);
+
+impl<'de> DeserializeSeed<'de> for Keep {
+    type Value = Field;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Field, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Keep {
+    type Value = Field;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Field, E> {
+        Ok(Field::Bool(b))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Field, E> {
+        Ok(Field::Whole(n))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Field, E> {
+        Ok(u64::try_from(n).map_or(Field::Other, Field::Whole))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Field, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Field, E> {
+        let chars = text.chars().count();
+        Ok(if chars <= self.0 {
+            Field::Text(text.to_owned())
+        } else {
+            Field::LongText(chars)
+        })
+    }
+
+    fn visit_unit<E>(self) -> Result<Field, E> {
+        Ok(Field::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Field, E> {
+        Ok(Field::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::Other)
+    }
+}
+
+/// A key of a client's frame. Any other key is `Unknown`, recognised without
+/// being copied; its value is skipped.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Key {
+    #[serde(rename = "type")]
+    Kind,
+    Name,
+    Msg,
+    ExceptSender,
+    Room,
+    Since,
+    Epoch,
+    To,
+    Id,
+    #[serde(other)]
+    Unknown,
+}
+
 /// The wire shape of a client's frame: every field any frame has, so that one
 /// parse serves all of them. `type` is optional because the Node original's
-/// clients never send it. The fields only some frames use stay raw values, checked
-/// by the frame that uses them: a v1 client's unknown extra `id` or `room` must not
-/// make its message an error. Unknown fields are ignored.
-#[derive(Deserialize)]
+/// clients never send it. Each field is checked by the frame that uses it: a v1
+/// client's extra `id` or `room`, of whatever kind, does not make its message an
+/// error. Unknown fields are skipped.
+#[derive(Default)]
 struct IncomingWire {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    msg: Option<String>,
-    #[serde(default)]
-    except_sender: Option<Value>,
-    #[serde(default)]
-    room: Option<Value>,
-    #[serde(default)]
-    since: Option<Value>,
-    #[serde(default)]
-    epoch: Option<Value>,
-    #[serde(default)]
-    to: Option<Value>,
-    #[serde(default)]
-    id: Option<Value>,
+    /// The first of these fields given twice, if one was.
+    repeated: Option<&'static str>,
+    kind: Field,
+    name: Field,
+    msg: Field,
+    except_sender: Field,
+    room: Field,
+    since: Field,
+    epoch: Field,
+    to: Field,
+    id: Field,
+}
+
+impl IncomingWire {
+    /// Where `key`'s value goes, with its name and how many characters of a
+    /// string are worth keeping; `None` for a key the protocol does not have.
+    fn slot(&mut self, key: Key) -> Option<(&mut Field, &'static str, usize)> {
+        Some(match key {
+            Key::Kind => (&mut self.kind, "type", MAX_TYPE_CHARS),
+            Key::Name => (&mut self.name, "name", MAX_NAME_CHARS),
+            Key::Msg => (&mut self.msg, "msg", MAX_MSG_CHARS),
+            Key::ExceptSender => (&mut self.except_sender, "except_sender", 0),
+            Key::Room => (&mut self.room, "room", MAX_ROOM_CHARS),
+            Key::Since => (&mut self.since, "since", 0),
+            Key::Epoch => (&mut self.epoch, "epoch", 0),
+            Key::To => (&mut self.to, "to", 0),
+            Key::Id => (&mut self.id, "id", 0),
+            Key::Unknown => return None,
+        })
+    }
+
+    /// Parses a frame's text: a JSON object, each of our fields at most once.
+    fn read(text: &str) -> Result<IncomingWire, InputError> {
+        let mut json = serde_json::Deserializer::from_str(text);
+        let parsed = json
+            .deserialize_map(WireVisitor)
+            .and_then(|wire| json.end().map(|()| wire));
+        let wire = parsed.map_err(|e| InputError::Malformed(JsonFault::from(&e)))?;
+        match wire.repeated {
+            Some(field) => Err(InputError::Repeated(field)),
+            None => Ok(wire),
+        }
+    }
+}
+
+/// Fills an [`IncomingWire`] from a JSON object. A field given twice is noted
+/// rather than refused here, so that the error names it in our words.
+struct WireVisitor;
+
+impl<'de> Visitor<'de> for WireVisitor {
+    type Value = IncomingWire;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IncomingWire, A::Error> {
+        let mut wire = IncomingWire::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            let Some((slot, name, keep)) = wire.slot(key) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let again = slot.is_present();
+            *slot = map.next_value_seed(Keep(keep))?;
+            if again {
+                wire.repeated.get_or_insert(name);
+            }
+        }
+        Ok(wire)
+    }
 }
 
 /// Parses and validates one text frame from a chat client.
 pub fn parse(text: &str) -> Result<Incoming, InputError> {
-    let wire: IncomingWire =
-        serde_json::from_str(text).map_err(|e| InputError::Malformed(e.to_string()))?;
-    let kind = wire.kind.as_deref().unwrap_or("message");
-    Ok(match kind {
-        "message" => {
-            if let Some(name) = &wire.name {
-                check_name(name)?;
-            }
-            Incoming::Message {
-                msg: check_msg(wire.msg)?,
-                name: wire.name,
-                except_sender: match wire.except_sender {
-                    None => false,
-                    Some(Value::Bool(b)) => b,
-                    Some(_) => return Err(InputError::WrongType("except_sender", "true or false")),
-                },
-            }
-        }
-        "hello" => {
-            let name = wire.name.ok_or(InputError::Missing("name"))?;
-            check_name(&name)?;
-            Incoming::Hello { name }
-        }
+    let wire = IncomingWire::read(text)?;
+    Ok(match wire.kind.into_kind()?.as_str() {
+        "message" => Incoming::Message {
+            name: wire.name.into_name()?,
+            msg: wire.msg.into_msg()?,
+            except_sender: wire.except_sender.flag("except_sender")?,
+        },
+        "hello" => Incoming::Hello {
+            name: wire.name.into_name()?.ok_or(InputError::Missing("name"))?,
+        },
         "join" => Incoming::Join {
-            room: match wire.room {
-                Some(Value::String(room)) => check_room(room)?,
-                Some(_) => return Err(InputError::WrongType("room", "a string")),
+            room: match wire.room.text("room", |_| InputError::BadRoom)? {
+                Some(room) => check_room(room)?,
                 None => return Err(InputError::Missing("room")),
             },
-            since: optional_id(wire.since, "since")?,
-            epoch: optional_id(wire.epoch, "epoch")?,
+            since: wire.since.whole("since")?,
+            epoch: wire.epoch.whole("epoch")?,
         },
         "rooms" => Incoming::Rooms,
         "who" => Incoming::Who,
         "direct" => Incoming::Direct {
-            to: optional_id(wire.to, "to")?.ok_or(InputError::Missing("to"))?,
-            msg: check_msg(wire.msg)?,
+            to: wire.to.whole("to")?.ok_or(InputError::Missing("to"))?,
+            msg: wire.msg.into_msg()?,
         },
         "ping" => Incoming::Ping,
         "kick" => Incoming::Kick {
-            id: optional_id(wire.id, "id")?.ok_or(InputError::Missing("id"))?,
+            id: wire.id.whole("id")?.ok_or(InputError::Missing("id"))?,
         },
-        other => return Err(InputError::UnknownType(other.to_string())),
+        _ => return Err(InputError::UnknownType),
     })
 }
 
 /// Parses a v1 chat message: a `message` with its `name`. (The v1 contract, kept
 /// for v1-only servers such as `examples/naive.rs`.)
 pub fn parse_chat(text: &str) -> Result<ChatMessage, InputError> {
-    let wire: IncomingWire =
-        serde_json::from_str(text).map_err(|e| InputError::Malformed(e.to_string()))?;
-    if let Some(kind) = wire.kind
-        && kind != "message"
-    {
-        return Err(InputError::UnknownType(kind));
+    let wire = IncomingWire::read(text)?;
+    if wire.kind.into_kind()? != "message" {
+        return Err(InputError::UnknownType);
     }
-    let name = wire
-        .name
-        .ok_or_else(|| InputError::Malformed("missing field `name`".to_string()))?;
-    check_name(&name)?;
     Ok(ChatMessage {
-        msg: check_msg(wire.msg)?,
-        name,
+        name: wire.name.into_name()?.ok_or(InputError::Missing("name"))?,
+        msg: wire.msg.into_msg()?,
     })
 }
 
 /// Checks a room name: 1–32 ASCII letters, digits, `-`, `_`. Returns it.
 pub fn check_room(room: String) -> Result<String, InputError> {
     if !is_room(&room) {
-        return Err(InputError::BadRoom(room));
+        return Err(InputError::BadRoom);
     }
     Ok(room)
 }
@@ -331,12 +599,6 @@ pub fn check_message(name: &str, msg: &str) -> Result<(), InputError> {
     check_text(msg)
 }
 
-fn check_msg(msg: Option<String>) -> Result<String, InputError> {
-    let msg = msg.ok_or(InputError::Missing("msg"))?;
-    check_text(&msg)?;
-    Ok(msg)
-}
-
 fn check_text(msg: &str) -> Result<(), InputError> {
     if msg.trim().is_empty() {
         return Err(InputError::EmptyMessage);
@@ -346,16 +608,6 @@ fn check_text(msg: &str) -> Result<(), InputError> {
         return Err(InputError::MessageTooLong(chars));
     }
     Ok(())
-}
-
-fn optional_id(value: Option<Value>, field: &'static str) -> Result<Option<u64>, InputError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => value
-            .as_u64()
-            .map(Some)
-            .ok_or(InputError::WrongType(field, "a whole number")),
-    }
 }
 
 /// What a notification reports.
@@ -546,11 +798,11 @@ impl Outgoing<'_> {
         serde_json::to_string(self).expect("Outgoing holds only strings and integers")
     }
 
-    /// The same frame as one line of plain text, for the plain-text clients.
+    /// The same frame as one line of plain text, for the plain-text clients. A
+    /// person's line starts with `[`, the server's never do (see [`person_line`]).
     pub fn text_line(&self) -> String {
         match self {
-            Outgoing::Message { name: "", msg, .. } => msg.to_string(),
-            Outgoing::Message { name, msg, .. } => format!("{name}: {msg}"),
+            Outgoing::Message { name, msg, .. } => person_line(name, "", msg),
             Outgoing::Notification { msg, .. } => msg.clone(),
             Outgoing::Cluster { msg, .. } => msg.to_string(),
             Outgoing::Welcome {
@@ -567,7 +819,7 @@ impl Outgoing<'_> {
                 };
                 format!("joined {room}, {count} here{gap}")
             }
-            Outgoing::Hello { name, .. } => format!("hello, {name}"),
+            Outgoing::Hello { name, .. } => format!("hello, {}", one_line(name)),
             Outgoing::Rooms { rooms, .. } => {
                 let list: Vec<String> = rooms
                     .iter()
@@ -580,13 +832,12 @@ impl Outgoing<'_> {
                     .iter()
                     .map(|m| match m.name {
                         "" => m.id.to_string(),
-                        name => format!("{name} ({})", m.id),
+                        name => format!("{} ({})", one_line(name), m.id),
                     })
                     .collect();
                 format!("in {room}: {}", list.join(", "))
             }
-            Outgoing::Direct { name: "", msg, .. } => format!("(direct): {msg}"),
-            Outgoing::Direct { name, msg, .. } => format!("{name} (direct): {msg}"),
+            Outgoing::Direct { name, msg, .. } => person_line(name, " (direct)", msg),
             Outgoing::Pong => "pong".to_string(),
             Outgoing::Error { msg } => format!("error: {msg}"),
         }
@@ -615,6 +866,41 @@ impl Outgoing<'_> {
             name: None,
         }
     }
+}
+
+/// How a person without a name shows in a plain-text line.
+const NO_NAME: &str = "anonymous";
+
+/// A person's message as a plain-text line: `[alice] hi`, `[anonymous] hi`
+/// without a name, `[alice (direct)] psst` for a direct message (`tag`).
+///
+/// The rule that keeps people from speaking as the server: a person's line
+/// always starts with `[`, and none of the server's own lines does (`welcome: …`,
+/// `user joined [online: 3]`, `error: …`). And it stays one line: line breaks in
+/// the name or the text become spaces, and other control characters (a
+/// terminal's escape sequences) and the bidirectional-text controls (which can
+/// make a line read from its end) become U+FFFD, so nothing sent can start a line
+/// of its own or rewrite one already shown. JSON clients get everything as sent.
+pub fn person_line(name: &str, tag: &str, msg: &str) -> String {
+    let name = if name.is_empty() { NO_NAME } else { name };
+    format!("[{}{tag}] {}", one_line(name), one_line(msg))
+}
+
+/// `text` safe to show as (part of) one line: see [`person_line`].
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{85}' | '\u{2028}' | '\u{2029}' => ' ',
+            '\t' => '\t',
+            '\u{200e}'
+            | '\u{200f}'
+            | '\u{61c}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}' => char::REPLACEMENT_CHARACTER,
+            c if c.is_control() => char::REPLACEMENT_CHARACTER,
+            c => c,
+        })
+        .collect()
 }
 
 /// A message frame's JSON as its history replay: the same, marked
@@ -660,6 +946,16 @@ mod tests {
         // v2's fields, with values v1 clients might put there, do not get in the way.
         let m = parse_chat(r#"{"name":"a","msg":"b","id":"x","room":7,"to":null}"#).unwrap();
         assert_eq!(m.msg, "b");
+        let m =
+            parse(r#"{"msg":"b","id":[1,[2]],"room":{"a":[]},"since":-1.5,"epoch":"x","to":true}"#);
+        assert_eq!(
+            m,
+            Ok(Incoming::Message {
+                name: None,
+                msg: "b".into(),
+                except_sender: false
+            })
+        );
     }
 
     #[test]
@@ -676,16 +972,34 @@ mod tests {
         let cases: &[(&str, Expectation)] = &[
             ("not json", |e| matches!(e, InputError::Malformed(_))),
             ("[1,2]", |e| matches!(e, InputError::Malformed(_))),
-            (r#"{"msg":"hi"}"#, |e| matches!(e, InputError::Malformed(_))),
+            (r#"{"msg":"hi"}"#, |e| *e == InputError::Missing("name")),
             (r#"{"name":"a"}"#, |e| *e == InputError::Missing("msg")),
             (r#"{"name":5,"msg":"hi"}"#, |e| {
-                matches!(e, InputError::Malformed(_))
+                *e == InputError::WrongType("name", "a string")
+            }),
+            (
+                r#"["message","a","hi"]"#,
+                |e| matches!(e, InputError::Malformed(f) if f.problem == JsonProblem::NotAnObject),
+            ),
+            (
+                r#"{"name":"a","msg":"hi""#,
+                |e| matches!(e, InputError::Malformed(f) if f.problem == JsonProblem::Truncated),
+            ),
+            (
+                r#"{"name":"a","msg":"hi"} x"#,
+                |e| matches!(e, InputError::Malformed(f) if f.problem == JsonProblem::Syntax),
+            ),
+            (r#"{"name":"a","msg":"hi","name":"b"}"#, |e| {
+                *e == InputError::Repeated("name")
             }),
             (r#"{"name":"a","msg":null}"#, |e| {
                 *e == InputError::Missing("msg")
             }),
             (r#"{"type":"shout","name":"a","msg":"x"}"#, |e| {
-                matches!(e, InputError::UnknownType(_))
+                *e == InputError::UnknownType
+            }),
+            (r#"{"type":7,"name":"a","msg":"x"}"#, |e| {
+                *e == InputError::WrongType("type", "a string")
             }),
             (r#"{"name":"a","msg":""}"#, |e| {
                 *e == InputError::EmptyMessage
@@ -697,6 +1011,119 @@ mod tests {
         for (input, expected) in cases {
             let err = parse_chat(input).expect_err(input);
             assert!(expected(&err), "{input}: got {err:?}");
+        }
+    }
+
+    /// The bytes of `error`'s frame on the wire, in both formats: the longer.
+    fn error_frame_bytes(error: &InputError) -> usize {
+        let frame = Outgoing::Error {
+            msg: error.to_string(),
+        };
+        let json = crate::frame::text(&frame.to_json()).len();
+        json.max(crate::frame::text(&frame.text_line()).len())
+    }
+
+    #[test]
+    fn errors_never_quote_the_frame_and_stay_short() {
+        // Each value starts with a marker no error text has; the long ones are the
+        // largest frame a client may send (--max-message's default, 64 KiB).
+        let values = [
+            format!("ZQJ{}", "\u{ad}".repeat(32 * 1024)),
+            format!("ZQJ{}", "\u{1}\n\"\\\u{7f}".repeat(12 * 1024)),
+            "ZQJ\u{202e}<script>\r\n\u{0}".to_string(),
+        ];
+        let keys = [
+            "type",
+            "name",
+            "msg",
+            "room",
+            "since",
+            "epoch",
+            "to",
+            "id",
+            "except_sender",
+            "extra",
+        ];
+        let kinds = ["message", "hello", "join", "direct", "kick", "who", "nope"];
+        let mut frames = Vec::new();
+        for value in &values {
+            let quoted = serde_json::to_string(value).unwrap();
+            for key in keys {
+                for kind in kinds {
+                    frames.push(format!(r#"{{"type":"{kind}",{key:?}:{quoted}}}"#));
+                    frames.push(format!(r#"{{{key:?}:{quoted},"type":"{kind}"}}"#));
+                }
+                frames.push(format!(
+                    r#"{{{key:?}:[{quoted},{{"a":{quoted}}}],"name":"a"}}"#
+                ));
+            }
+            frames.push(format!(r#"{{{quoted}:1,"name":"a","msg":"x"}}"#));
+            frames.push(quoted.clone());
+            frames.push(format!("[{quoted}]"));
+            frames.push(format!(r#"{{"name":{quoted}"#));
+            frames.push(format!(r#"{{"msg":{quoted},"name":"#));
+            frames.push(value.clone());
+            frames.push(format!(r#"{{"name":"a","msg":"{value}"}}"#));
+            frames.push(format!(r#"{{"name":"a","msg":"x"}}{value}"#));
+        }
+        let mut refused = 0;
+        for frame in &frames {
+            for error in [parse(frame).err(), parse_chat(frame).err()]
+                .into_iter()
+                .flatten()
+            {
+                refused += 1;
+                let text = error.to_string();
+                let head: String = frame.chars().take(60).collect();
+                assert!(
+                    error_frame_bytes(&error) <= MAX_ERROR_FRAME,
+                    "{head}: {text}"
+                );
+                assert!(
+                    !text.contains("ZQJ") && !text.contains(['\u{ad}', '\u{1}', '\u{202e}']),
+                    "{head}: {text}"
+                );
+            }
+        }
+        assert!(
+            refused > frames.len(),
+            "{refused} of {} frames",
+            frames.len()
+        );
+    }
+
+    #[test]
+    fn every_error_fits_its_bound_with_the_largest_numbers() {
+        let worst = JsonFault {
+            problem: JsonProblem::Truncated,
+            line: usize::MAX,
+            column: usize::MAX,
+        };
+        let errors = [
+            InputError::Malformed(worst),
+            InputError::Malformed(JsonFault {
+                problem: JsonProblem::NotAnObject,
+                ..worst
+            }),
+            InputError::UnknownType,
+            InputError::Missing("except_sender"),
+            InputError::WrongType("except_sender", "a whole number"),
+            InputError::Repeated("except_sender"),
+            InputError::NoName,
+            InputError::EmptyMessage,
+            InputError::NameTooLong(usize::MAX),
+            InputError::MessageTooLong(usize::MAX),
+            InputError::BadRoom,
+            InputError::Binary,
+            InputError::TooFast { rate: u32::MAX },
+            InputError::NotAllowed,
+            InputError::NoSuchClient(u64::MAX),
+            InputError::TooManyRooms(usize::MAX),
+            InputError::NotRelayed("the chat is busy: try again"),
+            InputError::Unreachable(u64::MAX),
+        ];
+        for error in errors {
+            assert!(error_frame_bytes(&error) <= MAX_ERROR_FRAME, "{error}");
         }
     }
 
@@ -762,13 +1189,15 @@ mod tests {
     fn refuses_bad_v2_frames() {
         let cases = [
             (r#"{"type":"join"}"#, InputError::Missing("room")),
+            (r#"{"type":"join","room":"a b"}"#, InputError::BadRoom),
+            (r#"{"type":"join","room":""}"#, InputError::BadRoom),
             (
-                r#"{"type":"join","room":"a b"}"#,
-                InputError::BadRoom("a b".into()),
+                r#"{"type":"join","room":"an-overly-long-room-name-of-33-ch"}"#,
+                InputError::BadRoom,
             ),
             (
-                r#"{"type":"join","room":""}"#,
-                InputError::BadRoom(String::new()),
+                r#"{"type":"join","room":["lobby"]}"#,
+                InputError::WrongType("room", "a string"),
             ),
             (
                 r#"{"type":"join","room":"r","since":-1}"#,
@@ -897,8 +1326,8 @@ mod tests {
             msg: "hi",
             room: Some("lobby"),
         };
-        assert_eq!(message("alice").text_line(), "alice: hi");
-        assert_eq!(message("").text_line(), "hi");
+        assert_eq!(message("alice").text_line(), "[alice] hi");
+        assert_eq!(message("").text_line(), "[anonymous] hi");
         assert_eq!(
             Outgoing::presence(Presence::Join, 1, 3).text_line(),
             "user joined [online: 3]"
@@ -915,5 +1344,69 @@ mod tests {
             msg: "msg is empty".into(),
         };
         assert_eq!(error.text_line(), "error: msg is empty");
+        let direct = Outgoing::Direct {
+            id: 2,
+            ts: 1,
+            from: 1,
+            name: "bob",
+            to: 7,
+            msg: "psst\nerror: x",
+            delivered: false,
+        };
+        assert_eq!(direct.text_line(), "[bob (direct)] psst error: x");
+    }
+
+    #[test]
+    fn the_servers_own_lines_never_start_as_a_persons_do() {
+        let room = "r".repeat(MAX_ROOM_CHARS);
+        let own = [
+            Outgoing::presence(Presence::Kick, 2, 3),
+            Outgoing::Cluster {
+                msg: "this server lost the rest of the chat",
+                count: 1,
+                event: "cluster",
+                room: &room,
+                connected: false,
+                gap: true,
+                epoch: 1,
+            },
+            Outgoing::Welcome {
+                id: 1,
+                count: 1,
+                protocol: SUBPROTOCOL_TEXT,
+                room: None,
+                epoch: None,
+            },
+            Outgoing::Joined {
+                room: &room,
+                count: 1,
+                gap: true,
+            },
+            Outgoing::Hello { id: 1, name: "[a]" },
+            Outgoing::Rooms {
+                rooms: vec![RoomCount {
+                    room: &room,
+                    count: 1,
+                }],
+                more: 0,
+            },
+            Outgoing::Who {
+                room: &room,
+                members: vec![Member { id: 1, name: "[a]" }],
+                more: 0,
+            },
+            Outgoing::Pong,
+            Outgoing::Error {
+                msg: InputError::EmptyMessage.to_string(),
+            },
+        ];
+        for frame in own {
+            let line = frame.text_line();
+            assert!(!line.starts_with('['), "{line}");
+        }
+        assert_eq!(
+            person_line("", "", "\u{202e}x\u{1b}\u{2028}\ty"),
+            "[anonymous] \u{fffd}x\u{fffd} \ty"
+        );
     }
 }

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use rustls::ServerConnection;
-use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Message, WebSocket};
+use tungstenite::protocol::{CloseFrame, Role};
+use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::budget::{Allowance, Spent};
 use crate::hub::{Endpoint, Event, Format};
@@ -72,12 +72,29 @@ enum Stage {
     /// connection is in the outbox too, and reads are decrypted there; `unread`
     /// holds ciphertext read but not yet taken (rustls takes no more while it holds
     /// plaintext we have not read), empty and unallocated while the client idles.
+    /// `spent` is the last large message, kept until tungstenite next asks for
+    /// input (see [`renew_after_large_message`]).
     Attached {
         outbox: Arc<Outbox>,
         tls: bool,
         unread: Vec<u8>,
+        spent: Option<Bytes>,
     },
 }
+
+/// What the stream answers a read with, instead of reading, when tungstenite's
+/// read buffer has been grown by a large message and holds nothing now: the reader
+/// then replaces the buffer (see [`renew_after_large_message`]).
+#[derive(Debug)]
+struct BufferSpent;
+
+impl fmt::Display for BufferSpent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the read buffer holds nothing and can be given back")
+    }
+}
+
+impl std::error::Error for BufferSpent {}
 
 /// Ciphertext read from the socket at once, at most: on the reader's stack.
 const TLS_READ: usize = 4096;
@@ -103,7 +120,16 @@ impl ClientStream {
             outbox,
             tls,
             unread: Vec::new(),
+            spent: None,
         };
+    }
+
+    /// Keeps `message`'s bytes (a large one's) until tungstenite next asks for
+    /// input, or lets the last one go (`None`).
+    fn keep_spent(&mut self, message: Option<Bytes>) {
+        if let Stage::Attached { spent, .. } = &mut self.stage {
+            *spent = message;
+        }
     }
 
     /// Takes a wss client's TLS connection out of the handshake, for its outbox.
@@ -117,6 +143,18 @@ impl ClientStream {
 
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Stage::Attached { spent, .. } = &mut self.stage
+            && let Some(message) = spent.take()
+            && buf.as_ptr() == message.as_ptr().wrapping_add(message.len())
+        {
+            // The first read since tungstenite returned the message: its buffer
+            // holds what followed the message then, and it reads in just past
+            // that. Reading in where the message ended, it holds nothing. (Had
+            // anything followed, those bytes would still be in the buffer the
+            // message shares, which is alive while we keep the message: no other
+            // buffer can begin there.)
+            return Err(io::Error::other(BufferSpent));
+        }
         match &mut self.stage {
             Stage::Handshake { deadline, tls } => {
                 // SO_RCVTIMEO limits each read, not their sum: `Deadline` shrinks it
@@ -132,6 +170,7 @@ impl Read for ClientStream {
                 outbox,
                 tls: true,
                 unread,
+                ..
             } => read_decrypted(&self.socket, outbox, unread, buf),
         }
     }
@@ -543,8 +582,16 @@ fn read_until_closed(
     loop {
         let message = match client.ws.read() {
             Ok(message) => message,
+            Err(e) if is_buffer_spent(&e) => {
+                renew_after_large_message(client);
+                continue;
+            }
             Err(e) => return end_after_error(client, outbox, e),
         };
+        // A large message grew tungstenite's read buffer: it is given back at the
+        // next read, if that finds it empty.
+        let spent = large_payload(&message, client.ws.get_config().read_buffer_size);
+        client.ws.get_mut().keep_spent(spent);
         if client.endpoint == Endpoint::Chat && !matches!(message, Message::Close(_)) {
             // Budgets come first, for every frame but Close: one over them costs
             // the server a few counters, and one error frame a second at most.
@@ -599,6 +646,48 @@ fn read_until_closed(
 fn send_reply(client: &mut Client, limits: &Limits, reply: Message) -> tungstenite::Result<()> {
     limits.spend(reply.len());
     client.ws.send(reply)
+}
+
+/// A data message's bytes, if it is large enough to have grown tungstenite's read
+/// buffer from its `read_buffer_size`: a frame is read whole into that buffer,
+/// which doubles when it grows.
+fn large_payload(message: &Message, read_buffer_size: usize) -> Option<Bytes> {
+    let bytes: &Bytes = match message {
+        Message::Text(text) => text.as_ref(),
+        Message::Binary(bytes) => bytes,
+        _ => return None,
+    };
+    (bytes.len() > read_buffer_size / 2).then(|| bytes.clone())
+}
+
+fn is_buffer_spent(error: &tungstenite::Error) -> bool {
+    matches!(error, tungstenite::Error::Io(e)
+        if e.get_ref().is_some_and(|inner| inner.is::<BufferSpent>()))
+}
+
+/// Gives back tungstenite's read buffer after a large message. tungstenite reserves
+/// a whole frame in it and keeps the buffer at that size for the connection's life
+/// (a 64 KiB frame left 70 KiB per idle client, measured); it has no way to shrink
+/// it, so the WebSocket is made anew over the same stream. That is safe only with
+/// nothing in the buffer, which the stream checked ([`BufferSpent`]): no frame
+/// half read, no message half joined, no pong waiting (tungstenite sends those
+/// before it reads). What is left is the state, open, which a new one starts in.
+/// A message sent in fragments is joined in a buffer of its own, and so is not
+/// checked: the read buffer stays at its largest fragment, within the per-client
+/// bound of [`crate::capacity`].
+fn renew_after_large_message(client: &mut Client) {
+    if !client.ws.can_write() {
+        // Closing: the state matters now, and the buffer goes with the client soon.
+        return;
+    }
+    let config = *client.ws.get_config();
+    // Holds the WebSocket's place while the stream moves; never read or written.
+    let stand_in = ClientStream::for_handshake(Arc::clone(&client.socket), Instant::now(), None);
+    let old = std::mem::replace(
+        &mut client.ws,
+        WebSocket::from_raw_socket(stand_in, Role::Server, Some(config)),
+    );
+    client.ws = WebSocket::from_raw_socket(old.into_inner(), Role::Server, Some(config));
 }
 
 /// What became of one frame from a chat client.

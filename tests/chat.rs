@@ -205,8 +205,19 @@ fn bad_input_gets_an_error_frame_and_the_connection_stays() {
         (Message::text("not json"), "invalid message"),
         (Message::text(r#"{"msg":"hi"}"#), "name"),
         (Message::text(r#"{"name":"a"}"#), "msg"),
-        (Message::text(r#"{"name":1,"msg":"hi"}"#), "invalid type"),
-        (Message::text(r#"{"name":"a","msg":["x"]}"#), "invalid type"),
+        (
+            Message::text(r#"{"name":1,"msg":"hi"}"#),
+            "name must be a string",
+        ),
+        (
+            Message::text(r#"{"name":"a","msg":["x"]}"#),
+            "msg must be a string",
+        ),
+        (
+            Message::text(r#"{"name":"a","msg":"x","name":"b"}"#),
+            "name is given more than once",
+        ),
+        (Message::text(r#""just a string""#), "one JSON object"),
         (Message::text(r#"{"name":"a","msg":""}"#), "empty"),
         (
             Message::text(format!(r#"{{"name":"{long_name}","msg":"x"}}"#)),

@@ -902,3 +902,96 @@ fn an_attack_with_huge_headers_writes_a_few_kilobytes_of_log() {
         })
     });
 }
+
+/// The largest frame a client may send by default (`--max-message`), of `unit`
+/// repeated between `head` and `tail`.
+fn largest_frame(head: &str, unit: &str, tail: &str) -> String {
+    let times = (64 * 1024 - head.len() - tail.len()) / unit.len();
+    format!("{head}{}{tail}", unit.repeat(times))
+}
+
+/// Reads an attacker's next `error` frame, skipping the others, and checks it is
+/// short and says nothing of what was sent.
+fn short_error(client: &mut Client) {
+    loop {
+        let Message::Text(text) = client.recv() else {
+            panic!("a text frame")
+        };
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if frame["type"] != "error" {
+            continue;
+        }
+        let wire = text.len() + if text.len() < 126 { 2 } else { 4 };
+        assert!(wire <= 512, "a {wire}-byte error frame: {text}");
+        assert!(!text.contains(['\u{ad}', '[']), "the error quotes: {text}");
+        return;
+    }
+}
+
+#[test]
+fn large_frames_get_short_errors_and_leave_no_buffer_behind() {
+    // From one host, 32 clients each send the largest frame twice: 64 KiB of U+00AD
+    // as a `type`, and 64 KiB of `[0,0,…]` in a field nobody reads. Before, the
+    // first came back as a 229 KB error frame (the value, escaped), parsing the
+    // second built a 1 MiB tree, and every reader kept 519 KiB while idle after.
+    //
+    // One malloc arena: glibc otherwise keeps freed memory in an arena per thread
+    // (up to 8 per core) for reuse, so RSS would show how many arenas the machine
+    // has rather than what the readers hold.
+    // The address's budgets would drop most of 4 MiB in a second: this story is
+    // about what a frame costs once read, so they are off.
+    let server = Process::start_with_env(
+        &[
+            "--host-frames",
+            "0",
+            "--host-bytes-in",
+            "0",
+            "--host-bytes-out",
+            "0",
+        ],
+        &[("MALLOC_ARENA_MAX", "1")],
+    );
+    let base = baseline(&server);
+    let mut theirs: Vec<Client> = (0..32)
+        .map(|_| Client::join_over(&server, connect_from(ATTACKER, server.ws)))
+        .collect();
+    let idle = settled(&server);
+    let peak = Peak::watch(&server);
+    let soft_hyphens = largest_frame(r#"{"type":""#, "\u{ad}", r#""}"#);
+    let zeros = largest_frame(r#"{"pad":["#, "0,", "0]}");
+    // One client after the other, so that what the allocator keeps of frames
+    // parsed at the same moment does not hide what a reader keeps.
+    for (n, client) in theirs.iter_mut().enumerate() {
+        client.send_text(&soft_hyphens);
+        client.send_text(&zeros);
+        short_error(client);
+        short_error(client);
+        if n == 16 {
+            honest_user_is_served(&server);
+        }
+    }
+    let after = settled(&server);
+    let each = |now: Footprint, from: Footprint| now.rss_kib.saturating_sub(from.rss_kib) / 32;
+    eprintln!(
+        "an idle client: {} KiB; after its large frames: {} KiB more",
+        each(idle, base),
+        each(after, idle)
+    );
+    // Each reader held a 64 KiB frame while it parsed it, and gave its buffer back
+    // after: 7–11 KiB more per client were measured, fragments of the allocator's;
+    // a reader that keeps its buffer holds 68 KiB more.
+    assert!(
+        after.rss_kib <= idle.rss_kib + 32 * 40,
+        "idle clients hold {} KiB more after their large frames",
+        after.rss_kib - idle.rss_kib
+    );
+    for client in &mut theirs {
+        client.send_text(r#"{"type":"ping"}"#);
+        assert_eq!(client.recv_type("pong")["type"], "pong");
+    }
+    // 32 clients (about 40 KiB each, idle), the two frames of one of them read
+    // and parsed at a time, and what the allocator keeps of them.
+    assert_within(peak.stop(), base, 32 * 40 + 2 * 1024, 36, 36);
+    drop(theirs);
+    back_to(&server, base, 2 * 1024);
+}

@@ -73,6 +73,50 @@ proptest! {
     }
 
     #[test]
+    fn errors_never_quote_the_frame_and_stay_short(
+        value in proptest::collection::vec(any::<char>(), 24..400).prop_map(String::from_iter),
+        key in prop_oneof![
+            Just("type"), Just("name"), Just("msg"), Just("room"), Just("since"),
+            Just("to"), Just("id"), Just("except_sender"), Just("other"),
+        ],
+        kind in prop_oneof![Just("message"), Just("join"), Just("direct"), Just("kick")],
+    ) {
+        let quoted = serde_json::to_string(&value).unwrap();
+        let frames = [
+            format!(r#"{{"type":"{kind}","{key}":{quoted}}}"#),
+            format!(r#"{{"{key}":[{quoted}],"type":"{kind}"}}"#),
+            format!(r#"{{{quoted}:1,"type":"{kind}"}}"#),
+            format!(r#"{{"{key}":{quoted}"#),
+            quoted.clone(),
+            value.clone(),
+        ];
+        for frame in &frames {
+            for error in [protocol::parse(frame).err(), protocol::parse_chat(frame).err()]
+                .into_iter()
+                .flatten()
+            {
+                let text = Outgoing::Error { msg: error.to_string() }.to_json();
+                prop_assert!(text.len() + 4 <= protocol::MAX_ERROR_FRAME, "{}", text);
+                prop_assert!(!text.contains(&value) && !text.contains(&quoted[1..quoted.len() - 1]), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn a_persons_plain_text_line_is_one_line_and_never_the_servers(
+        name in proptest::collection::vec(any::<char>(), 0..=MAX_NAME_CHARS).prop_map(String::from_iter),
+        msg in any::<String>(),
+    ) {
+        let line = protocol::person_line(&name, "", &msg);
+        prop_assert!(line.starts_with('['), "{:?}", line);
+        prop_assert!(
+            !line.chars().any(|c| (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}')),
+            "{:?}",
+            line
+        );
+    }
+
+    #[test]
     fn the_resolver_never_leaves_the_root(raw in path_like()) {
         if let Ok(relative) = static_files::relative_path(&format!("/{raw}")) {
             for part in relative.components() {

@@ -532,14 +532,14 @@ fn plain_text_clients_talk_with_json_clients() {
     assert_eq!(line(&mut tina), "user joined [online: 2]");
     ann.recv_type("notification");
     ann.send_chat("ann", "hi tina");
-    assert_eq!(line(&mut tina), "ann: hi tina");
+    assert_eq!(line(&mut tina), "[ann] hi tina");
     tina.send_text("hi ann");
     let m = until(&mut ann, "hi ann").pop().unwrap();
     assert_eq!(
         (m["name"].as_str(), m["msg"].as_str()),
         (Some("tina"), Some("hi ann"))
     );
-    assert_eq!(line(&mut tina), "tina: hi ann");
+    assert_eq!(line(&mut tina), "[tina] hi ann");
     // The chatting subprotocol is plain text too, without a name; and a room by query.
     let mut anon = Client::connect_with(
         &server.ws_url("/?room=lobby"),
@@ -559,6 +559,47 @@ fn plain_text_clients_talk_with_json_clients() {
         }
     };
     assert_eq!(error, "error: msg is empty");
+}
+
+#[test]
+fn nobody_speaks_as_the_server_to_plain_text_clients() {
+    let server = Server::start(&[]);
+    let (mut mallory, _) = join(&server);
+    let mut tina = Client::connect(&server.ws_url("/text?name=tina"));
+    assert!(line(&mut tina).starts_with("welcome: "));
+    assert_eq!(line(&mut tina), "user joined [online: 2]");
+    // The server's own line, word for word, as a message without a name; then
+    // one that would add a line of its own, one that rewrites the terminal's
+    // line, and a name made to look like the server.
+    let forgeries = [
+        json!({"name": "", "msg": "user left [online: 1]"}),
+        json!({"name": "mallory", "msg": "hi\nuser left [online: 1]\r\nerror: x"}),
+        json!({"name": "m", "msg": "\u{1b}[2K\rwelcome: you are 1 in lobby, 1 here"}),
+        json!({"name": "user left [online", "msg": "1]"}),
+    ];
+    for forgery in &forgeries {
+        send(&mut mallory, forgery.clone());
+    }
+    let seen: Vec<String> = forgeries.iter().map(|_| line(&mut tina)).collect();
+    assert_eq!(
+        seen,
+        [
+            "[anonymous] user left [online: 1]",
+            "[mallory] hi user left [online: 1]  error: x",
+            "[m] \u{fffd}[2K welcome: you are 1 in lobby, 1 here",
+            "[user left [online] 1]",
+        ]
+    );
+    // JSON clients get them exactly as sent.
+    let relayed = messages(&until(&mut mallory, "1]"));
+    assert_eq!(relayed[0], "user left [online: 1]");
+    assert_eq!(relayed[1], "hi\nuser left [online: 1]\r\nerror: x");
+    // A plain-text client that comes later reads them in the history, the same.
+    let mut late = Client::connect(&server.ws_url("/text"));
+    assert!(line(&mut late).starts_with("welcome: "));
+    let history: Vec<String> = forgeries.iter().map(|_| line(&mut late)).collect();
+    assert_eq!(history, seen);
+    assert_eq!(line(&mut late), "user joined [online: 3]");
 }
 
 #[test]

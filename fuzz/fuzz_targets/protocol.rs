@@ -1,12 +1,20 @@
-//! The chat message parser on arbitrary bytes: it must never panic, and whatever
-//! it accepts must obey the limits and go out again exactly as sent.
+//! The chat message parser on arbitrary bytes: it must never panic, whatever it
+//! refuses gets a short error, and whatever it accepts must obey the limits and go
+//! out again exactly as sent.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use threadchat::protocol::{MAX_MSG_CHARS, MAX_NAME_CHARS, Outgoing, parse_chat};
+use threadchat::protocol::{
+    MAX_ERROR_FRAME, MAX_MSG_CHARS, MAX_NAME_CHARS, Outgoing, parse, parse_chat,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    for error in [parse(text).err(), parse_chat(text).err()].into_iter().flatten() {
+        let frame = Outgoing::Error { msg: error.to_string() }.to_json();
+        // The payload and a header of at most 4 bytes (payloads under 64 KiB).
+        assert!(frame.len() + 4 <= MAX_ERROR_FRAME, "{frame}");
+    }
     let Ok(message) = parse_chat(text) else { return };
     assert!(message.name.chars().count() <= MAX_NAME_CHARS);
     assert!(message.msg.chars().count() <= MAX_MSG_CHARS);
