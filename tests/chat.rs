@@ -77,7 +77,18 @@ fn concurrent_senders_are_seen_in_one_order_by_everyone() {
     const SENDERS: usize = 4;
     const EACH: usize = 50;
     // Faster than flood control allows by default: raised for a test of order.
-    let server = Server::start(&["--rate", "100000", "--burst", "100000"]);
+    let server = Server::start(&[
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+        "--host-frames",
+        "0",
+        "--host-bytes-in",
+        "0",
+        "--host-bytes-out",
+        "0",
+    ]);
     let mut listeners: Vec<Client> = (0..3).map(|_| Client::join(&server)).collect();
     let senders: Vec<Client> = (0..SENDERS).map(|_| Client::join(&server)).collect();
     // Drain the join notifications so each listener starts at the same point.

@@ -170,6 +170,8 @@ impl Drop for Redis {
     }
 }
 
+/// A node for tests of order and presence: flood control and the budgets per
+/// address are off (every client is on 127.0.0.1).
 fn node(redis: &Redis) -> Server {
     Server::start(&[
         "--redis",
@@ -178,6 +180,12 @@ fn node(redis: &Redis) -> Server {
         "100000",
         "--burst",
         "100000",
+        "--host-frames",
+        "0",
+        "--host-bytes-in",
+        "0",
+        "--host-bytes-out",
+        "0",
     ])
 }
 

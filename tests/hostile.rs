@@ -860,17 +860,16 @@ fn an_attack_with_huge_headers_writes_a_few_kilobytes_of_log() {
         "no count of held-back lines:\n{}",
         lines.join("\n")
     );
-    // The room is in the line, its newline and escape escaped: no forged line.
+    // The room's refusal is logged without the room (errors never quote what the
+    // client sent), so nothing of the forged line reaches the log at all.
     assert!(
-        lines.iter().all(|line| !line.starts_with(FORGED)),
-        "a forged line:\n{}",
+        lines.iter().any(|line| line.contains("refused with 400")),
+        "no 400 refusal logged:\n{}",
         lines.join("\n")
     );
     assert!(
-        lines
-            .iter()
-            .any(|line| line.contains(&format!(r"\n{FORGED}\u{{1b}}[31maaa"))),
-        "{}",
+        lines.iter().all(|line| !line.contains(FORGED)),
+        "a forged line:\n{}",
         lines.join("\n")
     );
     // The host is in the line, escaped and cut, with its length.

@@ -1,6 +1,6 @@
 //! What reading and parsing client frames costs in memory, measured by counting
 //! every allocation in this test binary (a global allocator is per binary, hence a
-//! file of its own; the tests take turns, since the count is global).
+//! file of its own, and one test in it, since the count is global).
 //!
 //! A reader handles one message at a time, so this is what a flooding client can
 //! make the server hold per connection beyond its backlog: what the capacity plan
@@ -9,7 +9,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{self, Cursor, Read, Write};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use threadchat::protocol;
@@ -63,9 +62,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// One measurement at a time: the counters are the whole binary's.
-static TURN: Mutex<()> = Mutex::new(());
-
 /// The most bytes live at once while `work` ran, beyond those live before it.
 fn peak_extra<T>(work: impl FnOnce() -> T) -> usize {
     let before = LIVE.load(Ordering::SeqCst);
@@ -85,9 +81,15 @@ fn frame_of(head: &str, unit: &str, tail: &str) -> String {
     format!("{head}{}{tail}", unit.repeat(times))
 }
 
+/// One test, so that nothing else in this binary allocates while it measures: the
+/// counters are the whole binary's, and the test harness allocates as a test ends.
 #[test]
+fn what_parsing_and_reading_cost() {
+    parsing_copies_nothing_but_the_strings_it_unescapes();
+    a_reader_holds_at_most_seven_times_the_largest_message();
+}
+
 fn parsing_copies_nothing_but_the_strings_it_unescapes() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let zeros = |head: &str| frame_of(head, "0,", "0]}");
     // Nothing of these is copied: serde_json skips what no field keeps without
     // building it, and a string with no escapes is looked at where it lies.
@@ -225,9 +227,7 @@ fn text(part: &str, first: bool, last: bool) -> Frame {
     Frame::message(part.as_bytes().to_vec(), OpCode::Data(opcode), last)
 }
 
-#[test]
 fn a_reader_holds_at_most_seven_times_the_largest_message() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let largest = message_of(MAX_MESSAGE);
     let (first_half, second_half) = largest.split_at(MAX_MESSAGE - 100);
     // tungstenite's read buffer doubles as it grows (a frame just larger than the
