@@ -84,11 +84,23 @@ impl ServerNames {
     }
 
     /// The text of a refusal for `host`.
+    ///
+    /// The name is repeated only when it could be a host name someone means (at
+    /// most [`QUOTED_NAME`] letters, digits, `-` and `.`): the text goes back to
+    /// the client and into the log, and a 60 KB `Host` must not come back twice.
     pub fn refusal(host: &str) -> String {
         let name = match split_authority(host.trim()) {
             Some(Authority::Name(name)) => normalise(name),
             _ => host.trim().to_string(),
         };
+        let plausible = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        if name.len() > QUOTED_NAME || !name.chars().all(plausible) {
+            return format!(
+                "this server does not answer to the name in Host ({} bytes, not a host \
+                 name it would quote); see --server-name",
+                host.len()
+            );
+        }
         format!(
             "this server does not answer to the name {name:?}; if it is this server's name, \
              start it with --server-name {name}"
@@ -141,6 +153,10 @@ fn split_authority(authority: &str) -> Option<Authority<'_>> {
     let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
     (!host.is_empty() && host.chars().all(valid)).then_some(Authority::Name(host))
 }
+
+/// The longest name a refusal repeats: longer than the host names people use,
+/// short enough that the text stays well under 512 bytes.
+const QUOTED_NAME: usize = 100;
 
 fn normalise(name: &str) -> String {
     name.trim().trim_end_matches('.').to_ascii_lowercase()
@@ -210,5 +226,18 @@ mod tests {
         let text = ServerNames::refusal("Evil.Example:8001");
         assert!(text.contains("--server-name evil.example"), "{text}");
         assert!(names(&[]).to_string().contains("raspberrypi.local"));
+    }
+
+    #[test]
+    fn a_refusal_repeats_no_name_that_is_not_one() {
+        for host in [
+            "a".repeat(60_000),
+            "evil\u{1b}[31m.example".into(),
+            "ü.example".into(),
+        ] {
+            let text = ServerNames::refusal(&host);
+            assert!(text.len() < 200, "{} bytes", text.len());
+            assert!(text.contains("not a host name it would quote"), "{text}");
+        }
     }
 }
