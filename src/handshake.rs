@@ -111,7 +111,7 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
         Some(config) => match tls_handshake(config, &socket, deadline) {
             Ok(conn) => Some(conn),
             Err(e) => {
-                let end = if is_timeout(&e) {
+                let end = if crate::is_timeout(&e) {
                     HandshakeEnd::TimedOut
                 } else {
                     HandshakeEnd::Failed
@@ -247,13 +247,6 @@ fn tls_handshake(
     let mut conn = tls::accept(config)?;
     tls::handshake(&mut conn, &mut tls::Deadline::new(socket, deadline))?;
     Ok(conn)
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
 }
 
 /// The handshake callback: path, name, origin, place, subprotocol, in that order.

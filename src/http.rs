@@ -284,7 +284,9 @@ fn read_request(
                 input.extend_from_slice(&chunk[..n]);
                 fresh = chunk[..n].contains(&b'\n');
             }
-            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => fresh = false,
+            Err(e) if crate::is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {
+                fresh = false
+            }
             Err(_) => return Err(NoRequest::Gone),
         }
     }
@@ -562,13 +564,6 @@ fn linger(stream: &mut PageStream) {
             Ok(n) => dropped += n,
         }
     }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 fn reason(status: u16) -> &'static str {

@@ -453,3 +453,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Whether a read or write ended at its timeout (`SO_RCVTIMEO` and `SO_SNDTIMEO`
+/// say `WouldBlock` on Linux, `TimedOut` elsewhere).
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}

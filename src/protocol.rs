@@ -242,12 +242,12 @@ impl std::fmt::Display for InputError {
             ),
             InputError::TooFast { rate } => write!(
                 f,
-                "slow down: at most {rate} messages a second; this one was dropped"
+                "slow down: at most {rate} messages a second; what came faster was dropped"
             ),
             InputError::AddressBusy(what) => write!(
                 f,
-                "slow down: your address has used its share of {what} for now; frames are \
-                 being dropped"
+                "slow down: your address has used its share of {what} for now; what came \
+                 over it was dropped"
             ),
             InputError::NotAllowed => write!(f, "only an admin connection may kick"),
             InputError::NoSuchClient(id) => write!(f, "there is no connection {id}"),
@@ -785,6 +785,16 @@ pub enum Outgoing<'a> {
     },
     /// The answer to `ping`.
     Pong,
+    /// Frames of the client's dropped for going over its rate or its address's
+    /// budgets since it was last told: an `error` that says how many (told once a
+    /// second at most).
+    #[serde(rename = "error")]
+    Dropped {
+        /// Why.
+        msg: String,
+        /// How many.
+        dropped: u32,
+    },
     /// The sender's last frame was refused; the connection stays open.
     Error {
         /// What was wrong.
@@ -840,6 +850,7 @@ impl Outgoing<'_> {
             Outgoing::Direct { name, msg, .. } => person_line(name, " (direct)", msg),
             Outgoing::Pong => "pong".to_string(),
             Outgoing::Error { msg } => format!("error: {msg}"),
+            Outgoing::Dropped { msg, dropped } => format!("error: {msg} ({dropped} dropped)"),
         }
     }
 

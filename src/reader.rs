@@ -322,24 +322,31 @@ impl Bucket {
 
 /// What a connection may send: its own rate (`--rate`, data frames), and what
 /// its address has left of its budgets (every frame). A frame over either is
-/// dropped; the connection hears so once a second at most, and is closed when
-/// its drops run [`FLOOD_LIMIT`] ahead of what it was allowed.
+/// dropped, and the connection is closed when its drops run [`FLOOD_LIMIT`]
+/// ahead of what it was allowed. It hears of dropped data frames once a second
+/// at most, with how many: telling it must cost less than its flood.
 struct Limits {
     own: Bucket,
     allowance: Option<Arc<Allowance>>,
     /// Frames dropped, less frames admitted since (never below zero).
-    dropped: u32,
-    /// When the connection was last told that a frame was dropped.
+    ahead: u32,
+    /// Data frames dropped that the connection has not been told of yet.
+    untold: Option<Untold>,
+    /// When the connection was last told.
     told_at: Option<Instant>,
+}
+
+/// Dropped data frames, waiting to be told: how many, and why the last was.
+struct Untold {
+    why: InputError,
+    dropped: u32,
 }
 
 /// What becomes of one frame.
 enum Verdict {
     /// Handle it.
     Admit,
-    /// Drop it, and tell the connection why.
-    DropAndTell(InputError),
-    /// Drop it silently (it was told within the last second).
+    /// Drop it (the connection hears of it with the next notice).
     Drop,
     /// It keeps on: close it with 1008.
     Close,
@@ -350,7 +357,8 @@ impl Limits {
         Limits {
             own: Bucket::new(settings.rate, settings.burst),
             allowance,
-            dropped: 0,
+            ahead: 0,
+            untold: None,
             told_at: None,
         }
     }
@@ -368,23 +376,60 @@ impl Limits {
                 .and_then(|a| a.admit(bytes).err())
                 .map(|spent: Spent| InputError::AddressBusy(spent.what()))
         };
-        let Some(refused) = refused else {
-            self.dropped = self.dropped.saturating_sub(1);
+        let Some(why) = refused else {
+            self.ahead = self.ahead.saturating_sub(1);
             return Verdict::Admit;
         };
-        self.dropped += 1;
-        if self.dropped >= FLOOD_LIMIT {
+        self.ahead += 1;
+        if self.ahead >= FLOOD_LIMIT {
             return Verdict::Close;
         }
-        let now = Instant::now();
-        let told_lately = self
-            .told_at
-            .is_some_and(|at| now.duration_since(at) < TELL_EVERY);
-        if !data || told_lately || !self.allowance.as_ref().is_none_or(|a| a.can_spend()) {
-            return Verdict::Drop;
+        // Pings and pongs dropped are not told: nobody reads a notice for them.
+        if data {
+            let dropped = self.untold.as_ref().map_or(0, |u| u.dropped) + 1;
+            self.untold = Some(Untold { why, dropped });
         }
+        Verdict::Drop
+    }
+
+    /// The notice of what was dropped, if one is due: something is untold, the
+    /// last notice was a second ago or more, and the address can pay for it.
+    fn notice_due(&mut self) -> Option<Outgoing<'static>> {
+        let now = Instant::now();
+        self.untold.as_ref()?;
+        if self.wait_for_notice(now) > Duration::ZERO {
+            return None;
+        }
+        if !self.allowance.as_ref().is_none_or(|a| a.can_spend()) {
+            // The address cannot pay for it now: a second later, with the count.
+            self.told_at = Some(now);
+            return None;
+        }
+        let Untold { why, dropped } = self.untold.take()?;
         self.told_at = Some(now);
-        Verdict::DropAndTell(refused)
+        Some(Outgoing::Dropped {
+            msg: why.to_string(),
+            dropped,
+        })
+    }
+
+    /// How long until a notice may go out.
+    fn wait_for_notice(&self, now: Instant) -> Duration {
+        self.told_at.map_or(Duration::ZERO, |at| {
+            (at + TELL_EVERY).saturating_duration_since(now)
+        })
+    }
+
+    /// How long the next read may block: the idle timeout, or less while a notice
+    /// waits (the read's timeout is the reader's only clock).
+    fn read_timeout(&self, idle: Duration) -> Duration {
+        match self.untold {
+            // At least a millisecond: 0 would mean no timeout at all.
+            Some(_) => self
+                .wait_for_notice(Instant::now())
+                .clamp(Duration::from_millis(1), idle),
+            None => idle,
+        }
     }
 
     /// The server sends this connection `bytes` of its own answers: its address
@@ -557,7 +602,13 @@ pub fn serve(
         outbox: Arc::clone(&outbox),
     };
     let mut limits = Limits::new(settings, client.allowance.clone());
-    let seen = read_until_closed(&mut client, &outbox, hub, &mut limits);
+    let seen = read_until_closed(
+        &mut client,
+        &outbox,
+        hub,
+        &mut limits,
+        settings.idle_timeout,
+    );
     // What the outbox saw (a slow consumer, a failed write) is why the read ended.
     let reason = outbox.failure().map_or(seen, Disconnect::from);
     stats.count_disconnect(reason);
@@ -578,33 +629,21 @@ fn read_until_closed(
     outbox: &Outbox,
     hub: &Sender<Event>,
     limits: &mut Limits,
+    idle: Duration,
 ) -> Disconnect {
+    let mut timeout = idle;
     loop {
-        let message = match client.ws.read() {
+        let message = match next_message(client, limits, idle, &mut timeout) {
             Ok(message) => message,
-            Err(e) if is_buffer_spent(&e) => {
-                renew_after_large_message(client);
-                continue;
-            }
             Err(e) => return end_after_error(client, outbox, e),
         };
-        // A large message grew tungstenite's read buffer: it is given back at the
-        // next read, if that finds it empty.
-        let spent = large_payload(&message, client.ws.get_config().read_buffer_size);
-        client.ws.get_mut().keep_spent(spent);
         if client.endpoint == Endpoint::Chat && !matches!(message, Message::Close(_)) {
             // Budgets come first, for every frame but Close: one over them costs
-            // the server a few counters, and one error frame a second at most.
+            // the server a few counters, and one notice a second at most.
             let data = matches!(message, Message::Text(_) | Message::Binary(_));
             match limits.check(message.len(), data) {
                 Verdict::Admit => {}
                 Verdict::Drop => continue,
-                Verdict::DropAndTell(e) => {
-                    if let Err(e) = send_reply(client, limits, error_frame(&e, client.format)) {
-                        return end_after_error(client, outbox, e);
-                    }
-                    continue;
-                }
                 Verdict::Close => {
                     close_with(client, outbox, CloseCode::Policy, "flooding");
                     await_close(client);
@@ -638,6 +677,44 @@ fn read_until_closed(
             && let Err(e) = send_reply(client, limits, reply)
         {
             return end_after_error(client, outbox, e);
+        }
+    }
+}
+
+/// The next message from the client, meanwhile telling it what was dropped when
+/// that is due, and giving back a read buffer a large message grew.
+///
+/// The blocking read's timeout is the reader's only clock: the idle timeout
+/// normally, shorter while a notice waits for its second to pass. It is set only
+/// when it changes (`timeout` is what the socket has), so the common case costs no
+/// system call.
+fn next_message(
+    client: &mut Client,
+    limits: &mut Limits,
+    idle: Duration,
+    timeout: &mut Duration,
+) -> tungstenite::Result<Message> {
+    loop {
+        if let Some(notice) = limits.notice_due() {
+            send_reply(client, limits, frame_in(&notice, client.format))?;
+        }
+        let wanted = limits.read_timeout(idle);
+        if wanted != *timeout {
+            client.socket.set_read_timeout(Some(wanted))?;
+            *timeout = wanted;
+        }
+        match client.ws.read() {
+            Ok(message) => {
+                // A large message grew tungstenite's read buffer: it is given back
+                // at the next read, if that finds it empty.
+                let spent = large_payload(&message, client.ws.get_config().read_buffer_size);
+                client.ws.get_mut().keep_spent(spent);
+                return Ok(message);
+            }
+            Err(e) if is_buffer_spent(&e) => renew_after_large_message(client),
+            // Woken for the notice (tungstenite keeps a frame half read, if any).
+            Err(tungstenite::Error::Io(e)) if crate::is_timeout(&e) && *timeout < idle => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -774,7 +851,11 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
 }
 
 fn error_frame(e: &InputError, format: Format) -> Message {
-    let frame = Outgoing::Error { msg: e.to_string() };
+    frame_in(&Outgoing::Error { msg: e.to_string() }, format)
+}
+
+/// A frame of the reader's own, in the client's format.
+fn frame_in(frame: &Outgoing<'_>, format: Format) -> Message {
     Message::text(match format {
         Format::Json => frame.to_json(),
         Format::Text => frame.text_line(),
@@ -788,14 +869,7 @@ fn end_after_error(client: &mut Client, outbox: &Outbox, error: tungstenite::Err
     use tungstenite::error::ProtocolError;
     match error {
         Error::ConnectionClosed | Error::AlreadyClosed => Disconnect::Closed,
-        Error::Io(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Disconnect::Silent
-        }
+        Error::Io(e) if crate::is_timeout(&e) => Disconnect::Silent,
         Error::Io(e) => {
             log::debug!("client {}: {}", client.id, Untrusted(&e));
             Disconnect::Failed

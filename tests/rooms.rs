@@ -409,6 +409,30 @@ fn an_emptied_room_keeps_its_history_until_its_place_is_needed() {
 }
 
 #[test]
+fn a_burst_over_the_rate_is_told_once_a_second_with_how_many_were_dropped() {
+    let server = Server::start(&[]); // 10 a second, bursts of 20
+    let (mut hasty, _) = join(&server);
+    for k in 0..30 {
+        hasty.send_chat("h", &format!("{k}"));
+    }
+    // Then nothing: the second notice comes by itself, when its second is up, and
+    // counts what the first did not.
+    let (mut relayed, mut notices) = (0, Vec::new());
+    while notices.iter().sum::<u64>() + relayed < 30 {
+        let frame = hasty.recv_json();
+        match frame["type"].as_str() {
+            Some("message") => relayed += 1,
+            Some("error") => notices.push(frame["dropped"].as_u64().unwrap()),
+            _ => {}
+        }
+    }
+    assert!(relayed >= 20, "{relayed} relayed");
+    // One error per dropped frame before: ten.
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert_eq!(notices[0], 1, "the first drop is told at once: {notices:?}");
+}
+
+#[test]
 fn a_flooder_is_cut_off_and_a_quiet_client_is_not() {
     let server = Server::start(&[]); // 10 a second, bursts of 20
     let (mut quiet, _) = join(&server);

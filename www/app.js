@@ -439,14 +439,15 @@ function cluster(data) {
 function error(data) {
   const msg = String(data.msg || '');
   if (msg.startsWith('slow down')) {
-    // One notice for a run of them, counting: a burst is answered by many errors,
-    // interleaved with the messages that did go through.
+    // One notice for a run of them, counting: a long burst is answered by an
+    // error a second, interleaved with the messages that did go through.
     const now = Date.now();
     if (!slow || now - slow.at > SLOW_RUN_MS || !els.chat.contains(slow.entry)) {
       slow = { entry: addEntry('notice slow', [['text', '']]), dropped: 0 };
     }
     slow.at = now;
-    slow.dropped += 1;
+    // The server tells once a second at most, with how many it dropped since.
+    slow.dropped += Number.isInteger(data.dropped) ? data.dropped : 1;
     slow.entry.querySelector('.text').textContent = `Easy there: that was faster than the server takes, so ${
       slow.dropped === 1 ? 'the last message was' : `${slow.dropped} messages were`} not sent. Wait a moment and try again.`;
     // The dropped frame may have been ours rather than the user's: a join or a
