@@ -83,8 +83,19 @@
 //!
 //! Client ids are unique across the cluster: each node takes a number from
 //! `threadchat:nodes` at start and numbers its clients from `node << 32`.
+//!
+//! # Whom Redis lets in
+//!
+//! Every node believes the stream: whoever can write to it speaks as any node
+//! (messages under any name, kicks, presence). So Redis belongs on a private
+//! network, and it can ask for a password or an ACL user (`redis://user:pw@…`,
+//! sent as `AUTH` on every connection) and speak TLS (`rediss://`, the server's
+//! certificate checked against the system's roots or `--redis-ca`). The URL then
+//! holds a secret: it reaches log lines and errors only as [`RedisAccess::shown`],
+//! the password replaced by `***`.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -223,7 +234,7 @@ pub struct Cluster {
     pub node: u64,
     /// The cluster's epoch, for `welcome` and `since`.
     pub epoch: u64,
-    url: String,
+    redis: RedisAccess,
     /// The entry after which `redis-in` starts: the stream's end at start.
     start_after: String,
     /// The highest message id `redis-in` has handed over.
@@ -236,22 +247,27 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects to `url` and takes this node's number. An unreachable Redis is an
-    /// error at start: a node that was asked to be part of a cluster does not run
-    /// alone.
+    /// Connects to `redis` and takes this node's number. An unreachable Redis (or
+    /// one that refuses the password) is an error at start: a node that was asked
+    /// to be part of a cluster does not run alone.
     /// `backfill` is how many of the stream's last entries the hub is given at
     /// start, for the rooms' histories (and `since`) on a node that was not
     /// running when they were said.
-    pub fn join(url: &str, epoch_if_first: u64, backfill: usize) -> Result<Cluster, String> {
-        let fail = |e: redis::RedisError| format!("--redis {url}: {e}");
-        let mut con = connect(url).map_err(fail)?;
+    pub fn join(
+        redis: &RedisAccess,
+        epoch_if_first: u64,
+        backfill: usize,
+    ) -> Result<Cluster, String> {
+        let shown = redis.shown();
+        let fail = |e: redis::RedisError| format!("--redis {shown}: {e}");
+        let mut con = connect(redis).map_err(fail)?;
         let node: u64 = redis::cmd("INCR")
             .arg(NODES)
             .query(&mut con)
             .map_err(fail)?;
         if node >= 1 << 21 {
             // Ids must stay below 2^53 for the page's JavaScript.
-            return Err(format!("--redis {url}: more than 2^21 node numbers used"));
+            return Err(format!("--redis {shown}: more than 2^21 node numbers used"));
         }
         let _: () = redis::cmd("SET")
             .arg(EPOCH)
@@ -282,7 +298,7 @@ impl Cluster {
         Ok(Cluster {
             node,
             epoch,
-            url: url.to_string(),
+            redis: redis.clone(),
             highest: Arc::new(AtomicU64::new(message_id(&start_after).unwrap_or(0))),
             start_after,
             seats: Arc::new(Seats::default()),
@@ -314,17 +330,17 @@ impl Cluster {
     /// Starts `redis-in` and `redis-out`: what the hub hands to `outgoing` is
     /// appended, and every entry of the stream reaches `hub`.
     pub fn spawn(&self, outgoing: Receiver<Publish>, hub: Sender<Event>) -> std::io::Result<()> {
-        let (url, after, stop) = (
-            self.url.clone(),
+        let (redis, after, stop) = (
+            self.redis.clone(),
             self.start_after.clone(),
             Arc::clone(&self.stop),
         );
         let (to_hub, highest) = (hub.clone(), Arc::clone(&self.highest));
         thread::Builder::new()
             .name("redis-in".into())
-            .spawn(move || read_stream(&url, after, &to_hub, &highest, &stop))?;
-        let (url, seats, stop) = (
-            self.url.clone(),
+            .spawn(move || read_stream(&redis, after, &to_hub, &highest, &stop))?;
+        let (redis, seats, stop) = (
+            self.redis.clone(),
             Arc::clone(&self.seats),
             Arc::clone(&self.stop),
         );
@@ -336,11 +352,11 @@ impl Cluster {
         let to_hub = hub.clone();
         thread::Builder::new()
             .name("redis-presence".into())
-            .spawn(move || share_presence(&url, &keep, &seats, &to_hub, &stop))?;
-        let (url, node, highest) = (self.url.clone(), self.node, Arc::clone(&self.highest));
+            .spawn(move || share_presence(&redis, &keep, &seats, &to_hub, &stop))?;
+        let (redis, node, highest) = (self.redis.clone(), self.node, Arc::clone(&self.highest));
         thread::Builder::new()
             .name("redis-out".into())
-            .spawn(move || append_messages(&url, node, &outgoing, &hub, &highest))?;
+            .spawn(move || append_messages(&redis, node, &outgoing, &hub, &highest))?;
         Ok(())
     }
 
@@ -358,9 +374,87 @@ pub fn offer(outgoing: &Sender<Publish>, message: Publish) -> bool {
     }
 }
 
-fn connect(url: &str) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(url)?;
-    let con = client.get_connection_with_timeout(Duration::from_secs(5))?;
+/// How this node reaches Redis: address, password or ACL user, and for
+/// `rediss://` the certificates its certificate must chain to. Made once at
+/// start, so a bad URL or CA file is an error then, not at every reconnection.
+#[derive(Clone)]
+pub struct RedisAccess {
+    client: redis::Client,
+    /// The URL with its password hidden: all that messages may show.
+    shown: String,
+}
+
+impl RedisAccess {
+    /// `url` as `--redis` gives it. `ca` (`--redis-ca`), a PEM file: for
+    /// `rediss://`, trust only the certificates in it (a self-signed Redis or a
+    /// private CA) instead of the system's roots.
+    pub fn new(url: &str, ca: Option<&Path>) -> Result<RedisAccess, String> {
+        let shown = redacted(url);
+        let client = match ca {
+            None => redis::Client::open(url),
+            Some(path) => {
+                let root_cert = read_ca(path)?;
+                let roots = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(url, roots)
+            }
+        }
+        .map_err(|e| format!("--redis {shown}: {e}"))?;
+        Ok(RedisAccess { client, shown })
+    }
+
+    /// The URL fit for a log line or an error: its password is `***`.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+/// The certificates of `--redis-ca`: PEM, at least one.
+fn read_ca(path: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let fail = |why: String| format!("--redis-ca {}: {why}", path.display());
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let mut certificates = CertificateDer::pem_slice_iter(&pem);
+    match certificates.next() {
+        None => Err(fail("no PEM certificate in it".into())),
+        Some(Err(e)) => Err(fail(format!("not a PEM certificate: {e}"))),
+        Some(Ok(_)) => Ok(pem),
+    }
+}
+
+/// `url` with its secrets replaced by `***`: the password of
+/// `scheme://user:password@host` (the last `@` ends it, so a password with an
+/// unescaped `@`, `/` or `?` is hidden whole; without a `:` all before the `@`,
+/// which may be a password given in the wrong place), and a `pass=` in the query
+/// (`redis+unix:///path?pass=…`).
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_at(url.find("://").map_or(0, |i| i + 3));
+    let rest = match rest.rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{user}:***{}", &rest[at..]),
+            None => format!("***{}", &rest[at..]),
+        },
+        None => rest.to_string(),
+    };
+    let Some((before, query)) = rest.split_once('?') else {
+        return format!("{scheme}{rest}");
+    };
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("pass") => "pass=***",
+            _ => pair,
+        })
+        .collect();
+    format!("{scheme}{before}?{}", query.join("&"))
+}
+
+fn connect(redis: &RedisAccess) -> redis::RedisResult<redis::Connection> {
+    let con = redis
+        .client
+        .get_connection_with_timeout(Duration::from_secs(5))?;
     // Every command but the blocking read answers at once; a Redis that does not
     // is treated as gone.
     con.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -390,15 +484,15 @@ impl Retry {
 /// A connection to Redis, made when first needed and made again after a failure,
 /// with a growing pause between attempts.
 struct Link<'a> {
-    url: &'a str,
+    redis: &'a RedisAccess,
     con: Option<redis::Connection>,
     retry: Retry,
 }
 
 impl<'a> Link<'a> {
-    fn new(url: &'a str) -> Link<'a> {
+    fn new(redis: &'a RedisAccess) -> Link<'a> {
         Link {
-            url,
+            redis,
             con: None,
             retry: Retry::new(),
         }
@@ -407,7 +501,7 @@ impl<'a> Link<'a> {
     /// The connection, made now if there is none.
     fn get(&mut self) -> redis::RedisResult<&mut redis::Connection> {
         if self.con.is_none() {
-            self.con = Some(connect(self.url)?);
+            self.con = Some(connect(self.redis)?);
             self.retry = Retry::new();
         }
         Ok(self.con.as_mut().expect("made just above"))
@@ -425,7 +519,7 @@ impl<'a> Link<'a> {
 /// that fails is sent again on a new connection, a few times, before its senders
 /// are told; the script's numbering makes a repeat harmless.
 fn append_messages(
-    url: &str,
+    redis: &RedisAccess,
     node: u64,
     outgoing: &Receiver<Publish>,
     hub: &Sender<Event>,
@@ -455,7 +549,7 @@ fn append_messages(
         let outcome = loop {
             let attempt = match con.as_mut() {
                 Some((c, sha)) => append(c, sha, &appended, &batch),
-                None => open_appender(url, highest).and_then(|(mut c, sha)| {
+                None => open_appender(redis, highest).and_then(|(mut c, sha)| {
                     let appended_now = append(&mut c, &sha, &appended, &batch);
                     con = Some((c, sha));
                     appended_now
@@ -495,10 +589,10 @@ fn append_messages(
 /// A connection for appending: the id counter raised past what this node has
 /// seen, and the script loaded.
 fn open_appender(
-    url: &str,
+    redis: &RedisAccess,
     highest: &AtomicU64,
 ) -> redis::RedisResult<(redis::Connection, String)> {
-    let mut c = connect(url)?;
+    let mut c = connect(redis)?;
     let _: i64 = redis::cmd("EVAL")
         .arg(RAISE)
         .arg(1)
@@ -540,13 +634,13 @@ fn append(
 
 /// `redis-in`: hands every entry after `after` to the hub, until `stop`.
 fn read_stream(
-    url: &str,
+    redis: &RedisAccess,
     mut after: String,
     hub: &Sender<Event>,
     highest: &AtomicU64,
     stop: &AtomicBool,
 ) {
-    let mut link = Link::new(url);
+    let mut link = Link::new(redis);
     // Whether the hub believes Redis answers: it is told when that changes.
     let mut linked = true;
     // The last message id handed over, when there is one to follow. Ids are
@@ -707,9 +801,15 @@ struct Keep {
 }
 
 /// `redis-presence`: this node's seats out, the other nodes' in, until `stop`.
-fn share_presence(url: &str, keep: &Keep, seats: &Seats, hub: &Sender<Event>, stop: &AtomicBool) {
+fn share_presence(
+    redis: &RedisAccess,
+    keep: &Keep,
+    seats: &Seats,
+    hub: &Sender<Event>,
+    stop: &AtomicBool,
+) {
     let mine = format!("{PRESENCE}{}", keep.node);
-    let mut link = Link::new(url);
+    let mut link = Link::new(redis);
     let mut told = None;
     while !stop.load(Ordering::Relaxed) {
         match link
@@ -825,6 +925,70 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_redis_url_is_shown_without_its_password() {
+        for (url, shown) in [
+            (
+                "redis://:s3cret@10.0.0.5:6379/",
+                "redis://:***@10.0.0.5:6379/",
+            ),
+            (
+                "redis://chat:s3cret@redis:6379/2",
+                "redis://chat:***@redis:6379/2",
+            ),
+            ("rediss://chat:s3cret@redis/", "rediss://chat:***@redis/"),
+            // Unescaped `@`, `/`, `:` and `?` in the password: the last `@` ends it.
+            ("redis://chat:s3/c@r:e?t@redis/", "redis://chat:***@redis/"),
+            // A password without its `:` is a user name to the URL, but hidden too.
+            ("redis://s3cret@redis/", "redis://***@redis/"),
+            ("s3cret@redis:6379", "***@redis:6379"),
+            (
+                "redis+unix:///run/redis.sock?user=chat&pass=s3cret&db=1",
+                "redis+unix:///run/redis.sock?user=chat&pass=***&db=1",
+            ),
+            ("redis://10.0.0.5:6379/", "redis://10.0.0.5:6379/"),
+            (
+                "rediss://redis:6379/#insecure",
+                "rediss://redis:6379/#insecure",
+            ),
+        ] {
+            assert_eq!(redacted(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_bad_redis_url_or_ca_is_an_error_that_hides_the_password() {
+        let access = |url: &str, ca: Option<&Path>| RedisAccess::new(url, ca).err().unwrap();
+        for url in [
+            "redis://:s3cret@redis:port/",
+            "redis://:s3cret@redis/not-a-db",
+            "http://:s3cret@redis/",
+        ] {
+            let error = access(url, None);
+            assert!(error.starts_with("--redis "), "{error}");
+            assert!(error.contains(":***@redis"), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+        }
+        let dir = std::env::temp_dir().join(format!("threadchat-redis-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not-pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let error = access("rediss://:s3cret@redis/", Some(&not_pem));
+        assert!(error.contains("no PEM certificate"), "{error}");
+        let missing = dir.join("missing.pem");
+        let error = access("rediss://:s3cret@redis/", Some(&missing));
+        assert!(error.starts_with("--redis-ca "), "{error}");
+        let ca = dir.join("ca.pem");
+        let made = rcgen::generate_simple_self_signed(vec!["redis".to_string()]).unwrap();
+        std::fs::write(&ca, made.cert.pem()).unwrap();
+        assert!(RedisAccess::new("rediss://:s3cret@redis/", Some(&ca)).is_ok());
+        // Roots for a URL without TLS: a mistake, said so.
+        let error = access("redis://:s3cret@redis/", Some(&ca));
+        assert!(error.contains("rediss://"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 
 use crate::hub::LARGEST_BATCH;
@@ -82,10 +83,24 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 
     /// Be one node of a chat spread over several, through this Redis
-    /// (`redis://host:port/db`): room messages reach every node's clients in one
-    /// order. Off by default: a single node needs nothing.
+    /// (`redis://host:port/db`; with a password `redis://:password@host:port/`,
+    /// an ACL user `redis://user:password@…`, TLS `rediss://…`): room messages
+    /// reach every node's clients in one order. Off by default: a single node
+    /// needs nothing. Prefer the environment variable, which `ps` does not show.
     #[arg(long, env = "THREADCHAT_REDIS", help_heading = "Cluster")]
     pub redis: Option<String>,
+
+    /// For `rediss://`: trust only the certificates in this PEM file (a
+    /// self-signed Redis, a private CA) instead of the system's roots.
+    // Empty is allowed (the system's roots), so that the settings file can list
+    // the variable as `THREADCHAT_REDIS_CA=` beside an empty `THREADCHAT_REDIS`.
+    #[arg(
+        long,
+        env = "THREADCHAT_REDIS_CA",
+        value_parser = OsStringValueParser::new().map(PathBuf::from),
+        help_heading = "Cluster"
+    )]
+    pub redis_ca: Option<PathBuf>,
 
     /// Serve `ws://…/echo`, which sends every message back (for WebSocket
     /// conformance tools), to at most 16 clients at once. Off by default: it is no
@@ -352,10 +367,25 @@ impl Config {
         }
     }
 
+    /// `--redis`, when given (an empty value counts as not given).
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis.as_deref().filter(|url| !url.is_empty())
+    }
+
+    /// `--redis-ca`, when given (an empty value counts as not given).
+    pub fn redis_ca(&self) -> Option<&Path> {
+        self.redis_ca
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// Checks what clap cannot: relations between values.
     pub fn validate(&self) -> Result<(), String> {
         self.access_token()?;
         self.tls_files()?;
+        if self.redis_ca().is_some() && self.redis_url().is_none() {
+            return Err("--redis-ca needs --redis (a rediss:// URL)".into());
+        }
         if self.max_clients == 0 {
             return Err("--max-clients must be at least 1".into());
         }

@@ -193,10 +193,11 @@ pub fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     // In a cluster, the cluster's epoch and this node's share of client ids.
-    let cluster = match config.redis.as_deref().filter(|url| !url.is_empty()) {
+    let cluster = match config.redis_url() {
         Some(url) => {
-            let cluster = cluster::Cluster::join(url, epoch, backfill_entries(&config))?;
-            log::info!("cluster: node {} through {url}", cluster.node);
+            let redis = cluster::RedisAccess::new(url, config.redis_ca())?;
+            let cluster = cluster::Cluster::join(&redis, epoch, backfill_entries(&config))?;
+            log::info!("cluster: node {} through {}", cluster.node, redis.shown());
             epoch = cluster.epoch;
             let (outgoing, to_redis) = crossbeam_channel::bounded(cluster::OUTGOING_QUEUE);
             Some((cluster, outgoing, to_redis))
@@ -362,7 +363,7 @@ fn wanted(config: &Config, page: &Page) -> capacity::Wanted {
         http_bytes: capacity::http_memory(page.largest_answer(), tls),
         // The rooms' histories, and in a cluster what waits for Redis and the
         // histories of a time cut off from it.
-        shared_bytes: if config.redis.as_deref().is_some_and(|url| !url.is_empty()) {
+        shared_bytes: if config.redis_url().is_some() {
             2 * config.max_rooms * hub::HISTORY_BYTES as u64 + cluster::OUTGOING_BYTES
         } else {
             config.max_rooms * hub::HISTORY_BYTES as u64
@@ -415,8 +416,12 @@ pub fn check(config: &Config) -> Result<String, Box<dyn Error>> {
         mib(wanted.client_bytes),
         mib(plan.worst_case_memory)
     );
-    if let Some(url) = config.redis.as_deref().filter(|url| !url.is_empty()) {
-        report += &format!("cluster: one node of a chat through {url} (not tried here)\n");
+    if let Some(url) = config.redis_url() {
+        let redis = cluster::RedisAccess::new(url, config.redis_ca())?;
+        report += &format!(
+            "cluster: one node of a chat through {} (not tried here)\n",
+            redis.shown()
+        );
     }
     report += match config.access_token()? {
         Some(_) => {

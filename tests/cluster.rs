@@ -1,10 +1,12 @@
 //! Several nodes as one chat (`--redis`): in-process nodes on port 0 and a
 //! redis-server of the test's own on a free port (no persistence), stopped at the
-//! end.
+//! end. Some of those ask for a password, an ACL user or TLS (Debian's
+//! redis-server is built with TLS), as DEPLOY.md tells an operator to.
 
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::io::Read;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +27,41 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Redis {
+        Redis::launch(port, &["--port", &port.to_string()])
+    }
+
+    /// With `settings` on top (`--requirepass`, `--user`), on plain TCP.
+    fn start_with(settings: &[&str]) -> Redis {
+        let port = redis_port();
+        Redis::launch(port, &[&["--port", &port.to_string()], settings].concat())
+    }
+
+    /// Speaking TLS only, with `cert`'s certificate, to clients without one of
+    /// their own (`tls-auth-clients no`: the password says who they are).
+    fn start_tls(cert: &TestCert, settings: &[&str]) -> Redis {
+        let port = redis_port();
+        let (cert, key) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+        let tls = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            cert,
+            "--tls-auth-clients",
+            "no",
+        ];
+        Redis::launch(port, &[&tls[..], settings].concat())
+    }
+
+    fn launch(port: u16, args: &[&str]) -> Redis {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -791,4 +825,168 @@ fn history_and_since_come_from_any_node_and_survive_a_restart() {
         (first["msg"].as_str(), first["history"].as_bool()),
         (Some("said 1"), Some(true))
     );
+}
+
+/// Two nodes are one chat: what is said on either is heard on both, and each
+/// node's `who` lists the other's client (presence goes through Redis too). That
+/// takes every kind of command a node sends (those at start, the append script,
+/// the blocking read, the presence transaction), so a Redis that lets a node in
+/// but refuses it one of those fails this.
+fn assert_one_chat(a: &Server, b: &Server) {
+    let (mut ann, mut bob) = (Client::join(a), Client::join(b));
+    ann.send_chat("ann", "hello from a");
+    assert_eq!(bob.recv_type("message")["msg"], "hello from a");
+    bob.send_chat("bob", "hello from b");
+    assert_eq!(ann.recv_type("message")["msg"], "hello from a");
+    assert_eq!(ann.recv_type("message")["msg"], "hello from b");
+    wait_until_who_lists(&mut ann, bob.id.unwrap(), None);
+    wait_until_who_lists(&mut bob, ann.id.unwrap(), None);
+}
+
+/// A node of the Redis at `url`, `more` flags on top, with the flood control
+/// out of the way of `who` asked in a loop.
+fn node_at(url: &str, more: &[&str]) -> Server {
+    let flags = ["--redis", url, "--rate", "100000", "--burst", "100000"];
+    Server::start(&[&flags[..], more].concat())
+}
+
+/// Starts the binary as one node of `url`, given as `THREADCHAT_REDIS` (as the
+/// settings file gives it), and expects it to give up at start: what it logged.
+fn refused_at_start(url: &str, more: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_threadchat"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("THREADCHAT_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "0"])
+        .args(more)
+        .env("THREADCHAT_REDIS", url)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the threadchat binary");
+    let Some(status) = wait_for_exit(&mut child, PATIENCE) else {
+        let _ = child.kill();
+        panic!("a node of {url} started");
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(!status.success(), "{status}: {log}");
+    log
+}
+
+/// The error of a node refused at start: it names the Redis, password hidden,
+/// says why (`because`, any case), and never shows `secret`.
+fn assert_refused(log: &str, shown: &str, because: &str, secret: &str) {
+    assert!(log.contains(&format!("--redis {shown}: ")), "{log}");
+    assert!(log.to_lowercase().contains(because), "{log}");
+    assert!(!log.contains(secret), "the password in the log: {log}");
+}
+
+#[test]
+fn a_redis_with_a_password_takes_nodes_that_give_it_and_refuses_the_others() {
+    let redis = Redis::start_with(&["--requirepass", "chat-s3cret"]);
+    let url = |password: &str| format!("redis://:{password}@127.0.0.1:{}/", redis.port);
+    let (a, b) = (
+        node_at(&url("chat-s3cret"), &[]),
+        node_at(&url("chat-s3cret"), &[]),
+    );
+    assert_one_chat(&a, &b);
+    let shown = url("***");
+    let log = refused_at_start(&url("not-the-s3cret"), &[]);
+    assert_refused(&log, &shown, "authentication", "not-the-s3cret");
+    let log = refused_at_start(&redis.url(), &[]);
+    assert_refused(&log, &redis.url(), "authentication", "chat-s3cret");
+}
+
+/// The ACL user DEPLOY.md gives the nodes: the chat's keys, the commands that
+/// read and write them and run its scripts, nothing dangerous, no channels.
+const CHAT_USER: &[&str] = &[
+    "threadchat",
+    "on",
+    ">user-s3cret",
+    "~threadchat:*",
+    "resetchannels",
+    "-@all",
+    "+@read",
+    "+@write",
+    "+@scripting",
+    "+@transaction",
+    "-@dangerous",
+];
+
+#[test]
+fn an_acl_user_with_only_the_chat_s_keys_and_commands_carries_the_chat() {
+    let user = [&["--user", "default", "off", "--user"][..], CHAT_USER].concat();
+    let redis = Redis::start_with(&user);
+    let url = |who: &str| format!("redis://{who}@127.0.0.1:{}/", redis.port);
+    let good = url("threadchat:user-s3cret");
+    let (a, b) = (node_at(&good, &[]), node_at(&good, &[]));
+    assert_one_chat(&a, &b);
+    // The right password as the default user, which is off.
+    let log = refused_at_start(&url(":user-s3cret"), &[]);
+    assert_refused(&log, &url(":***"), "authentication", "user-s3cret");
+}
+
+#[test]
+fn nodes_chat_through_a_redis_that_speaks_only_tls_with_a_certificate_they_check() {
+    let cert = TestCert::new("redis");
+    let redis = Redis::start_tls(&cert, &["--requirepass", "tls-s3cret"]);
+    let url = format!("rediss://:tls-s3cret@127.0.0.1:{}/", redis.port);
+    let ca = cert.cert.to_str().unwrap();
+    let (a, b) = (
+        node_at(&url, &["--redis-ca", ca]),
+        node_at(&url, &["--redis-ca", ca]),
+    );
+    assert_one_chat(&a, &b);
+    // Without the CA the certificate is a stranger's: no node, and no password
+    // in the error either.
+    let shown = format!("rediss://:***@127.0.0.1:{}/", redis.port);
+    let log = refused_at_start(&url, &[]);
+    assert_refused(&log, &shown, "certificate", "tls-s3cret");
+}
+
+#[test]
+fn check_config_shows_the_redis_url_without_its_password_and_checks_its_ca() {
+    let cert = TestCert::new("redis-check");
+    let ca = cert.cert.to_str().unwrap();
+    let check = |args: &[&str]| {
+        let output = run_binary(&[&["--check-config"][..], args].concat(), &[]);
+        let said = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(!said.contains("s3cret"), "the password in: {said}");
+        (output.status.success(), said)
+    };
+    let (ok, said) = check(&[
+        "--redis",
+        "rediss://chat:s3cret@redis:6379/",
+        "--redis-ca",
+        ca,
+    ]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("through rediss://chat:***@redis:6379/"),
+        "{said}"
+    );
+    // Roots for a Redis without TLS, or for no Redis: mistakes, said so.
+    let (ok, said) = check(&["--redis", "redis://:s3cret@redis/", "--redis-ca", ca]);
+    assert!(!ok && said.contains("rediss://"), "{said}");
+    let (ok, said) = check(&["--redis-ca", ca]);
+    assert!(!ok && said.contains("--redis-ca needs --redis"), "{said}");
+    let (ok, said) = check(&[
+        "--redis",
+        "rediss://:s3cret@redis/",
+        "--redis-ca",
+        "/nonexistent",
+    ]);
+    assert!(!ok && said.contains("--redis-ca /nonexistent"), "{said}");
 }
