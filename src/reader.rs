@@ -420,14 +420,16 @@ impl Limits {
         })
     }
 
-    /// How long the next read may block: the idle timeout, or less while a notice
-    /// waits (the read's timeout is the reader's only clock).
-    fn read_timeout(&self, idle: Duration) -> Duration {
+    /// How long the next read may block: the idle timeout, or, while a notice
+    /// waits, until it is due or the client has been silent too long (the read's
+    /// timeout is the reader's only clock).
+    fn read_timeout(&self, idle: Duration, until_silent: Duration) -> Duration {
         match self.untold {
             // At least a millisecond: 0 would mean no timeout at all.
             Some(_) => self
                 .wait_for_notice(Instant::now())
-                .clamp(Duration::from_millis(1), idle),
+                .min(until_silent)
+                .max(Duration::from_millis(1)),
             None => idle,
         }
     }
@@ -687,18 +689,21 @@ fn read_until_closed(
 /// The blocking read's timeout is the reader's only clock: the idle timeout
 /// normally, shorter while a notice waits for its second to pass. It is set only
 /// when it changes (`timeout` is what the socket has), so the common case costs no
-/// system call.
+/// system call. Waking for a notice does not restart the idle clock: a client
+/// silent for `idle` since its last frame is gone, notice or not.
 fn next_message(
     client: &mut Client,
     limits: &mut Limits,
     idle: Duration,
     timeout: &mut Duration,
 ) -> tungstenite::Result<Message> {
+    let silent_at = Instant::now() + idle;
     loop {
         if let Some(notice) = limits.notice_due() {
             send_reply(client, limits, frame_in(&notice, client.format))?;
         }
-        let wanted = limits.read_timeout(idle);
+        let until_silent = silent_at.saturating_duration_since(Instant::now());
+        let wanted = limits.read_timeout(idle, until_silent);
         if wanted != *timeout {
             client.socket.set_read_timeout(Some(wanted))?;
             *timeout = wanted;
@@ -713,7 +718,8 @@ fn next_message(
             }
             Err(e) if is_buffer_spent(&e) => renew_after_large_message(client),
             // Woken for the notice (tungstenite keeps a frame half read, if any).
-            Err(tungstenite::Error::Io(e)) if crate::is_timeout(&e) && *timeout < idle => {}
+            Err(tungstenite::Error::Io(e))
+                if crate::is_timeout(&e) && *timeout < idle && Instant::now() < silent_at => {}
             Err(e) => return Err(e),
         }
     }
@@ -904,6 +910,8 @@ fn end_after_error(client: &mut Client, outbox: &Outbox, error: tungstenite::Err
 /// Sends a Close with `code`; nothing from the hub follows it.
 fn close_with(client: &mut Client, outbox: &Outbox, code: CloseCode, reason: &str) {
     outbox.stop_broadcasts();
+    // The buffer is not renewed while closing: reads go on to the peer's Close.
+    client.ws.get_mut().keep_spent(None);
     let frame = CloseFrame {
         code,
         reason: reason.into(),

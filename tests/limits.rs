@@ -111,6 +111,33 @@ fn a_silent_client_is_dropped_by_the_heartbeat() {
 }
 
 #[test]
+fn a_silent_client_is_dropped_while_a_notice_waits_for_its_address_to_pay() {
+    // Its address can never pay for the notice of its dropped frames (one byte
+    // out a second), so the reader wakes each second to try again: waking must
+    // not restart the heartbeat's clock.
+    let server = Server::start(&[
+        "--ping-interval",
+        "1",
+        "--rate",
+        "1",
+        "--burst",
+        "1",
+        "--host-bytes-out",
+        "1",
+    ]);
+    let mut silent = Client::join(&server);
+    silent.send_chat("s", "within its rate");
+    // Over its own rate: dropped, to be told of a second later.
+    silent.send_chat("s", "dropped");
+    silent.send_chat("s", "dropped too");
+    // It never reads again, so it never answers a ping.
+    eventually("the silence is counted", || {
+        server.disconnects("silent") == 1
+    });
+    assert!(silent.wait_for_socket_closed());
+}
+
+#[test]
 fn a_client_that_never_reads_is_cut_off_and_everyone_else_gets_everything() {
     let server = Server::start(&[
         "--max-backlog",
