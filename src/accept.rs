@@ -179,19 +179,26 @@ where
                 // One host can be refused thousands of times a second. Past a
                 // /64's ceiling the refused address is only the latest of many: the
                 // line names those that hold the places.
-                let (kind, holders) = match refusal {
-                    Refusal::Full(_) => (Noisy::Full, String::new()),
-                    Refusal::HostFull(..) => (Noisy::AddressFull, String::new()),
-                    Refusal::NetworkFull(kind, _, network) => (
-                        Noisy::AddressFull,
-                        format!("; {}", door.places.holders(kind, network)),
+                // Holders are looked up (a walk of every place) only for a line
+                // that will be written.
+                match refusal {
+                    Refusal::Full(_) => limited!(
+                        Noisy::Full,
+                        "{}: connection from {peer} refused: {refusal}",
+                        door.name
                     ),
-                };
-                limited!(
-                    kind,
-                    "{}: connection from {peer} refused: {refusal}{holders}",
-                    door.name
-                );
+                    Refusal::HostFull(..) => limited!(
+                        Noisy::AddressFull,
+                        "{}: connection from {peer} refused: {refusal}",
+                        door.name
+                    ),
+                    Refusal::NetworkFull(kind, _, network) => limited!(
+                        Noisy::AddressFull,
+                        "{}: connection from {peer} refused: {refusal}; {}",
+                        door.name,
+                        door.places.holders(kind, network)
+                    ),
+                }
                 refuse_without_thread(&stream, refusal);
                 continue;
             }

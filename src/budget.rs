@@ -32,9 +32,15 @@
 //! /64's allowance, [`NETWORK_SHARES`] times an address's (the same ceiling
 //! `places` puts on the /64's connections): hosts of one LAN keep budgets of
 //! their own, and one host hopping through its /64 gets no more than four.
-//! The table holds at most [`MAX_ADDRESSES`] addresses (and as many /64s);
-//! beyond them every new one shares one allowance, so the table's memory is
-//! bounded and the newcomers are limited together.
+//!
+//! The table is bounded: [`ADDRESSES_PER_NETWORK`] addresses of one /64 have
+//! allowances of their own, and the /64's further addresses pay from its
+//! allowance alone, so one host hopping through its /64 holds a few entries,
+//! not the table. In all it holds [`MAX_ADDRESSES`] addresses (and as many
+//! /64s); once it is full, a newcomer in a /64 it knows pays from that /64's
+//! allowance, and any other newcomer shares one allowance with the rest. Filling
+//! it takes 256 /64s (or 4,096 IPv4 addresses) each kept in debt, and even then
+//! the addresses already in it keep their own.
 //!
 //! Why a mutex per address and not atomics: a frame checks three buckets that
 //! move together, and the readers of one address are few. The hub takes the same
@@ -47,6 +53,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::places::{self, Network64};
+
 /// How many seconds of its rate a bucket holds: what an address may send at once
 /// after being quiet. Four seconds lets a page reconnect, join and replay its
 /// room's history, and a person paste a long text, without meeting a limit.
@@ -56,8 +64,13 @@ pub const BURST_SECONDS: u32 = 4;
 /// hundred bytes, so the table stays under a megabyte.
 pub const MAX_ADDRESSES: usize = 4_096;
 
-/// An IPv6 /64 may spend this many addresses' budgets, all its addresses together.
-pub const NETWORK_SHARES: u64 = 4;
+/// An IPv6 /64 may spend this many addresses' budgets, all its addresses
+/// together: the ceiling `places` gives it too.
+pub const NETWORK_SHARES: u64 = places::NETWORK_SHARES as u64;
+
+/// Addresses of one /64 with allowances of their own, at most: a home LAN's
+/// hosts, each with a few privacy addresses.
+pub const ADDRESSES_PER_NETWORK: usize = 16;
 
 /// How often the table looks for allowances it may forget.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -282,12 +295,17 @@ pub struct Budgets {
 
 struct Table {
     by_address: HashMap<IpAddr, Arc<Allowance>>,
-    /// IPv6 /64s (the address with its last 64 bits zero), which their addresses'
-    /// allowances hold.
-    by_network: HashMap<IpAddr, Arc<Allowance>>,
+    /// IPv6 /64s, which their addresses' allowances hold.
+    by_network: HashMap<Network64, Network>,
     /// Shared by every address that finds the table full.
     overflow: Arc<Allowance>,
     swept_at: Instant,
+}
+
+/// A /64's allowance, and how many of its addresses have one of their own.
+struct Network {
+    allowance: Arc<Allowance>,
+    addresses: usize,
 }
 
 impl Budgets {
@@ -319,13 +337,24 @@ impl Budgets {
         if let Some(allowance) = table.by_address.get(&address) {
             return Some(Arc::clone(allowance));
         }
-        if table.by_address.len() >= MAX_ADDRESSES {
+        let full = table.by_address.len() >= MAX_ADDRESSES;
+        let network = places::network_of(address);
+        if let Some(known) = network.and_then(|n| table.by_network.get(&n))
+            && (full || known.addresses >= ADDRESSES_PER_NETWORK)
+        {
+            return Some(Arc::clone(&known.allowance));
+        }
+        if full || (network.is_some() && table.by_network.len() >= MAX_ADDRESSES) {
             return Some(Arc::clone(&table.overflow));
         }
-        let network = network_of(address).map(|network| {
+        let network = network.map(|network| {
             let settings = self.settings.of_network();
-            let made = || Arc::new(Allowance::new(settings, None));
-            Arc::clone(table.by_network.entry(network).or_insert_with(made))
+            let entry = table.by_network.entry(network).or_insert_with(|| Network {
+                allowance: Arc::new(Allowance::new(settings, None)),
+                addresses: 0,
+            });
+            entry.addresses += 1;
+            Arc::clone(&entry.allowance)
         });
         let allowance = Arc::new(Allowance::new(self.settings, network));
         table.by_address.insert(address, Arc::clone(&allowance));
@@ -353,19 +382,19 @@ impl Table {
             buckets.earn(now);
             !buckets.is_full()
         };
-        self.by_address.retain(|_, allowance| owing(allowance));
-        self.by_network.retain(|_, allowance| owing(allowance));
-    }
-}
-
-/// The /64 of an IPv6 address (not of an IPv4 one, mapped or not).
-fn network_of(address: IpAddr) -> Option<IpAddr> {
-    match address {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let prefix = u128::from(v6) & !u128::from(u64::MAX);
-            Some(IpAddr::V6(prefix.into()))
-        }
-        _ => None,
+        let networks = &mut self.by_network;
+        self.by_address.retain(|address, allowance| {
+            let keep = owing(allowance);
+            if !keep
+                && let Some(network) =
+                    places::network_of(*address).and_then(|n| networks.get_mut(&n))
+            {
+                network.addresses -= 1;
+            }
+            keep
+        });
+        self.by_network
+            .retain(|_, network| network.addresses > 0 || owing(&mut network.allowance));
     }
 }
 
@@ -478,13 +507,48 @@ mod tests {
     #[test]
     fn beyond_the_table_new_addresses_share_one_allowance() {
         let budgets = Budgets::new(settings(1, 0, 0));
+        // One address in each of as many /64s.
         let held: Vec<_> = (0..MAX_ADDRESSES)
-            .map(|n| budgets.of(IpAddr::V6((n as u128).into())).unwrap())
+            .map(|n| budgets.of(IpAddr::V6(((n as u128) << 64).into())).unwrap())
             .collect();
         let a = budgets.of(address(2)).unwrap();
         let b = budgets.of(address(3)).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(budgets.addresses(), MAX_ADDRESSES);
+        // A newcomer in a /64 the table knows pays from the /64's allowance.
+        let neighbour = budgets.of(IpAddr::V6(((7u128) << 64 | 1).into())).unwrap();
+        assert!(Arc::ptr_eq(
+            neighbour.network.as_ref().unwrap_or(&neighbour),
+            held[7].network.as_ref().unwrap()
+        ));
         drop(held);
+    }
+
+    #[test]
+    fn one_host_hopping_through_its_64_holds_a_few_entries_not_the_table() {
+        let budgets = Budgets::new(settings(1, 0, 0));
+        let hopper = |n: u64| IpAddr::V6(((0xfd00_u128 << 112) | u128::from(n)).into());
+        let held: Vec<_> = (1..=MAX_ADDRESSES as u64 * 2)
+            .map(|n| budgets.of(hopper(n)).unwrap())
+            .collect();
+        assert_eq!(budgets.addresses(), ADDRESSES_PER_NETWORK);
+        // Its further addresses all pay from the /64's allowance.
+        let network = held[0].network.as_ref().unwrap();
+        assert!(
+            held[ADDRESSES_PER_NETWORK..]
+                .iter()
+                .all(|a| Arc::ptr_eq(a, network))
+        );
+        // Everyone else still gets an allowance of their own.
+        let elsewhere = budgets.of(address(2)).unwrap();
+        let next_door = budgets.of(address(3)).unwrap();
+        assert!(!Arc::ptr_eq(&elsewhere, &next_door));
+        assert_eq!(elsewhere.admit(1), Ok(()));
+        // Its addresses forgotten, the /64 counts them no more.
+        drop(held);
+        let later = Instant::now() + Duration::from_secs(60);
+        budgets.table.lock().unwrap().forget_the_paid_up(later);
+        assert_eq!(budgets.addresses(), 2);
+        assert!(budgets.table.lock().unwrap().by_network.is_empty());
     }
 }

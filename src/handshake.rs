@@ -249,7 +249,8 @@ fn tls_handshake(
     Ok(conn)
 }
 
-/// The handshake callback: path, name, origin, place, subprotocol, in that order.
+/// The handshake callback: path, Host, origin, token, name and room, place,
+/// budget, subprotocol, in that order (cheapest and least telling first).
 #[allow(clippy::result_large_err)] // the signature is tungstenite's
 fn check(
     settings: &WsSettings,
@@ -331,22 +332,6 @@ fn check(
         ),
         _ => None,
     };
-    // A connection costs its address a frame, and its join and leave reach the
-    // whole room: an address that has spent its budget does not get one until it
-    // has earned some back, so reconnecting refills nothing. Echo clients serve
-    // conformance tools (`--echo` only, 16 at most), which send megabytes on
-    // purpose: budgets are the chat's.
-    let allowance = match endpoint {
-        Endpoint::Chat => settings.budgets.of(crate::places::host_of(peer)),
-        Endpoint::Echo => None,
-    };
-    if let Some(Err(spent)) = allowance.as_ref().map(|a| a.admit(0)) {
-        let why = format!(
-            "your address has used its share of {} for now: try again in a few seconds",
-            spent.what()
-        );
-        return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &why));
-    }
     let place = settings.places.take(kind, peer).map_err(|why| {
         // The refusal's text (logged by `serve`) is the client's; who else in its
         // /64 holds the places is for the log alone.
@@ -359,6 +344,23 @@ fn check(
         }
         refusal(StatusCode::SERVICE_UNAVAILABLE, &why.to_string())
     })?;
+    // A connection costs its address a frame, and its join and leave reach the
+    // whole room: an address that has spent its budget does not get one until it
+    // has earned some back, so reconnecting refills nothing. Echo clients serve
+    // conformance tools (`--echo` only, 16 at most), which send megabytes on
+    // purpose: budgets are the chat's. After the place, so that a connection
+    // refused a place leaves nothing in the table of budgets.
+    let allowance = match endpoint {
+        Endpoint::Chat => settings.budgets.of(crate::places::host_of(peer)),
+        Endpoint::Echo => None,
+    };
+    if let Some(Err(spent)) = allowance.as_ref().map(|a| a.admit(0)) {
+        let why = format!(
+            "your address has used its share of {} for now: try again in a few seconds",
+            spent.what()
+        );
+        return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &why));
+    }
     // The first of ours the client offers, in this order; never one it did not.
     let chosen = [SUBPROTOCOL_V2, SUBPROTOCOL, SUBPROTOCOL_TEXT]
         .into_iter()
@@ -447,8 +449,12 @@ fn refusal(status: StatusCode, text: &str) -> ErrorResponse {
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .header(header::CONTENT_LENGTH, body.len())
         .header(header::CONNECTION, "close");
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        builder = builder.header(header::RETRY_AFTER, "5");
+    // Seconds: the chat full takes a while to change; an address's budget earns
+    // back a connection's cost within one.
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => builder = builder.header(header::RETRY_AFTER, "5"),
+        StatusCode::TOO_MANY_REQUESTS => builder = builder.header(header::RETRY_AFTER, "1"),
+        _ => {}
     }
     builder
         .body(Some(body))

@@ -251,6 +251,8 @@ noisy_kinds! {
     HeadTooLarge,
     /// … with 503: no place for it.
     Unavailable,
+    /// … with 429: an address over its budget, reconnecting.
+    OverBudget,
     /// … with another status.
     OtherRefusal,
     /// A TLS or WebSocket handshake that failed.
@@ -284,6 +286,7 @@ impl Noisy {
             408 => Noisy::RequestTimeout,
             421 => Noisy::Misdirected,
             431 => Noisy::HeadTooLarge,
+            429 => Noisy::OverBudget,
             503 => Noisy::Unavailable,
             _ => Noisy::OtherRefusal,
         }
@@ -317,6 +320,7 @@ impl Noisy {
             Noisy::RequestTimeout => "refusals with 408",
             Noisy::Misdirected => "refusals with 421",
             Noisy::HeadTooLarge => "refusals with 431",
+            Noisy::OverBudget => "refusals with 429",
             Noisy::Unavailable => "refusals with 503",
             Noisy::OtherRefusal => "other refusals",
             Noisy::HandshakeFailed => "failed handshakes",

@@ -532,3 +532,22 @@ fn one_address_s_new_rooms_do_not_evict_a_room_others_use() {
     back.send_text(r#"{"type":"join","room":"reading"}"#);
     assert_eq!(back.recv_type("joined")["room"], "reading");
 }
+
+#[test]
+fn an_address_over_its_budget_is_refused_with_429_and_told_when_to_come_back() {
+    // One frame a second: four connections at once, then one a second.
+    let server = Process::start(&["--host-frames", "1"]);
+    let mut statuses = Vec::new();
+    let head = loop {
+        let (status, head) = support::raw_handshake(server.ws_addr(), "/", &[]);
+        statuses.push(status);
+        if status != 101 || statuses.len() > 8 {
+            break head;
+        }
+    };
+    assert_eq!(statuses, [101, 101, 101, 101, 429], "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{head}"
+    );
+}
