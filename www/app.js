@@ -154,7 +154,10 @@ function addEntry(kind, parts, time, where = room) {
  *  notifications first, and forgets the messages they showed. */
 function trimLog(list, log) {
   while (list.childElementCount > LOG_CAP) {
-    const oldest = list.querySelector(':scope > li.notification') || list.firstElementChild;
+    // Entries are the list's children (a fragment has no `:scope`); the newest,
+    // just added, is never the one to go.
+    const notice = list.querySelector('li.notification');
+    const oldest = notice && notice !== list.lastElementChild ? notice : list.firstElementChild;
     if (oldest.dataset.key) log.seen.delete(oldest.dataset.key);
     oldest.remove();
   }
@@ -291,9 +294,11 @@ function sayHello() {
   transmit({ type: 'hello', name });
 }
 
-/** The join for `name`: resuming after what this page shows, if it shows any:
- *  in the server's epoch if we have been in it, else in the cluster's (which
- *  every node of it knows), else in the latest we were in. */
+/** The join for `name`: resuming after what this page shows, if it shows any
+ *  message: in the server's epoch if we have been in it, else in the cluster's
+ *  (which every node of it knows), else in the latest we were in. A room shown
+ *  without a message yet asks for everything the server has: a join without
+ *  `since` of the room the server already has us in replays nothing. */
 function joinFrame(name) {
   const frame = { type: 'join', room: name };
   const log = logs.get(name);
@@ -302,6 +307,8 @@ function joinFrame(name) {
       ?? [...log.lastIds.keys()].pop();
     frame.since = log.lastIds.get(resume);
     frame.epoch = resume;
+  } else if (log && log.shown) {
+    frame.since = 0;
   }
   return frame;
 }

@@ -294,6 +294,24 @@ test('disconnect and connect again with the button', async () => {
   await dana.context.close();
 });
 
+test('a page that has shown no message yet hears what was said while it was away', async () => {
+  // Its own server, so that the lobby has no message before this one.
+  const quiet = await startServer();
+  try {
+    const erin = await person('erin', { at: quiet });
+    await erin.page.click('#toggle');
+    await erin.page.waitForSelector('#status[data-state="offline"]');
+    await sayFromOutside('lobby', 'said while erin was away', quiet);
+    await erin.page.click('#toggle');
+    await online(erin.page);
+    const away = await entry(erin.page, 'said while erin was away');
+    assert.match(await away.getAttribute('class'), /\bhistory\b/);
+    await erin.context.close();
+  } finally {
+    await stopServer(quiet);
+  }
+});
+
 test('after a server restart the page reconnects by itself and nothing typed is lost', async () => {
   const alice = await person('alice');
   const bob = await person('bob');
