@@ -39,6 +39,7 @@ use crate::cluster::{self, Publish};
 use crate::frame;
 use crate::logging::Untrusted;
 use crate::outbox::{Failure, Outbox};
+use crate::places::{self, Network64};
 use crate::protocol::{
     self, ChatMessage, InputError, LOBBY, Member as WhoMember, Outgoing, Presence, RoomCount,
 };
@@ -496,10 +497,34 @@ struct Room {
     /// When it was last used, on the hub's own clock: the least recently used empty
     /// room gives its place to a new one.
     last_used: u64,
-    /// The address of the client that made it (none for the lobby, and for rooms
-    /// made for the cluster's messages): an address that has made its share of
-    /// rooms makes way among its own.
-    made_by: Option<IpAddr>,
+    /// Who made it (none for the lobby, and for rooms made for the cluster's
+    /// messages, which their own node counted): a maker that has made its share
+    /// of rooms makes way among its own.
+    made_by: Option<Maker>,
+}
+
+/// Who made a room, as the cap on rooms per address counts: an IPv4 address, or
+/// an IPv6 address's /64, since a host may pick a new address in it for every
+/// connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Maker {
+    Address(IpAddr),
+    Network(Network64),
+}
+
+impl Maker {
+    fn of(address: IpAddr) -> Maker {
+        places::network_of(address).map_or(Maker::Address(address), Maker::Network)
+    }
+
+    /// The rooms it may have made: a /64's hosts together have
+    /// [`places::NETWORK_SHARES`] addresses' worth, as they have of places.
+    fn cap(self, per_address: usize) -> usize {
+        match self {
+            Maker::Address(_) => per_address,
+            Maker::Network(_) => per_address.saturating_mul(places::NETWORK_SHARES),
+        }
+    }
 }
 
 impl Room {
@@ -856,7 +881,7 @@ impl Hub {
                 if let Some(seat) = self.seats.remove(&id) {
                     // Its leave's notification to everyone there.
                     if let Some(room) = self.rooms.get(&seat.room) {
-                        charge(&seat, presence_cost(room));
+                        charge(&seat, presence_cost(room, &seat.room, &seat.name, id));
                     }
                     self.mirror(id, None);
                     self.leave_room(id, &seat, Presence::Leave);
@@ -913,7 +938,10 @@ impl Hub {
         let (_, history) = target.history.after(None, None, epoch);
         append_history(&mut prefix, history, format);
         // Its welcome and history, and its join's notification to everyone there.
-        charge(&seat, prefix.len() + presence_cost(target));
+        charge(
+            &seat,
+            prefix.len() + presence_cost(target, &room, &seat.name, id),
+        );
         seat.room = room.clone();
         self.seats.insert(id, seat);
         self.mirror(id, Some((&room, &name)));
@@ -1075,7 +1103,11 @@ impl Hub {
         append_history(&mut prefix, history, format);
         self.turn_bytes += prefix.len();
         // Its answer and replay, and a move's join notification to everyone there.
-        let announced = if staying { 0 } else { presence_cost(target) };
+        let announced = if staying {
+            0
+        } else {
+            presence_cost(target, &room, &name, id)
+        };
         charge(seat, prefix.len() + announced);
         if staying {
             // Joining the room it is in: `joined` (and, with `since`, what followed),
@@ -1109,7 +1141,7 @@ impl Hub {
             allowance,
         };
         if let Some(left) = self.rooms.get(&moved.room) {
-            charge(&moved, presence_cost(left));
+            charge(&moved, presence_cost(left, &moved.room, &moved.name, id));
         }
         self.leave_room(id, &moved, Presence::Leave);
     }
@@ -1406,8 +1438,6 @@ impl Hub {
         mark_dirty(&mut self.dirty, &seat.room);
     }
 
-    /// Makes sure `room` exists, making room for it by dropping the least recently
-    /// used empty room (and its history) when every place is taken.
     /// Makes `room` if it does not exist, for a client from `maker` (none: for the
     /// cluster's messages). An address that has made its share of rooms makes way
     /// among its own; otherwise, when every place is taken, the least recently
@@ -1417,7 +1447,8 @@ impl Hub {
         if self.rooms.contains_key(room) {
             return Ok(());
         }
-        let cap = self.settings.max_rooms_per_host;
+        let maker = maker.map(Maker::of);
+        let cap = maker.map_or(0, |m| m.cap(self.settings.max_rooms_per_host));
         let own = |r: &Room| maker.is_some() && r.made_by == maker;
         let made = self.rooms.values().filter(|r| own(r)).count();
         if cap > 0 && made >= cap {
@@ -1631,9 +1662,11 @@ fn mark_dirty(dirty: &mut Vec<String>, room: &str) {
     }
 }
 
-/// What one join or leave notification to everyone in `room` may cost.
-fn presence_cost(room: &Room) -> usize {
-    protocol::MAX_PRESENCE_FRAME * room.members.len()
+/// What one join or leave notification of `name` costs its address: its size for
+/// each member of `room` it reaches (`who`, coming or going, is not one of them).
+fn presence_cost(room: &Room, room_name: &str, name: &str, who: u64) -> usize {
+    let reached = room.members.iter().filter(|m| m.id != who).count();
+    protocol::presence_frame_size(name, room_name) * reached
 }
 
 /// Charges `bytes` the hub sends on `seat`'s behalf to its address's budget.
@@ -2271,5 +2304,32 @@ mod tests {
         hub.apply(join(2, "spam-20"));
         assert!(!hub.rooms.contains_key("spam-20"), "{:?}", hub.rooms.keys());
         assert_eq!(made(&hub), 2);
+    }
+
+    #[test]
+    fn an_ipv6_host_hopping_through_its_64_makes_the_64_s_share_of_rooms() {
+        let mut hub = hub();
+        hub.settings.max_rooms = 100;
+        hub.settings.max_rooms_per_host = 2;
+        // A new address of one /64 for every room: each holding its room.
+        let mut kept = Vec::new();
+        for n in 1..=20u16 {
+            let (conn, reads) = client(u64::from(n));
+            let mut from = connect(u64::from(n), &conn);
+            if let Event::Connect { address, .. } = &mut from {
+                *address = std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, n).into();
+            }
+            hub.apply(from);
+            hub.apply(Event::Join {
+                id: u64::from(n),
+                room: format!("hop-{n}"),
+                since: None,
+                epoch: None,
+            });
+            hub.flush();
+            kept.push((conn, reads));
+        }
+        let made = hub.rooms.keys().filter(|r| r.starts_with("hop")).count();
+        assert_eq!(made, 2 * places::NETWORK_SHARES);
     }
 }

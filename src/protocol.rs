@@ -42,6 +42,15 @@ pub const MAX_MESSAGE_FRAME: usize = 13 * 1024;
 /// The most bytes one join, leave or kick notification takes on the wire.
 pub const MAX_PRESENCE_FRAME: usize = 512;
 
+/// About what one join, leave or kick notification of `name` in `room` takes on
+/// the wire: what its address pays for each member it reaches. Its fixed part
+/// with the largest numbers, and the name and room with a quote or backslash in
+/// every other character; never more than [`MAX_PRESENCE_FRAME`].
+pub fn presence_frame_size(name: &str, room: &str) -> usize {
+    const FIXED: usize = 200;
+    (FIXED + 3 * (name.len() + room.len()) / 2).min(MAX_PRESENCE_FRAME)
+}
+
 /// A chat message that passed validation, ready for the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
@@ -1276,6 +1285,34 @@ mod tests {
             assert!(
                 crate::frame::text(&json).len() <= MAX_PRESENCE_FRAME,
                 "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_a_presence_frame_is_charged_covers_its_size() {
+        for (name, room) in [("", LOBBY), ("alice", "homework"), ("\"a\\b\"", "r-1")] {
+            let Outgoing::Notification {
+                msg, count, users, ..
+            } = Outgoing::presence(Presence::Leave, usize::MAX, usize::MAX)
+            else {
+                unreachable!("presence makes a notification")
+            };
+            let json = Outgoing::Notification {
+                msg,
+                count,
+                event: Presence::Leave,
+                users,
+                room: Some(room),
+                id: Some(u64::MAX),
+                name: Some(name),
+            }
+            .to_json();
+            let size = crate::frame::text(&json).len();
+            let charged = presence_frame_size(name, room);
+            assert!(
+                size <= charged && charged < 2 * size,
+                "{size} charged {charged}: {json}"
             );
         }
     }
