@@ -47,7 +47,7 @@ pub const MAX_PRESENCE_FRAME: usize = 512;
 /// with the largest numbers, and the name and room with a quote or backslash in
 /// every other character; never more than [`MAX_PRESENCE_FRAME`].
 pub fn presence_frame_size(name: &str, room: &str) -> usize {
-    const FIXED: usize = 200;
+    const FIXED: usize = 240;
     (FIXED + 3 * (name.len() + room.len()) / 2).min(MAX_PRESENCE_FRAME)
 }
 
