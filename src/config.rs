@@ -8,10 +8,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::Parser;
 use clap::builder::{OsStringValueParser, TypedValueParser};
-use clap::{Parser, ValueEnum};
 
 use crate::hub::LARGEST_BATCH;
+use crate::logging::LogFormat;
 use crate::outbox::smallest_useful_backlog;
 
 /// Most bytes a WebSocket frame header adds to a message (2 + 8 length bytes, plus
@@ -275,15 +276,6 @@ pub struct Config {
     /// (0: fine; 1: something is wrong, and the error says what).
     #[arg(long)]
     pub check_config: bool,
-}
-
-/// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// `[time LEVEL target] message`.
-    Human,
-    /// `{"ts":…,"level":…,"target":…,"msg":…}`.
-    Json,
 }
 
 impl Config {

@@ -33,7 +33,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::Level;
 use serde::Serialize;
 
-use crate::config::LogFormat;
+/// How log lines look (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`.
+    Human,
+    /// `{"ts":…,"level":…,"target":…,"msg":…}`.
+    Json,
+}
 
 /// Starts logging to stderr: `info` unless `RUST_LOG` says otherwise.
 pub fn init(format: LogFormat) {
@@ -335,9 +342,9 @@ impl Noisy {
         }
     }
 
-    fn allowance(self) -> MutexGuard<'static, Allowance> {
+    fn allowance(self) -> MutexGuard<'static, LineAllowance> {
         // `noisy_kinds!` puts every kind in `ALL`, in declaration order.
-        let allowance = &ALLOWANCES[self as usize];
+        let allowance = &LINE_ALLOWANCES[self as usize];
         allowance.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -365,7 +372,7 @@ impl Noisy {
 }
 
 /// One [`Noisy`] kind's lines to spend, and what it held back.
-struct Allowance {
+struct LineAllowance {
     /// Lines that may be written now, up to [`BURST`].
     lines: u32,
     /// When `lines` was last topped up; `None` until the kind's first line.
@@ -376,8 +383,8 @@ struct Allowance {
     held_since: Option<SystemTime>,
 }
 
-impl Allowance {
-    const UNUSED: Allowance = Allowance {
+impl LineAllowance {
+    const UNUSED: LineAllowance = LineAllowance {
         lines: BURST,
         refilled: None,
         held: 0,
@@ -415,8 +422,8 @@ impl Allowance {
     }
 }
 
-static ALLOWANCES: [Mutex<Allowance>; Noisy::ALL.len()] =
-    [const { Mutex::new(Allowance::UNUSED) }; Noisy::ALL.len()];
+static LINE_ALLOWANCES: [Mutex<LineAllowance>; Noisy::ALL.len()] =
+    [const { Mutex::new(LineAllowance::UNUSED) }; Noisy::ALL.len()];
 
 /// Lines of one kind held back before the line it is added to: nothing if none
 /// were, else ` (and 12 more refusals with 421 since 10:04:31Z)`.
@@ -596,7 +603,7 @@ mod tests {
     #[test]
     fn an_allowance_spends_a_burst_then_earns_a_line_per_refill() {
         let start = Instant::now();
-        let mut allowance = Allowance::UNUSED;
+        let mut allowance = LineAllowance::UNUSED;
         allowance.refill(start);
         assert_eq!(allowance.lines, BURST);
         allowance.lines = 0;
@@ -615,7 +622,7 @@ mod tests {
 
     #[test]
     fn held_back_lines_are_said_with_their_count_and_time() {
-        let mut allowance = Allowance::UNUSED;
+        let mut allowance = LineAllowance::UNUSED;
         assert_eq!(shown(allowance.take_held_back(Noisy::Misdirected)), "");
         allowance.held = 12;
         allowance.held_since = Some(UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 36_271));
