@@ -96,6 +96,10 @@ impl fmt::Display for BufferSpent {
 
 impl std::error::Error for BufferSpent {}
 
+/// How far the read's timeout may be from the one the reader wants before it is
+/// set again (see [`next_message`]).
+const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+
 /// Ciphertext read from the socket at once, at most: on the reader's stack.
 const TLS_READ: usize = 4096;
 
@@ -704,7 +708,10 @@ fn next_message(
         }
         let until_silent = silent_at.saturating_duration_since(Instant::now());
         let wanted = limits.read_timeout(idle, until_silent);
-        if wanted != *timeout {
+        // While a notice waits, the wanted timeout shrinks with every frame read:
+        // set anew only when it is off by more than the slack (a notice 50 ms
+        // late costs nothing; a system call per frame of a flood does).
+        if (wanted == idle) != (*timeout == idle) || wanted.abs_diff(*timeout) > TIMEOUT_SLACK {
             client.socket.set_read_timeout(Some(wanted))?;
             *timeout = wanted;
         }
