@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender, never, select, tick};
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::budget::Allowance;
+use crate::budget::{Allowance, Spent};
 use crate::cluster::{self, Publish};
 use crate::frame;
 use crate::logging::Untrusted;
@@ -956,6 +956,9 @@ impl Hub {
         if !self.seats.contains_key(&from) {
             return; // left (or kicked) while the message was on its way
         }
+        if self.spent_meanwhile(from) {
+            return;
+        }
         if let Some(side) = self.settings.cluster.as_ref().filter(|_| self.linked) {
             let seat = &self.seats[&from];
             // Delivered when Redis hands it back, in the cluster's order.
@@ -1147,6 +1150,9 @@ impl Hub {
     }
 
     fn direct(&mut self, from: u64, name: &str, to: u64, msg: &str) {
+        if self.spent_meanwhile(from) {
+            return;
+        }
         if self.settings.cluster.is_some() && !self.linked && !self.seats.contains_key(&to) {
             // Perhaps on another node, which cannot be reached now.
             return self.reply_error(from, &InputError::Unreachable(to));
@@ -1499,6 +1505,27 @@ impl Hub {
     fn reply(&mut self, id: u64, bytes: Vec<u8>) {
         self.turn_bytes += bytes.len();
         self.replies.push((id, bytes));
+    }
+
+    /// Whether client `id`'s address has spent what it may make the server send
+    /// since its reader let this message in (other connections of the address
+    /// spent it meanwhile); if so, the message is dropped and the client told.
+    /// The hub is the last gate, so that an address overdraws by one message's
+    /// fan-out, not by one for each of its connections.
+    fn spent_meanwhile(&mut self, id: u64) -> bool {
+        let spent = self
+            .seats
+            .get(&id)
+            .and_then(|seat| seat.allowance.as_ref())
+            .is_some_and(|allowance| !allowance.can_spend());
+        if spent {
+            let frame = Outgoing::Dropped {
+                msg: InputError::AddressBusy(Spent::BytesOut.what()).to_string(),
+                dropped: 1,
+            };
+            self.reply_frame(id, &frame);
+        }
+        spent
     }
 
     fn reply_error(&mut self, id: u64, error: &InputError) {
@@ -2304,6 +2331,47 @@ mod tests {
         hub.apply(join(2, "spam-20"));
         assert!(!hub.rooms.contains_key("spam-20"), "{:?}", hub.rooms.keys());
         assert_eq!(made(&hub), 2);
+    }
+
+    #[test]
+    fn a_message_whose_address_spent_its_budget_meanwhile_is_dropped_and_told() {
+        use crate::budget::{BudgetSettings, Budgets};
+        let mut hub = hub();
+        let budgets = Budgets::new(BudgetSettings {
+            frames: 0,
+            bytes_in: 0,
+            bytes_out: 1_000,
+        });
+        let (ann, mut ann_reads) = client(1);
+        let (bob, mut bob_reads) = client(2);
+        let mut from_ann = connect(1, &ann);
+        if let Event::Connect { allowance, .. } = &mut from_ann {
+            *allowance = budgets.of(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        hub.apply(from_ann);
+        hub.apply(connect(2, &bob));
+        hub.apply(say(1, "within its budget"));
+        hub.flush();
+        // Both frames were let in by the reader; the first spent the rest.
+        budgets
+            .of(std::net::Ipv4Addr::LOCALHOST.into())
+            .unwrap()
+            .spend(1_000_000);
+        hub.apply(say(1, "over it"));
+        hub.apply(say(2, "bob's"));
+        hub.flush();
+        let ann_got = received(&mut ann_reads, 5);
+        let told = ann_got
+            .iter()
+            .any(|f| f["type"] == "error" && f["dropped"] == 1);
+        assert!(told, "{ann_got:?}");
+        let bob_got = received(&mut bob_reads, 4);
+        let said: Vec<_> = bob_got
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .filter_map(|f| f["msg"].as_str())
+            .collect();
+        assert_eq!(said, ["within its budget", "bob's"], "{bob_got:?}");
     }
 
     #[test]
