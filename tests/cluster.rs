@@ -59,14 +59,21 @@ impl Redis {
     }
 
     fn launch(port: u16, args: &[&str]) -> Redis {
-        let child = Command::new("redis-server")
+        // Its log, to show if it goes away: a test that finds Redis gone says why.
+        let log = std::env::temp_dir().join(format!("threadchat-redis-{port}.log"));
+        let out = std::fs::File::create(&log).expect("a log file for redis-server");
+        let mut child = Command::new("redis-server")
             .args(args)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
         eventually("redis-server listens", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("redis-server on {port} exited ({status}):\n{said}");
+            }
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         Redis { port, child }
