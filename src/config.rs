@@ -388,11 +388,12 @@ impl Config {
             return Err("--max-http must be at least 1".into());
         }
         // Far beyond any machine, and small enough that no sum of them overflows.
+        // Compared as u64: on a 32-bit target (armhf) `1 << 32` is no usize.
         for (flag, value, most) in [
-            ("--max-clients", self.max_clients, 1 << 20),
-            ("--max-http", self.max_http, 1 << 20),
-            ("--max-message", self.max_message, 1 << 30),
-            ("--max-backlog", self.max_backlog, 1 << 32),
+            ("--max-clients", self.max_clients as u64, 1u64 << 20),
+            ("--max-http", self.max_http as u64, 1 << 20),
+            ("--max-message", self.max_message as u64, 1 << 30),
+            ("--max-backlog", self.max_backlog as u64, 1 << 32),
         ] {
             if value > most {
                 return Err(format!("{flag} ({value}) may be at most {most}"));
