@@ -30,8 +30,9 @@
 //! * **File descriptors.** `RLIMIT_NOFILE`. The soft limit is often 1,024 while the
 //!   hard one is far higher; the process may set its own soft limit anywhere up to
 //!   the hard one, and sets it to what the plan needs.
-//! * **Memory.** `MemTotal`, or the cgroup's `memory.max` when lower. A quarter is
-//!   left to the rest of the machine; the rest must hold every place's worst case.
+//! * **Memory.** `MemTotal`, or the cgroup's `memory.max` when lower, and never
+//!   more than 3 GiB for a 32-bit process (its address space). A quarter is left
+//!   to the rest of the machine; the rest must hold every place's worst case.
 //!
 //! When everything asked for does not fit, the page's and the handshakes' places
 //! still come first, as asked, while they take at most half of each budget; past
@@ -153,13 +154,13 @@ impl Limits {
         .into_iter()
         .flatten()
         .min();
-        let memory = [
-            mem_total(),
-            own_cgroup_file("memory.max").and_then(|path| read_number(&path)),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let memory = usable_memory(
+            [
+                mem_total(),
+                own_cgroup_file("memory.max").and_then(|path| read_number(&path)),
+            ],
+            usize::BITS,
+        );
         // Listing the folder opens one more descriptor of its own.
         let open_now = fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
         Limits {
@@ -364,6 +365,16 @@ fn cgroup_file(proc_self_cgroup: &str, name: &str) -> Option<String> {
     ))
 }
 
+/// The memory this process can use: the least of what the machine and its cgroup
+/// allow and, for a 32-bit process, its address space. A Raspberry Pi with 8 GiB
+/// running 32-bit Raspberry Pi OS has 8 GiB, but one process can map at most the
+/// 3 GiB below the kernel's part; planning for more would admit clients whose
+/// worst case cannot be mapped.
+fn usable_memory(readings: [Option<u64>; 2], pointer_bits: u32) -> Option<u64> {
+    let address_space = (pointer_bits == 32).then_some(3 << 30);
+    readings.into_iter().chain([address_space]).flatten().min()
+}
+
 /// `MemTotal` from `/proc/meminfo`, in bytes.
 fn mem_total() -> Option<u64> {
     let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
@@ -409,6 +420,24 @@ mod tests {
             memory: None,
             inherited_fds: 0,
         }
+    }
+
+    #[test]
+    fn a_32_bit_process_plans_within_its_address_space() {
+        let machine = Some(8 << 30);
+        assert_eq!(usable_memory([machine, None], 32), Some(3 << 30));
+        assert_eq!(usable_memory([machine, None], 64), machine);
+        assert_eq!(usable_memory([machine, Some(MIB)], 32), Some(MIB));
+        assert_eq!(usable_memory([None, None], 64), None);
+        // The plan's sums stay in u64 on any target: 8 GiB's worth of clients.
+        let p = plan(
+            &wanted(100_000),
+            &Limits {
+                memory: machine,
+                ..limits(65_530, 100_000, 1 << 20)
+            },
+        );
+        assert!(p.worst_case_memory > u32::MAX as u64 && p.worst_case_memory <= 6 << 30);
     }
 
     #[test]

@@ -2208,6 +2208,40 @@ mod tests {
         );
     }
 
+    /// A cluster numbers node N's clients from `N << 32`: ids above any 32-bit
+    /// `usize`, which must pass through the hub whole on a 32-bit target too.
+    #[test]
+    fn ids_above_32_bits_reach_their_clients_whole() {
+        let mut hub = hub();
+        let ann_id = (1000 << 32) + 1;
+        let bob_id = (1000 << 32) + 2;
+        let (ann, mut ann_reads) = client(ann_id);
+        let (bob, mut bob_reads) = client(bob_id);
+        hub.apply(connect(ann_id, &ann));
+        hub.apply(connect(bob_id, &bob));
+        hub.flush();
+        hub.apply(say(ann_id, "hi"));
+        hub.apply(Event::Direct {
+            from: bob_id,
+            name: "bob".into(),
+            to: ann_id,
+            msg: "psst".into(),
+        });
+        hub.flush();
+        // Welcome and the run of two joins, then the message and the direct one.
+        let heard = received(&mut ann_reads, 4);
+        assert_eq!(heard[0]["id"].as_u64(), Some(ann_id), "welcome: {heard:?}");
+        assert_eq!(heard[2]["from"].as_u64(), Some(ann_id));
+        assert_eq!(
+            (heard[3]["from"].as_u64(), heard[3]["to"].as_u64()),
+            (Some(bob_id), Some(ann_id))
+        );
+        let heard = received(&mut bob_reads, 4);
+        assert_eq!(heard[0]["id"].as_u64(), Some(bob_id));
+        assert_eq!(heard[2]["from"].as_u64(), Some(ann_id));
+        assert_eq!(heard[3]["delivered"].as_bool(), Some(true), "{heard:?}");
+    }
+
     #[test]
     fn rejoining_ones_own_room_replays_only_what_it_asks_for() {
         let mut hub = hub();
