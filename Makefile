@@ -4,7 +4,7 @@ CARGO ?= cargo
 NPM ?= npm
 E2E := tests/e2e
 
-.PHONY: run cert build release test unit deny audit autobahn bench bench-quick fuzz e2e deb deb-test lint fmt clean
+.PHONY: run cert build release test unit deny audit autobahn bench bench-quick fuzz e2e deb deb-test deb-arm64 deb-armhf test-arm lint fmt clean
 
 ## Start the server on its defaults: page on :8000, chat on :8001. Flags go in
 ## ARGS, e.g. make run ARGS="--tls-cert tls/cert.pem --tls-key tls/key.pem".
@@ -92,8 +92,25 @@ deb:
 ## Installs that package into THIS machine, runs it as its unit would, chats with
 ## it, then purges it. Needs root and free ports 8000/8001; CI runs it.
 deb-test: deb
-	THREADCHAT_DEB="$$(ls -t target/debian/threadchat_*.deb | head -n 1)" \
+	THREADCHAT_DEB="$$(ls -t target/debian/threadchat_*_$$(dpkg --print-architecture).deb | head -n 1)" \
 		$(CARGO) test --test package -- --ignored
+
+## Debian packages for a Raspberry Pi, cross-built on this x86_64 Debian machine
+## with Debian's own Rust (arm/toolchain.sh installs it, with root):
+## target/debian/threadchat_<version>_arm64.deb (64-bit Raspberry Pi OS) and
+## _armhf.deb (32-bit, ARMv7: Pi 2 and later).
+deb-arm64 deb-armhf: deb-%:
+	arm/build.sh $*
+
+## Both packages booted in emulated ARM machines (qemu-system, a Debian kernel) and
+## tested from this host through forwarded ports, then the unit tests built for
+## armhf and run in one: 32 bits is where usize arithmetic breaks. About 15 minutes.
+test-arm: $(E2E)/node_modules
+	arm/build.sh arm64
+	arm/build.sh armhf --tests
+	arm/test.sh arm64
+	arm/test.sh armhf
+	arm/test.sh armhf --unit
 
 ## rustfmt check and clippy with warnings denied.
 lint:
