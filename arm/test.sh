@@ -34,7 +34,7 @@ kernel_package=$(apt-cache depends "linux-image-$flavour:$arch" \
     | sed -n "s/^ *Depends: \(linux-image-[0-9][^:]*\).*/\1/p" | head -n 1)
 [ -n "$kernel_package" ] || { echo "arm/test.sh: no kernel for $arch (apt-get update?)" >&2; exit 1; }
 for package in "$kernel_package:$arch" "busybox-static:$arch"; do
-    ls "$debs/${package%%:*}"_*"_$arch.deb" >/dev/null 2>&1 || (cd "$debs" && apt-get download -qq "$package")
+    ls "$debs/${package%%:*}"_*"_$arch.deb" >/dev/null 2>&1 || (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "$package")
 done
 dpkg-deb -x "$(ls "$debs/$kernel_package"_*.deb | head -n 1)" "$work/kernel"
 dpkg-deb -x "$(ls "$debs"/busybox-static_*"_$arch.deb" | head -n 1)" "$work/busybox"
