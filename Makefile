@@ -112,10 +112,16 @@ test-arm: $(E2E)/node_modules
 	arm/test.sh armhf
 	arm/test.sh armhf --unit
 
-## rustfmt check and clippy with warnings denied.
+## The oldest Rust the code builds with: Cargo.toml's rust-version, below which
+## cargo refuses to build (let-chains need 1.88).
+MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+
+## rustfmt check, clippy with warnings denied, and a check with the oldest Rust
+## the project claims (rustup installs it: rustup toolchain install $(MSRV)).
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) +$(MSRV) check --workspace --all-targets --locked
 
 fmt:
 	$(CARGO) fmt --all
