@@ -747,9 +747,15 @@ fn text(value: redis::Value) -> Option<String> {
     }
 }
 
-/// The message id in a stream entry's id, `<message id>-1`.
+/// The message ids there can be: from 1 (the id counter's first `INCR`) to
+/// 2^53 - 1, the largest integer the page's JavaScript holds exactly.
+const MESSAGE_IDS: std::ops::RangeInclusive<u64> = 1..=(1 << 53) - 1;
+
+/// The message id in a stream entry's id, `<message id>-1`; `None` for one no
+/// node writes (`0-1` typed at `redis-cli`), which is then no message.
 fn message_id(entry: &str) -> Option<u64> {
-    entry.split('-').next()?.parse().ok()
+    let id = entry.split('-').next()?.parse().ok()?;
+    MESSAGE_IDS.contains(&id).then_some(id)
 }
 
 /// A stream entry as the hub's event, or `None` for one that is not a message
@@ -1021,6 +1027,12 @@ mod tests {
             assert!(relayed("5-1", &fields).is_none(), "{key} = {bad:?}");
         }
         assert!(relayed("not-an-id", &entry(&good)).is_none());
+        // Ids no node gives: 0 would underflow the hub's arithmetic, and one past
+        // 2^53 would reach the page rounded.
+        for id in ["0-1", "9007199254740992-1", "18446744073709551615-1"] {
+            assert!(relayed(id, &entry(&good)).is_none(), "{id}");
+        }
+        assert!(relayed("9007199254740991-1", &entry(&good)).is_some());
         // A direct message (no room) is checked the same way; a kick has no text.
         // Both as `append` writes them.
         let mut direct = entry(&good);

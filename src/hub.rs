@@ -626,6 +626,7 @@ pub fn spawn(
     // the message it is made for, not the whole backfill.
     let highest = hub.last_message_id;
     if let Some(Event::Relayed { id, .. } | Event::RelayedDirect { id, .. }) = backfill.first() {
+        // Ids from the stream start at 1 (`cluster::message_id`).
         hub.last_message_id = id - 1;
     }
     thread::Builder::new().name("hub".into()).spawn(move || {

@@ -598,6 +598,46 @@ fn a_node_cut_off_past_the_stream_s_trim_is_told_what_it_missed() {
     }
 }
 
+/// An entry no node writes, with message id 0 (one typo at `redis-cli`), is
+/// skipped by a node that starts after it (in its backfill) and by one that reads
+/// it live; both chat on with the ids the counter gives.
+#[test]
+fn an_entry_with_an_id_no_node_gives_is_skipped_and_the_chat_goes_on() {
+    let redis = Redis::start();
+    let live = node(&redis);
+    let mut bob = Client::join(&live);
+    let mut con = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("threadchat:messages")
+        .arg("0-1")
+        .arg(&[
+            ("room", "lobby"),
+            ("from", "7"),
+            ("name", "typo"),
+            ("msg", "id zero"),
+            ("ts", "1"),
+            ("except", "0"),
+            ("to", ""),
+            ("kick", "0"),
+        ])
+        .query(&mut con)
+        .unwrap();
+    let started_after = node(&redis);
+    let mut ann = Client::join(&started_after);
+    ann.send_chat("ann", "hi");
+    for client in [&mut ann, &mut bob] {
+        let heard = client.recv_type("message");
+        assert_eq!(
+            (heard["msg"].as_str(), heard["id"].as_u64()),
+            (Some("hi"), Some(1)),
+            "{heard}"
+        );
+    }
+}
+
 #[test]
 fn an_admin_on_one_node_kicks_a_client_of_another() {
     let redis = Redis::start();
