@@ -159,9 +159,6 @@ const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 en
     redis.call('EXPIRE', KEYS[3], 86400) \
     return id";
 
-/// Tries at one batch before its senders are told it did not go.
-const APPEND_TRIES: u32 = 4;
-
 /// Raises the id counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data
 /// (a restart without persistence), new ids still follow every id this node has
 /// seen, so nobody's `XREAD` position or `since` falls behind the new entries.
@@ -349,14 +346,13 @@ impl Cluster {
             epoch: self.epoch,
             highest: Arc::clone(&self.highest),
         };
-        let to_hub = hub.clone();
         thread::Builder::new()
             .name("redis-presence".into())
-            .spawn(move || share_presence(&redis, &keep, &seats, &to_hub, &stop))?;
+            .spawn(move || share_presence(&redis, &keep, &seats, &hub, &stop))?;
         let (redis, node, highest) = (self.redis.clone(), self.node, Arc::clone(&self.highest));
         thread::Builder::new()
             .name("redis-out".into())
-            .spawn(move || append_messages(&redis, node, &outgoing, &hub, &highest))?;
+            .spawn(move || append_messages(&redis, node, &outgoing, &highest))?;
         Ok(())
     }
 
@@ -516,13 +512,15 @@ impl<'a> Link<'a> {
 }
 
 /// `redis-out`: appends what the hub hands over until the hub is gone. A batch
-/// that fails is sent again on a new connection, a few times, before its senders
-/// are told; the script's numbering makes a repeat harmless.
+/// that fails is sent again, on a new connection, until Redis takes it. Its
+/// senders are never told it did not go: a failed try may have appended all of
+/// it (the answer is what was lost), and the others read it; the script's
+/// numbering makes the repeat harmless. While Redis is away, `redis-in` finds
+/// the node cut off and the hub hands over nothing more.
 fn append_messages(
     redis: &RedisAccess,
     node: u64,
     outgoing: &Receiver<Publish>,
-    hub: &Sender<Event>,
     highest: &AtomicU64,
 ) {
     // This process's own, not the node number's: after Redis lost its data a node
@@ -545,8 +543,7 @@ fn append_messages(
                 (number, m)
             })
             .collect();
-        let mut tries = 0;
-        let outcome = loop {
+        loop {
             let attempt = match con.as_mut() {
                 Some((c, sha)) => append(c, sha, &appended, &batch),
                 None => open_appender(redis, highest).and_then(|(mut c, sha)| {
@@ -558,29 +555,12 @@ fn append_messages(
             match attempt {
                 Ok(()) => {
                     retry = Retry::new();
-                    break Ok(());
+                    break;
                 }
                 Err(e) => {
                     con = None;
-                    tries += 1;
-                    if tries >= APPEND_TRIES {
-                        break Err(e);
-                    }
                     retry.wait("append failed", &e);
                 }
-            }
-        };
-        if let Err(e) = outcome {
-            log::warn!(
-                "redis: {} messages not appended: {}",
-                batch.len(),
-                Untrusted(&e)
-            );
-            for (_, m) in &batch {
-                let _ = hub.send(Event::NotRelayed {
-                    from: m.from,
-                    why: "the chat's other nodes cannot be reached",
-                });
             }
         }
     }
