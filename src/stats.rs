@@ -2,14 +2,15 @@
 //!
 //! Plain atomics: the hub writes them once per batch, the HTTP workers read them
 //! whenever asked, and nobody needs a consistent snapshot of all of them at once.
+//! The reasons a client leaves ([`Disconnect`]) live here, with their counters:
+//! the readers and outboxes that report them sit above this module.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
-
-use crate::reader::Disconnect;
 
 /// Live figures about the server.
 pub struct Stats {
@@ -133,5 +134,89 @@ impl Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats::new()
+    }
+}
+
+/// Why a client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The close handshake: the client's Close, answered.
+    Closed,
+    /// Nothing heard for two heartbeat intervals.
+    Silent,
+    /// The connection ended without a close handshake.
+    Dropped,
+    /// A network error.
+    Failed,
+    /// A message over `--max-message`: closed with 1009.
+    TooBig,
+    /// Invalid UTF-8 in a text message: closed with 1007.
+    InvalidUtf8,
+    /// A WebSocket protocol error: closed with 1002.
+    ProtocolError,
+    /// It did not read as fast as the chat talks: its outbox cut it off with 1008.
+    SlowConsumer,
+    /// A write to it timed out or failed, and its outbox closed it.
+    WriteFailed,
+    /// The server is stopping.
+    ServerStopping,
+    /// An admin kicked it: closed with 4001.
+    Kicked,
+    /// Too many frames over its rate in a row: closed with 1008.
+    Flooding,
+}
+
+impl Disconnect {
+    /// Every reason, in the order `/stats` lists them.
+    pub const ALL: [Disconnect; 12] = [
+        Disconnect::Closed,
+        Disconnect::Silent,
+        Disconnect::Dropped,
+        Disconnect::Failed,
+        Disconnect::TooBig,
+        Disconnect::InvalidUtf8,
+        Disconnect::ProtocolError,
+        Disconnect::SlowConsumer,
+        Disconnect::WriteFailed,
+        Disconnect::ServerStopping,
+        Disconnect::Kicked,
+        Disconnect::Flooding,
+    ];
+
+    /// Its name in `/stats`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Disconnect::Closed => "closed",
+            Disconnect::Silent => "silent",
+            Disconnect::Dropped => "dropped",
+            Disconnect::Failed => "failed",
+            Disconnect::TooBig => "too_big",
+            Disconnect::InvalidUtf8 => "invalid_utf8",
+            Disconnect::ProtocolError => "protocol_error",
+            Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::WriteFailed => "write_failed",
+            Disconnect::ServerStopping => "server_stopping",
+            Disconnect::Kicked => "kicked",
+            Disconnect::Flooding => "flooding",
+        }
+    }
+}
+
+impl fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Disconnect::Closed => "closed by client",
+            Disconnect::Silent => "silent for two heartbeat intervals",
+            Disconnect::Dropped => "connection dropped without a close",
+            Disconnect::Failed => "connection error",
+            Disconnect::TooBig => "closed with 1009: message too big",
+            Disconnect::InvalidUtf8 => "closed with 1007: invalid UTF-8 in a text message",
+            Disconnect::ProtocolError => "closed with 1002: protocol error",
+            Disconnect::SlowConsumer => "cut off with 1008: does not read as fast as the chat",
+            Disconnect::WriteFailed => "a write to it timed out or failed",
+            Disconnect::ServerStopping => "server stopping",
+            Disconnect::Kicked => "kicked by an admin (4001)",
+            Disconnect::Flooding => "closed with 1008: flooding",
+        })
     }
 }
