@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use rustix::net::{RecvFlags, SendFlags};
 
+use crate::backoff::Backoff;
 use crate::logging::{Noisy, limited};
 use crate::places::{Kind, Place, Places, Refusal};
 
@@ -43,27 +44,7 @@ pub const CONNECTION_STACK_SIZE: usize = 64 * 1024;
 
 /// Pauses after an `accept` error such as `EMFILE`: 5 ms, doubling up to a second,
 /// for as long as the errors last.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(5);
-    const LONGEST: Duration = Duration::from_secs(1);
-
-    fn new() -> Backoff {
-        Backoff {
-            next: Backoff::FIRST,
-        }
-    }
-
-    /// The pause to take now; the next one is twice as long.
-    fn pause(&mut self) -> Duration {
-        let pause = self.next;
-        self.next = (pause * 2).min(Backoff::LONGEST);
-        pause
-    }
-}
+const ACCEPT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
 
 /// A connection that has a place and a thread of its own.
 pub struct Connection {
@@ -141,7 +122,7 @@ fn run<F>(listener: &TcpListener, door: &Door, serve: &Arc<F>, stopping: &Atomic
 where
     F: Fn(Connection) + Send + Sync + 'static,
 {
-    let mut backoff = Backoff::new();
+    let mut backoff = ACCEPT_BACKOFF;
     let mut next_id = door.first_id;
     loop {
         // As long as it takes: places are given back by connection threads, each of
@@ -171,7 +152,7 @@ where
                 continue;
             }
         };
-        backoff = Backoff::new();
+        backoff.reset();
         let peer = peer.ip();
         let place = match door.places.take(door.kind, peer) {
             Ok(place) => place,

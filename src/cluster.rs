@@ -103,6 +103,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::backoff::Backoff;
 use crate::hub::Event;
 use crate::logging::{Noisy, Untrusted, limited};
 use crate::protocol;
@@ -458,23 +459,15 @@ fn connect(redis: &RedisAccess) -> redis::RedisResult<redis::Connection> {
     Ok(con)
 }
 
-/// A growing pause between attempts to reach Redis again: 0.1 s doubling to 5 s.
-struct Retry(Duration);
+/// The pauses between attempts to reach Redis again: 0.1 s doubling to 5 s.
+const REDIS_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
-impl Retry {
-    fn new() -> Retry {
-        Retry(Duration::from_millis(100))
-    }
-    fn wait(&mut self, what: &str, e: &redis::RedisError) {
-        // Redis's errors can quote what it was sent or holds.
-        log::warn!(
-            "redis: {what}: {}; trying again in {:?}",
-            Untrusted(e),
-            self.0
-        );
-        thread::sleep(self.0);
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-    }
+/// Says why a Redis command failed and takes the backoff's next pause.
+fn pause_after(backoff: &mut Backoff, what: &str, e: &redis::RedisError) {
+    let pause = backoff.pause();
+    // Redis's errors can quote what it was sent or holds.
+    log::warn!("redis: {what}: {}; trying again in {pause:?}", Untrusted(e));
+    thread::sleep(pause);
 }
 
 /// A connection to Redis, made when first needed and made again after a failure,
@@ -482,7 +475,7 @@ impl Retry {
 struct Link<'a> {
     redis: &'a RedisAccess,
     con: Option<redis::Connection>,
-    retry: Retry,
+    backoff: Backoff,
 }
 
 impl<'a> Link<'a> {
@@ -490,7 +483,7 @@ impl<'a> Link<'a> {
         Link {
             redis,
             con: None,
-            retry: Retry::new(),
+            backoff: REDIS_BACKOFF,
         }
     }
 
@@ -498,7 +491,7 @@ impl<'a> Link<'a> {
     fn get(&mut self) -> redis::RedisResult<&mut redis::Connection> {
         if self.con.is_none() {
             self.con = Some(connect(self.redis)?);
-            self.retry = Retry::new();
+            self.backoff.reset();
         }
         Ok(self.con.as_mut().expect("made just above"))
     }
@@ -507,7 +500,7 @@ impl<'a> Link<'a> {
     /// the next `get` try again.
     fn failed(&mut self, what: &str, e: &redis::RedisError) {
         self.con = None;
-        self.retry.wait(what, e);
+        pause_after(&mut self.backoff, what, e);
     }
 }
 
@@ -532,7 +525,7 @@ fn append_messages(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     );
-    let mut retry = Retry::new();
+    let mut backoff = REDIS_BACKOFF;
     let mut con: Option<(redis::Connection, String)> = None;
     let mut number = 0u64;
     while let Ok(first) = outgoing.recv() {
@@ -554,12 +547,12 @@ fn append_messages(
             };
             match attempt {
                 Ok(()) => {
-                    retry = Retry::new();
+                    backoff.reset();
                     break;
                 }
                 Err(e) => {
                     con = None;
-                    retry.wait("append failed", &e);
+                    pause_after(&mut backoff, "append failed", &e);
                 }
             }
         }

@@ -1736,7 +1736,8 @@ struct HistoryLine {
     msg: String,
 }
 
-fn unix_millis() -> u64 {
+/// Milliseconds since the Unix epoch: messages' `ts`, and the server run's epoch.
+pub fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -54,6 +54,7 @@
 
 mod accept;
 mod assets;
+mod backoff;
 mod budget;
 mod capacity;
 mod cluster;
@@ -189,9 +190,7 @@ pub fn run(
     let server_names = ServerNames::new(&config.server_names);
     let stats = Arc::new(Stats::new());
     let (hub_tx, hub_rx) = crossbeam_channel::bounded(hub::EVENT_QUEUE);
-    let mut epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let mut epoch = hub::unix_millis();
     // In a cluster, the cluster's epoch and this node's share of client ids.
     let cluster = match config.redis_url() {
         Some(url) => {
