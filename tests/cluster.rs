@@ -260,20 +260,7 @@ impl Drop for Redis {
 /// A node for tests of order and presence: flood control and the budgets per
 /// address are off (every client is on 127.0.0.1).
 fn node(redis: &Redis) -> Server {
-    Server::start(&[
-        "--redis",
-        &redis.url(),
-        "--rate",
-        "100000",
-        "--burst",
-        "100000",
-        "--host-frames",
-        "0",
-        "--host-bytes-in",
-        "0",
-        "--host-bytes-out",
-        "0",
-    ])
+    Server::start(&unthrottled(&["--redis", &redis.url()]))
 }
 
 /// The messages `client` receives until it has `n`, as (id, msg).

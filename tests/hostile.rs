@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     Client, Footprint, PATIENCE, Process, Running, TestCert, connect_from, eventually,
-    socket_closed_within,
+    socket_closed_within, unthrottled,
 };
 use tungstenite::Message;
 
@@ -422,7 +422,8 @@ fn a_slow_clients_place_is_given_back_only_when_its_writer_is_gone() {
     // blocked on megabytes it owes the socket, for up to --write-timeout. The place
     // belongs to that thread and that socket until then, so the plan's count of
     // threads and descriptors holds.
-    let server = Process::start(&[
+    // The talker floods on purpose, to fill the slow client's backlog.
+    let server = Process::start(&unthrottled(&[
         "--max-clients",
         "2",
         // Long enough that a slow machine's flood below does not time the writer out
@@ -431,18 +432,7 @@ fn a_slow_clients_place_is_given_back_only_when_its_writer_is_gone() {
         "30",
         "--max-backlog",
         "67108864",
-        // The talker floods on purpose, to fill the slow client's backlog.
-        "--host-frames",
-        "0",
-        "--host-bytes-in",
-        "0",
-        "--host-bytes-out",
-        "0",
-        "--rate",
-        "100000",
-        "--burst",
-        "100000",
-    ]);
+    ]));
     let base = baseline(&server);
     let peak = Peak::watch(&server);
     let mut talker = Client::join(&server);

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Client, Process, Running, Server, eventually};
+use support::{Client, Process, Running, Server, eventually, unthrottled};
 use tungstenite::Message;
 
 /// A JSON client that has read its welcome and its own join notification, and
@@ -266,20 +266,7 @@ fn a_direct_message_reaches_its_target_only() {
 
 #[test]
 fn a_joiner_gets_the_history_then_live_messages_without_a_gap_or_a_duplicate() {
-    let server = Server::start(&[
-        "--history",
-        "1000",
-        "--host-frames",
-        "0",
-        "--host-bytes-in",
-        "0",
-        "--host-bytes-out",
-        "0",
-        "--rate",
-        "100000",
-        "--burst",
-        "100000",
-    ]);
+    let server = Server::start(&unthrottled(&["--history", "1000"]));
     let (mut talker, _) = join(&server);
     enter(&mut talker, "busy");
     // Some history before the joiner comes (the talker has heard its own tenth

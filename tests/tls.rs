@@ -195,23 +195,7 @@ fn a_stalled_tls_handshake_is_closed_by_the_deadline() {
 #[test]
 fn a_slow_wss_reader_gets_everything_in_order_and_one_that_never_reads_is_cut_off() {
     let cert = TestCert::new("slow");
-    let server = start(
-        &cert,
-        &[
-            "--host-frames",
-            "0",
-            "--host-bytes-in",
-            "0",
-            "--host-bytes-out",
-            "0",
-            "--rate",
-            "100000",
-            "--burst",
-            "100000",
-            "--max-backlog",
-            "4000000",
-        ],
-    );
+    let server = start(&cert, &unthrottled(&["--max-backlog", "4000000"]));
     let url = format!("wss://localhost:{}/", server.ws_addr().port());
     let mut sender = cert.join(&server);
     // Small receive buffers, so the server's writes stop early and writer threads

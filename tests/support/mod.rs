@@ -403,6 +403,27 @@ pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus
     }
 }
 
+/// Flags that take flood control out of the way (each connection's rate and each
+/// address's budgets), for tests of order and throughput that send faster than
+/// any person.
+pub const NO_FLOOD_CONTROL: &[&str] = &[
+    "--rate",
+    "100000",
+    "--burst",
+    "100000",
+    "--host-frames",
+    "0",
+    "--host-bytes-in",
+    "0",
+    "--host-bytes-out",
+    "0",
+];
+
+/// `args`, then [`NO_FLOOD_CONTROL`].
+pub fn unthrottled<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [args, NO_FLOOD_CONTROL].concat()
+}
+
 /// Polls `condition` until it holds or `PATIENCE` passes.
 pub fn eventually(what: &str, condition: impl FnMut() -> bool) {
     eventually_within(PATIENCE, what, condition)
