@@ -68,13 +68,14 @@ if [ "$mode" = unit ]; then
     cp -r www "$root$PWD/"
 fi
 
-# The programs' loader and libraries, from the target's multiarch directory.
+# The programs' loader and libraries, from the cross toolchain's sysroot (what
+# they were linked against).
 for program in "${programs[@]}"; do
     interpreter=$("$gnu-readelf" -l "$program" | sed -n 's/.*interpreter: \(.*\)]/\1/p')
     mkdir -p "$root$(dirname "$interpreter")"
-    cp -L "/usr/lib/$gnu/$(basename "$interpreter")" "$root$interpreter"
+    cp -L "/usr/$gnu/lib/$(basename "$interpreter")" "$root$interpreter"
     for library in $("$gnu-readelf" -d "$program" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
-        cp -L "/usr/lib/$gnu/$library" "$root/lib/$library"
+        cp -L "/usr/$gnu/lib/$library" "$root/lib/$library"
     done
 done
 
