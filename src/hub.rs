@@ -192,6 +192,8 @@ pub enum Event {
         msg: String,
         except_sender: bool,
     },
+    /// A message of client `from` could not be handed to Redis.
+    NotRelayed { from: u64, why: &'static str },
     /// Who is where on the other nodes of the cluster, room by room: ids and names.
     Elsewhere {
         rooms: HashMap<String, Vec<(u64, String)>>,
@@ -765,6 +767,9 @@ impl Hub {
                 msg,
                 except_sender,
             } => self.relayed(id, ts, from, room, &name, &msg, except_sender),
+            Event::NotRelayed { from, why } => {
+                self.reply_error(from, &InputError::NotRelayed(why));
+            }
             Event::Elsewhere { rooms } => {
                 if self.linked {
                     self.elsewhere_changed(rooms.clone());
