@@ -130,7 +130,8 @@ wait "$qemu_pid" || qemu_status=$?
 grep -E "^guest:|threadchat [0-9]|capacity|plan|panicked|test result" "$console" || true
 case "$mode" in
     server) grep -q "guest: threadchat exited with 0" "$console" || status=1 ;;
-    unit) grep -q "guest: the unit tests exited with 0" "$console" || status=1 ;;
+    unit) grep -q "guest: the unit tests exited with 0" "$console" \
+        && grep -q "test result: ok. [1-9]" "$console" || status=1 ;;
 esac
 [ $status = 0 ] && echo "arm/test.sh: $arch $mode passed" || {
     echo "arm/test.sh: $arch $mode FAILED; the console:" >&2

@@ -31,10 +31,20 @@ missing=()
 for package in "${packages[@]}"; do
     installed "$package" || missing+=("$package")
 done
-if [ "$added" = yes ] || [ ${#missing[@]} -gt 0 ]; then
-    as_root apt-get update -qq
-fi
+# Always: arm/test.sh downloads the kernel package the lists name, and a stale list
+# names a version the archive no longer has.
+as_root apt-get update -qq
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's rustc must be as new as the code needs (Cargo.toml's rust-version):
+# bookworm's main archive alone has 1.85, its security archive 1.96.
+needed=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
+have=$(/usr/bin/rustc --version | cut -d' ' -f2)
+if [ "$(printf '%s\n%s\n' "$needed" "$have" | sort -V | head -n1)" != "$needed" ]; then
+    echo "arm/toolchain.sh: Debian's rustc is $have, the code needs $needed" \
+        "(is the security archive in the apt sources?)" >&2
+    exit 1
 fi

@@ -1,8 +1,8 @@
 // Tests a threadchat server that runs in an emulated ARM machine, through the
 // ports arm/test.sh forwards to this host's loopback:
 //   node guest-check.mjs HTTP_PORT WS_PORT CONTROL_PORT ARCH
-// The page is served, /healthz answers ok, two clients chat, idle clients cost
-// what the footprint table says, and a stop closes a connected client with 1001.
+// The page is served, /healthz answers ok, two clients chat, what idle clients
+// cost is measured (printed), and a stop closes every connected client with 1001.
 // The control port is arm/init's: "rss" gets the server's resident KiB, "stop"
 // sends it SIGTERM. Figures go to stdout; any failed check exits non-zero.
 import assert from 'node:assert/strict';
@@ -11,7 +11,7 @@ import WebSocket from 'ws';
 
 const [httpPort, wsPort, controlPort, arch] = process.argv.slice(2);
 const page = `http://127.0.0.1:${httpPort}`;
-// Emulated without KVM, an ARM machine boots in 20-60 s here; a slow CI host gets more.
+// Emulated without KVM, a guest answers in 5-20 s here; a slow CI host gets more.
 const BOOT_DEADLINE_MS = 300_000;
 const ANSWER_DEADLINE_MS = 30_000;
 // Below the default per-address cap (32): every host client reaches the guest from
@@ -20,6 +20,11 @@ const IDLE_CLIENTS = 20;
 
 function delay(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// Rejects after `ms` unless the process ends first (the timer keeps nothing alive).
+function deadline(ms, what) {
+  return new Promise((_, reject) => setTimeout(() => reject(new Error(`${what} in time`)), ms).unref());
 }
 
 async function waitUntilHealthy() {
@@ -90,7 +95,7 @@ async function connect() {
       if (left <= 0) throw new Error(`no ${what} in time`);
       await new Promise((resolve) => {
         waiting.push(resolve);
-        setTimeout(resolve, left);
+        setTimeout(resolve, left).unref();
       });
     }
   };
@@ -134,8 +139,11 @@ async function main() {
   const afterKiB = await residentKiB();
 
   assert.equal(await ask('stop'), 'stopping');
-  assert.equal(await alice.closed, 1001, 'a stopping server closes its clients with 1001');
-  await Promise.all(idle.map((ws) => ws.closed));
+  const closed = await Promise.race([
+    Promise.all([alice, bob, ...idle].map((ws) => ws.closed)),
+    deadline(ANSWER_DEADLINE_MS, 'clients not closed'),
+  ]);
+  assert.deepEqual(new Set(closed), new Set([1001]), 'a stopping server closes every client with 1001');
 
   const perClient = (afterKiB - beforeKiB) / IDLE_CLIENTS;
   console.log(`guest-check ${arch}: healthy ${bootSeconds.toFixed(1)} s after boot, ` +
