@@ -43,13 +43,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use threadchat::protocol::{Outgoing, Presence, SUBPROTOCOL, parse_chat};
+use threadchat::protocol::{ClientId, Outgoing, Presence, SUBPROTOCOL, parse_chat};
 use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
 /// One client's write side.
 struct Peer {
-    id: u64,
+    id: ClientId,
     ws: WebSocket<TcpStream>,
 }
 
@@ -85,7 +85,7 @@ fn serve(stream: TcpStream) {
     let Ok(mut ws) = tungstenite::accept(stream) else {
         return;
     };
-    let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
+    let id = ClientId(NEXT_CLIENT.fetch_add(1, Ordering::Relaxed));
     {
         let mut peers = PEERS.lock().unwrap();
         let mut me = WebSocket::from_raw_socket(write_side, Role::Server, None);

@@ -31,7 +31,7 @@
 //! * `redis-presence` tells the others who is where here, and learns who is where
 //!   there. Every [`PRESENCE_EVERY`] it rewrites this node's hash
 //!   (`threadchat:presence:<node>`: client id → room and name, expiring after
-//!   [`PRESENCE_TTL`]) from the hub's mirror of its seats ([`Seats`]). It reads every
+//!   [`PRESENCE_TTL`]) from the hub's mirror of where its clients are ([`Whereabouts`]). It reads every
 //!   other node's (those listed in `threadchat:presence-nodes`, in one round trip),
 //!   and hands the hub the rooms' members elsewhere when they changed. Counts and
 //!   `who` cover the cluster that way, and a node that dies without a word drops
@@ -101,12 +101,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::backoff::Backoff;
-use crate::hub::Event;
+use crate::event::{DirectMessage, Event, HubSide, Location, Publish, RelayedMessage, Whereabouts};
 use crate::logging::{Noisy, Untrusted, limited};
-use crate::protocol;
+use crate::protocol::{self, ClientId, NamedClient};
 
 /// The stream every node appends to and reads.
 const STREAM: &str = "threadchat:messages";
@@ -170,65 +170,6 @@ const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
     if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end \
     return 0";
 
-/// A room message (or, with `to`, a direct message, or with `kick` too, an
-/// admin's kick) from one of this node's clients, on its way to Redis.
-#[derive(Debug, Clone)]
-pub struct Publish {
-    pub room: String,
-    pub from: u64,
-    pub name: String,
-    pub msg: String,
-    pub except_sender: bool,
-    pub ts: u64,
-    pub to: Option<u64>,
-    /// `from` closes client `to`, whichever node it is on.
-    pub kick: bool,
-}
-
-/// What the hub holds of the bridge.
-#[derive(Debug, Clone)]
-pub struct HubSide {
-    /// This node's number, for an epoch of its own while cut off.
-    pub node: u64,
-    /// Room and direct messages to append.
-    pub outgoing: Sender<Publish>,
-    /// This node's seats, mirrored for the other nodes.
-    pub seats: Arc<Seats>,
-    /// The highest message id this node has seen: where the hub's ids start, and
-    /// what the counter is raised to after Redis lost its data.
-    pub highest: Arc<AtomicU64>,
-}
-
-/// This node's seats as the hub last told them: client id → (room, name). The
-/// hub updates it at every join, move, rename and leave (a map insert under a
-/// lock nobody else holds for long); `redis-presence` copies it once a second.
-#[derive(Debug, Default)]
-pub struct Seats {
-    map: Mutex<HashMap<u64, (String, String)>>,
-}
-
-impl Seats {
-    /// Client `id` is now in `room` as `name`, or (`None`) gone.
-    pub fn set(&self, id: u64, seat: Option<(&str, &str)>) {
-        let mut map = crate::lock(&self.map);
-        match seat {
-            Some((room, name)) => {
-                map.insert(id, (room.to_string(), name.to_string()));
-            }
-            None => {
-                map.remove(&id);
-            }
-        }
-    }
-
-    fn snapshot(&self) -> Vec<(u64, String, String)> {
-        crate::lock(&self.map)
-            .iter()
-            .map(|(id, (room, name))| (*id, room.clone(), name.clone()))
-            .collect()
-    }
-}
-
 /// This node's place in the cluster.
 pub struct Cluster {
     /// Its number: its clients' ids start at `node << 32`.
@@ -240,8 +181,8 @@ pub struct Cluster {
     start_after: String,
     /// The highest message id `redis-in` has handed over.
     highest: Arc<AtomicU64>,
-    /// This node's seats, for the other nodes.
-    pub seats: Arc<Seats>,
+    /// Where this node's clients are, for the other nodes.
+    pub whereabouts: Arc<Whereabouts>,
     /// The stream's recent entries at start, for the hub's histories.
     backfill: Mutex<Vec<Event>>,
     stop: Arc<AtomicBool>,
@@ -302,7 +243,7 @@ impl Cluster {
             redis: redis.clone(),
             highest: Arc::new(AtomicU64::new(message_id(&start_after).unwrap_or(0))),
             start_after,
-            seats: Arc::new(Seats::default()),
+            whereabouts: Arc::new(Whereabouts::default()),
             backfill: Mutex::new(backfill),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -313,7 +254,7 @@ impl Cluster {
         HubSide {
             node: self.node,
             outgoing,
-            seats: Arc::clone(&self.seats),
+            whereabouts: Arc::clone(&self.whereabouts),
             highest: Arc::clone(&self.highest),
         }
     }
@@ -330,7 +271,20 @@ impl Cluster {
 
     /// Starts `redis-in` and `redis-out`: what the hub hands to `outgoing` is
     /// appended, and every entry of the stream reaches `hub`.
+    /// A thread that cannot be started stops those started before it.
     pub fn spawn(&self, outgoing: Receiver<Publish>, hub: Sender<Event>) -> std::io::Result<()> {
+        let started = self.spawn_threads(outgoing, hub);
+        if started.is_err() {
+            self.stop();
+        }
+        started
+    }
+
+    fn spawn_threads(
+        &self,
+        outgoing: Receiver<Publish>,
+        hub: Sender<Event>,
+    ) -> std::io::Result<()> {
         let (redis, after, stop) = (
             self.redis.clone(),
             self.start_after.clone(),
@@ -340,9 +294,9 @@ impl Cluster {
         thread::Builder::new()
             .name("redis-in".into())
             .spawn(move || read_stream(&redis, after, &to_hub, &highest, &stop))?;
-        let (redis, seats, stop) = (
+        let (redis, whereabouts, stop) = (
             self.redis.clone(),
-            Arc::clone(&self.seats),
+            Arc::clone(&self.whereabouts),
             Arc::clone(&self.stop),
         );
         let keep = Keep {
@@ -353,7 +307,7 @@ impl Cluster {
         let to_hub = hub.clone();
         thread::Builder::new()
             .name("redis-presence".into())
-            .spawn(move || share_presence(&redis, &keep, &seats, &to_hub, &stop))?;
+            .spawn(move || share_presence(&redis, &keep, &whereabouts, &to_hub, &stop))?;
         let (redis, node, highest) = (self.redis.clone(), self.node, Arc::clone(&self.highest));
         thread::Builder::new()
             .name("redis-out".into())
@@ -364,14 +318,6 @@ impl Cluster {
     /// Stops `redis-in` within [`READ_BLOCK`]; `redis-out` ends with the hub.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Hands `message` to `redis-out` without waiting; `false` when it is full or gone.
-pub fn offer(outgoing: &Sender<Publish>, message: Publish) -> bool {
-    match outgoing.try_send(message) {
-        Ok(()) => true,
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
     }
 }
 
@@ -613,7 +559,7 @@ fn append(
             .arg(appended)
             .arg(STREAM_KEEPS)
             .arg(&m.room)
-            .arg(m.from)
+            .arg(m.from.0)
             .arg(&m.name)
             .arg(&m.msg)
             .arg(m.ts)
@@ -757,8 +703,8 @@ fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
     let number = |key: &str| fields.get(key)?.parse::<u64>().ok();
     if fields.get("kick").is_some_and(|k| k == "1") {
         return Some(Event::RelayedKick {
-            by: number("from")?,
-            id: number("to")?,
+            target: ClientId(number("to")?),
+            by: ClientId(number("from")?),
         });
     }
     let (name, msg) = (fields.get("name")?, fields.get("msg")?);
@@ -767,23 +713,25 @@ fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
         return Some(Event::RelayedDirect {
             id: message_id(id)?,
             ts: number("ts")?,
-            from: number("from")?,
-            name: name.clone(),
-            to,
-            msg: msg.clone(),
+            direct: DirectMessage {
+                from: ClientId(number("from")?),
+                name: name.clone(),
+                to: ClientId(to),
+                msg: msg.clone(),
+            },
         });
     }
-    Some(Event::Relayed {
+    Some(Event::Relayed(RelayedMessage {
         id: message_id(id)?,
         ts: number("ts")?,
-        from: number("from")?,
+        from: ClientId(number("from")?),
         room: Some(fields.get("room")?)
             .filter(|room| protocol::is_room(room))?
             .clone(),
         name: name.clone(),
         msg: msg.clone(),
         except_sender: fields.get("except").is_some_and(|e| e == "1"),
-    })
+    }))
 }
 
 /// What every node keeps in Redis besides its presence, in case Redis lost its
@@ -796,11 +744,12 @@ struct Keep {
     highest: Arc<AtomicU64>,
 }
 
-/// `redis-presence`: this node's seats out, the other nodes' in, until `stop`.
+/// `redis-presence`: where this node's clients are out, the other nodes' in,
+/// until `stop`.
 fn share_presence(
     redis: &RedisAccess,
     keep: &Keep,
-    seats: &Seats,
+    whereabouts: &Whereabouts,
     hub: &Sender<Event>,
     stop: &AtomicBool,
 ) {
@@ -810,7 +759,7 @@ fn share_presence(
     while !stop.load(Ordering::Relaxed) {
         match link
             .get()
-            .and_then(|c| exchange_presence(c, keep, &mine, seats))
+            .and_then(|c| exchange_presence(c, keep, &mine, whereabouts))
         {
             Ok(elsewhere) => {
                 if told.as_ref() != Some(&elsewhere) {
@@ -836,8 +785,8 @@ fn exchange_presence(
     con: &mut redis::Connection,
     keep: &Keep,
     mine: &str,
-    seats: &Seats,
-) -> redis::RedisResult<HashMap<String, Vec<(u64, String)>>> {
+    whereabouts: &Whereabouts,
+) -> redis::RedisResult<HashMap<String, Vec<NamedClient>>> {
     let node = keep.node;
     let mut pipe = redis::pipe();
     pipe.cmd("SET")
@@ -859,11 +808,11 @@ fn exchange_presence(
         .ignore();
     pipe.cmd("SADD").arg(NODE_SET).arg(node).ignore();
     pipe.atomic().cmd("DEL").arg(mine).ignore();
-    let snapshot = seats.snapshot();
+    let snapshot = whereabouts.snapshot();
     if !snapshot.is_empty() {
         let cmd = pipe.cmd("HSET").arg(mine);
-        for (id, room, name) in &snapshot {
-            cmd.arg(id).arg(format!("{room}\n{name}"));
+        for (id, Location { room, name }) in &snapshot {
+            cmd.arg(id.0).arg(format!("{room}\n{name}"));
         }
         cmd.ignore();
         pipe.cmd("PEXPIRE")
@@ -884,7 +833,7 @@ fn exchange_presence(
     } else {
         reads.query(con)?
     };
-    let mut rooms: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    let mut rooms: HashMap<String, Vec<NamedClient>> = HashMap::new();
     for (other, members) in others.iter().zip(held) {
         if members.is_empty() {
             // Expired (or it has nobody): it adds itself again while it lives.
@@ -903,11 +852,14 @@ fn exchange_presence(
             rooms
                 .entry(room.to_string())
                 .or_default()
-                .push((id, name.to_string()));
+                .push(NamedClient {
+                    id: ClientId(id),
+                    name: name.to_string(),
+                });
         }
     }
     for members in rooms.values_mut() {
-        members.sort_unstable();
+        members.sort_unstable_by_key(|member| member.id);
     }
     Ok(rooms)
 }
@@ -1001,7 +953,7 @@ mod tests {
         ];
         assert!(matches!(
             relayed("5-1", &entry(&good)),
-            Some(Event::Relayed { id: 5, .. })
+            Some(Event::Relayed(RelayedMessage { id: 5, .. }))
         ));
         let long = "x".repeat(protocol::MAX_MSG_CHARS + 1);
         for (key, bad) in [
@@ -1026,7 +978,13 @@ mod tests {
         direct.insert("room".into(), String::new());
         assert!(matches!(
             relayed("6-1", &direct),
-            Some(Event::RelayedDirect { to: 9, .. })
+            Some(Event::RelayedDirect {
+                direct: DirectMessage {
+                    to: ClientId(9),
+                    ..
+                },
+                ..
+            })
         ));
         direct.insert("msg".into(), long.clone());
         assert!(relayed("6-1", &direct).is_none());
@@ -1042,7 +1000,10 @@ mod tests {
         ]);
         assert!(matches!(
             relayed("7-1", &kick),
-            Some(Event::RelayedKick { by: 7, id: 9 })
+            Some(Event::RelayedKick {
+                target: ClientId(9),
+                by: ClientId(7)
+            })
         ));
     }
 }

@@ -25,15 +25,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use tungstenite::handshake::HandshakeError;
-use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
 use tungstenite::http::{self, HeaderMap, StatusCode, header};
 use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{ServerHandshake, WebSocket};
 
 use crate::accept::Connection;
 use crate::budget::{Allowance, Budgets};
+use crate::event::{Endpoint, Event};
+use crate::format::Format;
 use crate::hosts::ServerNames;
-use crate::hub::Format;
-use crate::hub::{Endpoint, Event};
 use crate::logging::{Noisy, Quoting, Untrusted, limited};
 use crate::places::{Kind, Place, Places, Refusal};
 use crate::protocol::{self, SUBPROTOCOL, SUBPROTOCOL_TEXT, SUBPROTOCOL_V2};
@@ -90,7 +91,6 @@ struct Admission {
 }
 
 /// Runs a chat-port connection: the handshake here, then the reader.
-#[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
 pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
     let Connection {
         id,
@@ -106,89 +106,8 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
     }
     let socket = Arc::new(stream);
     let deadline = Instant::now() + settings.handshake_timeout;
-    // wss: the TLS handshake first, within the same deadline.
-    let tls = match &settings.tls {
-        Some(config) => match tls_handshake(config, &socket, deadline) {
-            Ok(conn) => Some(conn),
-            Err(e) => {
-                let end = if crate::is_timeout(&e) {
-                    HandshakeEnd::TimedOut
-                } else {
-                    HandshakeEnd::Failed
-                };
-                settings.stats.count_handshake(end);
-                limited!(
-                    Noisy::HandshakeFailed,
-                    "client {id} from {peer}: TLS handshake failed: {}",
-                    Untrusted(&e)
-                );
-                return;
-            }
-        },
-        None => None,
-    };
-    let handshake_stream = ClientStream::for_handshake(Arc::clone(&socket), deadline, tls);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_SIZE)
-        .write_buffer_size(0)
-        .max_message_size(Some(settings.reader.max_message))
-        .max_frame_size(Some(settings.reader.max_message));
-
-    let mut admission = None;
-    let callback = |request: &Request, response: Response| {
-        let verdict = check(settings, peer, request, response, &mut admission);
-        if verdict.is_err() {
-            // Counted before tungstenite writes the refusal, so /stats never lags
-            // behind what the client has been told.
-            settings.stats.count_handshake(HandshakeEnd::Refused);
-        }
-        verdict
-    };
-    let ws = match tungstenite::accept_hdr_with_config(handshake_stream, callback, Some(config)) {
-        Ok(ws) => ws,
-        // A read that timed out is `Interrupted`; the deadline passing between reads
-        // is our own `TimedOut` (see `ClientStream`).
-        Err(HandshakeError::Interrupted(_)) => {
-            settings.stats.count_handshake(HandshakeEnd::TimedOut);
-            limited!(
-                Noisy::HandshakeTimedOut,
-                "client {id} from {peer}: handshake timed out"
-            );
-            return;
-        }
-        Err(HandshakeError::Failure(tungstenite::Error::Io(e)))
-            if e.kind() == std::io::ErrorKind::TimedOut =>
-        {
-            settings.stats.count_handshake(HandshakeEnd::TimedOut);
-            limited!(
-                Noisy::HandshakeTimedOut,
-                "client {id} from {peer}: handshake timed out"
-            );
-            return;
-        }
-        Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
-            // The refusal's text may quote the request (a Host, a room name).
-            limited!(
-                Noisy::refused(response.status().as_u16()),
-                "client {id} from {peer}: refused with {}: {}",
-                response.status(),
-                Quoting(
-                    String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
-                        .trim_end()
-                )
-            );
-            return;
-        }
-        Err(HandshakeError::Failure(e)) => {
-            settings.stats.count_handshake(HandshakeEnd::Failed);
-            // tungstenite's errors can quote the request.
-            limited!(
-                Noisy::HandshakeFailed,
-                "client {id} from {peer}: handshake failed: {}",
-                Untrusted(&e)
-            );
-            return;
-        }
+    let Some((ws, admission)) = upgrade(id, peer, &socket, deadline, settings) else {
+        return;
     };
     drop(handshake_place);
     // The handshake's writes had its deadline; from now on a blocked write gets
@@ -197,11 +116,6 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
         log::warn!("client {id}: cannot set a write timeout ({e}): disconnecting");
         return;
     }
-    let Some(admission) = admission else {
-        // The callback returned Ok only after filling `admission`.
-        log::error!("client {id}: handshake finished without admission");
-        return;
-    };
     match &admission.forwarded_for {
         Some(xff) => limited!(
             Noisy::Connected,
@@ -215,24 +129,131 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
             admission.endpoint
         ),
     }
+    let client = reader::Client {
+        address: peer,
+        allowance: admission.allowance,
+        format: admission.format,
+        name: admission.name,
+        room: admission.room,
+        admin: admission.admin,
+        protocol: admission.protocol,
+        id: protocol::ClientId(id),
+        endpoint: admission.endpoint,
+        socket,
+        ws,
+    };
     reader::serve(
-        reader::Client {
-            address: peer,
-            allowance: admission.allowance,
-            format: admission.format,
-            name: admission.name,
-            room: admission.room,
-            admin: admission.admin,
-            protocol: admission.protocol,
-            id,
-            endpoint: admission.endpoint,
-            socket,
-            ws,
-        },
+        client,
         admission.place,
         &settings.reader,
         hub,
         &settings.stats,
+    );
+}
+
+/// The TLS handshake (for wss) and the WebSocket one, both by `deadline`: the
+/// client's socket and what the handshake found out, or `None` when it failed
+/// (counted and logged here).
+#[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
+fn upgrade(
+    id: u64,
+    peer: IpAddr,
+    socket: &Arc<std::net::TcpStream>,
+    deadline: Instant,
+    settings: &WsSettings,
+) -> Option<(WebSocket<ClientStream>, Admission)> {
+    let tls = match &settings.tls {
+        Some(config) => match tls_handshake(config, socket, deadline) {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                let end = if crate::is_timeout(&e) {
+                    HandshakeEnd::TimedOut
+                } else {
+                    HandshakeEnd::Failed
+                };
+                settings.stats.count_handshake(end);
+                limited!(
+                    Noisy::HandshakeFailed,
+                    "client {id} from {peer}: TLS handshake failed: {}",
+                    Untrusted(&e)
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
+    let handshake_stream = ClientStream::for_handshake(Arc::clone(socket), deadline, tls);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(0)
+        .max_message_size(Some(settings.reader.max_message))
+        .max_frame_size(Some(settings.reader.max_message));
+    let mut admission = None;
+    let callback = |request: &Request, response: Response| {
+        let verdict = check(settings, peer, request, response, &mut admission);
+        if verdict.is_err() {
+            // Counted before tungstenite writes the refusal, so /stats never lags
+            // behind what the client has been told.
+            settings.stats.count_handshake(HandshakeEnd::Refused);
+        }
+        verdict
+    };
+    match tungstenite::accept_hdr_with_config(handshake_stream, callback, Some(config)) {
+        // The callback returned Ok only after filling `admission`.
+        Ok(ws) => Some((ws, admission.expect("an accepted handshake was admitted"))),
+        Err(e) => {
+            handshake_failed(id, peer, e, &settings.stats);
+            None
+        }
+    }
+}
+
+/// Counts and logs a WebSocket handshake that did not succeed.
+fn handshake_failed<C: Callback>(
+    id: u64,
+    peer: IpAddr,
+    error: HandshakeError<ServerHandshake<ClientStream, C>>,
+    stats: &Stats,
+) {
+    match error {
+        // A read that timed out is `Interrupted`; the deadline passing between
+        // reads is our own `TimedOut` (see `ClientStream`).
+        HandshakeError::Interrupted(_) => timed_out(id, peer, stats),
+        HandshakeError::Failure(tungstenite::Error::Io(e))
+            if e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            timed_out(id, peer, stats)
+        }
+        HandshakeError::Failure(tungstenite::Error::Http(response)) => {
+            // Counted when refused. The refusal's text may quote the request (a
+            // Host, a room name).
+            limited!(
+                Noisy::refused(response.status().as_u16()),
+                "client {id} from {peer}: refused with {}: {}",
+                response.status(),
+                Quoting(
+                    String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                        .trim_end()
+                )
+            );
+        }
+        HandshakeError::Failure(e) => {
+            stats.count_handshake(HandshakeEnd::Failed);
+            // tungstenite's errors can quote the request.
+            limited!(
+                Noisy::HandshakeFailed,
+                "client {id} from {peer}: handshake failed: {}",
+                Untrusted(&e)
+            );
+        }
+    }
+}
+
+fn timed_out(id: u64, peer: IpAddr, stats: &Stats) {
+    stats.count_handshake(HandshakeEnd::TimedOut);
+    limited!(
+        Noisy::HandshakeTimedOut,
+        "client {id} from {peer}: handshake timed out"
     );
 }
 
@@ -259,39 +280,8 @@ fn check(
     mut response: Response,
     admission: &mut Option<Admission>,
 ) -> Result<Response, ErrorResponse> {
-    let (endpoint, kind, mut format) = match request.uri().path() {
-        "/" => (Endpoint::Chat, Kind::Chat, Format::Json),
-        "/text" => (Endpoint::Chat, Kind::Chat, Format::Text),
-        "/echo" if settings.echo => (Endpoint::Echo, Kind::Echo, Format::Json),
-        "/echo" => {
-            return Err(refusal(
-                StatusCode::NOT_FOUND,
-                "the echo endpoint is off (start the server with --echo)",
-            ));
-        }
-        _ => {
-            return Err(refusal(
-                StatusCode::NOT_FOUND,
-                "no WebSocket endpoint here: the chat is at / (and as plain text at /text)",
-            ));
-        }
-    };
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    let host = hosts.next().and_then(|h| h.to_str().ok()).unwrap_or("");
-    if hosts.next().is_some() {
-        // Which of two names a proxy in front of us believed is anyone's guess.
-        return Err(refusal(
-            StatusCode::BAD_REQUEST,
-            "more than one Host header",
-        ));
-    }
-    if !settings.server_names.accepts(host) {
-        // Logged with its text (which names the flag to use) by `serve`.
-        return Err(refusal(
-            StatusCode::MISDIRECTED_REQUEST,
-            &ServerNames::refusal(host),
-        ));
-    }
+    let (endpoint, kind, format) = endpoint_of(request.uri().path(), settings.echo)?;
+    check_host(request.headers(), &settings.server_names)?;
     if !origin_allowed(request.headers(), &settings.allowed_origins) {
         return Err(refusal(
             StatusCode::FORBIDDEN,
@@ -301,23 +291,7 @@ fn check(
     // The query: the admin token, and what a plain-text client cannot send as a
     // frame. Never logged: it may hold the token.
     let query = Query::parse(request.uri().query().unwrap_or(""));
-    if let Some(token) = &settings.access_token {
-        // In the query, or as a subprotocol value `token.<it>` (a page cannot set
-        // headers; it can offer subprotocols). Never echoed back: the chosen
-        // subprotocol below is always one of ours.
-        let offered = offered_subprotocols(request.headers())
-            .filter_map(|p| p.strip_prefix(TOKEN_PREFIX).map(str::to_owned))
-            .chain(query.token.clone());
-        if !offered
-            .into_iter()
-            .any(|given| same_secret(token.as_bytes(), given.as_bytes()))
-        {
-            return Err(refusal(
-                StatusCode::UNAUTHORIZED,
-                "this chat needs its access token: open the page from the link with #token=…",
-            ));
-        }
-    }
+    check_access_token(settings, request.headers(), &query)?;
     let admin = match (&settings.admin_token, &query.admin) {
         (Some(token), Some(given)) => same_secret(token.as_bytes(), given.as_bytes()),
         _ => false,
@@ -332,48 +306,8 @@ fn check(
         ),
         _ => None,
     };
-    let place = settings.places.take(kind, peer).map_err(|why| {
-        // The refusal's text (logged by `serve`) is the client's; who else in its
-        // /64 holds the places is for the log alone.
-        if let Refusal::NetworkFull(kind, _, network) = why {
-            limited!(
-                Noisy::AddressFull,
-                "chat place refused to {peer}: {}",
-                settings.places.holders(kind, network)
-            );
-        }
-        refusal(StatusCode::SERVICE_UNAVAILABLE, &why.to_string())
-    })?;
-    // A connection costs its address a frame, and its join and leave reach the
-    // whole room: an address that has spent its budget does not get one until it
-    // has earned some back, so reconnecting refills nothing. Echo clients serve
-    // conformance tools (`--echo` only, 16 at most), which send megabytes on
-    // purpose: budgets are the chat's. After the place, so that a connection
-    // refused a place leaves nothing in the table of budgets.
-    let allowance = match endpoint {
-        Endpoint::Chat => settings.budgets.of(crate::places::host_of(peer)),
-        Endpoint::Echo => None,
-    };
-    if let Some(Err(spent)) = allowance.as_ref().map(|a| a.admit(0)) {
-        let why = format!(
-            "your address has used its share of {} for now: try again in a few seconds",
-            spent.what()
-        );
-        return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &why));
-    }
-    // The first of ours the client offers, in this order; never one it did not.
-    let chosen = [SUBPROTOCOL_V2, SUBPROTOCOL, SUBPROTOCOL_TEXT]
-        .into_iter()
-        .find(|p| offers_subprotocol(request.headers(), p));
-    if let Some(chosen) = chosen {
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            http::HeaderValue::from_static(chosen),
-        );
-    }
-    if chosen == Some(SUBPROTOCOL_TEXT) {
-        format = Format::Text;
-    }
+    let (place, allowance) = claim_place(settings, peer, kind, endpoint)?;
+    let chosen = choose_subprotocol(request.headers(), &mut response);
     let forwarded_for = request
         .headers()
         .get("x-forwarded-for")
@@ -381,7 +315,11 @@ fn check(
         .map(str::to_owned);
     *admission = Some(Admission {
         endpoint,
-        format,
+        format: if chosen == Some(SUBPROTOCOL_TEXT) {
+            Format::Text
+        } else {
+            format
+        },
         protocol: if chosen == Some(SUBPROTOCOL_V2) {
             SUBPROTOCOL_V2
         } else {
@@ -395,6 +333,129 @@ fn check(
         allowance,
     });
     Ok(response)
+}
+
+/// Which endpoint `path` is, the kind of place it takes, and the format its
+/// clients read (before any subprotocol says otherwise).
+#[allow(clippy::result_large_err)] // tungstenite's refusal type
+fn endpoint_of(path: &str, echo: bool) -> Result<(Endpoint, Kind, Format), ErrorResponse> {
+    match path {
+        "/" => Ok((Endpoint::Chat, Kind::Chat, Format::Json)),
+        "/text" => Ok((Endpoint::Chat, Kind::Chat, Format::Text)),
+        "/echo" if echo => Ok((Endpoint::Echo, Kind::Echo, Format::Json)),
+        "/echo" => Err(refusal(
+            StatusCode::NOT_FOUND,
+            "the echo endpoint is off (start the server with --echo)",
+        )),
+        _ => Err(refusal(
+            StatusCode::NOT_FOUND,
+            "no WebSocket endpoint here: the chat is at / (and as plain text at /text)",
+        )),
+    }
+}
+
+/// One `Host` header, naming this server.
+#[allow(clippy::result_large_err)] // tungstenite's refusal type
+fn check_host(headers: &HeaderMap, server_names: &ServerNames) -> Result<(), ErrorResponse> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next().and_then(|h| h.to_str().ok()).unwrap_or("");
+    if hosts.next().is_some() {
+        // Which of two names a proxy in front of us believed is anyone's guess.
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "more than one Host header",
+        ));
+    }
+    if !server_names.accepts(host) {
+        // Logged with its text (which names the flag to use) by `serve`.
+        return Err(refusal(
+            StatusCode::MISDIRECTED_REQUEST,
+            &ServerNames::refusal(host),
+        ));
+    }
+    Ok(())
+}
+
+/// With `--token`: the access token, in the query or as a subprotocol value
+/// `token.<it>` (a page cannot set headers; it can offer subprotocols). Never
+/// echoed back: the chosen subprotocol is always one of ours.
+#[allow(clippy::result_large_err)] // tungstenite's refusal type
+fn check_access_token(
+    settings: &WsSettings,
+    headers: &HeaderMap,
+    query: &Query,
+) -> Result<(), ErrorResponse> {
+    let Some(token) = &settings.access_token else {
+        return Ok(());
+    };
+    let offered = offered_subprotocols(headers)
+        .filter_map(|p| p.strip_prefix(TOKEN_PREFIX).map(str::to_owned))
+        .chain(query.token.clone());
+    if offered
+        .into_iter()
+        .any(|given| same_secret(token.as_bytes(), given.as_bytes()))
+    {
+        Ok(())
+    } else {
+        Err(refusal(
+            StatusCode::UNAUTHORIZED,
+            "this chat needs its access token: open the page from the link with #token=…",
+        ))
+    }
+}
+
+/// The client's place, and its address's budget.
+///
+/// A connection costs its address a frame, and its join and leave reach the
+/// whole room: an address that has spent its budget does not get one until it
+/// has earned some back, so reconnecting refills nothing. Echo clients serve
+/// conformance tools (`--echo` only, 16 at most), which send megabytes on
+/// purpose: budgets are the chat's. After the place, so that a connection
+/// refused a place leaves nothing in the table of budgets.
+#[allow(clippy::result_large_err)] // tungstenite's refusal type
+fn claim_place(
+    settings: &WsSettings,
+    peer: IpAddr,
+    kind: Kind,
+    endpoint: Endpoint,
+) -> Result<(Place, Option<Arc<Allowance>>), ErrorResponse> {
+    let place = settings.places.take(kind, peer).map_err(|why| {
+        // The refusal's text (logged by `serve`) is the client's; who else in its
+        // /64 holds the places is for the log alone.
+        if let Refusal::NetworkFull(kind, _, network) = why {
+            limited!(
+                Noisy::AddressFull,
+                "chat place refused to {peer}: {}",
+                settings.places.holders(kind, network)
+            );
+        }
+        refusal(StatusCode::SERVICE_UNAVAILABLE, &why.to_string())
+    })?;
+    let allowance = match endpoint {
+        Endpoint::Chat => settings.budgets.of(crate::places::host_of(peer)),
+        Endpoint::Echo => None,
+    };
+    if let Some(Err(spent)) = allowance.as_ref().map(|a| a.admit(0)) {
+        let why = format!(
+            "your address has used its share of {} for now: try again in a few seconds",
+            spent.what()
+        );
+        return Err(refusal(StatusCode::TOO_MANY_REQUESTS, &why));
+    }
+    Ok((place, allowance))
+}
+
+/// The first of ours the client offers, in this order (never one it did not),
+/// named in `response`.
+fn choose_subprotocol(headers: &HeaderMap, response: &mut Response) -> Option<&'static str> {
+    let chosen = [SUBPROTOCOL_V2, SUBPROTOCOL, SUBPROTOCOL_TEXT]
+        .into_iter()
+        .find(|p| offers_subprotocol(headers, p))?;
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        http::HeaderValue::from_static(chosen),
+    );
+    Some(chosen)
 }
 
 /// What the handshake's query string says. Unknown keys are ignored.

@@ -56,9 +56,9 @@ use serde::Serialize;
 
 use crate::accept::Connection;
 use crate::assets::{Page, Unavailable};
+use crate::event::Event;
 use crate::handshake::same_secret;
 use crate::hosts::ServerNames;
-use crate::hub::Event;
 use crate::logging::{Noisy, Quoting, Untrusted, limited};
 use crate::places::{Occupancy, Places};
 use crate::stats::{Snapshot, Stats};

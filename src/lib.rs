@@ -37,19 +37,21 @@
 //! | [`static_files`] | request path → file under `www/`, and nothing outside it |
 //! | `handshake` | a chat-port connection's handshake: path, name, origin, place |
 //! | `reader` | a client's thread after the handshake: read loop → hub events |
-//! | `hub` | the fan-out thread: registry, ids, batches |
+//! | `event` | what the threads tell the hub, and the hub the cluster's threads: the types both ends of a channel use |
+//! | `hub` | the fan-out thread: who is where, ids, one order, batches (a folder: its `mod.rs` is the loop) |
+//! | [`format`] | how a frame is spelled for each kind of client: JSON, plain text |
 //! | `outbox` | the write path: write-through, backlog, the writer thread |
 //! | `frame` | server frames as bytes, encoded once |
 //! | `tls` | https and wss: one rustls configuration; a TLS connection shared by two threads |
-//! | [`protocol`] | protocol v1 types and validation; no I/O |
+//! | [`protocol`] | the protocol's frames, ids and validation; no I/O |
 //! | `stats` | counters for `/stats` |
 //! | `server` | `run` in its steps: the plan, the cluster, the hub, the chat port, the page port, the stop |
 //! | `shutdown` | signals → stop; the stop → close 1001 → return |
 //! | `cluster` | several nodes as one chat: the bridge to Redis (`--redis`) |
 //!
 //! Only what another crate uses is public: the entry points, the configuration and
-//! logging (for `main`), and the protocol parser and path resolver (for the fuzz
-//! targets, the property tests and `examples/naive.rs`).
+//! logging (for `main`), and the protocol parser, the plain-text format and the
+//! path resolver (for the fuzz targets, the property tests and `examples/naive.rs`).
 
 #![deny(missing_docs)]
 
@@ -60,6 +62,8 @@ mod budget;
 mod capacity;
 mod cluster;
 pub mod config;
+mod event;
+pub mod format;
 mod frame;
 mod handshake;
 mod hosts;

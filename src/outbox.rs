@@ -96,6 +96,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::frame;
 use crate::logging::{Noisy, limited};
 use crate::places::Place;
+use crate::protocol::ClientId;
 use crate::tls::Session;
 
 /// Stack size of a writer thread. It only calls `write`; 64 KiB is ample and keeps
@@ -224,7 +225,7 @@ struct State {
 /// the client's reader thread and, while it runs, its writer thread.
 pub struct Outbox {
     /// Client id, for thread names and log lines.
-    id: u64,
+    id: ClientId,
     /// The socket. Reads happen on the reader's own handle to the same socket; this
     /// one is only written and shut down.
     socket: Arc<TcpStream>,
@@ -242,7 +243,7 @@ impl Outbox {
     /// An outbox for `socket`, which should have `SO_SNDTIMEO` set so the writer
     /// thread cannot block for long in one write to a peer that stopped reading.
     pub fn new(
-        id: u64,
+        id: ClientId,
         socket: Arc<TcpStream>,
         limit: usize,
         drain_timeout: Duration,
@@ -758,7 +759,7 @@ mod tests {
         places: &Arc<Places>,
     ) -> Arc<Outbox> {
         let place = places.take(Kind::Chat, LOCAL).unwrap();
-        Outbox::new(1, Arc::new(server), limit, drain, place, None)
+        Outbox::new(ClientId(1), Arc::new(server), limit, drain, place, None)
     }
 
     /// Sends one large shared batch, so that the pipe is full and a writer thread
@@ -843,7 +844,7 @@ mod tests {
         let (session, mut client) = tls_pair(&server, client);
         let place = places().take(Kind::Chat, LOCAL).unwrap();
         let outbox = Outbox::new(
-            1,
+            ClientId(1),
             Arc::new(server),
             64 << 20,
             Duration::from_secs(10),

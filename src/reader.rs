@@ -30,11 +30,12 @@ use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::budget::{Allowance, Spent};
-use crate::hub::{Endpoint, Event, Format};
+use crate::event::{Arrival, DirectMessage, Endpoint, Event};
+use crate::format::Format;
 use crate::logging::{Noisy, Untrusted, limited};
 use crate::outbox::{Failure, Outbox, SendError};
 use crate::places::Place;
-use crate::protocol::{self, ChatMessage, Incoming, InputError, Outgoing};
+use crate::protocol::{self, ChatMessage, ClientId, Incoming, InputError, Outgoing};
 use crate::stats::{Disconnect, Stats};
 use crate::tls::{self, Deadline, Session};
 
@@ -270,7 +271,7 @@ pub struct ReaderSettings {
 /// A client whose handshake succeeded, as its reader holds it.
 pub struct Client {
     /// Its id: the `welcome` frame's, and the log's.
-    pub id: u64,
+    pub id: ClientId,
     pub endpoint: Endpoint,
     pub format: Format,
     /// Its name (`?name=`, then `hello`), filled into messages that have none.
@@ -461,7 +462,7 @@ impl From<Failure> for Disconnect {
 /// Membership in the hub, undone on drop: the hub hears `Leave` and the socket is
 /// shut down once its last bytes are written, however the reader ends.
 struct Registration<'a> {
-    id: u64,
+    id: ClientId,
     hub: &'a Sender<Event>,
     outbox: Arc<Outbox>,
 }
@@ -503,7 +504,7 @@ pub fn serve(
         outbox.finish();
         return;
     }
-    let joined = hub.send(Event::Connect {
+    let joined = hub.send(Event::Connect(Arrival {
         id: client.id,
         outbox: Arc::clone(&outbox),
         endpoint: client.endpoint,
@@ -513,7 +514,7 @@ pub fn serve(
         protocol: client.protocol,
         address: client.address,
         allowance: client.allowance.clone(),
-    });
+    }));
     if joined.is_err() {
         outbox.finish();
         return;
@@ -762,14 +763,14 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
         },
         Incoming::Rooms => Event::Rooms { id },
         Incoming::Who => Event::Who { id },
-        Incoming::Direct { to, msg } => Event::Direct {
+        Incoming::Direct { to, msg } => Event::Direct(DirectMessage {
             from: id,
             name: client.name.clone().unwrap_or_default(),
             to,
             msg,
-        },
+        }),
         Incoming::Ping => return Ok(Handled::Reply(Message::text(Outgoing::Pong.to_json()))),
-        Incoming::Kick { id: target } if client.admin => Event::Kick { by: id, id: target },
+        Incoming::Kick { id: target } if client.admin => Event::Kick { target, by: id },
         Incoming::Kick { .. } => return Err(InputError::NotAllowed),
     };
     Ok(if hub.send(event).is_ok() {
@@ -785,10 +786,7 @@ fn error_frame(e: &InputError, format: Format) -> Message {
 
 /// A frame of the reader's own, in the client's format.
 fn frame_in(frame: &Outgoing<'_>, format: Format) -> Message {
-    Message::text(match format {
-        Format::Json => frame.to_json(),
-        Format::Text => frame.text_line(),
-    })
+    Message::text(format.spell(frame))
 }
 
 /// Decides how to end after `read` or `send` failed, closing with the right code

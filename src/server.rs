@@ -13,13 +13,16 @@ use crate::accept::{self, Acceptor, Door};
 use crate::assets::Page;
 use crate::budget::{BudgetSettings, Budgets};
 use crate::capacity::{self, Plan};
-use crate::cluster::{self, Cluster, Publish};
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
+use crate::event::Event;
+use crate::event::Publish;
 use crate::handshake::{self, WsSettings};
 use crate::hosts::ServerNames;
 use crate::http;
-use crate::hub::{self, Event};
+use crate::hub;
 use crate::places::{self, Caps, Kind, Places};
+use crate::protocol::unix_millis;
 use crate::reader::ReaderSettings;
 use crate::shutdown::{self, Control};
 use crate::stats::Stats;
@@ -189,7 +192,7 @@ impl Joined {
             return Ok(None);
         };
         let redis = cluster::RedisAccess::new(url, config.redis_ca())?;
-        let cluster = Cluster::join(&redis, hub::unix_millis(), backfill_entries(config))?;
+        let cluster = Cluster::join(&redis, unix_millis(), backfill_entries(config))?;
         log::info!("cluster: node {} through {}", cluster.node, redis.shown());
         let (outgoing, to_redis) = crossbeam_channel::bounded(cluster::OUTGOING_QUEUE);
         Ok(Some(Joined {
@@ -229,7 +232,7 @@ fn start_hub(
         history: config.history as usize,
         max_rooms: config.max_rooms as usize,
         max_rooms_per_host: config.max_rooms_per_host,
-        epoch: joined.map_or_else(hub::unix_millis, |j| j.cluster.epoch),
+        epoch: joined.map_or_else(unix_millis, |j| j.cluster.epoch),
         cluster: joined.map(|j| j.cluster.hub_side(j.outgoing.clone())),
     };
     let backfill = joined.map_or_else(Vec::new, |j| j.cluster.backfill());

@@ -37,7 +37,7 @@ use crossbeam_channel::{Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::hub::Event;
+use crate::event::Event;
 use crate::places::Places;
 use crate::stats::Stats;
 

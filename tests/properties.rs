@@ -66,7 +66,7 @@ proptest! {
         let parsed = protocol::parse_chat(&sent).expect("a valid message is accepted");
         prop_assert_eq!(&parsed.name, &name);
         prop_assert_eq!(&parsed.msg, &msg);
-        let out = Outgoing::Message { id: 1, ts: 2, from: 3, name: &parsed.name, msg: &parsed.msg, room: None }.to_json();
+        let out = Outgoing::Message { id: 1, ts: 2, from: protocol::ClientId(3), name: &parsed.name, msg: &parsed.msg, room: None }.to_json();
         let back: serde_json::Value = serde_json::from_str(&out).unwrap();
         prop_assert_eq!(back["name"].as_str(), Some(name.as_str()));
         prop_assert_eq!(back["msg"].as_str(), Some(msg.as_str()));
@@ -107,7 +107,7 @@ proptest! {
         name in proptest::collection::vec(any::<char>(), 0..=MAX_NAME_CHARS).prop_map(String::from_iter),
         msg in any::<String>(),
     ) {
-        let line = protocol::person_line(&name, "", &msg);
+        let line = threadchat::format::text::person_line(&name, "", &msg);
         prop_assert!(line.starts_with('['), "{:?}", line);
         prop_assert!(
             !line.chars().any(|c| (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}')),

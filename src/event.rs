@@ -1,0 +1,255 @@
+//! What the threads tell each other: the hub's events, and what the hub hands the
+//! cluster's threads. These types live below both ends of each channel, so the
+//! readers, the hub and the cluster import them from here and none of those
+//! imports another.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::budget::Allowance;
+use crate::format::Format;
+use crate::outbox::Outbox;
+use crate::protocol::{ChatMessage, ClientId, NamedClient};
+
+/// Which endpoint a client connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The chat (`/`, `/text`).
+    Chat,
+    /// `/echo`: echoes its own messages; gets only heartbeats and shutdown from the
+    /// hub.
+    Echo,
+}
+
+/// What a reader (or the shutdown sequence, or the cluster's threads) tells the
+/// hub. Events with many fields carry a struct, so the hub's dispatch reads one
+/// line per event.
+pub enum Event {
+    /// A client finished its handshake.
+    Connect(Arrival),
+    /// A chat client sent a valid message; the reader has filled in its name.
+    Message {
+        /// The sender's id: the relayed frame's `from`.
+        from: ClientId,
+        message: ChatMessage,
+        /// Everyone in the room but the sender.
+        except_sender: bool,
+    },
+    /// The client's name, from `hello`.
+    Hello { id: ClientId, name: String },
+    /// The client moves to `room`, with what it has seen (`since` of `epoch`).
+    Join {
+        id: ClientId,
+        room: String,
+        since: Option<u64>,
+        epoch: Option<u64>,
+    },
+    /// The client asks which rooms there are.
+    Rooms { id: ClientId },
+    /// The client asks who is in its room.
+    Who { id: ClientId },
+    /// A message for one client.
+    Direct(DirectMessage),
+    /// An admin client (`by`) closes another one (`target`).
+    Kick { target: ClientId, by: ClientId },
+    /// A client's reader has ended.
+    Leave { id: ClientId },
+    /// A room message in the cluster's order, from Redis (any node's, this one's
+    /// included): delivered to this node's members of its room.
+    Relayed(RelayedMessage),
+    /// A message of client `from` could not be handed to Redis.
+    NotRelayed { from: ClientId, why: &'static str },
+    /// Who is where on the other nodes of the cluster, room by room.
+    Elsewhere {
+        rooms: HashMap<String, Vec<NamedClient>>,
+    },
+    /// Redis stopped (`up: false`) or started again answering this node.
+    Linked { up: bool },
+    /// The cluster's messages up to `upto` that this node has not heard are gone
+    /// from the stream.
+    Missed { upto: u64 },
+    /// An admin client of any node (`by`) closes client `target`, perhaps one of
+    /// this node's.
+    RelayedKick { target: ClientId, by: ClientId },
+    /// A direct message in the cluster's order, numbered `id` at `ts`: for its
+    /// target here, and its sender's copy if the sender is here.
+    RelayedDirect {
+        id: u64,
+        ts: u64,
+        direct: DirectMessage,
+    },
+    /// The server is stopping: send every client close 1001.
+    Shutdown,
+    /// `/healthz` asks whether the hub is turning over: it answers on `answer`
+    /// when it reaches this event, which it can only do by having taken every
+    /// event before it.
+    Probe { answer: Sender<()> },
+}
+
+/// A client that finished its handshake, as the hub is told of it.
+pub struct Arrival {
+    pub id: ClientId,
+    /// Where the hub writes to it.
+    pub outbox: Arc<Outbox>,
+    pub endpoint: Endpoint,
+    pub format: Format,
+    /// Its name so far (`?name=` of a plain-text client), or empty.
+    pub name: String,
+    /// A first room other than the lobby (`?room=`), already checked.
+    pub room: Option<String>,
+    /// What `welcome` says it speaks.
+    pub protocol: &'static str,
+    /// Its address: rooms made are counted per address.
+    pub address: IpAddr,
+    /// Its address's budget: the hub charges it for what it sends on the
+    /// client's behalf.
+    pub allowance: Option<Arc<Allowance>>,
+}
+
+/// A message for one client, from another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectMessage {
+    pub from: ClientId,
+    /// The sender's name.
+    pub name: String,
+    pub to: ClientId,
+    pub msg: String,
+}
+
+/// A room message as the stream holds it: numbered `id` by the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayedMessage {
+    pub id: u64,
+    pub ts: u64,
+    pub from: ClientId,
+    pub room: String,
+    pub name: String,
+    pub msg: String,
+    pub except_sender: bool,
+}
+
+/// A room message (or, with `to`, a direct message, or with `kick` too, an
+/// admin's kick) from one of this node's clients, on its way to Redis.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub room: String,
+    pub from: ClientId,
+    pub name: String,
+    pub msg: String,
+    pub except_sender: bool,
+    pub ts: u64,
+    pub to: Option<ClientId>,
+    /// `from` closes client `to`, whichever node it is on.
+    pub kick: bool,
+}
+
+/// What the hub holds of the bridge.
+#[derive(Debug, Clone)]
+pub struct HubSide {
+    /// This node's number, for an epoch of its own while cut off.
+    pub node: u64,
+    /// Room and direct messages to append.
+    pub outgoing: Sender<Publish>,
+    /// Where this node's clients are, mirrored for the other nodes.
+    pub whereabouts: Arc<Whereabouts>,
+    /// The highest message id this node has seen: where the hub's ids start, and
+    /// what the counter is raised to after Redis lost its data.
+    pub highest: Arc<AtomicU64>,
+}
+
+/// Where this node's clients are, as the hub last told: client id → its room
+/// and name. The hub updates it at every join, move, rename and leave (a map
+/// insert under a lock nobody else holds for long); `redis-presence` copies it
+/// once a second for the other nodes.
+#[derive(Debug, Default)]
+pub struct Whereabouts {
+    map: Mutex<HashMap<ClientId, Location>>,
+}
+
+/// Where one client is: its room, and its name there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub room: String,
+    pub name: String,
+}
+
+impl Whereabouts {
+    /// Client `id` is now at `location`, or (`None`) gone.
+    pub fn set(&self, id: ClientId, location: Option<Location>) {
+        let mut map = crate::lock(&self.map);
+        match location {
+            Some(location) => map.insert(id, location),
+            None => map.remove(&id),
+        };
+    }
+
+    /// Every client's location now.
+    pub fn snapshot(&self) -> Vec<(ClientId, Location)> {
+        crate::lock(&self.map)
+            .iter()
+            .map(|(id, location)| (*id, location.clone()))
+            .collect()
+    }
+}
+
+impl Publish {
+    /// Room message `message` of client `from`, said at `ts` in `room`.
+    pub fn message(
+        room: &str,
+        from: ClientId,
+        message: ChatMessage,
+        except_sender: bool,
+        ts: u64,
+    ) -> Publish {
+        Publish {
+            room: room.to_string(),
+            from,
+            name: message.name,
+            msg: message.msg,
+            except_sender,
+            ts,
+            to: None,
+            kick: false,
+        }
+    }
+
+    /// Direct message `direct`, sent at `ts`.
+    pub fn direct(direct: DirectMessage, ts: u64) -> Publish {
+        Publish {
+            room: String::new(),
+            from: direct.from,
+            name: direct.name,
+            msg: direct.msg,
+            except_sender: false,
+            ts,
+            to: Some(direct.to),
+            kick: false,
+        }
+    }
+
+    /// Admin client `by` closes client `target`, ordered at `ts`.
+    pub fn kick(target: ClientId, by: ClientId, ts: u64) -> Publish {
+        Publish {
+            room: String::new(),
+            from: by,
+            name: String::new(),
+            msg: String::new(),
+            except_sender: false,
+            ts,
+            to: Some(target),
+            kick: true,
+        }
+    }
+}
+
+/// Hands `message` to `redis-out` without waiting; `false` when it is full or gone.
+pub fn offer(outgoing: &Sender<Publish>, message: Publish) -> bool {
+    match outgoing.try_send(message) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+    }
+}

@@ -1,0 +1,87 @@
+//! Wire formats: how a frame is spelled for each kind of client.
+//!
+//! The hub decides what is sent, to whom and in which order, as [`Outgoing`]
+//! values; a format decides how that looks on the wire, one file per format
+//! (`json.rs`, `text.rs`). A room's batch is spelled once per format some member
+//! of the room reads ([`PerFormat`]) and the same bytes go to all of them. Adding
+//! a format is a variant here, its file, and the endpoint that selects it; the
+//! hub's core does not change.
+
+pub mod json;
+pub mod text;
+
+use std::ops::{Index, IndexMut};
+
+use crate::frame;
+use crate::protocol::Outgoing;
+
+/// How a chat client wants its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON objects (the protocol).
+    Json,
+    /// Lines of plain text (`/text`, the `chatting` subprotocol).
+    Text,
+}
+
+/// How many formats there are: the length of a [`PerFormat`].
+const FORMATS: usize = 2;
+
+impl Format {
+    /// Every format, in the order a [`PerFormat`] holds them.
+    pub const ALL: [Format; FORMATS] = [Format::Json, Format::Text];
+
+    /// `frame`'s text in this format.
+    pub fn spell(self, frame: &Outgoing<'_>) -> String {
+        match self {
+            Format::Json => json::spell(frame),
+            Format::Text => text::spell(frame),
+        }
+    }
+
+    /// `frame` as one WebSocket text frame in this format, ready to send.
+    pub fn frame(self, frame: &Outgoing<'_>) -> Vec<u8> {
+        frame::text(&self.spell(frame))
+    }
+
+    /// A room's history entry (a message frame's JSON, as the history keeps it)
+    /// as this format replays it to a client joining: marked as history in JSON,
+    /// a person's line in text. `None` for an entry that cannot be read back.
+    pub fn replay(self, json: &str) -> Option<String> {
+        match self {
+            Format::Json => Some(json::replay(json)),
+            Format::Text => text::replay(json),
+        }
+    }
+}
+
+/// One value for each format, say a batch's buffer in each, or where a frame
+/// lies in each of those.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerFormat<T>([T; FORMATS]);
+
+impl<T> PerFormat<T> {
+    /// `make`'s value for each format.
+    pub fn from_fn(mut make: impl FnMut(Format) -> T) -> PerFormat<T> {
+        PerFormat(Format::ALL.map(&mut make))
+    }
+
+    /// Each format's value turned by `turn`.
+    pub fn map<U>(self, turn: impl FnMut(T) -> U) -> PerFormat<U> {
+        PerFormat(self.0.map(turn))
+    }
+}
+
+impl<T> Index<Format> for PerFormat<T> {
+    type Output = T;
+
+    fn index(&self, format: Format) -> &T {
+        &self.0[format as usize]
+    }
+}
+
+impl<T> IndexMut<Format> for PerFormat<T> {
+    fn index_mut(&mut self, format: Format) -> &mut T {
+        &mut self.0[format as usize]
+    }
+}

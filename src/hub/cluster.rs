@@ -1,0 +1,362 @@
+//! The hub's side of the cluster (`--redis`): what a node knows of the other
+//! nodes, and what changes when Redis stops or starts answering. A single server
+//! has no [`ClusterView`] and skips all of this.
+//!
+//! Linked, the node hands its clients' messages to `redis-out` and delivers them
+//! when `redis-in` hands them back, numbered by the cluster, so every node
+//! delivers in one order. Cut off, it goes on as a single server for its own
+//! clients: it numbers their messages itself, in a new epoch of its own, so that
+//! no id of its own can be mistaken for one the cluster gives meanwhile (the other
+//! nodes may still reach Redis and go on counting). When Redis is back, that
+//! epoch ends: what was said in it stays with those who heard it and leaves the
+//! histories, so every node's history is the stream's again, and `redis-in`
+//! delivers what the others said meanwhile.
+
+use std::collections::{HashMap, HashSet};
+
+use super::rooms::Room;
+use super::{Hub, Turn};
+use crate::event::{self, DirectMessage, HubSide, Location, Publish, RelayedMessage};
+use crate::protocol::{
+    ClientId, InputError, MAX_PRESENCE_FRAME, NamedClient, Outgoing, Presence, unix_millis,
+};
+
+/// What a node knows of the rest of its cluster.
+pub(super) struct ClusterView {
+    /// How the hub reaches the cluster's threads.
+    side: HubSide,
+    link: Link,
+    /// The other nodes' members, room by room, as `redis-presence` last reported
+    /// them: counted while linked, kept while cut off for when Redis is back.
+    reported: HashMap<String, Vec<NamedClient>>,
+    /// The last epoch of this node's own: the next one is greater.
+    last_own_epoch: u64,
+}
+
+/// Whether Redis answers this node.
+enum Link {
+    /// It does: the cluster numbers every message.
+    Linked,
+    /// It does not: this node's clients chat among themselves, their messages
+    /// numbered by the node, `last_id` the last, in an `epoch` of its own.
+    CutOff { epoch: u64, last_id: u64 },
+}
+
+impl ClusterView {
+    pub(super) fn new(side: HubSide) -> ClusterView {
+        ClusterView {
+            side,
+            link: Link::Linked,
+            reported: HashMap::new(),
+            last_own_epoch: 0,
+        }
+    }
+
+    fn is_linked(&self) -> bool {
+        matches!(self.link, Link::Linked)
+    }
+
+    /// Whether client `id` is on another node, as far as this one knows.
+    fn is_elsewhere(&self, id: ClientId) -> bool {
+        self.is_linked() && self.reported.values().flatten().any(|m| m.id == id)
+    }
+}
+
+/// The members of `room` on other nodes: none without a cluster, or while cut
+/// off from it.
+pub(super) fn members_elsewhere<'a>(
+    cluster: &'a Option<ClusterView>,
+    room: &str,
+) -> &'a [NamedClient] {
+    match cluster {
+        Some(view) if view.is_linked() => view.reported.get(room).map_or(&[], Vec::as_slice),
+        _ => &[],
+    }
+}
+
+/// The rooms that have members on other nodes.
+pub(super) fn rooms_elsewhere(cluster: &Option<ClusterView>) -> impl Iterator<Item = &String> {
+    cluster
+        .iter()
+        .filter(|view| view.is_linked())
+        .flat_map(|view| view.reported.keys())
+}
+
+impl Hub {
+    /// The epoch of what the hub delivers now: the server run's or the
+    /// cluster's, or while cut off from the cluster one of this node's own.
+    pub(super) fn epoch(&self) -> u64 {
+        match &self.cluster {
+            Some(ClusterView {
+                link: Link::CutOff { epoch, .. },
+                ..
+            }) => *epoch,
+            _ => self.settings.epoch,
+        }
+    }
+
+    /// Whether this node is cut off from its cluster.
+    pub(super) fn is_cut_off(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|view| !view.is_linked())
+    }
+
+    /// Whether messages go through Redis to be numbered and delivered.
+    pub(super) fn is_linked(&self) -> bool {
+        self.cluster.as_ref().is_some_and(ClusterView::is_linked)
+    }
+
+    /// While cut off: this node's own epoch and its last id.
+    pub(super) fn own_run(&self) -> Option<(u64, u64)> {
+        match self.cluster.as_ref()?.link {
+            Link::CutOff { epoch, last_id } => Some((epoch, last_id)),
+            Link::Linked => None,
+        }
+    }
+
+    /// The id of a message this hub numbers itself: a single server's next, or,
+    /// on a node cut off from its cluster, the next of the node's own epoch.
+    pub(super) fn take_id(&mut self) -> u64 {
+        if let Some(ClusterView {
+            link: Link::CutOff { last_id, .. },
+            ..
+        }) = &mut self.cluster
+        {
+            *last_id += 1;
+            return *last_id;
+        }
+        self.last_message_id += 1;
+        self.last_message_id
+    }
+
+    /// Hands `publish` to `redis-out`, or tells its sender the chat is busy.
+    pub(super) fn publish(&mut self, publish: Publish) {
+        let from = publish.from;
+        let offered =
+            (self.cluster.as_ref()).is_some_and(|view| event::offer(&view.side.outgoing, publish));
+        if !offered {
+            self.reply_error(from, &InputError::NotRelayed("the chat is busy: try again"));
+        }
+    }
+
+    /// Tells the other nodes (through `redis-presence`) where client `id` now is,
+    /// or that it is gone.
+    pub(super) fn report_location(&self, id: ClientId) {
+        if let Some(view) = &self.cluster {
+            let location = self.clients.get(&id).map(|client| Location {
+                room: client.room.clone(),
+                name: client.name.clone(),
+            });
+            view.side.whereabouts.set(id, location);
+        }
+    }
+
+    /// A room message in the cluster's order: to this node's members of its room,
+    /// and its history. A room nobody here is in is made for its history (while
+    /// `--max-rooms` allows), so that whoever joins it here later hears what was
+    /// said there.
+    pub(super) fn relayed(&mut self, message: RelayedMessage) {
+        // Made before the id is taken in: a room new here has no history before
+        // this message.
+        let made = self.make_room(&message.room, None);
+        self.last_message_id = self.last_message_id.max(message.id);
+        if made.is_err() {
+            return;
+        }
+        let frame = Outgoing::Message {
+            id: message.id,
+            ts: message.ts,
+            from: message.from,
+            name: &message.name,
+            msg: &message.msg,
+            room: Some(&message.room),
+        };
+        self.post(
+            &message.room,
+            &frame,
+            message.except_sender,
+            self.settings.epoch,
+        );
+    }
+
+    /// A direct message in the cluster's order, to whichever of its two ends is
+    /// here.
+    pub(super) fn relayed_direct(&mut self, id: u64, ts: u64, direct: &DirectMessage) {
+        self.last_message_id = self.last_message_id.max(id);
+        self.deliver_direct(id, ts, direct);
+    }
+
+    /// A direct message from a client here, through Redis like a room message
+    /// (for its id): the target's node delivers it, the sender's node the
+    /// sender's copy.
+    pub(super) fn direct_through_cluster(&mut self, direct: DirectMessage) {
+        let (from, to) = (direct.from, direct.to);
+        let known = self.clients.contains_key(&to)
+            || (self.cluster.as_ref()).is_some_and(|view| view.is_elsewhere(to));
+        if !known || !self.clients.contains_key(&from) {
+            return self.reply_error(from, &InputError::NoSuchClient(to));
+        }
+        self.publish(Publish::direct(direct, unix_millis()));
+    }
+
+    /// An admin's kick of a client not on this node: its node closes it when the
+    /// kick comes back through the stream.
+    pub(super) fn kick_elsewhere(&mut self, target: ClientId, by: ClientId) {
+        let error = match &self.cluster {
+            None => InputError::NoSuchClient(target),
+            Some(view) if !view.is_linked() => InputError::Unreachable(target),
+            Some(view) if !view.is_elsewhere(target) => InputError::NoSuchClient(target),
+            Some(_) => return self.publish(Publish::kick(target, by, unix_millis())),
+        };
+        self.reply_error(by, &error);
+    }
+
+    /// Redis stopped or started answering: every room here hears it, and while it
+    /// is gone the other nodes' members are out of this node's counts.
+    pub(super) fn linked_changed(&mut self, up: bool) {
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        if up == view.is_linked() {
+            return;
+        }
+        let nobody = HashMap::new();
+        if let Link::CutOff { epoch, .. } = view.link {
+            for room in self.rooms.values_mut() {
+                room.history.forget(epoch);
+            }
+            view.link = Link::Linked;
+            announce_elsewhere(&mut self.rooms, &mut self.turn, &nobody, &view.reported);
+        } else {
+            view.last_own_epoch = own_epoch(view.side.node, view.last_own_epoch);
+            view.link = Link::CutOff {
+                epoch: view.last_own_epoch,
+                last_id: self.last_message_id,
+            };
+            announce_elsewhere(&mut self.rooms, &mut self.turn, &view.reported, &nobody);
+        }
+        let msg = if up {
+            log::warn!("cluster: Redis answers again");
+            "this server has the rest of the chat again"
+        } else {
+            log::warn!("cluster: Redis does not answer: chatting on alone");
+            "this server lost the rest of the chat: until it is back, only the people on this server hear you"
+        };
+        self.tell_every_room(msg, false);
+    }
+
+    /// Who is where on the other nodes, as `redis-presence` reads it now: while
+    /// linked, the counts follow, and this node's members hear of each join and
+    /// leave, as of their own node's.
+    pub(super) fn elsewhere_reported(&mut self, rooms: HashMap<String, Vec<NamedClient>>) {
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        let before = std::mem::replace(&mut view.reported, rooms);
+        if view.is_linked() {
+            announce_elsewhere(&mut self.rooms, &mut self.turn, &before, &view.reported);
+        }
+    }
+
+    /// The cluster's messages up to `upto` that this node has not heard never will
+    /// (the stream was trimmed past them while it was cut off, or Redis lost
+    /// them): a replay from before them has a gap, and everyone here is told.
+    pub(super) fn missed(&mut self, upto: u64) {
+        log::warn!("cluster: messages up to {upto} are gone before this node heard them");
+        self.last_message_id = self.last_message_id.max(upto);
+        for room in self.rooms.values_mut() {
+            room.history.missing(self.settings.epoch, upto);
+        }
+        self.tell_every_room(
+            "some of what was said on the other servers meanwhile is gone and will not arrive",
+            true,
+        );
+    }
+
+    /// A cluster notification to every room with members: whether Redis answers
+    /// now, in which epoch, and (`gap`) whether something is gone for good.
+    fn tell_every_room(&mut self, msg: &str, gap: bool) {
+        let (epoch, connected) = (self.epoch(), self.is_linked());
+        for (name, room) in &mut self.rooms {
+            if room.members.is_empty() {
+                continue;
+            }
+            let frame = Outgoing::Cluster {
+                msg,
+                count: room.members.len() + members_elsewhere(&self.cluster, name).len(),
+                event: "cluster",
+                room: name,
+                connected,
+                gap,
+                epoch,
+            };
+            let json = frame.to_json();
+            room.batch.push(&json, &frame, name);
+            self.turn.bytes += json.len();
+            self.turn.mark(name);
+        }
+    }
+}
+
+/// The other nodes' members changed from `before` to `after`: each room here
+/// with members hears of every join and leave, with the count after it.
+fn announce_elsewhere(
+    rooms: &mut HashMap<String, Room>,
+    turn: &mut Turn,
+    before: &HashMap<String, Vec<NamedClient>>,
+    after: &HashMap<String, Vec<NamedClient>>,
+) {
+    for (name, room) in rooms {
+        if room.members.is_empty() {
+            continue;
+        }
+        let before = before.get(name).map_or(&[][..], Vec::as_slice);
+        let after = after.get(name).map_or(&[][..], Vec::as_slice);
+        if before == after {
+            continue;
+        }
+        let ids = |list: &[NamedClient]| list.iter().map(|m| m.id).collect::<HashSet<_>>();
+        let (had, has) = (ids(before), ids(after));
+        let mut count = room.members.len() + before.len();
+        let mut changed = false;
+        for gone in before.iter().filter(|m| !has.contains(&m.id)) {
+            count -= 1;
+            room.batch
+                .presence(Presence::Leave, count, gone.clone(), name);
+            changed = true;
+        }
+        for new in after.iter().filter(|m| !had.contains(&m.id)) {
+            count += 1;
+            room.batch
+                .presence(Presence::Join, count, new.clone(), name);
+            changed = true;
+        }
+        if changed {
+            turn.bytes += 2 * MAX_PRESENCE_FRAME;
+            turn.mark(name);
+        }
+    }
+}
+
+/// An epoch of node `node`'s own, for a time cut off from its cluster, after its
+/// `previous` one: the time in seconds above the node's number (below 2^21), so
+/// no two nodes share one, and the same node's increase. Past any cluster's (a
+/// time in milliseconds), and below 2^53 (for the page's JavaScript) until 2106.
+pub(super) fn own_epoch(node: u64, previous: u64) -> u64 {
+    let now = ((unix_millis() / 1000) << 21) | node;
+    now.max((previous | node) + (1 << 21))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_s_own_epochs_differ_from_each_other_and_from_every_other_node_s() {
+        let first = own_epoch(5, 0);
+        let again = own_epoch(5, first);
+        assert!(again > first);
+        assert_eq!(again % (1 << 21), 5, "still node 5's");
+        assert_ne!(own_epoch(6, 0) % (1 << 21), first % (1 << 21));
+        assert!(first > unix_millis() && first < 1 << 53);
+    }
+}

@@ -1,0 +1,176 @@
+//! Messages: a room message into its room's batch and history, a direct message
+//! to its two ends, and the answers and errors for one client, each paid for by
+//! the address it is sent for.
+
+use super::Hub;
+use crate::budget::Spent;
+use crate::event::{DirectMessage, Publish};
+use crate::logging::Untrusted;
+use crate::protocol::{ChatMessage, ClientId, InputError, Outgoing, unix_millis};
+
+impl Hub {
+    /// Client `from` says `message` in its room (to everyone but itself, with
+    /// `except_sender`).
+    pub(super) fn message(&mut self, from: ClientId, message: ChatMessage, except_sender: bool) {
+        let Some(client) = self.clients.get(&from) else {
+            return; // left (or kicked) while the message was on its way
+        };
+        let room = client.room.clone();
+        if self.spent_meanwhile(from) {
+            return;
+        }
+        if self.is_linked() {
+            // Delivered when Redis hands it back, in the cluster's order.
+            let publish = Publish::message(&room, from, message, except_sender, unix_millis());
+            return self.publish(publish);
+        }
+        let (id, epoch) = (self.take_id(), self.epoch());
+        log::debug!(
+            "message {id} from client {from} in \"{}\": \"{}\": \"{}\"",
+            Untrusted(&room),
+            Untrusted(&message.name),
+            Untrusted(&message.msg)
+        );
+        let frame = Outgoing::Message {
+            id,
+            ts: unix_millis(),
+            from,
+            name: &message.name,
+            msg: &message.msg,
+            room: Some(&room),
+        };
+        self.post(&room, &frame, except_sender, epoch);
+    }
+
+    /// Appends message `frame` to room `room_name`'s batch (not to its sender's,
+    /// with `except_sender`) and to its history in `epoch`. The sender pays for
+    /// every copy when it is on this node; another node's client pays there.
+    pub(super) fn post(
+        &mut self,
+        room_name: &str,
+        frame: &Outgoing<'_>,
+        except_sender: bool,
+        epoch: u64,
+    ) {
+        let Outgoing::Message { id, from, .. } = *frame else {
+            unreachable!("post is given message frames")
+        };
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let was_empty = room.batch.is_empty();
+        let json = frame.to_json();
+        let at = room.batch.push(&json, frame, room_name);
+        if except_sender && let Some(sender) = room.members.iter_mut().find(|m| m.id == from) {
+            sender.except.push(at);
+        }
+        let bytes = json.len();
+        room.history.push(epoch, id, json, self.settings.history);
+        room.last_used = self.clock;
+        if let Some(sender) = self.clients.get(&from) {
+            sender.charge(bytes * room.members.len());
+        }
+        self.turn.bytes += bytes;
+        self.turn.messages += 1;
+        if was_empty {
+            // A room's batch is empty exactly while the room is not in the turn's
+            // list: no search needed.
+            self.turn.dirty.push(room_name.to_string());
+        }
+    }
+
+    /// A direct message from a client here: through the cluster when there is
+    /// one to go through, else to its target here.
+    pub(super) fn direct(&mut self, direct: DirectMessage) {
+        let (from, to) = (direct.from, direct.to);
+        if self.spent_meanwhile(from) {
+            return;
+        }
+        if self.is_linked() {
+            return self.direct_through_cluster(direct);
+        }
+        if self.is_cut_off() && !self.clients.contains_key(&to) {
+            // Perhaps on another node, which cannot be reached now.
+            return self.reply_error(from, &InputError::Unreachable(to));
+        }
+        if !(self.clients.contains_key(&to) && self.clients.contains_key(&from)) {
+            return self.reply_error(from, &InputError::NoSuchClient(to));
+        }
+        let id = self.take_id();
+        self.deliver_direct(id, unix_millis(), &direct);
+    }
+
+    /// A direct message to its target and the sender's copy, to whichever of the
+    /// two is on this node.
+    pub(super) fn deliver_direct(&mut self, id: u64, ts: u64, direct: &DirectMessage) {
+        let DirectMessage {
+            from,
+            ref name,
+            to,
+            ref msg,
+        } = *direct;
+        let frame = |delivered| Outgoing::Direct {
+            id,
+            ts,
+            from,
+            name,
+            to,
+            msg,
+            delivered,
+        };
+        let to_target = (self.clients.get(&to))
+            .filter(|_| to != from)
+            .map(|target| target.format.frame(&frame(false)));
+        let sender = self.clients.get(&from);
+        let to_sender = sender.map(|sender| sender.format.frame(&frame(true)));
+        // The sender's address pays for both copies (when it is on this node).
+        if let Some(sender) = sender {
+            let copies =
+                to_target.as_ref().map_or(0, Vec::len) + to_sender.as_ref().map_or(0, Vec::len);
+            sender.charge(copies);
+        }
+        if let Some(to_target) = to_target {
+            self.turn.reply(to, to_target);
+        }
+        if let Some(to_sender) = to_sender {
+            self.turn.reply(from, to_sender);
+        }
+    }
+
+    /// Whether client `id`'s address has spent what it may make the server send
+    /// since its reader let this message in (other connections of the address
+    /// spent it meanwhile); if so, the message is dropped and the client told.
+    /// The hub is the last gate, so that an address overdraws by one message's
+    /// fan-out, not by one for each of its connections.
+    fn spent_meanwhile(&mut self, id: ClientId) -> bool {
+        let spent = self
+            .clients
+            .get(&id)
+            .is_some_and(|client| client.has_spent());
+        if spent {
+            let frame = Outgoing::Dropped {
+                msg: InputError::AddressBusy(Spent::BytesOut.what()).to_string(),
+                dropped: 1,
+            };
+            self.reply_frame(id, &frame);
+        }
+        spent
+    }
+
+    /// An error frame for client `id`, paid for by its address.
+    pub(super) fn reply_error(&mut self, id: ClientId, error: &InputError) {
+        let frame = Outgoing::Error {
+            msg: error.to_string(),
+        };
+        self.reply_frame(id, &frame);
+    }
+
+    /// An answer to client `id`, paid for by its address.
+    fn reply_frame(&mut self, id: ClientId, frame: &Outgoing<'_>) {
+        if let Some(client) = self.clients.get(&id) {
+            let bytes = client.format.frame(frame);
+            client.charge(bytes.len());
+            self.turn.reply(id, bytes);
+        }
+    }
+}
