@@ -157,29 +157,7 @@ where
         let place = match door.places.take(door.kind, peer) {
             Ok(place) => place,
             Err(refusal) => {
-                // One host can be refused thousands of times a second. Past a
-                // /64's ceiling the refused address is only the latest of many: the
-                // line names those that hold the places.
-                // Holders are looked up (a walk of every place) only for a line
-                // that will be written.
-                match refusal {
-                    Refusal::Full(_) => limited!(
-                        Noisy::Full,
-                        "{}: connection from {peer} refused: {refusal}",
-                        door.name
-                    ),
-                    Refusal::HostFull(..) => limited!(
-                        Noisy::AddressFull,
-                        "{}: connection from {peer} refused: {refusal}",
-                        door.name
-                    ),
-                    Refusal::NetworkFull(kind, _, network) => limited!(
-                        Noisy::AddressFull,
-                        "{}: connection from {peer} refused: {refusal}; {}",
-                        door.name,
-                        door.places.holders(kind, network)
-                    ),
-                }
+                log_refusal(door, peer, &refusal);
                 refuse_without_thread(&stream, refusal);
                 continue;
             }
@@ -206,6 +184,32 @@ where
                 door.name
             );
         }
+    }
+}
+
+/// Logs a connection refused a place. One host can be refused thousands of
+/// times a second, so each kind of line is limited. Past a /64's ceiling the
+/// refused address is only the latest of many: the line names those that hold
+/// the places (looked up, a walk of every place, only for a line that will be
+/// written).
+fn log_refusal(door: &Door, peer: IpAddr, refusal: &Refusal) {
+    match refusal {
+        Refusal::Full(_) => limited!(
+            Noisy::Full,
+            "{}: connection from {peer} refused: {refusal}",
+            door.name
+        ),
+        Refusal::HostFull(..) => limited!(
+            Noisy::AddressFull,
+            "{}: connection from {peer} refused: {refusal}",
+            door.name
+        ),
+        Refusal::NetworkFull(kind, _, network) => limited!(
+            Noisy::AddressFull,
+            "{}: connection from {peer} refused: {refusal}; {}",
+            door.name,
+            door.places.holders(*kind, *network)
+        ),
     }
 }
 

@@ -123,12 +123,47 @@ impl fmt::Display for Kind {
 }
 
 /// How many places there are: in all per kind, and per address (0: no cap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Caps {
-    /// Places in all, indexed like [`Kind`]: page, handshake, chat, echo.
-    pub total: [usize; 4],
-    /// Per address: page connections, handshakes, clients (chat and echo).
-    pub per_host: [usize; 3],
+    /// Page connections.
+    pub http: Cap,
+    /// Handshakes in progress on the chat port.
+    pub handshakes: Cap,
+    /// Chat clients; their per-address cap counts an address's echo clients too,
+    /// so `/echo` is no way around `--max-per-host`.
+    pub clients: Cap,
+    /// Echo clients in all (`--echo`).
+    pub echo: usize,
+}
+
+/// Places of one kind: in all, and for one address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cap {
+    /// In all.
+    pub total: usize,
+    /// For one address (or a /64's share of it).
+    pub per_host: usize,
+}
+
+impl Caps {
+    /// Places of `kind` in all.
+    fn total(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Http => self.http.total,
+            Kind::Handshake => self.handshakes.total,
+            Kind::Chat => self.clients.total,
+            Kind::Echo => self.echo,
+        }
+    }
+
+    /// Places of `kind` one address may hold.
+    fn per_host(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Http => self.http.per_host,
+            Kind::Handshake => self.handshakes.per_host,
+            Kind::Chat | Kind::Echo => self.clients.per_host,
+        }
+    }
 }
 
 /// An IPv6 /64: the network one host is normally given whole. Holds the address
@@ -326,11 +361,11 @@ impl Places {
     pub fn take(self: &Arc<Self>, kind: Kind, peer: IpAddr) -> Result<Place, Refusal> {
         let host = host_of(peer);
         let mut ledger = self.lock();
-        if ledger.taken[kind.index()] >= self.caps.total[kind.index()] {
+        if ledger.taken[kind.index()] >= self.caps.total(kind) {
             ledger.refused_full += 1;
             return Err(Refusal::Full(kind));
         }
-        let cap = self.caps.per_host[kind.host_index()];
+        let cap = self.caps.per_host(kind);
         match ledger.share_used_up(kind, host, cap) {
             Some(refusal @ Refusal::NetworkFull(..)) => {
                 ledger.refused_per_network += 1;
@@ -361,7 +396,7 @@ impl Places {
     /// only to be refused. Only the acceptor of a kind takes places of that kind, so
     /// the place is still free when it asks for it.
     pub fn wait_for_room(&self, kind: Kind) -> bool {
-        let cap = self.caps.total[kind.index()];
+        let cap = self.caps.total(kind);
         let ledger = self
             .freed
             .wait_while(self.lock(), |l| !l.closed && l.taken[kind.index()] >= cap)
@@ -476,8 +511,16 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
+    /// Places in all (page, handshake, chat, echo) and per address (page,
+    /// handshake, clients).
     fn caps(total: [usize; 4], per_host: [usize; 3]) -> Arc<Places> {
-        Places::new(Caps { total, per_host })
+        let cap = |total, per_host| Cap { total, per_host };
+        Places::new(Caps {
+            http: cap(total[0], per_host[0]),
+            handshakes: cap(total[1], per_host[1]),
+            clients: cap(total[2], per_host[2]),
+            echo: total[3],
+        })
     }
 
     #[test]

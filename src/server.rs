@@ -21,7 +21,7 @@ use crate::handshake::{self, WsSettings};
 use crate::hosts::ServerNames;
 use crate::http;
 use crate::hub;
-use crate::places::{self, Caps, Kind, Places};
+use crate::places::{self, Cap, Caps, Kind, Places};
 use crate::protocol::unix_millis;
 use crate::reader::ReaderSettings;
 use crate::shutdown::{self, Control};
@@ -87,12 +87,19 @@ pub fn run(
     let tls = load_tls(&config)?;
     let plan = plan_and_say(&config, &page);
     let places = Places::new(Caps {
-        total: [plan.max_http, plan.handshakes, plan.max_clients, plan.echo],
-        per_host: [
-            config.max_http_per_host,
-            config.max_handshakes_per_host,
-            config.max_per_host,
-        ],
+        http: Cap {
+            total: plan.max_http,
+            per_host: config.max_http_per_host,
+        },
+        handshakes: Cap {
+            total: plan.handshakes,
+            per_host: config.max_handshakes_per_host,
+        },
+        clients: Cap {
+            total: plan.max_clients,
+            per_host: config.max_per_host,
+        },
+        echo: plan.echo,
     });
     let stats = Arc::new(Stats::new());
     let (hub_tx, hub_rx) = crossbeam_channel::bounded(hub::EVENT_QUEUE);

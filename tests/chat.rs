@@ -5,7 +5,7 @@ mod support;
 
 use std::thread;
 
-use support::{Client, NO_FLOOD_CONTROL, Process, Running, Server};
+use support::{Client, Process, Running, Server};
 use tungstenite::Message;
 
 #[test]
@@ -77,7 +77,7 @@ fn concurrent_senders_are_seen_in_one_order_by_everyone() {
     const SENDERS: usize = 4;
     const EACH: usize = 50;
     // Faster than flood control allows by default: raised for a test of order.
-    let server = Server::start(NO_FLOOD_CONTROL);
+    let server = Server::start(&support::unthrottled(&[]));
     let mut listeners: Vec<Client> = (0..3).map(|_| Client::join(&server)).collect();
     let senders: Vec<Client> = (0..SENDERS).map(|_| Client::join(&server)).collect();
     // Drain the join notifications so each listener starts at the same point.

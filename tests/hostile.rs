@@ -934,17 +934,7 @@ fn large_frames_get_short_errors_and_leave_no_buffer_behind() {
     // has rather than what the readers hold.
     // The address's budgets would drop most of 4 MiB in a second: this story is
     // about what a frame costs once read, so they are off.
-    let server = Process::start_with_env(
-        &[
-            "--host-frames",
-            "0",
-            "--host-bytes-in",
-            "0",
-            "--host-bytes-out",
-            "0",
-        ],
-        &[("MALLOC_ARENA_MAX", "1")],
-    );
+    let server = Process::start_with_env(support::NO_BUDGETS, &[("MALLOC_ARENA_MAX", "1")]);
     let base = baseline(&server);
     let mut theirs: Vec<Client> = (0..32)
         .map(|_| Client::join_over(&server, connect_from(ATTACKER, server.ws)))

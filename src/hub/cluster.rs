@@ -170,7 +170,7 @@ impl Hub {
             msg: &message.msg,
             room: Some(&message.room),
         };
-        self.post(
+        self.broadcast(
             &message.room,
             &frame,
             message.except_sender,

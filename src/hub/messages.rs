@@ -39,13 +39,13 @@ impl Hub {
             msg: &message.msg,
             room: Some(&room),
         };
-        self.post(&room, &frame, except_sender, epoch);
+        self.broadcast(&room, &frame, except_sender, epoch);
     }
 
     /// Appends message `frame` to room `room_name`'s batch (not to its sender's,
     /// with `except_sender`) and to its history in `epoch`. The sender pays for
     /// every copy when it is on this node; another node's client pays there.
-    pub(super) fn post(
+    pub(super) fn broadcast(
         &mut self,
         room_name: &str,
         frame: &Outgoing<'_>,
@@ -53,7 +53,7 @@ impl Hub {
         epoch: u64,
     ) {
         let Outgoing::Message { id, from, .. } = *frame else {
-            unreachable!("post is given message frames")
+            unreachable!("broadcast is given message frames")
         };
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;

@@ -44,13 +44,16 @@ pub(super) fn frames(bytes: &[u8]) -> Vec<String> {
 
 /// A client on a loopback connection: its outbox, and the other end to read.
 fn client(id: u64) -> (Arc<Outbox>, std::net::TcpStream) {
-    use crate::places::{Caps, Kind, Places};
+    use crate::places::{Cap, Caps, Kind, Places};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let theirs = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (ours, peer) = listener.accept().unwrap();
     let places = Places::new(Caps {
-        total: [0, 0, 1, 0],
-        per_host: [0, 0, 0],
+        clients: Cap {
+            total: 1,
+            per_host: 0,
+        },
+        ..Caps::default()
     });
     let place = places.take(Kind::Chat, peer.ip()).unwrap();
     let outbox = Outbox::new(

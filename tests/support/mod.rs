@@ -403,14 +403,9 @@ pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus
     }
 }
 
-/// Flags that take flood control out of the way (each connection's rate and each
-/// address's budgets), for tests of order and throughput that send faster than
-/// any person.
-pub const NO_FLOOD_CONTROL: &[&str] = &[
-    "--rate",
-    "100000",
-    "--burst",
-    "100000",
+/// Flags that turn each address's budgets off, for tests about something else
+/// that send more than a person would.
+pub const NO_BUDGETS: &[&str] = &[
     "--host-frames",
     "0",
     "--host-bytes-in",
@@ -419,9 +414,15 @@ pub const NO_FLOOD_CONTROL: &[&str] = &[
     "0",
 ];
 
-/// `args`, then [`NO_FLOOD_CONTROL`].
+/// Flags that take each connection's rate out of the way; with [`NO_BUDGETS`],
+/// all of flood control ([`unthrottled`]).
+const NO_RATE_LIMIT: &[&str] = &["--rate", "100000", "--burst", "100000"];
+
+/// `args`, then flags that take flood control out of the way (each connection's
+/// rate and each address's budgets), for tests of order and throughput that send
+/// faster than any person.
 pub fn unthrottled<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    [args, NO_FLOOD_CONTROL].concat()
+    [args, NO_RATE_LIMIT, NO_BUDGETS].concat()
 }
 
 /// Polls `condition` until it holds or `PATIENCE` passes.
