@@ -32,22 +32,11 @@ pub enum Event {
     /// A client finished its handshake.
     Connect(Arrival),
     /// A chat client sent a valid message; the reader has filled in its name.
-    Message {
-        /// The sender's id: the relayed frame's `from`.
-        from: ClientId,
-        message: ChatMessage,
-        /// Everyone in the room but the sender.
-        except_sender: bool,
-    },
+    Message(Said),
     /// The client's name, from `hello`.
     Hello { id: ClientId, name: String },
-    /// The client moves to `room`, with what it has seen (`since` of `epoch`).
-    Join {
-        id: ClientId,
-        room: String,
-        since: Option<u64>,
-        epoch: Option<u64>,
-    },
+    /// The client moves to a room (or asks for its own again).
+    Join(Join),
     /// The client asks which rooms there are.
     Rooms { id: ClientId },
     /// The client asks who is in its room.
@@ -88,6 +77,23 @@ pub enum Event {
     /// when it reaches this event, which it can only do by having taken every
     /// event before it.
     Probe { answer: Sender<()> },
+}
+
+/// A room message from a chat client, its name filled in by the reader.
+pub struct Said {
+    /// The sender's id: the relayed frame's `from`.
+    pub from: ClientId,
+    pub message: ChatMessage,
+    /// Everyone in the room but the sender.
+    pub except_sender: bool,
+}
+
+/// Client `id` moves to `room`, with what it has seen there: `since` of `epoch`.
+pub struct Join {
+    pub id: ClientId,
+    pub room: String,
+    pub since: Option<u64>,
+    pub epoch: Option<u64>,
 }
 
 /// A client that finished its handshake, as the hub is told of it.

@@ -30,7 +30,7 @@ use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::budget::{Allowance, Spent};
-use crate::event::{Arrival, DirectMessage, Endpoint, Event};
+use crate::event::{Arrival, DirectMessage, Endpoint, Event, Join, Said};
 use crate::format::Format;
 use crate::logging::{Noisy, Untrusted, limited};
 use crate::outbox::{Failure, Outbox, SendError};
@@ -735,11 +735,11 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
                 // What `parse` checks of a JSON client's message.
                 protocol::check_message(&name, &msg)?;
             }
-            Event::Message {
+            Event::Message(Said {
                 from: id,
                 message: ChatMessage { name, msg },
                 except_sender,
-            }
+            })
         }
         Incoming::Hello { name } => {
             client.name = Some(name.clone());
@@ -755,12 +755,12 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
             }
             return Ok(Handled::Reply(Message::text(answer)));
         }
-        Incoming::Join { room, since, epoch } => Event::Join {
+        Incoming::Join { room, since, epoch } => Event::Join(Join {
             id,
             room,
             since,
             epoch,
-        },
+        }),
         Incoming::Rooms => Event::Rooms { id },
         Incoming::Who => Event::Who { id },
         Incoming::Direct { to, msg } => Event::Direct(DirectMessage {

@@ -4,14 +4,19 @@
 
 use super::Hub;
 use crate::budget::Spent;
-use crate::event::{DirectMessage, Publish};
+use crate::event::{DirectMessage, Publish, Said};
 use crate::logging::Untrusted;
-use crate::protocol::{ChatMessage, ClientId, InputError, Outgoing, unix_millis};
+use crate::protocol::{ClientId, InputError, Outgoing, unix_millis};
 
 impl Hub {
     /// Client `from` says `message` in its room (to everyone but itself, with
     /// `except_sender`).
-    pub(super) fn message(&mut self, from: ClientId, message: ChatMessage, except_sender: bool) {
+    pub(super) fn message(&mut self, said: Said) {
+        let Said {
+            from,
+            message,
+            except_sender,
+        } = said;
         let Some(client) = self.clients.get(&from) else {
             return; // left (or kicked) while the message was on its way
         };

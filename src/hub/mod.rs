@@ -277,18 +277,9 @@ impl Hub {
         self.clock += 1;
         match event {
             Event::Connect(arrival) => self.connect(arrival),
-            Event::Message {
-                from,
-                message,
-                except_sender,
-            } => self.message(from, message, except_sender),
+            Event::Message(said) => self.message(said),
             Event::Hello { id, name } => self.hello(id, name),
-            Event::Join {
-                id,
-                room,
-                since,
-                epoch,
-            } => self.join(id, room, since, epoch),
+            Event::Join(join) => self.join(join),
             Event::Rooms { id } => self.list_rooms(id),
             Event::Who { id } => self.who(id),
             Event::Direct(direct) => self.direct(direct),

@@ -12,7 +12,7 @@ use super::cluster::members_elsewhere;
 use super::history::{History, replay_into};
 use super::{Hub, LIST_MOST, close_away};
 use crate::budget::Allowance;
-use crate::event::{Arrival, Endpoint};
+use crate::event::{Arrival, Endpoint, Join};
 use crate::format::Format;
 use crate::outbox::{Failure, Outbox};
 use crate::places::{self, Network64};
@@ -186,13 +186,13 @@ impl Hub {
 
     /// Client `id` moves to `room` (or asks for its own room again), with what it
     /// has seen: `since` of `epoch`.
-    pub(super) fn join(
-        &mut self,
-        id: ClientId,
-        room: String,
-        since: Option<u64>,
-        epoch: Option<u64>,
-    ) {
+    pub(super) fn join(&mut self, join: Join) {
+        let Join {
+            id,
+            room,
+            since,
+            epoch,
+        } = join;
         let Some(address) = self.clients.get(&id).map(|client| client.address) else {
             return;
         };

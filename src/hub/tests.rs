@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::event::{Arrival, DirectMessage, Endpoint, Publish};
+use crate::event::{Arrival, DirectMessage, Endpoint, Join, Publish, Said};
 use crate::format::Format;
 use crate::places;
 use crate::protocol::ChatMessage;
@@ -143,14 +143,14 @@ fn connect(id: u64, outbox: &Arc<Outbox>) -> Event {
 }
 
 fn say(from: u64, text: &str) -> Event {
-    Event::Message {
+    Event::Message(Said {
         from: ClientId(from),
         message: ChatMessage {
             name: format!("n{from}"),
             msg: text.into(),
         },
         except_sender: false,
-    }
+    })
 }
 
 #[test]
@@ -197,12 +197,12 @@ fn messages_get_increasing_ids_and_reach_their_room_in_one_order() {
     }
     hub.flush();
     // Cid goes elsewhere; Ann and Bob talk in the lobby, Cid in its room.
-    hub.apply(Event::Join {
+    hub.apply(Event::Join(Join {
         id: ClientId(3),
         room: "side".into(),
         since: None,
         epoch: None,
-    });
+    }));
     for (from, text) in [(1, "one"), (2, "two"), (3, "aside"), (1, "three")] {
         hub.apply(say(from, text));
     }
@@ -274,11 +274,13 @@ fn rejoining_ones_own_room_replays_only_what_it_asks_for() {
     let (ann, mut ann_reads) = client(1);
     hub.apply(connect(1, &ann));
     hub.apply(say(1, "before"));
-    let rejoin = |since| Event::Join {
-        id: ClientId(1),
-        room: LOBBY.into(),
-        since,
-        epoch: None,
+    let rejoin = |since| {
+        Event::Join(Join {
+            id: ClientId(1),
+            room: LOBBY.into(),
+            since,
+            epoch: None,
+        })
     };
     // Without `since`: nothing again, or one small frame would buy the whole
     // history.
@@ -319,25 +321,25 @@ fn a_room_keeps_its_history_for_whoever_comes_back() {
     let mut hub = hub();
     let (ann, mut ann_reads) = client(1);
     hub.apply(connect(1, &ann));
-    hub.apply(Event::Join {
+    hub.apply(Event::Join(Join {
         id: ClientId(1),
         room: "a".into(),
         since: None,
         epoch: None,
-    });
+    }));
     hub.apply(say(1, "remember me"));
-    hub.apply(Event::Join {
+    hub.apply(Event::Join(Join {
         id: ClientId(1),
         room: "b".into(),
         since: None,
         epoch: None,
-    });
-    hub.apply(Event::Join {
+    }));
+    hub.apply(Event::Join(Join {
         id: ClientId(1),
         room: "a".into(),
         since: None,
         epoch: None,
-    });
+    }));
     hub.flush();
     let heard = received(&mut ann_reads, 9);
     let back = heard.iter().rposition(|f| f["type"] == "joined").unwrap();
@@ -345,31 +347,31 @@ fn a_room_keeps_its_history_for_whoever_comes_back() {
     assert_eq!(heard[back + 1]["msg"], "remember me");
     assert_eq!(heard[back + 1]["history"], true);
     // A fourth room takes the place of the least recently used empty one (b).
-    hub.apply(Event::Join {
+    hub.apply(Event::Join(Join {
         id: ClientId(1),
         room: "c".into(),
         since: None,
         epoch: None,
-    });
+    }));
     assert!(hub.rooms.contains_key("a") && !hub.rooms.contains_key("b"));
     // With someone in every room but the lobby, which never makes way, a fifth
     // finds no place: its maker is told, and stays where it was.
     let (bob, _bob_reads) = client(2);
     hub.apply(connect(2, &bob));
-    hub.apply(Event::Join {
+    hub.apply(Event::Join(Join {
         id: ClientId(2),
         room: "a".into(),
         since: None,
         epoch: None,
-    });
+    }));
     hub.flush();
     received(&mut ann_reads, 2); // c's `joined` and her own join there
-    hub.apply(Event::Join {
+    hub.apply(Event::Join(Join {
         id: ClientId(1),
         room: "d".into(),
         since: None,
         epoch: None,
-    });
+    }));
     hub.flush();
     let refused = received(&mut ann_reads, 1).pop().unwrap();
     assert_eq!(refused["type"], "error", "{refused}");
@@ -382,11 +384,13 @@ fn an_address_s_new_rooms_make_way_among_its_own() {
     let mut hub = hub();
     hub.settings.max_rooms = 100;
     hub.settings.max_rooms_per_host = 2;
-    let join = |id, room: &str| Event::Join {
-        id: ClientId(id),
-        room: room.into(),
-        since: None,
-        epoch: None,
+    let join = |id, room: &str| {
+        Event::Join(Join {
+            id: ClientId(id),
+            room: room.into(),
+            since: None,
+            epoch: None,
+        })
     };
     // Someone else's room, empty now: an attacker's churn must leave it be.
     let (ann, _ann_reads) = client(1);
@@ -470,12 +474,12 @@ fn an_ipv6_host_hopping_through_its_64_makes_the_64_s_share_of_rooms() {
             *address = std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, n).into();
         }
         hub.apply(from);
-        hub.apply(Event::Join {
+        hub.apply(Event::Join(Join {
             id: ClientId(u64::from(n)),
             room: format!("hop-{n}"),
             since: None,
             epoch: None,
-        });
+        }));
         hub.flush();
         kept.push((conn, reads));
     }
@@ -522,12 +526,12 @@ fn cut_off_twice_a_hub_numbers_alone_in_a_new_epoch_each_time_and_forgets_it_aft
         assert_eq!(welcomed[0]["epoch"].as_u64(), Some(own));
         assert_eq!(said(&welcomed), ["a", text]);
         // Resuming in the cluster's epoch: just what the node said alone.
-        hub.apply(Event::Join {
+        hub.apply(Event::Join(Join {
             id: ClientId(newcomer),
             room: LOBBY.into(),
             since: Some(1),
             epoch: Some(1),
-        });
+        }));
         hub.flush();
         let resumed = received(&mut reads, 2);
         assert_ne!(resumed[0]["gap"], true, "{}", resumed[0]);
