@@ -54,8 +54,8 @@
 //! * the other nodes' members leave its counts; a direct message or a kick for
 //!   one of them is refused with an error;
 //! * a message that was on its way to Redis when it went is appended if
-//!   `redis-out` reaches Redis again within its few tries (and heard once the
-//!   node is back), else its sender gets an error.
+//!   `redis-out` reaches Redis again within [`APPEND_PATIENCE`] (and heard once
+//!   the node is back); else its sender is told nothing (below).
 //!
 //! Once Redis answers again:
 //!
@@ -72,10 +72,24 @@
 //! * in case Redis lost its data, the id counter is raised past every id this
 //!   node has seen, and the epoch and node counter are written back.
 //!
-//! A batch `redis-out` could not append is sent again on a new connection, a few
-//! times. Each message carries its number in this process, and the script skips
-//! a number already appended, so a batch whose answer was lost is not appended
-//! twice. If every try fails, the senders get an error frame.
+//! A batch `redis-out` could not append is sent again on a new connection. Each
+//! message carries its number in this process, and the script skips a number
+//! already appended and records each one it appends, in the same atomic step,
+//! so a batch whose answer was lost is not appended twice. How the tries end
+//! depends on what Redis said:
+//!
+//! * nothing (the connection lost or timed out): the batch may be in, only the
+//!   answer lost, and the other nodes deliver it. So it is sent again while Redis
+//!   does not answer, for up to [`APPEND_PATIENCE`]. If Redis stays away longer,
+//!   what became of it cannot be learned, and its senders are told nothing rather
+//!   than "not sent", which may be false: a message that got in reaches its
+//!   sender through the stream once the node is back, as everyone's does;
+//! * "not now" (loading its data, its script cache emptied): the same;
+//! * an error (READONLY, OOM, NOPERM, a script's error): another try would get
+//!   the same answer, and every later message would wait behind the batch. The
+//!   tries end, Redis is asked which of the batch's numbers it holds (an earlier
+//!   try may have appended some, its answer lost), and only the senders of the
+//!   others get an error frame.
 //!
 //! A direct message goes through the stream too (for its id, in the same order):
 //! the target's node delivers it, the sender's node the sender's copy. So does an
@@ -99,7 +113,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -148,8 +162,9 @@ const READ_BLOCK: Duration = Duration::from_millis(1_000);
 /// message), the message's number in this process, and kick (`1` for a kick).
 /// A number already there is skipped, so a batch sent again after a lost answer
 /// is appended once; it is recorded only after the entry is in (a failed XADD
-/// ends the script, and the retry appends it). The set keeps the last 10,000
-/// numbers.
+/// ends the script, and the retry appends it), so the set is also where
+/// `redis-out` learns which messages of a batch Redis holds ([`not_appended`]).
+/// The set keeps the last 10,000 numbers.
 const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 end \
     local id = redis.call('INCR', KEYS[2]) \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id .. '-1', \
@@ -160,8 +175,11 @@ const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 en
     redis.call('EXPIRE', KEYS[3], 86400) \
     return id";
 
-/// Tries at one batch before its senders are told it did not go.
-const APPEND_TRIES: u32 = 4;
+/// How long `redis-out` goes on trying a batch while Redis does not answer (the
+/// connection lost or timed out: the batch may be in, its answer lost). Long
+/// enough for a restart of Redis or a blip of the network; after it, the batch's
+/// fate cannot be learned, and its senders are told nothing ([`append_messages`]).
+const APPEND_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Raises the id counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data
 /// (a restart without persistence), new ids still follow every id this node has
@@ -508,9 +526,25 @@ impl<'a> Link<'a> {
     }
 }
 
-/// `redis-out`: appends what the hub hands over until the hub is gone. A batch
-/// that fails is sent again on a new connection, a few times, before its senders
-/// are told; the script's numbering makes a repeat harmless.
+/// `redis-out`: appends what the hub hands over until the hub is gone.
+///
+/// A try that fails on the way (the connection lost or timed out) leaves the
+/// batch's fate unknown: Redis may have appended it and only the answer was
+/// lost, and the other nodes then deliver it. So the batch is sent again, on a
+/// new connection, with a growing pause, for as long as Redis does not answer,
+/// up to [`APPEND_PATIENCE`]; the script's numbering makes a repeat harmless.
+/// The same goes when Redis says "not now" ([`refused`]).
+///
+/// Redis answering with an error (READONLY, OOM, NOPERM, a script's error) ends
+/// the tries at once: another try would get the same answer, and every later
+/// message would wait behind the batch. Before anyone is told, Redis is asked
+/// which of the batch's messages it holds (an earlier try's answer may have been
+/// lost): only the senders of the others hear "not sent".
+///
+/// When Redis does not answer within the patience, what happened to the batch
+/// cannot be learned, and nobody is told anything rather than something that
+/// may be false: a message that got in comes back through the stream to its
+/// sender, as everyone's does, once the node is back.
 fn append_messages(
     redis: &RedisAccess,
     node: u64,
@@ -538,8 +572,8 @@ fn append_messages(
                 (number, m)
             })
             .collect();
-        let mut tries = 0;
-        let outcome = loop {
+        let give_up_at = Instant::now() + APPEND_PATIENCE;
+        let failed = loop {
             let attempt = match con.as_mut() {
                 Some((c, sha)) => append(c, sha, &appended, &batch),
                 None => open_appender(redis, highest).and_then(|(mut c, sha)| {
@@ -548,35 +582,114 @@ fn append_messages(
                     appended_now
                 }),
             };
-            match attempt {
-                Ok(()) => {
-                    backoff.reset();
-                    break Ok(());
-                }
-                Err(e) => {
-                    con = None;
-                    tries += 1;
-                    if tries >= APPEND_TRIES {
-                        break Err(e);
-                    }
-                    pause_after(&mut backoff, "append failed", &e);
-                }
+            let Err(e) = attempt else {
+                backoff.reset();
+                break None;
+            };
+            if refused(&e) {
+                // Redis answers: no pause, and the connection serves the question
+                // below.
+                backoff.reset();
+                break Some(e);
             }
+            con = None;
+            if Instant::now() >= give_up_at {
+                break Some(e);
+            }
+            pause_after(&mut backoff, "append failed", &e);
         };
-        if let Err(e) = outcome {
+        let Some(e) = failed else { continue };
+        if !refused(&e) {
             log::warn!(
-                "redis: {} messages not appended: {}",
+                "redis: {} messages: Redis did not take them within {APPEND_PATIENCE:?} ({}); \
+                 whether they were appended cannot be learned, so their senders are told nothing",
                 batch.len(),
                 Untrusted(&e)
             );
-            for (_, m) in &batch {
-                let _ = hub.send(Event::NotRelayed {
-                    from: m.from,
-                    why: "the chat's other nodes cannot be reached",
-                });
+            continue;
+        }
+        // The next batch gets a new connection: what refused may be a server that
+        // is no longer the one to write to (READONLY: a replica after a failover).
+        let mut refusing = con.take();
+        match not_appended(redis, refusing.as_mut().map(|(c, _)| c), &appended, &batch) {
+            Ok(unsent) => {
+                log::warn!(
+                    "redis: Redis refused {} messages ({}); {} of them not appended, \
+                     their senders told",
+                    batch.len(),
+                    Untrusted(&e),
+                    unsent.len()
+                );
+                for m in unsent {
+                    let _ = hub.send(Event::NotRelayed {
+                        from: m.from,
+                        why: "Redis refused it",
+                    });
+                }
             }
+            Err(asked) => log::warn!(
+                "redis: Redis refused {} messages ({}), and which of them an earlier try \
+                 appended cannot be learned ({}): their senders are told nothing",
+                batch.len(),
+                Untrusted(&e),
+                Untrusted(&asked)
+            ),
         }
     }
+}
+
+/// Whether Redis itself answered a try with an error that the next try would
+/// get too (READONLY, OOM, NOPERM, a script's error), rather than the connection
+/// failing on the way (the batch's fate unknown) or Redis saying "not now": still
+/// loading its data, its script cache emptied (a new connection loads the script
+/// again), a replica without its master. Those are tried again.
+fn refused(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as Kind};
+    match e.kind() {
+        ErrorKind::Server(
+            Kind::BusyLoading
+            | Kind::NoScript
+            | Kind::TryAgain
+            | Kind::MasterDown
+            | Kind::ClusterDown,
+        ) => false,
+        ErrorKind::Server(_) | ErrorKind::Extension => true,
+        _ => false,
+    }
+}
+
+/// The messages of `batch` that Redis does not hold, asked on `con` (the
+/// connection that was just refused, which answers) or a new one. The script
+/// records each number in `appended` in the same step as its entry, so a number
+/// missing there was appended by no try.
+fn not_appended<'a>(
+    redis: &RedisAccess,
+    con: Option<&mut redis::Connection>,
+    appended: &str,
+    batch: &'a [(u64, Publish)],
+) -> redis::RedisResult<Vec<&'a Publish>> {
+    let mut made;
+    let c = match con {
+        Some(c) => c,
+        None => {
+            made = connect(redis)?;
+            &mut made
+        }
+    };
+    let numbers: Vec<u64> = batch.iter().map(|(n, _)| *n).collect();
+    let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE").arg(appended).arg(&numbers).query(c)?;
+    if scores.len() != batch.len() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "ZMSCORE answered for another number of members",
+        )));
+    }
+    Ok(batch
+        .iter()
+        .zip(scores)
+        .filter(|(_, score)| score.is_none())
+        .map(|((_, m), _)| m)
+        .collect())
 }
 
 /// A connection for appending: the id counter raised past what this node has
