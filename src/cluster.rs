@@ -69,8 +69,9 @@
 //!   apart meanwhile, so they are the stream's again;
 //! * the clients get a second `cluster` notification with the cluster's epoch, and the
 //!   counts take the others back in;
-//! * in case Redis lost its data, the id counter is raised past every id this
-//!   node has seen, and the epoch and node counter are written back.
+//! * in case Redis lost its data, the id counter is raised past every id given
+//!   before ("When Redis lost its data" below), and the epoch and node counter
+//!   are written back.
 //!
 //! A batch `redis-out` could not append is sent again on a new connection. Each
 //! message carries its number in this process, and the script skips a number
@@ -90,6 +91,35 @@
 //!   tries end, Redis is asked which of the batch's numbers it holds (an earlier
 //!   try may have appended some, its answer lost), and only the senders of the
 //!   others get an error frame.
+//!
+//! # When Redis lost its data
+//!
+//! A Redis restarted without persistence has no stream, no counter, no record
+//! of anything. Each node keeps what it needs to go on ([`Keep`]), but no node
+//! knows every id given before: the one that has seen the most may be the last
+//! one back (cut off, or slower to reconnect). Were the counter raised only to
+//! what the first node back has seen, its next message would take an id that
+//! another node's clients already know for another message, and that node,
+//! reading on from its position, would never hear the new one.
+//!
+//! Nothing in Redis says how far the ids went, but a clock bounds them: the
+//! counter starts at 1 and takes fewer than one id a microsecond (one Redis
+//! appends some tens of thousands of messages a second, SCALING.md), so every id
+//! it gives stays below Redis' clock in microseconds, and so does a counter
+//! started again from that clock. So the first node that finds the counter gone
+//! although it has seen ids (which is how a loss shows: a counter that was used
+//! is missing) starts it again at the clock ([`RAISE_IDS`]), before anyone
+//! appends: `redis-presence` within [`PRESENCE_EVERY`] of reaching Redis, and
+//! `redis-out` before its first append on every connection. Every id given after
+//! the loss is then new to every node, whichever is back first. The ids stay
+//! below 2^53, which the page's JavaScript holds exactly, until the year 2255.
+//!
+//! The jump is no loss of messages, and `redis-in` must not call it one: where
+//! the counter started again and the highest id the node that did it had seen
+//! are kept ([`LIFTED`]), and a jump across that point counts as missed messages
+//! only when this node had not heard all that node had, or missed entries after
+//! it ([`missed`]). What this leaves open is in DESIGN.md ("A cluster when Redis
+//! fails").
 //!
 //! A direct message goes through the stream too (for its id, in the same order):
 //! the target's node delivers it, the sender's node the sender's copy. So does an
@@ -130,6 +160,9 @@ const IDS: &str = "threadchat:ids";
 const NODES: &str = "threadchat:nodes";
 /// When the chat (the cluster) first started: `welcome`'s epoch on every node.
 const EPOCH: &str = "threadchat:epoch";
+/// Where the id counter started again after Redis lost its data (`at`), and the
+/// highest id the node that started it had seen (`seen`): see [`RAISE_IDS`].
+const LIFTED: &str = "threadchat:lifted";
 
 /// Entries the stream keeps, about (`MAXLEN ~`): what a node can catch up on
 /// after losing Redis for a while.
@@ -164,10 +197,12 @@ const READ_BLOCK: Duration = Duration::from_millis(1_000);
 /// is appended once; it is recorded only after the entry is in (a failed XADD
 /// ends the script, and the retry appends it), so the set is also where
 /// `redis-out` learns which messages of a batch Redis holds ([`not_appended`]).
-/// The set keeps the last 10,000 numbers.
+/// The set keeps the last 10,000 numbers. The entry's id is written with `%.0f`:
+/// Lua's own `..` writes a number of more than 14 digits as `1.7e+15`, which no
+/// stream takes, and ids that long follow a loss of Redis' data ([`RAISE_IDS`]).
 const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 end \
     local id = redis.call('INCR', KEYS[2]) \
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id .. '-1', \
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-1', \
     'room', ARGV[2], 'from', ARGV[3], 'name', ARGV[4], 'msg', ARGV[5], \
     'ts', ARGV[6], 'except', ARGV[7], 'to', ARGV[8], 'kick', ARGV[10]) \
     redis.call('ZADD', KEYS[3], ARGV[9], ARGV[9]) \
@@ -181,11 +216,33 @@ const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 en
 /// fate cannot be learned, and its senders are told nothing ([`append_messages`]).
 const APPEND_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Raises the id counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data
-/// (a restart without persistence), new ids still follow every id this node has
-/// seen, so nobody's `XREAD` position or `since` falls behind the new entries.
+/// Raises a counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data (a
+/// restart without persistence), the node numbers given out are not given again.
 const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
     if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end \
+    return 0";
+
+/// Raises the id counter (KEYS[1]) to at least ARGV[1], the highest id this node
+/// has seen, so nobody's `XREAD` position or `since` falls behind new entries.
+/// A counter that is gone though the node has seen ids (ARGV[1] > 0) means Redis
+/// lost its data, and ids other nodes gave may be past any this node has seen:
+/// the counter starts again at Redis' clock in microseconds (`TIME`), which every
+/// id given before is under ("When Redis lost its data" above), and KEYS[2]
+/// ([`LIFTED`]) says where, for the readers. The clock is written as Redis gives
+/// it, seconds and microseconds side by side, never through a Lua number's
+/// formatting.
+const RAISE_IDS: &str = "local seen = tonumber(ARGV[1]) \
+    local n = redis.call('GET', KEYS[1]) \
+    if n then \
+        if tonumber(n) < seen then redis.call('SET', KEYS[1], ARGV[1]) end \
+        return 0 \
+    end \
+    if seen == 0 then return 0 end \
+    local t = redis.call('TIME') \
+    local at = t[1] .. string.format('%06d', tonumber(t[2])) \
+    if tonumber(at) <= seen then at = ARGV[1] end \
+    redis.call('SET', KEYS[1], at) \
+    redis.call('HSET', KEYS[2], 'at', at, 'seen', ARGV[1]) \
     return 0";
 
 /// A room message (or, with `to`, a direct message, or with `kick` too, an
@@ -693,16 +750,18 @@ fn not_appended<'a>(
 }
 
 /// A connection for appending: the id counter raised past what this node has
-/// seen, and the script loaded.
+/// seen (and past every id given before, if Redis lost its data), and the script
+/// loaded.
 fn open_appender(
     redis: &RedisAccess,
     highest: &AtomicU64,
 ) -> redis::RedisResult<(redis::Connection, String)> {
     let mut c = connect(redis)?;
     let _: i64 = redis::cmd("EVAL")
-        .arg(RAISE)
-        .arg(1)
+        .arg(RAISE_IDS)
+        .arg(2)
         .arg(IDS)
+        .arg(LIFTED)
         .arg(highest.load(Ordering::Relaxed))
         .query(&mut c)?;
     let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(&mut c)?;
@@ -792,7 +851,9 @@ fn read_stream(
             let Some(list) = parts.pop() else { continue };
             for (id, fields) in entries(list) {
                 if let Some(n) = message_id(&id) {
-                    if last.is_some_and(|last| n > last + 1)
+                    if let Some(last) = last
+                        && n > last + 1
+                        && missed(link.get(), last, n)
                         && hub.send(Event::Missed { upto: n - 1 }).is_err()
                     {
                         return;
@@ -815,6 +876,28 @@ fn read_stream(
                 }
             }
         }
+    }
+}
+
+/// Whether the ids after `last` and before `n`, which this node never read, were
+/// messages it missed. Ids are consecutive along the stream, so they were,
+/// unless the jump is the id counter starting again after Redis lost its data
+/// ([`RAISE_IDS`]). Then the ids up to the highest that the node which started
+/// it again had seen were messages, and so are those after that point; of the
+/// ids in between nothing is known (most were never given), and nobody is told
+/// of a loss that may be none. When Redis cannot say, the jump is a loss: the
+/// safe side.
+fn missed(con: redis::RedisResult<&mut redis::Connection>, last: u64, n: u64) -> bool {
+    let lifted = con.and_then(|c| {
+        redis::cmd("HMGET")
+            .arg(LIFTED)
+            .arg("at")
+            .arg("seen")
+            .query::<(Option<u64>, Option<u64>)>(c)
+    });
+    match lifted {
+        Ok((Some(at), Some(seen))) if last <= at && at < n => last < seen || n > at + 1,
+        _ => true,
     }
 }
 
@@ -965,9 +1048,10 @@ fn exchange_presence(
         .arg(node)
         .ignore();
     pipe.cmd("EVAL")
-        .arg(RAISE)
-        .arg(1)
+        .arg(RAISE_IDS)
+        .arg(2)
         .arg(IDS)
+        .arg(LIFTED)
         .arg(keep.highest.load(Ordering::Relaxed))
         .ignore();
     pipe.cmd("SADD").arg(NODE_SET).arg(node).ignore();

@@ -814,6 +814,79 @@ fn a_message_redis_refuses_gets_its_sender_an_error_and_the_chat_goes_on_once_re
     assert_eq!(bob.recv_type("message")["msg"], "after a flush");
 }
 
+/// Redis restarts empty while the node that has seen the most ids is cut off
+/// from it, and a node that has seen fewer speaks first. The new ids must still
+/// be new: an id names one message, whichever client, node or stream tells it.
+#[test]
+fn after_redis_lost_its_data_no_id_names_two_messages() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let (cable_a, cable_b) = (Cable::to(&redis), Cable::to(&redis));
+    let (a, b) = (node_at(&cable_a.url(), &[]), node_at(&cable_b.url(), &[]));
+    let mut ann = Client::join(&a);
+    let mut bob = Client::join(&b);
+    // id → message, as anyone told it.
+    let mut named: HashMap<u64, String> = HashMap::new();
+    let mut name = |(id, msg): (u64, String)| {
+        if let Some(earlier) = named.insert(id, msg.clone()) {
+            assert_eq!(earlier, msg, "id {id} names two messages");
+        }
+    };
+    ann.send_chat("ann", "before");
+    messages(&mut ann, 1).into_iter().for_each(&mut name);
+    messages(&mut bob, 1).into_iter().for_each(&mut name);
+
+    // a is away while b's clients say more: b has seen ids that a has not.
+    cable_a.cut();
+    assert_eq!(recv_cluster(&mut ann)["connected"], false);
+    for n in 1..=5 {
+        bob.send_chat("bob", &format!("b says {n}"));
+    }
+    messages(&mut bob, 5).into_iter().for_each(&mut name);
+    // Then b is away too, and Redis restarts with nothing.
+    cable_b.cut();
+    assert_eq!(recv_cluster(&mut bob)["connected"], false);
+    drop(redis);
+    let redis = Redis::start_on(port);
+
+    // a is back first, and speaks before b can say what it has seen.
+    cable_a.mend();
+    assert_eq!(recv_cluster(&mut ann)["connected"], true);
+    ann.send_chat("ann", "after the loss");
+    let said = messages(&mut ann, 1);
+    said.clone().into_iter().for_each(&mut name);
+    cable_b.mend();
+    assert_eq!(recv_cluster(&mut bob)["connected"], true);
+    // b hears it, under the same id.
+    let heard = loop {
+        let m = bob.recv_type("message");
+        if m["msg"] == "after the loss" {
+            break m;
+        }
+    };
+    assert_eq!(heard["id"].as_u64(), Some(said[0].0), "{heard}");
+    bob.send_chat("bob", "b after the loss");
+    messages(&mut bob, 1).into_iter().for_each(&mut name);
+    let next = messages(&mut ann, 1);
+    assert!(next[0].0 > said[0].0, "{next:?} after {said:?}");
+    next.into_iter().for_each(&mut name);
+    // And the stream agrees.
+    let mut con = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("threadchat:messages")
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    for (id, fields) in entries {
+        let id = id.split('-').next().unwrap().parse().unwrap();
+        name((id, fields["msg"].clone()));
+    }
+}
+
 /// An entry no node writes, with message id 0 (one typo at `redis-cli`), is
 /// skipped by a node that starts after it (in its backfill) and by one that reads
 /// it live; both chat on with the ids the counter gives.
