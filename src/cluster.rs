@@ -54,8 +54,8 @@
 //! * the other nodes' members leave its counts; a direct message or a kick for
 //!   one of them is refused with an error;
 //! * a message that was on its way to Redis when it went is appended if
-//!   `redis-out` reaches Redis again within its few tries (and heard once the
-//!   node is back), else its sender gets an error.
+//!   `redis-out` reaches Redis again within [`APPEND_PATIENCE`] (and heard once
+//!   the node is back); else its sender is told nothing (below).
 //!
 //! Once Redis answers again:
 //!
@@ -69,13 +69,57 @@
 //!   apart meanwhile, so they are the stream's again;
 //! * the clients get a second `cluster` notification with the cluster's epoch, and the
 //!   counts take the others back in;
-//! * in case Redis lost its data, the id counter is raised past every id this
-//!   node has seen, and the epoch and node counter are written back.
+//! * in case Redis lost its data, the id counter is raised past every id given
+//!   before ("When Redis lost its data" below), and the epoch and node counter
+//!   are written back.
 //!
-//! A batch `redis-out` could not append is sent again on a new connection, a few
-//! times. Each message carries its number in this process, and the script skips
-//! a number already appended, so a batch whose answer was lost is not appended
-//! twice. If every try fails, the senders get an error frame.
+//! A batch `redis-out` could not append is sent again on a new connection. Each
+//! message carries its number in this process, and the script skips a number
+//! already appended and records each one it appends, in the same atomic step,
+//! so a batch whose answer was lost is not appended twice. How the tries end
+//! depends on what Redis said:
+//!
+//! * nothing (the connection lost or timed out): the batch may be in, only the
+//!   answer lost, and the other nodes deliver it. So it is sent again while Redis
+//!   does not answer, for up to [`APPEND_PATIENCE`]. If Redis stays away longer,
+//!   what became of it cannot be learned, and its senders are told nothing rather
+//!   than "not sent", which may be false: a message that got in reaches its
+//!   sender through the stream once the node is back, as everyone's does;
+//! * "not now" (loading its data, its script cache emptied): the same;
+//! * an error (READONLY, OOM, NOPERM, a script's error): another try would get
+//!   the same answer, and every later message would wait behind the batch. The
+//!   tries end, Redis is asked which of the batch's numbers it holds (an earlier
+//!   try may have appended some, its answer lost), and only the senders of the
+//!   others get an error frame.
+//!
+//! # When Redis lost its data
+//!
+//! A Redis restarted without persistence has no stream, no counter, no record
+//! of anything. Each node keeps what it needs to go on ([`Keep`]), but no node
+//! knows every id given before: the one that has seen the most may be the last
+//! one back (cut off, or slower to reconnect). Were the counter raised only to
+//! what the first node back has seen, its next message would take an id that
+//! another node's clients already know for another message, and that node,
+//! reading on from its position, would never hear the new one.
+//!
+//! Nothing in Redis says how far the ids went, but a clock bounds them: the
+//! counter starts at 1 and takes fewer than one id a microsecond (one Redis
+//! appends some tens of thousands of messages a second, SCALING.md), so every id
+//! it gives stays below Redis' clock in microseconds, and so does a counter
+//! started again from that clock. So the first node that finds the counter gone
+//! although it has seen ids (which is how a loss shows: a counter that was used
+//! is missing) starts it again at the clock ([`RAISE_IDS`]), before anyone
+//! appends: `redis-presence` within [`PRESENCE_EVERY`] of reaching Redis, and
+//! `redis-out` before its first append on every connection. Every id given after
+//! the loss is then new to every node, whichever is back first. The ids stay
+//! below 2^53, which the page's JavaScript holds exactly, until the year 2255.
+//!
+//! The jump is no loss of messages, and `redis-in` must not call it one: where
+//! the counter started again and the highest id the node that did it had seen
+//! are kept ([`LIFTED`]), and a jump across that point counts as missed messages
+//! only when this node had not heard all that node had, or missed entries after
+//! it ([`missed`]). What this leaves open is in DESIGN.md ("A cluster when Redis
+//! fails").
 //!
 //! A direct message goes through the stream too (for its id, in the same order):
 //! the target's node delivers it, the sender's node the sender's copy. So does an
@@ -99,7 +143,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -116,6 +160,9 @@ const IDS: &str = "threadchat:ids";
 const NODES: &str = "threadchat:nodes";
 /// When the chat (the cluster) first started: `welcome`'s epoch on every node.
 const EPOCH: &str = "threadchat:epoch";
+/// Where the id counter started again after Redis lost its data (`at`), and the
+/// highest id the node that started it had seen (`seen`): see [`RAISE_IDS`].
+const LIFTED: &str = "threadchat:lifted";
 
 /// Entries the stream keeps, about (`MAXLEN ~`): what a node can catch up on
 /// after losing Redis for a while.
@@ -148,11 +195,14 @@ const READ_BLOCK: Duration = Duration::from_millis(1_000);
 /// message), the message's number in this process, and kick (`1` for a kick).
 /// A number already there is skipped, so a batch sent again after a lost answer
 /// is appended once; it is recorded only after the entry is in (a failed XADD
-/// ends the script, and the retry appends it). The set keeps the last 10,000
-/// numbers.
+/// ends the script, and the retry appends it), so the set is also where
+/// `redis-out` learns which messages of a batch Redis holds ([`not_appended`]).
+/// The set keeps the last 10,000 numbers. The entry's id is written with `%.0f`:
+/// Lua's own `..` writes a number of more than 14 digits as `1.7e+15`, which no
+/// stream takes, and ids that long follow a loss of Redis' data ([`RAISE_IDS`]).
 const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 end \
     local id = redis.call('INCR', KEYS[2]) \
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id .. '-1', \
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-1', \
     'room', ARGV[2], 'from', ARGV[3], 'name', ARGV[4], 'msg', ARGV[5], \
     'ts', ARGV[6], 'except', ARGV[7], 'to', ARGV[8], 'kick', ARGV[10]) \
     redis.call('ZADD', KEYS[3], ARGV[9], ARGV[9]) \
@@ -160,14 +210,39 @@ const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 en
     redis.call('EXPIRE', KEYS[3], 86400) \
     return id";
 
-/// Tries at one batch before its senders are told it did not go.
-const APPEND_TRIES: u32 = 4;
+/// How long `redis-out` goes on trying a batch while Redis does not answer (the
+/// connection lost or timed out: the batch may be in, its answer lost). Long
+/// enough for a restart of Redis or a blip of the network; after it, the batch's
+/// fate cannot be learned, and its senders are told nothing ([`append_messages`]).
+const APPEND_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Raises the id counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data
-/// (a restart without persistence), new ids still follow every id this node has
-/// seen, so nobody's `XREAD` position or `since` falls behind the new entries.
+/// Raises a counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data (a
+/// restart without persistence), the node numbers given out are not given again.
 const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
     if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end \
+    return 0";
+
+/// Raises the id counter (KEYS[1]) to at least ARGV[1], the highest id this node
+/// has seen, so nobody's `XREAD` position or `since` falls behind new entries.
+/// A counter that is gone though the node has seen ids (ARGV[1] > 0) means Redis
+/// lost its data, and ids other nodes gave may be past any this node has seen:
+/// the counter starts again at Redis' clock in microseconds (`TIME`), which every
+/// id given before is under ("When Redis lost its data" above), and KEYS[2]
+/// ([`LIFTED`]) says where, for the readers. The clock is written as Redis gives
+/// it, seconds and microseconds side by side, never through a Lua number's
+/// formatting.
+const RAISE_IDS: &str = "local seen = tonumber(ARGV[1]) \
+    local n = redis.call('GET', KEYS[1]) \
+    if n then \
+        if tonumber(n) < seen then redis.call('SET', KEYS[1], ARGV[1]) end \
+        return 0 \
+    end \
+    if seen == 0 then return 0 end \
+    local t = redis.call('TIME') \
+    local at = t[1] .. string.format('%06d', tonumber(t[2])) \
+    if tonumber(at) <= seen then at = ARGV[1] end \
+    redis.call('SET', KEYS[1], at) \
+    redis.call('HSET', KEYS[2], 'at', at, 'seen', ARGV[1]) \
     return 0";
 
 /// This node's place in the cluster.
@@ -454,9 +529,25 @@ impl<'a> Link<'a> {
     }
 }
 
-/// `redis-out`: appends what the hub hands over until the hub is gone. A batch
-/// that fails is sent again on a new connection, a few times, before its senders
-/// are told; the script's numbering makes a repeat harmless.
+/// `redis-out`: appends what the hub hands over until the hub is gone.
+///
+/// A try that fails on the way (the connection lost or timed out) leaves the
+/// batch's fate unknown: Redis may have appended it and only the answer was
+/// lost, and the other nodes then deliver it. So the batch is sent again, on a
+/// new connection, with a growing pause, for as long as Redis does not answer,
+/// up to [`APPEND_PATIENCE`]; the script's numbering makes a repeat harmless.
+/// The same goes when Redis says "not now" ([`refused`]).
+///
+/// Redis answering with an error (READONLY, OOM, NOPERM, a script's error) ends
+/// the tries at once: another try would get the same answer, and every later
+/// message would wait behind the batch. Before anyone is told, Redis is asked
+/// which of the batch's messages it holds (an earlier try's answer may have been
+/// lost): only the senders of the others hear "not sent".
+///
+/// When Redis does not answer within the patience, what happened to the batch
+/// cannot be learned, and nobody is told anything rather than something that
+/// may be false: a message that got in comes back through the stream to its
+/// sender, as everyone's does, once the node is back.
 fn append_messages(
     redis: &RedisAccess,
     node: u64,
@@ -484,8 +575,8 @@ fn append_messages(
                 (number, m)
             })
             .collect();
-        let mut tries = 0;
-        let outcome = loop {
+        let give_up_at = Instant::now() + APPEND_PATIENCE;
+        let failed = loop {
             let attempt = match con.as_mut() {
                 Some((c, sha)) => append(c, sha, &appended, &batch),
                 None => open_appender(redis, highest).and_then(|(mut c, sha)| {
@@ -494,48 +585,129 @@ fn append_messages(
                     appended_now
                 }),
             };
-            match attempt {
-                Ok(()) => {
-                    backoff.reset();
-                    break Ok(());
-                }
-                Err(e) => {
-                    con = None;
-                    tries += 1;
-                    if tries >= APPEND_TRIES {
-                        break Err(e);
-                    }
-                    pause_after(&mut backoff, "append failed", &e);
-                }
+            let Err(e) = attempt else {
+                backoff.reset();
+                break None;
+            };
+            if refused(&e) {
+                // Redis answers: no pause, and the connection serves the question
+                // below.
+                backoff.reset();
+                break Some(e);
             }
+            con = None;
+            if Instant::now() >= give_up_at {
+                break Some(e);
+            }
+            pause_after(&mut backoff, "append failed", &e);
         };
-        if let Err(e) = outcome {
+        let Some(e) = failed else { continue };
+        if !refused(&e) {
             log::warn!(
-                "redis: {} messages not appended: {}",
+                "redis: {} messages: Redis did not take them within {APPEND_PATIENCE:?} ({}); \
+                 whether they were appended cannot be learned, so their senders are told nothing",
                 batch.len(),
                 Untrusted(&e)
             );
-            for (_, m) in &batch {
-                let _ = hub.send(Event::NotRelayed {
-                    from: m.from,
-                    why: "the chat's other nodes cannot be reached",
-                });
+            continue;
+        }
+        // The next batch gets a new connection: what refused may be a server that
+        // is no longer the one to write to (READONLY: a replica after a failover).
+        let mut refusing = con.take();
+        match not_appended(redis, refusing.as_mut().map(|(c, _)| c), &appended, &batch) {
+            Ok(unsent) => {
+                log::warn!(
+                    "redis: Redis refused {} messages ({}); {} of them not appended, \
+                     their senders told",
+                    batch.len(),
+                    Untrusted(&e),
+                    unsent.len()
+                );
+                for m in unsent {
+                    let _ = hub.send(Event::NotRelayed {
+                        from: m.from,
+                        why: "Redis refused it",
+                    });
+                }
             }
+            Err(asked) => log::warn!(
+                "redis: Redis refused {} messages ({}), and which of them an earlier try \
+                 appended cannot be learned ({}): their senders are told nothing",
+                batch.len(),
+                Untrusted(&e),
+                Untrusted(&asked)
+            ),
         }
     }
 }
 
+/// Whether Redis itself answered a try with an error that the next try would
+/// get too (READONLY, OOM, NOPERM, a script's error), rather than the connection
+/// failing on the way (the batch's fate unknown) or Redis saying "not now": still
+/// loading its data, its script cache emptied (a new connection loads the script
+/// again), a replica without its master. Those are tried again.
+fn refused(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as Kind};
+    match e.kind() {
+        ErrorKind::Server(
+            Kind::BusyLoading
+            | Kind::NoScript
+            | Kind::TryAgain
+            | Kind::MasterDown
+            | Kind::ClusterDown,
+        ) => false,
+        ErrorKind::Server(_) | ErrorKind::Extension => true,
+        _ => false,
+    }
+}
+
+/// The messages of `batch` that Redis does not hold, asked on `con` (the
+/// connection that was just refused, which answers) or a new one. The script
+/// records each number in `appended` in the same step as its entry, so a number
+/// missing there was appended by no try.
+fn not_appended<'a>(
+    redis: &RedisAccess,
+    con: Option<&mut redis::Connection>,
+    appended: &str,
+    batch: &'a [(u64, Publish)],
+) -> redis::RedisResult<Vec<&'a Publish>> {
+    let mut made;
+    let c = match con {
+        Some(c) => c,
+        None => {
+            made = connect(redis)?;
+            &mut made
+        }
+    };
+    let numbers: Vec<u64> = batch.iter().map(|(n, _)| *n).collect();
+    let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE").arg(appended).arg(&numbers).query(c)?;
+    if scores.len() != batch.len() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "ZMSCORE answered for another number of members",
+        )));
+    }
+    Ok(batch
+        .iter()
+        .zip(scores)
+        .filter(|(_, score)| score.is_none())
+        .map(|((_, m), _)| m)
+        .collect())
+}
+
 /// A connection for appending: the id counter raised past what this node has
-/// seen, and the script loaded.
+/// seen (and past every id given before, if Redis lost its data), and the script
+/// loaded.
 fn open_appender(
     redis: &RedisAccess,
     highest: &AtomicU64,
 ) -> redis::RedisResult<(redis::Connection, String)> {
     let mut c = connect(redis)?;
     let _: i64 = redis::cmd("EVAL")
-        .arg(RAISE)
-        .arg(1)
+        .arg(RAISE_IDS)
+        .arg(2)
         .arg(IDS)
+        .arg(LIFTED)
         .arg(highest.load(Ordering::Relaxed))
         .query(&mut c)?;
     let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(&mut c)?;
@@ -625,7 +797,9 @@ fn read_stream(
             let Some(list) = parts.pop() else { continue };
             for (id, fields) in entries(list) {
                 if let Some(n) = message_id(&id) {
-                    if last.is_some_and(|last| n > last + 1)
+                    if let Some(last) = last
+                        && n > last + 1
+                        && missed(link.get(), last, n)
                         && hub.send(Event::Missed { upto: n - 1 }).is_err()
                     {
                         return;
@@ -648,6 +822,28 @@ fn read_stream(
                 }
             }
         }
+    }
+}
+
+/// Whether the ids after `last` and before `n`, which this node never read, were
+/// messages it missed. Ids are consecutive along the stream, so they were,
+/// unless the jump is the id counter starting again after Redis lost its data
+/// ([`RAISE_IDS`]). Then the ids up to the highest that the node which started
+/// it again had seen were messages, and so are those after that point; of the
+/// ids in between nothing is known (most were never given), and nobody is told
+/// of a loss that may be none. When Redis cannot say, the jump is a loss: the
+/// safe side.
+fn missed(con: redis::RedisResult<&mut redis::Connection>, last: u64, n: u64) -> bool {
+    let lifted = con.and_then(|c| {
+        redis::cmd("HMGET")
+            .arg(LIFTED)
+            .arg("at")
+            .arg("seen")
+            .query::<(Option<u64>, Option<u64>)>(c)
+    });
+    match lifted {
+        Ok((Some(at), Some(seen))) if last <= at && at < n => last < seen || n > at + 1,
+        _ => true,
     }
 }
 
@@ -801,9 +997,10 @@ fn exchange_presence(
         .arg(node)
         .ignore();
     pipe.cmd("EVAL")
-        .arg(RAISE)
-        .arg(1)
+        .arg(RAISE_IDS)
+        .arg(2)
         .arg(IDS)
+        .arg(LIFTED)
         .arg(keep.highest.load(Ordering::Relaxed))
         .ignore();
     pipe.cmd("SADD").arg(NODE_SET).arg(node).ignore();

@@ -94,6 +94,9 @@ fn redis_url(port: u16) -> String {
 struct Cable {
     addr: std::net::SocketAddr,
     cut: Arc<AtomicBool>,
+    /// While set, what the node sends still reaches Redis, but Redis' answers are
+    /// lost: the connection is shut as the first one comes back.
+    deaf: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -101,11 +104,17 @@ impl Cable {
     fn to(redis: &Redis) -> Cable {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let (cut, open) = (
+        let (cut, deaf, open) = (
+            Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
             Arc::new(Mutex::new(Vec::new())),
         );
-        let (cut_, open_, port) = (Arc::clone(&cut), Arc::clone(&open), redis.port);
+        let (cut_, deaf_, open_, port) = (
+            Arc::clone(&cut),
+            Arc::clone(&deaf),
+            Arc::clone(&open),
+            redis.port,
+        );
         thread::spawn(move || {
             for near in listener.incoming().flatten() {
                 // Under the lock `cut` takes too: a connection is either cut with
@@ -119,18 +128,21 @@ impl Cable {
                 };
                 list.push(near.try_clone().unwrap());
                 list.push(far.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (near.try_clone().unwrap(), far.try_clone().unwrap()),
-                    (far, near),
-                ] {
-                    thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
+                let mut out = (near.try_clone().unwrap(), far.try_clone().unwrap());
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut out.0, &mut out.1);
+                    let _ = out.1.shutdown(std::net::Shutdown::Both);
+                });
+                let deaf = Arc::clone(&deaf_);
+                thread::spawn(move || answers(far, near, &deaf));
             }
         });
-        Cable { addr, cut, open }
+        Cable {
+            addr,
+            cut,
+            deaf,
+            open,
+        }
     }
 
     fn url(&self) -> String {
@@ -147,7 +159,27 @@ impl Cable {
 
     fn mend(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.deaf.store(false, Ordering::SeqCst);
     }
+
+    /// From now on Redis does what the node asks, and the node never hears back.
+    fn deafen(&self) {
+        self.deaf.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Redis' side of a cable: copied to the node, unless the cable is deaf when it
+/// comes, which shuts the connection instead.
+fn answers(mut far: TcpStream, mut near: TcpStream, deaf: &AtomicBool) {
+    use std::io::Write;
+    let mut buffer = [0u8; 16 * 1024];
+    while let Ok(n @ 1..) = far.read(&mut buffer) {
+        if deaf.load(Ordering::SeqCst) || near.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = near.shutdown(std::net::Shutdown::Both);
+    let _ = far.shutdown(std::net::Shutdown::Both);
 }
 
 /// Asks `who` until the answer lists client `id` (by `name`, if given): the
@@ -582,6 +614,276 @@ fn a_node_cut_off_past_the_stream_s_trim_is_told_what_it_missed() {
         if frame["msg"] == "after" {
             break;
         }
+    }
+}
+
+/// The frames `client` receives up to the first that `last` holds for, that one
+/// included.
+fn frames_until(
+    client: &mut Client,
+    last: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.recv_json();
+        let done = last(&frame);
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// The `error` frames among `frames`.
+fn errors_in(frames: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    frames.iter().filter(|f| f["type"] == "error").collect()
+}
+
+/// The ids under which `frames` hold message `msg`.
+fn copies_of(frames: &[serde_json::Value], msg: &str) -> Vec<Option<u64>> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "message" && f["msg"] == msg)
+        .map(|f| f["id"].as_u64())
+        .collect()
+}
+
+/// Node a (the binary, for its log) reaches Redis through `cable`, as `url`;
+/// node b straight. Ann, on a, says "before", then "answer lost" with the cable
+/// deaf: Redis takes it (Bob, on b, hears it), and a never hears back. Returns
+/// once a's log shows four tries at it failed (the pause before the fifth is
+/// 800 ms), or that a gave up on it.
+fn answer_lost(
+    redis: &Redis,
+    cable: &Cable,
+    url: &str,
+) -> (Process, Server, Client, Client, serde_json::Value) {
+    let a = Process::start(&["--redis", url]);
+    let b = node(redis);
+    let mut ann = Client::join(&a);
+    let mut bob = Client::join(&b);
+    ann.send_chat("ann", "before");
+    assert_eq!(bob.recv_type("message")["msg"], "before");
+    assert_eq!(ann.recv_type("message")["msg"], "before");
+
+    cable.deafen();
+    ann.send_chat("ann", "answer lost");
+    let taken = bob.recv_type("message");
+    assert_eq!(taken["msg"], "answer lost", "Redis took it: {taken}");
+    eventually("four failed appends", || {
+        a.log_lines().iter().any(|line| {
+            (line.contains("append failed") && line.contains("800ms"))
+                || line.contains("not appended")
+        })
+    });
+    (a, b, ann, bob, taken)
+}
+
+/// After the cable is whole again: Ann hears "answer lost" once, with the id
+/// Bob heard, and no error (before or after); the chat goes on with the next id.
+fn assert_delivered_once_and_never_called_unsent(
+    ann: &mut Client,
+    bob: &mut Client,
+    taken: &serde_json::Value,
+    mut heard: Vec<serde_json::Value>,
+) {
+    ann.send_chat("ann", "after");
+    heard.extend(frames_until(ann, |f| f["msg"] == "after"));
+    let errors = errors_in(&heard);
+    assert!(errors.is_empty(), "Ann was told {errors:?}");
+    assert_eq!(
+        copies_of(&heard, "answer lost"),
+        [taken["id"].as_u64()],
+        "once, with its id: {heard:?}"
+    );
+    // Nobody got it twice: Bob's next message is "after", with the next id.
+    let next = bob.recv_type("message");
+    assert_eq!(
+        (next["msg"].as_str(), next["id"].as_u64()),
+        (Some("after"), Some(taken["id"].as_u64().unwrap() + 1))
+    );
+}
+
+/// A node whose append reached Redis but whose answer was lost (the network
+/// went between the two) may not tell the sender "not sent": the other nodes
+/// deliver the message. It tries again while Redis does not answer, and the
+/// script's numbering appends nothing twice: its own clients hear the message
+/// once, after the heal.
+#[test]
+fn a_message_redis_took_while_its_answer_was_lost_is_delivered_once_and_never_called_unsent() {
+    let redis = Redis::start();
+    let cable = Cable::to(&redis);
+    let (_a, _b, mut ann, mut bob, taken) = answer_lost(&redis, &cable, &cable.url());
+    // Ann's node finds itself cut off (its reads lose their answers too), and is
+    // whole again once the cable is.
+    let mut heard = frames_until(&mut ann, |f| f["event"] == "cluster");
+    assert_eq!(heard.last().unwrap()["connected"], false, "{heard:?}");
+    cable.mend();
+    heard.extend(frames_until(&mut ann, |f| f["event"] == "cluster"));
+    assert_eq!(heard.last().unwrap()["connected"], true, "{heard:?}");
+    assert_delivered_once_and_never_called_unsent(&mut ann, &mut bob, &taken, heard);
+}
+
+/// Redis out of reach for longer than the node waits for it: the node cannot
+/// learn whether the message got there, and tells its sender nothing rather
+/// than something that may be false. It did get there: it reaches the sender
+/// through the stream once the node is back, once.
+#[test]
+fn a_message_whose_fate_the_node_cannot_learn_gets_no_error_and_arrives_once_if_redis_took_it() {
+    let redis = Redis::start();
+    let cable = Cable::to(&redis);
+    let (a, _b, mut ann, mut bob, taken) = answer_lost(&redis, &cable, &cable.url());
+    let gave_up =
+        |line: &String| line.contains("cannot be learned") || line.contains("not appended");
+    eventually_within(
+        std::time::Duration::from_secs(30),
+        "the node stops trying",
+        || a.log_lines().iter().any(gave_up),
+    );
+    let mut heard = frames_until(&mut ann, |f| f["event"] == "cluster");
+    assert_eq!(heard.last().unwrap()["connected"], false, "{heard:?}");
+    cable.mend();
+    heard.extend(frames_until(&mut ann, |f| f["event"] == "cluster"));
+    assert_eq!(heard.last().unwrap()["connected"], true, "{heard:?}");
+    assert_delivered_once_and_never_called_unsent(&mut ann, &mut bob, &taken, heard);
+}
+
+/// Redis answers an append with an error (here NOPERM: the node's ACL user lost
+/// the right to run scripts; READONLY and OOM are alike). The node does not try
+/// again and again, holding up what its clients say next: it asks Redis which
+/// of the batch's messages are in (a lost answer may have put one there) and
+/// tells the senders of the others "not sent". Once Redis is fixed, the chat
+/// goes on.
+#[test]
+fn a_message_redis_refuses_gets_its_sender_an_error_and_the_chat_goes_on_once_redis_is_fixed() {
+    let redis = Redis::start_with(&[&["--user"][..], CHAT_USER].concat());
+    let cable = Cable::to(&redis);
+    let chat_user = format!("redis://threadchat:user-s3cret@{}/", cable.addr);
+    let (a, _b, mut ann, mut bob, taken) = answer_lost(&redis, &cable, &chat_user);
+    // Redis' default user, as an operator.
+    let mut admin = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut scripts = |change: &str| {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("threadchat")
+            .arg(format!("{change}eval"))
+            .arg(format!("{change}evalsha"))
+            .query(&mut admin)
+            .unwrap();
+    };
+    scripts("-");
+    cable.mend();
+    // The next try is refused before its script runs: the node learns from
+    // Redis that "answer lost" is in, and says nothing of it.
+    let mut heard = frames_until(&mut ann, |f| f["msg"] == "answer lost");
+    assert!(errors_in(&heard).is_empty(), "{heard:?}");
+    a.wait_for_log("0 of them not appended");
+    ann.send_chat("ann", "refused");
+    heard.extend(frames_until(&mut ann, |f| f["type"] == "error"));
+    let errors = errors_in(&heard);
+    assert_eq!(errors.len(), 1, "{heard:?}");
+    assert!(
+        errors[0]["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("message not sent"),
+        "{errors:?}"
+    );
+    scripts("+");
+    ann.send_chat("ann", "fixed");
+    heard.extend(frames_until(&mut ann, |f| f["msg"] == "fixed"));
+    assert_eq!(errors_in(&heard).len(), 1, "{heard:?}");
+    assert_eq!(copies_of(&heard, "answer lost"), [taken["id"].as_u64()]);
+    assert_eq!(copies_of(&heard, "refused"), []);
+    // Bob heard nothing of "refused", and "fixed" takes the next id.
+    let next = bob.recv_type("message");
+    assert_eq!(
+        (next["msg"].as_str(), next["id"].as_u64()),
+        (Some("fixed"), Some(taken["id"].as_u64().unwrap() + 1))
+    );
+    // Redis saying "not now" is no refusal: its script cache emptied (SCRIPT
+    // FLUSH, or a restart that kept the data) costs the node a new connection,
+    // not a message.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut admin).unwrap();
+    ann.send_chat("ann", "after a flush");
+    heard.extend(frames_until(&mut ann, |f| f["msg"] == "after a flush"));
+    assert_eq!(errors_in(&heard).len(), 1, "{heard:?}");
+    assert_eq!(bob.recv_type("message")["msg"], "after a flush");
+}
+
+/// Redis restarts empty while the node that has seen the most ids is cut off
+/// from it, and a node that has seen fewer speaks first. The new ids must still
+/// be new: an id names one message, whichever client, node or stream tells it.
+#[test]
+fn after_redis_lost_its_data_no_id_names_two_messages() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let (cable_a, cable_b) = (Cable::to(&redis), Cable::to(&redis));
+    let (a, b) = (node_at(&cable_a.url(), &[]), node_at(&cable_b.url(), &[]));
+    let mut ann = Client::join(&a);
+    let mut bob = Client::join(&b);
+    // id → message, as anyone told it.
+    let mut named: HashMap<u64, String> = HashMap::new();
+    let mut name = |(id, msg): (u64, String)| {
+        if let Some(earlier) = named.insert(id, msg.clone()) {
+            assert_eq!(earlier, msg, "id {id} names two messages");
+        }
+    };
+    ann.send_chat("ann", "before");
+    messages(&mut ann, 1).into_iter().for_each(&mut name);
+    messages(&mut bob, 1).into_iter().for_each(&mut name);
+
+    // a is away while b's clients say more: b has seen ids that a has not.
+    cable_a.cut();
+    assert_eq!(recv_cluster(&mut ann)["connected"], false);
+    for n in 1..=5 {
+        bob.send_chat("bob", &format!("b says {n}"));
+    }
+    messages(&mut bob, 5).into_iter().for_each(&mut name);
+    // Then b is away too, and Redis restarts with nothing.
+    cable_b.cut();
+    assert_eq!(recv_cluster(&mut bob)["connected"], false);
+    drop(redis);
+    let redis = Redis::start_on(port);
+
+    // a is back first, and speaks before b can say what it has seen.
+    cable_a.mend();
+    assert_eq!(recv_cluster(&mut ann)["connected"], true);
+    ann.send_chat("ann", "after the loss");
+    let said = messages(&mut ann, 1);
+    said.clone().into_iter().for_each(&mut name);
+    cable_b.mend();
+    assert_eq!(recv_cluster(&mut bob)["connected"], true);
+    // b hears it, under the same id.
+    let heard = loop {
+        let m = bob.recv_type("message");
+        if m["msg"] == "after the loss" {
+            break m;
+        }
+    };
+    assert_eq!(heard["id"].as_u64(), Some(said[0].0), "{heard}");
+    bob.send_chat("bob", "b after the loss");
+    messages(&mut bob, 1).into_iter().for_each(&mut name);
+    let next = messages(&mut ann, 1);
+    assert!(next[0].0 > said[0].0, "{next:?} after {said:?}");
+    next.into_iter().for_each(&mut name);
+    // And the stream agrees.
+    let mut con = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("threadchat:messages")
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    for (id, fields) in entries {
+        let id = id.split('-').next().unwrap().parse().unwrap();
+        name((id, fields["msg"].clone()));
     }
 }
 
