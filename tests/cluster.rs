@@ -84,6 +84,14 @@ impl Redis {
     }
 }
 
+/// A connection to the test's Redis at `url`, as an operator would open one.
+fn redis_connection(url: impl AsRef<str>) -> redis::Connection {
+    redis::Client::open(url.as_ref())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
 fn redis_url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/")
 }
@@ -458,10 +466,7 @@ fn without_redis_each_node_chats_on_alone_and_the_cluster_heals_when_it_is_back(
     assert_eq!(on_a, told(&b));
     // And the cluster's epoch is in Redis again: a node started now is in the same
     // chat.
-    let mut con = redis::Client::open(redis_url(port))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut con = redis_connection(redis_url(port));
     eventually("the epoch is written back", || {
         redis::cmd("GET")
             .arg("threadchat:epoch")
@@ -572,10 +577,7 @@ fn a_node_cut_off_past_the_stream_s_trim_is_told_what_it_missed() {
     assert_eq!(kept["msg"], "b goes on");
     // The stream lets go of everything before "b goes on" (what `MAXLEN ~` does
     // to a node cut off for long enough), before a has read it.
-    let mut con = redis::Client::open(redis.url().as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut con = redis_connection(redis.url());
     let _: u64 = redis::cmd("XTRIM")
         .arg("threadchat:messages")
         .arg("MINID")
@@ -761,10 +763,7 @@ fn a_message_redis_refuses_gets_its_sender_an_error_and_the_chat_goes_on_once_re
     let chat_user = format!("redis://threadchat:user-s3cret@{}/", cable.addr);
     let (a, _b, mut ann, mut bob, taken) = answer_lost(&redis, &cable, &chat_user);
     // Redis' default user, as an operator.
-    let mut admin = redis::Client::open(redis.url().as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut admin = redis_connection(redis.url());
     let mut scripts = |change: &str| {
         let _: () = redis::cmd("ACL")
             .arg("SETUSER")
@@ -871,10 +870,7 @@ fn after_redis_lost_its_data_no_id_names_two_messages() {
     assert!(next[0].0 > said[0].0, "{next:?} after {said:?}");
     next.into_iter().for_each(&mut name);
     // And the stream agrees.
-    let mut con = redis::Client::open(redis.url().as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut con = redis_connection(redis.url());
     let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg("threadchat:messages")
         .arg("-")
@@ -895,10 +891,7 @@ fn an_entry_with_an_id_no_node_gives_is_skipped_and_the_chat_goes_on() {
     let redis = Redis::start();
     let live = node(&redis);
     let mut bob = Client::join(&live);
-    let mut con = redis::Client::open(redis.url().as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut con = redis_connection(redis.url());
     let _: String = redis::cmd("XADD")
         .arg("threadchat:messages")
         .arg("0-1")
@@ -1000,10 +993,7 @@ fn a_flooding_client_is_held_to_its_rate_before_anything_reaches_redis() {
         }
     }
     // Redis holds only what the rate let through: the burst, and 10 a second.
-    let mut con = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut con = redis_connection(url.as_str());
     let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg("threadchat:messages")
         .arg("-")

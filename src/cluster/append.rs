@@ -1,0 +1,302 @@
+//! `redis-out`: appends what this node's clients said to the stream, a batch in
+//! one round trip, each message numbered so that a batch sent again is appended
+//! once; and tells a sender "not sent" only when Redis is known not to hold it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::read::READ_COUNT;
+use super::{
+    IDS, LIFTED, RAISE_IDS, REDIS_BACKOFF, RedisAccess, STREAM, STREAM_KEEPS, connect, pause_after,
+};
+use crate::backoff::Backoff;
+use crate::event::{Event, Publish};
+use crate::logging::Untrusted;
+
+/// Appends one message under the next id, atomically: KEYS[1] the stream, KEYS[2]
+/// the id counter, KEYS[3] the numbers this process has appended (a sorted set);
+/// ARGV: MAXLEN, room, from, name, msg, ts, except, to (empty for a room
+/// message), the message's number in this process, and kick (`1` for a kick).
+/// A number already there is skipped, so a batch sent again after a lost answer
+/// is appended once; it is recorded only after the entry is in (a failed XADD
+/// ends the script, and the retry appends it), so the set is also where
+/// `redis-out` learns which messages of a batch Redis holds ([`not_appended`]).
+/// The set keeps the last 10,000 numbers. The entry's id is written with `%.0f`:
+/// Lua's own `..` writes a number of more than 14 digits as `1.7e+15`, which no
+/// stream takes, and ids that long follow a loss of Redis' data ([`RAISE_IDS`]).
+const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 end \
+    local id = redis.call('INCR', KEYS[2]) \
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-1', \
+    'room', ARGV[2], 'from', ARGV[3], 'name', ARGV[4], 'msg', ARGV[5], \
+    'ts', ARGV[6], 'except', ARGV[7], 'to', ARGV[8], 'kick', ARGV[10]) \
+    redis.call('ZADD', KEYS[3], ARGV[9], ARGV[9]) \
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(ARGV[9]) - 10000)) \
+    redis.call('EXPIRE', KEYS[3], 86400) \
+    return id";
+
+/// How long `redis-out` goes on trying a batch while Redis does not answer (the
+/// connection lost or timed out: the batch may be in, its answer lost). Long
+/// enough for a restart of Redis or a blip of the network; after it, the batch's
+/// fate cannot be learned, and its senders are told nothing ([`append_messages`]).
+const APPEND_PATIENCE: Duration = Duration::from_secs(10);
+
+/// `redis-out`: appends what the hub hands over until the hub is gone.
+///
+/// A try that fails on the way (the connection lost or timed out) leaves the
+/// batch's fate unknown: Redis may have appended it and only the answer was
+/// lost, and the other nodes then deliver it. So the batch is sent again, on a
+/// new connection, with a growing pause, for as long as Redis does not answer,
+/// up to [`APPEND_PATIENCE`]; the script's numbering makes a repeat harmless.
+/// The same goes when Redis says "not now" ([`refused`]).
+///
+/// Redis answering with an error (READONLY, OOM, NOPERM, a script's error) ends
+/// the tries at once: another try would get the same answer, and every later
+/// message would wait behind the batch. Before anyone is told, Redis is asked
+/// which of the batch's messages it holds (an earlier try's answer may have been
+/// lost): only the senders of the others hear "not sent".
+///
+/// When Redis does not answer within the patience, what happened to the batch
+/// cannot be learned, and nobody is told anything rather than something that
+/// may be false: a message that got in comes back through the stream to its
+/// sender, as everyone's does, once the node is back.
+pub(super) fn append_messages(
+    redis: &RedisAccess,
+    node: u64,
+    outgoing: &Receiver<Publish>,
+    hub: &Sender<Event>,
+    highest: &AtomicU64,
+) {
+    let mut appender = Appender::new(redis, node, highest);
+    let mut number = 0u64;
+    while let Ok(first) = outgoing.recv() {
+        let batch: Vec<(u64, Publish)> = std::iter::once(first)
+            .chain(outgoing.try_iter().take(READ_COUNT - 1))
+            .map(|m| {
+                number += 1;
+                (number, m)
+            })
+            .collect();
+        let Err(e) = appender.append_patiently(&batch) else {
+            continue;
+        };
+        if refused(&e) {
+            appender.tell_unsent(&batch, &e, hub);
+        } else {
+            log::warn!(
+                "redis: {} messages: Redis did not take them within {APPEND_PATIENCE:?} ({}); \
+                 whether they were appended cannot be learned, so their senders are told nothing",
+                batch.len(),
+                Untrusted(&e)
+            );
+        }
+    }
+}
+
+/// `redis-out`'s end of Redis: its connection (with the script loaded), and the
+/// set that records which of this process's messages are in.
+struct Appender<'a> {
+    redis: &'a RedisAccess,
+    highest: &'a AtomicU64,
+    /// The key of the set of numbers appended: this process's own, not the node
+    /// number's, since after Redis lost its data a node number can be handed out
+    /// again.
+    appended: String,
+    con: Option<(redis::Connection, String)>,
+    backoff: Backoff,
+}
+
+impl<'a> Appender<'a> {
+    fn new(redis: &'a RedisAccess, node: u64, highest: &'a AtomicU64) -> Appender<'a> {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Appender {
+            redis,
+            highest,
+            appended: format!(
+                "threadchat:appended:{node}:{}:{started}",
+                std::process::id()
+            ),
+            con: None,
+            backoff: REDIS_BACKOFF,
+        }
+    }
+
+    /// Appends `batch`, trying again on a new connection while Redis does not
+    /// answer, for up to [`APPEND_PATIENCE`]; an error answer ends the tries.
+    fn append_patiently(&mut self, batch: &[(u64, Publish)]) -> redis::RedisResult<()> {
+        let give_up_at = Instant::now() + APPEND_PATIENCE;
+        loop {
+            let attempt = match self.con.as_mut() {
+                Some((c, sha)) => append(c, sha, &self.appended, batch),
+                None => open_appender(self.redis, self.highest).and_then(|(mut c, sha)| {
+                    let appended_now = append(&mut c, &sha, &self.appended, batch);
+                    self.con = Some((c, sha));
+                    appended_now
+                }),
+            };
+            let Err(e) = attempt else {
+                self.backoff.reset();
+                return Ok(());
+            };
+            if refused(&e) {
+                // Redis answers: no pause, and the connection serves the question
+                // `tell_unsent` asks.
+                self.backoff.reset();
+                return Err(e);
+            }
+            self.con = None;
+            if Instant::now() >= give_up_at {
+                return Err(e);
+            }
+            pause_after(&mut self.backoff, "append failed", &e);
+        }
+    }
+
+    /// Redis refused `batch` (`e`): the senders of the messages it does not hold
+    /// (an earlier try's answer may have been lost) are told they were not sent.
+    fn tell_unsent(
+        &mut self,
+        batch: &[(u64, Publish)],
+        e: &redis::RedisError,
+        hub: &Sender<Event>,
+    ) {
+        // The next batch gets a new connection: what refused may be a server that
+        // is no longer the one to write to (READONLY: a replica after a failover).
+        let mut refusing = self.con.take();
+        let asked = not_appended(
+            self.redis,
+            refusing.as_mut().map(|(c, _)| c),
+            &self.appended,
+            batch,
+        );
+        match asked {
+            Ok(unsent) => {
+                log::warn!(
+                    "redis: Redis refused {} messages ({}); {} of them not appended, \
+                     their senders told",
+                    batch.len(),
+                    Untrusted(e),
+                    unsent.len()
+                );
+                for m in unsent {
+                    let _ = hub.send(Event::NotRelayed {
+                        from: m.from,
+                        why: "Redis refused it",
+                    });
+                }
+            }
+            Err(asked) => log::warn!(
+                "redis: Redis refused {} messages ({}), and which of them an earlier try \
+                 appended cannot be learned ({}): their senders are told nothing",
+                batch.len(),
+                Untrusted(e),
+                Untrusted(&asked)
+            ),
+        }
+    }
+}
+
+/// Whether Redis itself answered a try with an error that the next try would
+/// get too (READONLY, OOM, NOPERM, a script's error), rather than the connection
+/// failing on the way (the batch's fate unknown) or Redis saying "not now": still
+/// loading its data, its script cache emptied (a new connection loads the script
+/// again), a replica without its master. Those are tried again.
+fn refused(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as Kind};
+    match e.kind() {
+        ErrorKind::Server(
+            Kind::BusyLoading
+            | Kind::NoScript
+            | Kind::TryAgain
+            | Kind::MasterDown
+            | Kind::ClusterDown,
+        ) => false,
+        ErrorKind::Server(_) | ErrorKind::Extension => true,
+        _ => false,
+    }
+}
+
+/// The messages of `batch` that Redis does not hold, asked on `con` (the
+/// connection that was just refused, which answers) or a new one. The script
+/// records each number in `appended` in the same step as its entry, so a number
+/// missing there was appended by no try.
+fn not_appended<'a>(
+    redis: &RedisAccess,
+    con: Option<&mut redis::Connection>,
+    appended: &str,
+    batch: &'a [(u64, Publish)],
+) -> redis::RedisResult<Vec<&'a Publish>> {
+    let mut made;
+    let c = match con {
+        Some(c) => c,
+        None => {
+            made = connect(redis)?;
+            &mut made
+        }
+    };
+    let numbers: Vec<u64> = batch.iter().map(|(n, _)| *n).collect();
+    let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE").arg(appended).arg(&numbers).query(c)?;
+    if scores.len() != batch.len() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "ZMSCORE answered for another number of members",
+        )));
+    }
+    Ok(batch
+        .iter()
+        .zip(scores)
+        .filter(|(_, score)| score.is_none())
+        .map(|((_, m), _)| m)
+        .collect())
+}
+
+/// A connection for appending: the id counter raised past what this node has
+/// seen (and past every id given before, if Redis lost its data), and the script
+/// loaded.
+fn open_appender(
+    redis: &RedisAccess,
+    highest: &AtomicU64,
+) -> redis::RedisResult<(redis::Connection, String)> {
+    let mut c = connect(redis)?;
+    let _: i64 = redis::cmd("EVAL")
+        .arg(RAISE_IDS)
+        .arg(2)
+        .arg(IDS)
+        .arg(LIFTED)
+        .arg(highest.load(Ordering::Relaxed))
+        .query(&mut c)?;
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(&mut c)?;
+    Ok((c, sha))
+}
+
+/// Appends `batch` in one round trip.
+fn append(
+    c: &mut redis::Connection,
+    sha: &str,
+    appended: &str,
+    batch: &[(u64, Publish)],
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for (number, m) in batch {
+        pipe.cmd("EVALSHA")
+            .arg(sha)
+            .arg(3)
+            .arg(STREAM)
+            .arg(IDS)
+            .arg(appended)
+            .arg(STREAM_KEEPS)
+            .arg(&m.room)
+            .arg(m.from.0)
+            .arg(&m.name)
+            .arg(&m.msg)
+            .arg(m.ts)
+            .arg(u8::from(m.except_sender))
+            .arg(m.to.map_or_else(String::new, |to| to.to_string()))
+            .arg(number)
+            .arg(u8::from(m.kick));
+    }
+    pipe.query::<Vec<u64>>(c).map(|_| ())
+}

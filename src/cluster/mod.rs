@@ -1,0 +1,431 @@
+//! Several nodes as one chat (`--redis`): the bridge between this node's hub and
+//! the others', through one Redis.
+//!
+//! # One order for everyone
+//!
+//! A node does not deliver a room message and then tell the others: two nodes
+//! would each deliver their own first, and their clients would see two orders. It
+//! appends the message to Redis and delivers what comes back, its own messages
+//! included, so every node delivers in Redis' order. The hub's rule, "a room's
+//! order is the order of one queue", still holds; the queue is now a Redis stream.
+//!
+//! # Why a stream, not PUBLISH/SUBSCRIBE
+//!
+//! Pub/sub hands a message to whoever is subscribed at that instant and keeps
+//! nothing: a node whose connection blinks has lost what was said meanwhile and
+//! has no position to resume from. A stream (`threadchat:messages`) keeps its last
+//! entries (`MAXLEN ~`), in one order, each with an id, and `XREAD` from the last
+//! id seen resumes with no gap and no duplicate. The message id clients see is the
+//! entry's id: a script takes the next number from `threadchat:ids` and appends the
+//! entry under it in one atomic step, so ids increase along the stream.
+//!
+//! # The threads
+//!
+//! Each in a file of its own beside this one:
+//!
+//! * `redis-out` (`append.rs`) takes what this node's clients said from the hub,
+//!   over a bounded channel the hub fills with `try_send` (the hub never waits
+//!   for Redis), and appends it, every message waiting in one round trip.
+//! * `redis-in` (`read.rs`) blocks in `XREAD` on the stream and hands every entry to the hub as
+//!   an ordinary event ([`Event::Relayed`], or a direct message or kick), once it
+//!   has checked it against the protocol's bounds. A room message is delivered
+//!   when it comes back this way, on every node alike.
+//! * `redis-presence` (`presence.rs`) tells the others who is where here, and
+//!   learns who is where there. Every [`PRESENCE_EVERY`] it rewrites this node's
+//!   hash (`threadchat:presence:<node>`: client id → room and name, expiring after
+//!   [`PRESENCE_TTL`]) from the hub's mirror of where its clients are
+//!   ([`Whereabouts`]). It reads every other node's (those listed in `threadchat:presence-nodes`, in one round trip),
+//!   and hands the hub the rooms' members elsewhere when they changed. Counts and
+//!   `who` cover the cluster that way, and a node that dies without a word drops
+//!   out of everyone's presence when its hash expires: within `PRESENCE_TTL +
+//!   PRESENCE_EVERY`, 6 s.
+//!
+//! # Without Redis
+//!
+//! Every thread that loses Redis tries again with a growing pause. `redis-in`
+//! notices when its read fails, and the hub is told ([`Event::Linked`]): at once
+//! when Redis closes the connection, within [`READ_BLOCK`] and the 5 s read
+//! deadline when the network just goes quiet. While Redis is gone, the node goes
+//! on as a single server for its own clients:
+//!
+//! * they stay connected and get a `cluster` notification saying so;
+//! * the hub numbers their messages itself, in an epoch of the node's own (the
+//!   frame names it). An id taken here alone could be another node's too (the
+//!   others may still reach Redis and go on counting), and the epoch is what
+//!   keeps the two apart: `since` and the page compare ids of one epoch only;
+//! * the other nodes' members leave its counts; a direct message or a kick for
+//!   one of them is refused with an error;
+//! * a message that was on its way to Redis when it went is appended if
+//!   `redis-out` reaches Redis again within [`APPEND_PATIENCE`] (and heard once
+//!   the node is back); else its sender is told nothing (below).
+//!
+//! Once Redis answers again:
+//!
+//! * `redis-in` resumes after the last entry it handed over, so the node hears
+//!   what the others said meanwhile, with no gap and no duplicate, as long as the
+//!   stream still holds it ([`STREAM_KEEPS`]). Ids are consecutive along the
+//!   stream, so when the first id it reads jumps, the node knows some are gone
+//!   and tells its clients ([`Event::Missed`]);
+//! * the node's own epoch ends: what was said in it stays with those who heard it
+//!   (the others never did) and leaves the histories. Their cluster part was kept
+//!   apart meanwhile, so they are the stream's again;
+//! * the clients get a second `cluster` notification with the cluster's epoch, and the
+//!   counts take the others back in;
+//! * in case Redis lost its data, the id counter is raised past every id given
+//!   before ("When Redis lost its data" below), and the epoch and node counter
+//!   are written back.
+//!
+//! A batch `redis-out` could not append is sent again on a new connection. Each
+//! message carries its number in this process, and the script skips a number
+//! already appended and records each one it appends, in the same atomic step,
+//! so a batch whose answer was lost is not appended twice. How the tries end
+//! depends on what Redis said:
+//!
+//! * nothing (the connection lost or timed out): the batch may be in, only the
+//!   answer lost, and the other nodes deliver it. So it is sent again while Redis
+//!   does not answer, for up to [`APPEND_PATIENCE`]. If Redis stays away longer,
+//!   what became of it cannot be learned, and its senders are told nothing rather
+//!   than "not sent", which may be false: a message that got in reaches its
+//!   sender through the stream once the node is back, as everyone's does;
+//! * "not now" (loading its data, its script cache emptied): the same;
+//! * an error (READONLY, OOM, NOPERM, a script's error): another try would get
+//!   the same answer, and every later message would wait behind the batch. The
+//!   tries end, Redis is asked which of the batch's numbers it holds (an earlier
+//!   try may have appended some, its answer lost), and only the senders of the
+//!   others get an error frame.
+//!
+//! # When Redis lost its data
+//!
+//! A Redis restarted without persistence has no stream, no counter, no record
+//! of anything. Each node keeps what it needs to go on ([`Keep`]), but no node
+//! knows every id given before: the one that has seen the most may be the last
+//! one back (cut off, or slower to reconnect). Were the counter raised only to
+//! what the first node back has seen, its next message would take an id that
+//! another node's clients already know for another message, and that node,
+//! reading on from its position, would never hear the new one.
+//!
+//! Nothing in Redis says how far the ids went, but a clock bounds them: the
+//! counter starts at 1 and takes fewer than one id a microsecond (one Redis
+//! appends some tens of thousands of messages a second, SCALING.md), so every id
+//! it gives stays below Redis' clock in microseconds, and so does a counter
+//! started again from that clock. So the first node that finds the counter gone
+//! although it has seen ids (which is how a loss shows: a counter that was used
+//! is missing) starts it again at the clock ([`RAISE_IDS`]), before anyone
+//! appends: `redis-presence` within [`PRESENCE_EVERY`] of reaching Redis, and
+//! `redis-out` before its first append on every connection. Every id given after
+//! the loss is then new to every node, whichever is back first. The ids stay
+//! below 2^53, which the page's JavaScript holds exactly, until the year 2255.
+//!
+//! The jump is no loss of messages, and `redis-in` must not call it one: where
+//! the counter started again and the highest id the node that did it had seen
+//! are kept ([`LIFTED`]), and a jump across that point counts as missed messages
+//! only when this node had not heard all that node had, or missed entries after
+//! it ([`missed`]). What this leaves open is in DESIGN.md ("A cluster when Redis
+//! fails").
+//!
+//! A direct message goes through the stream too (for its id, in the same order):
+//! the target's node delivers it, the sender's node the sender's copy. So does an
+//! admin's kick of a client on another node: that client's node closes it.
+//!
+//! Client ids are unique across the cluster: each node takes a number from
+//! `threadchat:nodes` at start and numbers its clients from `node << 32`.
+//!
+//! # Whom Redis lets in
+//!
+//! Every node believes the stream: whoever can write to it speaks as any node
+//! (messages under any name, kicks, presence). So Redis belongs on a private
+//! network, and it can ask for a password or an ACL user (`redis://user:pw@…`,
+//! sent as `AUTH` on every connection) and speak TLS (`rediss://`, the server's
+//! certificate checked against the system's roots or `--redis-ca`). The URL then
+//! holds a secret: it reaches log lines and errors only as [`RedisAccess::shown`],
+//! the password replaced by `***`.
+
+mod access;
+mod append;
+mod presence;
+mod read;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use self::access::RedisAccess;
+use self::append::append_messages;
+use self::presence::{Keep, share_presence};
+use self::read::{READ_BLOCK, entries, message_id, read_stream, relayed};
+use crate::backoff::Backoff;
+use crate::event::{Event, HubSide, Publish, Whereabouts};
+use crate::logging::Untrusted;
+
+/// The stream every node appends to and reads.
+const STREAM: &str = "threadchat:messages";
+/// The counter message ids come from.
+const IDS: &str = "threadchat:ids";
+/// The counter node numbers come from.
+const NODES: &str = "threadchat:nodes";
+/// When the chat (the cluster) first started: `welcome`'s epoch on every node.
+const EPOCH: &str = "threadchat:epoch";
+/// Where the id counter started again after Redis lost its data (`at`), and the
+/// highest id the node that started it had seen (`seen`): see [`RAISE_IDS`].
+const LIFTED: &str = "threadchat:lifted";
+
+/// Entries the stream keeps, about (`MAXLEN ~`): what a node can catch up on
+/// after losing Redis for a while.
+const STREAM_KEEPS: usize = 100_000;
+
+/// Messages waiting for `redis-out`. When Redis is slower than the chat, the hub
+/// refuses what does not fit rather than wait.
+pub const OUTGOING_QUEUE: usize = 1_024;
+
+/// The most those hold: a message's name and text, 8 KiB of UTF-8 at most.
+pub const OUTGOING_BYTES: u64 = OUTGOING_QUEUE as u64 * 8 * 1024;
+
+/// How often a node rewrites its presence and reads the others'.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+/// How long a node's presence outlives its last rewrite.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(5);
+/// The prefix of every node's presence hash.
+const PRESENCE: &str = "threadchat:presence:";
+/// The nodes that have said they exist (each removed once its hash is gone).
+const NODE_SET: &str = "threadchat:presence-nodes";
+
+/// Raises a counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data (a
+/// restart without persistence), the node numbers given out are not given again.
+const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
+    if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end \
+    return 0";
+
+/// Raises the id counter (KEYS[1]) to at least ARGV[1], the highest id this node
+/// has seen, so nobody's `XREAD` position or `since` falls behind new entries.
+/// A counter that is gone though the node has seen ids (ARGV[1] > 0) means Redis
+/// lost its data, and ids other nodes gave may be past any this node has seen:
+/// the counter starts again at Redis' clock in microseconds (`TIME`), which every
+/// id given before is under ("When Redis lost its data" above), and KEYS[2]
+/// ([`LIFTED`]) says where, for the readers. The clock is written as Redis gives
+/// it, seconds and microseconds side by side, never through a Lua number's
+/// formatting.
+const RAISE_IDS: &str = "local seen = tonumber(ARGV[1]) \
+    local n = redis.call('GET', KEYS[1]) \
+    if n then \
+        if tonumber(n) < seen then redis.call('SET', KEYS[1], ARGV[1]) end \
+        return 0 \
+    end \
+    if seen == 0 then return 0 end \
+    local t = redis.call('TIME') \
+    local at = t[1] .. string.format('%06d', tonumber(t[2])) \
+    if tonumber(at) <= seen then at = ARGV[1] end \
+    redis.call('SET', KEYS[1], at) \
+    redis.call('HSET', KEYS[2], 'at', at, 'seen', ARGV[1]) \
+    return 0";
+
+/// This node's place in the cluster.
+pub struct Cluster {
+    /// Its number: its clients' ids start at `node << 32`.
+    pub node: u64,
+    /// The cluster's epoch, for `welcome` and `since`.
+    pub epoch: u64,
+    redis: RedisAccess,
+    /// The entry after which `redis-in` starts: the stream's end at start.
+    start_after: String,
+    /// The highest message id `redis-in` has handed over.
+    highest: Arc<AtomicU64>,
+    /// Where this node's clients are, for the other nodes.
+    pub whereabouts: Arc<Whereabouts>,
+    /// The stream's recent entries at start, for the hub's histories.
+    backfill: Mutex<Vec<Event>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    /// Connects to `redis` and takes this node's number. An unreachable Redis (or
+    /// one that refuses the password) is an error at start: a node that was asked
+    /// to be part of a cluster does not run alone.
+    /// `backfill` is how many of the stream's last entries the hub is given at
+    /// start, for the rooms' histories (and `since`) on a node that was not
+    /// running when they were said.
+    pub fn join(
+        redis: &RedisAccess,
+        epoch_if_first: u64,
+        backfill: usize,
+    ) -> Result<Cluster, String> {
+        let shown = redis.shown();
+        let fail = |e: redis::RedisError| format!("--redis {shown}: {e}");
+        let mut con = connect(redis).map_err(fail)?;
+        let node: u64 = redis::cmd("INCR")
+            .arg(NODES)
+            .query(&mut con)
+            .map_err(fail)?;
+        if node >= 1 << 21 {
+            // Ids must stay below 2^53 for the page's JavaScript.
+            return Err(format!("--redis {shown}: more than 2^21 node numbers used"));
+        }
+        let _: () = redis::cmd("SET")
+            .arg(EPOCH)
+            .arg(epoch_if_first)
+            .arg("NX")
+            .query(&mut con)
+            .map_err(fail)?;
+        let epoch: u64 = redis::cmd("GET").arg(EPOCH).query(&mut con).map_err(fail)?;
+        let recent: redis::Value = redis::cmd("XREVRANGE")
+            .arg(STREAM)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(backfill.clamp(1, STREAM_KEEPS))
+            .query(&mut con)
+            .map_err(fail)?;
+        let mut recent = entries(recent);
+        let start_after = recent
+            .first()
+            .map_or_else(|| "0-0".to_string(), |(id, _)| id.clone());
+        recent.truncate(backfill);
+        // Oldest first, as the hub would have heard them.
+        let backfill = recent
+            .iter()
+            .rev()
+            .filter_map(|(id, fields)| relayed(id, fields))
+            .collect();
+        Ok(Cluster {
+            node,
+            epoch,
+            redis: redis.clone(),
+            highest: Arc::new(AtomicU64::new(message_id(&start_after).unwrap_or(0))),
+            start_after,
+            whereabouts: Arc::new(Whereabouts::default()),
+            backfill: Mutex::new(backfill),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// What the hub needs of the bridge, its end of `outgoing` included.
+    pub fn hub_side(&self, outgoing: Sender<Publish>) -> HubSide {
+        HubSide {
+            node: self.node,
+            outgoing,
+            whereabouts: Arc::clone(&self.whereabouts),
+            highest: Arc::clone(&self.highest),
+        }
+    }
+
+    /// The entries the hub starts from (once: later calls get none).
+    pub fn backfill(&self) -> Vec<Event> {
+        std::mem::take(&mut *crate::lock(&self.backfill))
+    }
+
+    /// The first client id of this node.
+    pub fn first_client_id(&self) -> u64 {
+        (self.node << 32) + 1
+    }
+
+    /// Starts `redis-in` and `redis-out`: what the hub hands to `outgoing` is
+    /// appended, and every entry of the stream reaches `hub`.
+    /// A thread that cannot be started stops those started before it.
+    pub fn spawn(&self, outgoing: Receiver<Publish>, hub: Sender<Event>) -> std::io::Result<()> {
+        let started = self.spawn_threads(outgoing, hub);
+        if started.is_err() {
+            self.stop();
+        }
+        started
+    }
+
+    fn spawn_threads(
+        &self,
+        outgoing: Receiver<Publish>,
+        hub: Sender<Event>,
+    ) -> std::io::Result<()> {
+        let (redis, after, stop) = (
+            self.redis.clone(),
+            self.start_after.clone(),
+            Arc::clone(&self.stop),
+        );
+        let (to_hub, highest) = (hub.clone(), Arc::clone(&self.highest));
+        thread::Builder::new()
+            .name("redis-in".into())
+            .spawn(move || read_stream(&redis, after, &to_hub, &highest, &stop))?;
+        let (redis, whereabouts, stop) = (
+            self.redis.clone(),
+            Arc::clone(&self.whereabouts),
+            Arc::clone(&self.stop),
+        );
+        let keep = Keep {
+            node: self.node,
+            epoch: self.epoch,
+            highest: Arc::clone(&self.highest),
+        };
+        let to_hub = hub.clone();
+        thread::Builder::new()
+            .name("redis-presence".into())
+            .spawn(move || share_presence(&redis, &keep, &whereabouts, &to_hub, &stop))?;
+        let (redis, node, highest) = (self.redis.clone(), self.node, Arc::clone(&self.highest));
+        thread::Builder::new()
+            .name("redis-out".into())
+            .spawn(move || append_messages(&redis, node, &outgoing, &hub, &highest))?;
+        Ok(())
+    }
+
+    /// Stops `redis-in` within [`READ_BLOCK`]; `redis-out` ends with the hub.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn connect(redis: &RedisAccess) -> redis::RedisResult<redis::Connection> {
+    let con = redis
+        .client
+        .get_connection_with_timeout(Duration::from_secs(5))?;
+    // Every command but the blocking read answers at once; a Redis that does not
+    // is treated as gone.
+    con.set_write_timeout(Some(Duration::from_secs(5)))?;
+    con.set_read_timeout(Some(READ_BLOCK + Duration::from_secs(5)))?;
+    Ok(con)
+}
+
+/// The pauses between attempts to reach Redis again: 0.1 s doubling to 5 s.
+const REDIS_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Says why a Redis command failed and takes the backoff's next pause.
+fn pause_after(backoff: &mut Backoff, what: &str, e: &redis::RedisError) {
+    let pause = backoff.pause();
+    // Redis's errors can quote what it was sent or holds.
+    log::warn!("redis: {what}: {}; trying again in {pause:?}", Untrusted(e));
+    thread::sleep(pause);
+}
+
+/// A connection to Redis, made when first needed and made again after a failure,
+/// with a growing pause between attempts.
+struct Link<'a> {
+    redis: &'a RedisAccess,
+    con: Option<redis::Connection>,
+    backoff: Backoff,
+}
+
+impl<'a> Link<'a> {
+    fn new(redis: &'a RedisAccess) -> Link<'a> {
+        Link {
+            redis,
+            con: None,
+            backoff: REDIS_BACKOFF,
+        }
+    }
+
+    /// The connection, made now if there is none.
+    fn get(&mut self) -> redis::RedisResult<&mut redis::Connection> {
+        if self.con.is_none() {
+            self.con = Some(connect(self.redis)?);
+            self.backoff.reset();
+        }
+        Ok(self.con.as_mut().expect("made just above"))
+    }
+
+    /// A command or the connecting failed: drop the connection, pause, and let
+    /// the next `get` try again.
+    fn failed(&mut self, what: &str, e: &redis::RedisError) {
+        self.con = None;
+        pause_after(&mut self.backoff, what, e);
+    }
+}

@@ -1,0 +1,206 @@
+//! `redis-in`: reads the stream from where this node left off and hands every
+//! entry to the hub as an event, once it has checked it against the protocol's
+//! bounds; notices when Redis stops answering, and what is gone for good.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use super::{LIFTED, Link, RedisAccess, STREAM};
+use crate::event::{DirectMessage, Event, RelayedMessage};
+use crate::logging::{Noisy, Untrusted, limited};
+use crate::protocol::{self, ClientId};
+
+/// Entries one `XREAD` returns at most, and how long it blocks before looking at
+/// whether the server is stopping.
+pub(super) const READ_COUNT: usize = 512;
+pub(super) const READ_BLOCK: Duration = Duration::from_millis(1_000);
+
+/// `redis-in`: hands every entry after `after` to the hub, until `stop`.
+pub(super) fn read_stream(
+    redis: &RedisAccess,
+    mut after: String,
+    hub: &Sender<Event>,
+    highest: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let mut link = Link::new(redis);
+    // Whether the hub believes Redis answers: it is told when that changes.
+    let mut linked = true;
+    // The last message id handed over, when there is one to follow. Ids are
+    // consecutive along the stream (each is taken by the append that writes its
+    // entry), so a jump past it means entries this node will never read: trimmed
+    // (`MAXLEN ~`) while it was cut off, or lost with Redis' data.
+    let mut last = message_id(&after).filter(|n| *n > 0);
+    let tell = |up: bool, linked: &mut bool| {
+        if *linked != up {
+            *linked = up;
+            let _ = hub.send(Event::Linked { up });
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let read = link.get().and_then(|c| {
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(STREAM)
+                .arg(&after)
+                .query::<redis::Value>(c)
+        });
+        let reply = match read {
+            Ok(reply) => reply,
+            Err(e) => {
+                tell(false, &mut linked);
+                link.failed("read failed", &e);
+                continue;
+            }
+        };
+        tell(true, &mut linked);
+        // [[stream, [entry, ...]]], or nil when BLOCK passed with nothing new.
+        let redis::Value::Array(streams) = reply else {
+            continue;
+        };
+        for stream in streams {
+            let redis::Value::Array(mut parts) = stream else {
+                continue;
+            };
+            let Some(list) = parts.pop() else { continue };
+            for (id, fields) in entries(list) {
+                if let Some(n) = message_id(&id) {
+                    if let Some(last) = last
+                        && n > last + 1
+                        && missed(link.get(), last, n)
+                        && hub.send(Event::Missed { upto: n - 1 }).is_err()
+                    {
+                        return;
+                    }
+                    last = Some(n);
+                    highest.fetch_max(n, Ordering::Relaxed);
+                }
+                after = id.clone();
+                let Some(event) = relayed(&id, &fields) else {
+                    // Anyone who can write to the stream chooses these.
+                    limited!(
+                        Noisy::BadStreamEntry,
+                        "redis: entry \"{}\" of {STREAM} is not a message: skipped",
+                        Untrusted(&id)
+                    );
+                    continue;
+                };
+                if hub.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether the ids after `last` and before `n`, which this node never read, were
+/// messages it missed. Ids are consecutive along the stream, so they were,
+/// unless the jump is the id counter starting again after Redis lost its data
+/// ([`RAISE_IDS`]). Then the ids up to the highest that the node which started
+/// it again had seen were messages, and so are those after that point; of the
+/// ids in between nothing is known (most were never given), and nobody is told
+/// of a loss that may be none. When Redis cannot say, the jump is a loss: the
+/// safe side.
+fn missed(con: redis::RedisResult<&mut redis::Connection>, last: u64, n: u64) -> bool {
+    let lifted = con.and_then(|c| {
+        redis::cmd("HMGET")
+            .arg(LIFTED)
+            .arg("at")
+            .arg("seen")
+            .query::<(Option<u64>, Option<u64>)>(c)
+    });
+    match lifted {
+        Ok((Some(at), Some(seen))) if last <= at && at < n => last < seen || n > at + 1,
+        _ => true,
+    }
+}
+
+/// The entries of an `XRANGE`-shaped reply: `[[id, [field, value, ...]], ...]`.
+pub(super) fn entries(value: redis::Value) -> Vec<(String, HashMap<String, String>)> {
+    let redis::Value::Array(list) = value else {
+        return Vec::new();
+    };
+    list.into_iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(mut pair) = entry else {
+                return None;
+            };
+            let fields = pair.pop()?;
+            let id = text(pair.pop()?)?;
+            // An entry whose fields are not ours still moves the reader past it.
+            let mut map = HashMap::new();
+            if let redis::Value::Array(flat) = fields {
+                let mut flat = flat.into_iter();
+                while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                    if let (Some(k), Some(v)) = (text(k), text(v)) {
+                        map.insert(k, v);
+                    }
+                }
+            }
+            Some((id, map))
+        })
+        .collect()
+}
+
+fn text(value: redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        redis::Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The message id in a stream entry's id, `<message id>-1`; `None` for id 0,
+/// which no node writes (the counter's first `INCR` gives 1) and which would
+/// underflow the hub's arithmetic (`0-1` typed at `redis-cli`).
+pub(super) fn message_id(entry: &str) -> Option<u64> {
+    let id: u64 = entry.split('-').next()?.parse().ok()?;
+    (id > 0).then_some(id)
+}
+
+/// A stream entry as the hub's event, or `None` for one that is not a message
+/// within the protocol's bounds. Every node checks what it appends, but an entry
+/// may come from anywhere that can write to Redis (another version, another
+/// `--max-message`, a typo at `redis-cli`), and the hub's bounds on a batch rely
+/// on the bounds of a message.
+pub(super) fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
+    let number = |key: &str| fields.get(key)?.parse::<u64>().ok();
+    if fields.get("kick").is_some_and(|k| k == "1") {
+        return Some(Event::RelayedKick {
+            target: ClientId(number("to")?),
+            by: ClientId(number("from")?),
+        });
+    }
+    let (name, msg) = (fields.get("name")?, fields.get("msg")?);
+    protocol::check_message(name, msg).ok()?;
+    if let Some(to) = number("to") {
+        return Some(Event::RelayedDirect {
+            id: message_id(id)?,
+            ts: number("ts")?,
+            direct: DirectMessage {
+                from: ClientId(number("from")?),
+                name: name.clone(),
+                to: ClientId(to),
+                msg: msg.clone(),
+            },
+        });
+    }
+    Some(Event::Relayed(RelayedMessage {
+        id: message_id(id)?,
+        ts: number("ts")?,
+        from: ClientId(number("from")?),
+        room: Some(fields.get("room")?)
+            .filter(|room| protocol::is_room(room))?
+            .clone(),
+        name: name.clone(),
+        msg: msg.clone(),
+        except_sender: fields.get("except").is_some_and(|e| e == "1"),
+    }))
+}

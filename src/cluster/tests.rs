@@ -1,0 +1,148 @@
+//! The bridge's own tests: what needs no Redis.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::access::redacted;
+use super::*;
+use crate::event::{DirectMessage, RelayedMessage};
+use crate::protocol::{self, ClientId};
+
+fn entry(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_redis_url_is_shown_without_its_password() {
+    for (url, shown) in [
+        (
+            "redis://:s3cret@10.0.0.5:6379/",
+            "redis://:***@10.0.0.5:6379/",
+        ),
+        (
+            "redis://chat:s3cret@redis:6379/2",
+            "redis://chat:***@redis:6379/2",
+        ),
+        ("rediss://chat:s3cret@redis/", "rediss://chat:***@redis/"),
+        // Unescaped `@`, `/`, `:` and `?` in the password: the last `@` ends it.
+        ("redis://chat:s3/c@r:e?t@redis/", "redis://chat:***@redis/"),
+        // A password without its `:` is a user name to the URL, but hidden too.
+        ("redis://s3cret@redis/", "redis://***@redis/"),
+        ("s3cret@redis:6379", "***@redis:6379"),
+        (
+            "redis+unix:///run/redis.sock?user=chat&pass=s3cret&db=1",
+            "redis+unix:///run/redis.sock?user=chat&pass=***&db=1",
+        ),
+        ("redis://10.0.0.5:6379/", "redis://10.0.0.5:6379/"),
+        (
+            "rediss://redis:6379/#insecure",
+            "rediss://redis:6379/#insecure",
+        ),
+    ] {
+        assert_eq!(redacted(url), shown, "{url}");
+    }
+}
+
+#[test]
+fn a_bad_redis_url_or_ca_is_an_error_that_hides_the_password() {
+    let access = |url: &str, ca: Option<&Path>| RedisAccess::new(url, ca).err().unwrap();
+    for url in [
+        "redis://:s3cret@redis:port/",
+        "redis://:s3cret@redis/not-a-db",
+        "http://:s3cret@redis/",
+    ] {
+        let error = access(url, None);
+        assert!(error.starts_with("--redis "), "{error}");
+        assert!(error.contains(":***@redis"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+    let dir = std::env::temp_dir().join(format!("threadchat-redis-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("not-pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let error = access("rediss://:s3cret@redis/", Some(&not_pem));
+    assert!(error.contains("no PEM certificate"), "{error}");
+    let missing = dir.join("missing.pem");
+    let error = access("rediss://:s3cret@redis/", Some(&missing));
+    assert!(error.starts_with("--redis-ca "), "{error}");
+    let ca = dir.join("ca.pem");
+    let made = rcgen::generate_simple_self_signed(vec!["redis".to_string()]).unwrap();
+    std::fs::write(&ca, made.cert.pem()).unwrap();
+    assert!(RedisAccess::new("rediss://:s3cret@redis/", Some(&ca)).is_ok());
+    // Roots for a URL without TLS: a mistake, said so.
+    let error = access("redis://:s3cret@redis/", Some(&ca));
+    assert!(error.contains("rediss://"), "{error}");
+    assert!(!error.contains("s3cret"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_entry_outside_the_protocol_s_bounds_is_not_a_message() {
+    let good = [
+        ("room", "lobby"),
+        ("from", "7"),
+        ("name", "ann"),
+        ("msg", "hi"),
+        ("ts", "1"),
+        ("except", "0"),
+        ("to", ""),
+        ("kick", "0"),
+    ];
+    assert!(matches!(
+        relayed("5-1", &entry(&good)),
+        Some(Event::Relayed(RelayedMessage { id: 5, .. }))
+    ));
+    let long = "x".repeat(protocol::MAX_MSG_CHARS + 1);
+    for (key, bad) in [
+        ("msg", long.as_str()),
+        ("msg", " "),
+        ("name", &"n".repeat(protocol::MAX_NAME_CHARS + 1)),
+        ("room", "no spaces"),
+        ("room", ""),
+        ("from", "seven"),
+    ] {
+        let mut fields = entry(&good);
+        fields.insert(key.to_string(), bad.to_string());
+        assert!(relayed("5-1", &fields).is_none(), "{key} = {bad:?}");
+    }
+    assert!(relayed("not-an-id", &entry(&good)).is_none());
+    // Id 0, which no node gives, would underflow the hub's arithmetic.
+    assert!(relayed("0-1", &entry(&good)).is_none());
+    // A direct message (no room) is checked the same way; a kick has no text.
+    // Both as `append` writes them.
+    let mut direct = entry(&good);
+    direct.insert("to".into(), "9".into());
+    direct.insert("room".into(), String::new());
+    assert!(matches!(
+        relayed("6-1", &direct),
+        Some(Event::RelayedDirect {
+            direct: DirectMessage {
+                to: ClientId(9),
+                ..
+            },
+            ..
+        })
+    ));
+    direct.insert("msg".into(), long.clone());
+    assert!(relayed("6-1", &direct).is_none());
+    let kick = entry(&[
+        ("room", ""),
+        ("from", "7"),
+        ("name", ""),
+        ("msg", ""),
+        ("ts", "1"),
+        ("except", "0"),
+        ("to", "9"),
+        ("kick", "1"),
+    ]);
+    assert!(matches!(
+        relayed("7-1", &kick),
+        Some(Event::RelayedKick {
+            target: ClientId(9),
+            by: ClientId(7)
+        })
+    ));
+}
