@@ -122,6 +122,9 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) +$(MSRV) check --workspace --all-targets --locked
+# The fuzz targets build with cargo-fuzz (make fuzz); checked here so they
+# cannot fall behind the library's types.
+	$(CARGO) check --manifest-path fuzz/Cargo.toml --locked
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,6 +1,6 @@
-//! The naive chat server: the first design `src/outbox.rs` argues against, kept as a
+//! The naive chat server: the first design `src/outbox/mod.rs` argues against, kept as a
 //! lesson and as the `(naive)` rows of `make bench`. Read it as the contrast to
-//! `src/hub.rs` and `src/outbox.rs`.
+//! `src/hub/mod.rs` and `src/outbox/mod.rs`.
 //!
 //! It is how a first chat server is usually written:
 //!

@@ -163,7 +163,7 @@ pub struct HubSide {
     /// Where this node's clients are, mirrored for the other nodes.
     pub whereabouts: Arc<Whereabouts>,
     /// The highest message id this node has seen: where the hub's ids start, and
-    /// what the counter is raised to after Redis lost its data.
+    /// how a node finds out that Redis lost data (a counter below it, or gone).
     pub highest: Arc<AtomicU64>,
 }
 

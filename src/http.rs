@@ -610,9 +610,8 @@ mod tests {
             max_rooms: 10,
             max_rooms_per_host: 0,
             epoch: 1,
-            cluster: None,
         };
-        crate::hub::spawn(events, settings, Arc::new(Stats::new()), Vec::new()).unwrap();
+        crate::hub::spawn(events, settings, None, Arc::new(Stats::new()), Vec::new()).unwrap();
         assert!(hub_answers(&hub));
         // A hub whose thread is gone fails at once.
         let (gone, events) = crossbeam_channel::bounded::<Event>(16);

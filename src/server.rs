@@ -6,6 +6,7 @@
 use std::error::Error;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -115,6 +116,8 @@ pub fn run(
     let http_addr = listeners.http.local_addr()?;
     let server_names = ServerNames::new(&config.server_names);
     let ws = ws_settings(&config, tls.clone(), &places, &stats, &server_names)?;
+    // Read once (`--token-file` may change or go), for both ports alike.
+    let access_token = ws.access_token.clone();
     let chat_port = start_chat_port(listeners.ws, ws, &places, &hub_tx, first_client_id)?;
 
     log::info!("page: {page}");
@@ -124,7 +127,7 @@ pub fn run(
         places: Arc::clone(&places),
         hub: hub_tx.clone(),
         ws_port: ws_addr.port(),
-        access_token: config.access_token()?,
+        access_token,
         tls: tls.clone(),
         server_names: server_names.clone(),
         timeout: config.http_timeout(),
@@ -211,18 +214,27 @@ impl Joined {
 
     /// Starts `redis-in`, `redis-presence` and `redis-out`.
     fn start(self, hub: Sender<Event>) -> std::io::Result<RedisThreads> {
-        self.cluster.spawn(self.to_redis, hub)?;
-        Ok(RedisThreads(self.cluster))
+        self.cluster.spawn(self.to_redis, hub.clone())?;
+        Ok(RedisThreads {
+            cluster: self.cluster,
+            hub,
+        })
     }
 }
 
 /// The cluster's Redis threads, stopped when this is dropped: when `run` returns,
 /// and also when a start fails half-way, so that none is left behind.
-struct RedisThreads(Cluster);
+struct RedisThreads {
+    cluster: Cluster,
+    /// `redis-out` ends when the hub lets go of its channel, which the hub does at
+    /// `Shutdown` (sent again here, harmlessly, after a stop that sent it).
+    hub: Sender<Event>,
+}
 
 impl Drop for RedisThreads {
     fn drop(&mut self) {
-        self.0.stop();
+        self.cluster.stop();
+        let _ = (self.hub).send_timeout(Event::Shutdown, Duration::from_secs(1));
     }
 }
 
@@ -240,10 +252,10 @@ fn start_hub(
         max_rooms: config.max_rooms as usize,
         max_rooms_per_host: config.max_rooms_per_host,
         epoch: joined.map_or_else(unix_millis, |j| j.cluster.epoch),
-        cluster: joined.map(|j| j.cluster.hub_side(j.outgoing.clone())),
     };
     let backfill = joined.map_or_else(Vec::new, |j| j.cluster.backfill());
-    hub::spawn(events, settings, Arc::clone(stats), backfill).map(drop)
+    let cluster = joined.map(|j| j.cluster.hub_side(j.outgoing.clone()));
+    hub::spawn(events, settings, cluster, Arc::clone(stats), backfill).map(drop)
 }
 
 /// What the chat port's connections need: from the settings, and the parts of the

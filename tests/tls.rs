@@ -23,7 +23,7 @@ fn start(cert: &TestCert, more: &[&str]) -> Server {
 #[test]
 fn the_page_is_https_and_the_chat_is_wss() {
     let cert = TestCert::new("chat");
-    let server = start(&cert, &["--rate", "100000", "--burst", "100000"]);
+    let server = start(&cert, &unthrottled(&[]));
     let page = cert.get(server.http_addr(), "/");
     assert_eq!(page.status, 200);
     assert!(String::from_utf8_lossy(&page.body).contains("<html"));

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use threadchat::protocol::{
-    MAX_ERROR_FRAME, MAX_MSG_CHARS, MAX_NAME_CHARS, Outgoing, parse, parse_chat,
+    ClientId, MAX_ERROR_FRAME, MAX_MSG_CHARS, MAX_NAME_CHARS, Outgoing, parse, parse_chat,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(message.name.chars().count() <= MAX_NAME_CHARS);
     assert!(message.msg.chars().count() <= MAX_MSG_CHARS);
     assert!(!message.msg.trim().is_empty());
-    let out = Outgoing::Message { id: 1, ts: 1, from: 1, name: &message.name, msg: &message.msg, room: None }.to_json();
+    let out = Outgoing::Message { id: 1, ts: 1, from: ClientId(1), name: &message.name, msg: &message.msg, room: None }.to_json();
     let back: serde_json::Value = serde_json::from_str(&out).expect("we emit valid JSON");
     assert_eq!(back["name"].as_str(), Some(message.name.as_str()));
     assert_eq!(back["msg"].as_str(), Some(message.msg.as_str()));

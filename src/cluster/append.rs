@@ -214,6 +214,8 @@ fn refused(e: &redis::RedisError) -> bool {
             | Kind::MasterDown
             | Kind::ClusterDown,
         ) => false,
+        // Another client's script is running: not now, rather than no.
+        ErrorKind::Extension if e.code() == Some("BUSY") => false,
         ErrorKind::Server(_) | ErrorKind::Extension => true,
         _ => false,
     }

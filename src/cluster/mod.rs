@@ -110,7 +110,8 @@
 //! it gives stays below Redis' clock in microseconds, and so does a counter
 //! started again from that clock. So the first node that finds the counter gone
 //! although it has seen ids (which is how a loss shows: a counter that was used
-//! is missing) starts it again at the clock ([`RAISE_IDS`]), before anyone
+//! is missing), or below an id it has seen (Redis back from an older snapshot,
+//! or a replica that lagged taking over), starts it again at the clock ([`RAISE_IDS`]), before anyone
 //! appends: `redis-presence` within [`PRESENCE_EVERY`] of reaching Redis, and
 //! `redis-out` before its first append on every connection. Every id given after
 //! the loss is then new to every node, whichever is back first. The ids stay
@@ -202,8 +203,10 @@ const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
 
 /// Raises the id counter (KEYS[1]) to at least ARGV[1], the highest id this node
 /// has seen, so nobody's `XREAD` position or `since` falls behind new entries.
-/// A counter that is gone though the node has seen ids (ARGV[1] > 0) means Redis
-/// lost its data, and ids other nodes gave may be past any this node has seen:
+/// A counter that is gone though the node has seen ids (ARGV[1] > 0), or below an
+/// id it has seen (Redis back from an older snapshot, or a replica that lagged
+/// taking over: in running order the counter is past every id given), means
+/// Redis lost data, and ids other nodes gave may be past any this node has seen:
 /// the counter starts again at Redis' clock in microseconds (`TIME`), which every
 /// id given before is under ("When Redis lost its data" above), and KEYS[2]
 /// ([`LIFTED`]) says where, for the readers. The clock is written as Redis gives
@@ -211,10 +214,7 @@ const RAISE: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
 /// formatting.
 const RAISE_IDS: &str = "local seen = tonumber(ARGV[1]) \
     local n = redis.call('GET', KEYS[1]) \
-    if n then \
-        if tonumber(n) < seen then redis.call('SET', KEYS[1], ARGV[1]) end \
-        return 0 \
-    end \
+    if n and tonumber(n) >= seen then return 0 end \
     if seen == 0 then return 0 end \
     local t = redis.call('TIME') \
     local at = t[1] .. string.format('%06d', tonumber(t[2])) \

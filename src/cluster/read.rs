@@ -157,13 +157,19 @@ fn text(value: redis::Value) -> Option<String> {
     }
 }
 
-/// The message id in a stream entry's id, `<message id>-1`; `None` for id 0,
-/// which no node writes (the counter's first `INCR` gives 1) and which would
-/// underflow the hub's arithmetic (`0-1` typed at `redis-cli`).
+/// The message id in a stream entry's id, `<message id>-1`; `None` for one no
+/// node writes: 0 (the counter's first `INCR` gives 1), which would underflow
+/// the hub's arithmetic (`0-1` typed at `redis-cli`), and 2^53 or more, which a
+/// page's JavaScript cannot hold exactly and which would overflow the hub's
+/// count of its own ids (the counter stays below it until 2255, see "When Redis
+/// lost its data").
 pub(super) fn message_id(entry: &str) -> Option<u64> {
     let id: u64 = entry.split('-').next()?.parse().ok()?;
-    (id > 0).then_some(id)
+    (1..MAX_MESSAGE_ID).contains(&id).then_some(id)
 }
+
+/// Past the largest message id (2^53 - 1, JavaScript's largest exact integer).
+const MAX_MESSAGE_ID: u64 = 1 << 53;
 
 /// A stream entry as the hub's event, or `None` for one that is not a message
 /// within the protocol's bounds. Every node checks what it appends, but an entry

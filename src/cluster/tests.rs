@@ -111,6 +111,9 @@ fn an_entry_outside_the_protocol_s_bounds_is_not_a_message() {
     assert!(relayed("not-an-id", &entry(&good)).is_none());
     // Id 0, which no node gives, would underflow the hub's arithmetic.
     assert!(relayed("0-1", &entry(&good)).is_none());
+    // Nor one a page cannot read exactly, which would overflow it too.
+    assert!(relayed("9007199254740992-1", &entry(&good)).is_none());
+    assert!(relayed("9007199254740991-1", &entry(&good)).is_some());
     // A direct message (no room) is checked the same way; a kick has no text.
     // Both as `append` writes them.
     let mut direct = entry(&good);

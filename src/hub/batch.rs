@@ -24,7 +24,9 @@ pub(super) struct Batch {
     /// reads it.
     buffers: PerFormat<Vec<u8>>,
     wanted: PerFormat<bool>,
-    /// Frames written this turn.
+    /// Frames this turn, whether or not any buffer took them (a room with no
+    /// members wants no format): what [`Batch::is_empty`] counts, and the hub's
+    /// list of rooms with frames this turn relies on.
     frames: usize,
     /// The run of joins or leaves not written yet.
     pending: Option<PresenceRun>,
@@ -50,7 +52,8 @@ pub(super) type Start = PerFormat<usize>;
 
 impl Batch {
     /// Spells the batch in `format` too, from now on: a member who reads it has
-    /// joined. Nothing of the batch before is in it, and nobody needs it to be.
+    /// joined. If nobody read it before, the frames before are not in it, and
+    /// nobody needs them: the newcomer starts after them.
     pub(super) fn want(&mut self, format: Format) {
         self.wanted[format] = true;
     }

@@ -114,8 +114,6 @@ pub struct HubSettings {
     /// This server run (or, in a cluster, the cluster's), in `welcome` and for
     /// `join`'s `since`.
     pub epoch: u64,
-    /// In a cluster (`--redis`): how the hub talks to the bridge.
-    pub cluster: Option<HubSide>,
 }
 
 /// The hub's state. Only the hub thread touches it, so it needs no lock.
@@ -180,10 +178,11 @@ impl Turn {
 pub fn spawn(
     events: Receiver<Event>,
     settings: HubSettings,
+    cluster: Option<HubSide>,
     stats: Arc<Stats>,
     backfill: Vec<Event>,
 ) -> io::Result<JoinHandle<()>> {
-    let mut hub = Hub::new(settings, stats);
+    let mut hub = Hub::new(settings, cluster, stats);
     // A room made while the backfill is applied has missed only what came before
     // the message it is made for, not the whole backfill.
     let highest = hub.last_message_id;
@@ -208,8 +207,9 @@ pub fn spawn(
 }
 
 impl Hub {
-    fn new(mut settings: HubSettings, stats: Arc<Stats>) -> Hub {
-        let cluster = settings.cluster.take();
+    /// A hub with an empty lobby; in a cluster (`--redis`), `cluster` is how it
+    /// talks to the bridge.
+    fn new(settings: HubSettings, cluster: Option<HubSide>, stats: Arc<Stats>) -> Hub {
         // In a cluster, ids go on from the stream's (even with no history kept).
         let last_message_id = cluster
             .as_ref()

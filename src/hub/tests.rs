@@ -95,9 +95,8 @@ fn hub() -> Hub {
         max_rooms: 3,
         max_rooms_per_host: 0,
         epoch: 1,
-        cluster: None,
     };
-    Hub::new(settings, Arc::new(Stats::new()))
+    Hub::new(settings, None, Arc::new(Stats::new()))
 }
 
 /// A hub of cluster node 1 with no bridge behind it: the test reads what it would
