@@ -28,8 +28,6 @@ export CARGO_TARGET_DIR=target/arm
 export RUSTC=/usr/bin/rustc
 export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
 export "CC_${triple//-/_}=$gnu-gcc" "AR_${triple//-/_}=$gnu-ar"
-# dpkg-shlibdeps reads the target's libc from the cross sysroot.
-export PKG_CONFIG_ALLOW_CROSS=1
 
 /usr/bin/cargo build --release --locked --target "$triple"
 cargo-deb --target "$triple" --no-build --no-strip --output target/debian/

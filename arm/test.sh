@@ -36,8 +36,8 @@ kernel_package=$(apt-cache depends "linux-image-$flavour:$arch" \
 for package in "$kernel_package:$arch" "busybox-static:$arch"; do
     ls "$debs/${package%%:*}"_*"_$arch.deb" >/dev/null 2>&1 || (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "$package")
 done
-dpkg-deb -x "$(ls "$debs/$kernel_package"_*.deb | head -n 1)" "$work/kernel"
-dpkg-deb -x "$(ls "$debs"/busybox-static_*"_$arch.deb" | head -n 1)" "$work/busybox"
+dpkg-deb -x "$(ls "$debs/$kernel_package"_*.deb | sort -V | tail -n 1)" "$work/kernel"
+dpkg-deb -x "$(ls "$debs"/busybox-static_*"_$arch.deb" | sort -V | tail -n 1)" "$work/busybox"
 
 # The packaged server: what a Raspberry Pi would install.
 package=$(ls -t target/debian/threadchat_*_"$arch".deb 2>/dev/null | head -n 1)
