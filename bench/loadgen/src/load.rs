@@ -118,21 +118,7 @@ pub(crate) fn run_load(
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.ws).collect();
     let (echo_tx, echo_rx): (Vec<_>, Vec<_>) =
         (0..load.senders).map(|_| bounded::<()>(1 << 16)).unzip();
-    let shared = Arc::new(Shared {
-        senders: load.senders,
-        rooms: load.rooms,
-        measured_from: (0..load.senders)
-            .map(|_| AtomicU64::new(u64::MAX))
-            .collect(),
-        measured_to: (0..load.senders)
-            .map(|_| AtomicU64::new(u64::MAX))
-            .collect(),
-        received: AtomicU64::new(0),
-        settled: AtomicU64::new(0),
-        expected_count: AtomicU64::new(members as u64),
-        echoes: echo_tx,
-        keep_latencies: AtomicBool::new(true),
-    });
+    let shared = shared_for(load, members, echo_tx);
     let started = Instant::now();
     let clients = open_clients(&addrs, load.clients, &shared, tls)?;
     let settled = wait_until(Duration::from_secs(60), || {
@@ -148,29 +134,9 @@ pub(crate) fn run_load(
     let settle_s = started.elapsed().as_secs_f64();
 
     // Senders are the first clients; each writes on its own clone of its socket.
-    let t0 = Instant::now() + Duration::from_millis(100);
-    let end = t0 + load.warmup + load.duration;
-    let measure_from = t0 + load.warmup;
-    let sent_counts: Vec<_> = (0..load.senders)
-        .zip(echo_rx)
-        .map(|(s, echoes)| {
-            let socket = clients[s].socket.try_clone().expect("clone");
-            let (drive, size, shared) = (load.drive, load.size, Arc::clone(&shared));
-            thread::spawn(move || {
-                send_loop(
-                    socket,
-                    s,
-                    &shared,
-                    drive,
-                    size,
-                    t0,
-                    measure_from,
-                    end,
-                    &echoes,
-                )
-            })
-        })
-        .collect();
+    let schedule = Schedule::starting(Instant::now() + Duration::from_millis(100), load);
+    let (measure_from, end) = (schedule.measure_from, schedule.end);
+    let sent_counts = start_senders(&clients, load, &shared, echo_rx, schedule);
     // The servers' and Redis' CPU time over the measured window.
     let cpu_at = |at: Instant| {
         thread::sleep(at.saturating_duration_since(Instant::now())); // a clock, not a sync
@@ -187,16 +153,7 @@ pub(crate) fn run_load(
     // in the lobby).
     let measured: u64 = windows.iter().map(|w| w.1 - w.0).sum();
     let expected = measured * members as u64;
-    let mut last = 0;
-    let mut last_change = Instant::now();
-    wait_until(Duration::from_secs(30), || {
-        let now = shared.received.load(Ordering::Relaxed);
-        if now != last {
-            last = now;
-            last_change = Instant::now();
-        }
-        now >= expected || last_change.elapsed() > Duration::from_secs(1)
-    });
+    wait_for_deliveries(&shared, expected);
     for c in &clients {
         let _ = c.socket.tcp().shutdown(Shutdown::Both);
     }
@@ -221,18 +178,94 @@ pub(crate) fn run_load(
     Ok(outcome)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the clients' readers share, for a load of `members` per room.
+fn shared_for(load: &Load, members: usize, echoes: Vec<Sender<()>>) -> Arc<Shared> {
+    let unmeasured = || {
+        (0..load.senders)
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect()
+    };
+    Arc::new(Shared {
+        senders: load.senders,
+        rooms: load.rooms,
+        measured_from: unmeasured(),
+        measured_to: unmeasured(),
+        received: AtomicU64::new(0),
+        settled: AtomicU64::new(0),
+        expected_count: AtomicU64::new(members as u64),
+        echoes,
+        keep_latencies: AtomicBool::new(true),
+    })
+}
+
+/// Starts the senders, the first clients, each writing on its own clone of its
+/// socket on `schedule`. Each thread returns
+/// its measured window of sequence numbers.
+fn start_senders(
+    clients: &[Client],
+    load: &Load,
+    shared: &Arc<Shared>,
+    echoes: Vec<Receiver<()>>,
+    schedule: Schedule,
+) -> Vec<JoinHandle<(u64, u64)>> {
+    (0..load.senders)
+        .zip(echoes)
+        .map(|(s, echoes)| {
+            let socket = clients[s].socket.try_clone().expect("clone");
+            let (drive, size, shared) = (load.drive, load.size, Arc::clone(shared));
+            thread::spawn(move || send_loop(socket, s, &shared, drive, size, schedule, &echoes))
+        })
+        .collect()
+}
+
+/// Waits until `expected` deliveries arrived, or none for a second (some are
+/// lost: the checks say which), 30 s at most.
+fn wait_for_deliveries(shared: &Shared, expected: u64) {
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    wait_until(Duration::from_secs(30), || {
+        let now = shared.received.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+        now >= expected || last_change.elapsed() > Duration::from_secs(1)
+    });
+}
+
+/// When a sender starts, when its measured window opens, and when it stops.
+#[derive(Clone, Copy)]
+pub(crate) struct Schedule {
+    pub(crate) t0: Instant,
+    pub(crate) measure_from: Instant,
+    pub(crate) end: Instant,
+}
+
+impl Schedule {
+    /// `load`'s warm-up and measured window, from `t0`.
+    fn starting(t0: Instant, load: &Load) -> Schedule {
+        Schedule {
+            t0,
+            measure_from: t0 + load.warmup,
+            end: t0 + load.warmup + load.duration,
+        }
+    }
+}
+
 pub(crate) fn send_loop(
     mut socket: Wire,
     me: usize,
     shared: &Shared,
     drive: Drive,
     size: usize,
-    t0: Instant,
-    measure_from: Instant,
-    end: Instant,
+    schedule: Schedule,
     echoes: &Receiver<()>,
 ) -> (u64, u64) {
+    let Schedule {
+        t0,
+        measure_from,
+        end,
+    } = schedule;
     let (mut seq, mut first_measured) = (0u64, None);
     let mut in_flight = 0usize;
     loop {

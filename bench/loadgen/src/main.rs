@@ -248,8 +248,6 @@ fn main() {
     let cli = Cli::parse();
     raise_open_files_limit();
     since_start();
-    let q = cli.quick;
-    let secs = |full: u64, quick: u64| Duration::from_secs(if q { quick } else { full });
     println!("threadchat load generator — {}", machine());
     println!(
         "command: {}",
@@ -262,9 +260,7 @@ fn main() {
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
     }
-    let mut failed = false;
-    let mut bad_scenarios = 0;
-    let (mut naive_rows, mut naive_bad) = (0, 0);
+    let mut tally = Tally::default();
     let mut footprint = None;
     let tls = (!cli.tls_scenarios.is_empty()).then(|| Arc::new(Tls::new()));
     for name in &cli.scenarios {
@@ -273,121 +269,27 @@ fn main() {
         if cli.tls_scenarios.contains(name) {
             variants.push((tls.as_ref(), " (wss)"));
         }
-        let load = match name.as_str() {
-            "footprint" => {
-                footprint = Some(run_footprint(&cli));
-                continue;
+        match name.as_str() {
+            "footprint" => footprint = Some(run_footprint(&cli)),
+            "idle" | "storm" => tally.bad += idle_rows(&cli, name, &variants),
+            _ => {
+                let Some(load) = load_of(name, cli.quick) else {
+                    eprintln!("unknown scenario {name}");
+                    std::process::exit(2);
+                };
+                load_rows(&cli, name, &load, &variants, &mut tally);
             }
-            "chat" => Load {
-                clients: if q { 20 } else { 100 },
-                senders: if q { 4 } else { 10 },
-                rooms: 0,
-                drive: Drive::Rate(20.0),
-                warmup: secs(2, 1),
-                duration: secs(10, 2),
-                size: 64,
-            },
-            "fanout" => Load {
-                clients: if q { 100 } else { 1000 },
-                senders: 5,
-                rooms: 0,
-                drive: Drive::Rate(20.0),
-                warmup: secs(2, 1),
-                duration: secs(10, 2),
-                size: 64,
-            },
-            "saturate" => Load {
-                clients: if q { 40 } else { 200 },
-                senders: 4,
-                rooms: 0,
-                drive: Drive::Window(8),
-                warmup: secs(2, 1),
-                duration: secs(10, 2),
-                size: 64,
-            },
-            // 1,000 msg/s in all (20,000 deliveries/s): well within a 2-core
-            // machine, so that a failure is the rooms' and not an overload's.
-            "rooms" => {
-                let (rooms, per_room, senders) = if q { (5, 8, 2) } else { (50, 20, 2) };
-                Load {
-                    clients: rooms * per_room,
-                    senders: rooms * senders,
-                    rooms,
-                    drive: Drive::Rate(10.0),
-                    warmup: secs(2, 1),
-                    duration: secs(10, 2),
-                    size: 64,
-                }
-            }
-            "idle" | "storm" => {
-                let n = if q { 200 } else { 2000 };
-                for (tls, suffix) in &variants {
-                    let idle = run_idle(&cli.server, n, *tls);
-                    let leak = idle.threads.2 > idle.threads.0 || idle.fds.2 > idle.fds.0;
-                    failed |= leak;
-                    bad_scenarios += usize::from(leak);
-                    if name == "idle" {
-                        println!(
-                            "| idle{suffix} | {} | {:.1} KiB RSS per connection; threads {} → {} → {}, fds {} → {} → {}{} | | | | | | | |",
-                            idle.clients,
-                            idle.kib_per_client,
-                            idle.threads.0,
-                            idle.threads.1,
-                            idle.threads.2,
-                            idle.fds.0,
-                            idle.fds.1,
-                            idle.fds.2,
-                            if leak { " ⚠ leak" } else { "" }
-                        );
-                    } else {
-                        println!(
-                            "| storm{suffix} | {} | | | | | | | | {:.2} | |",
-                            idle.clients, idle.settle_s
-                        );
-                    }
-                }
-                continue;
-            }
-            other => {
-                eprintln!("unknown scenario {other}");
-                std::process::exit(2);
-            }
-        };
-        let label = if load.rooms > 0 {
-            format!("{name} ({} × {})", load.rooms, load.clients / load.rooms)
-        } else {
-            name.clone()
-        };
-        for (tls, suffix) in &variants {
-            let outcome = run_load(&cli.server, true, &load, *tls, 0);
-            let bad = print_load_row(&format!("{label}{suffix}"), &outcome, true);
-            failed |= bad;
-            bad_scenarios += usize::from(bad);
-        }
-        if cli.cluster_scenarios.contains(name) {
-            for &nodes in &cli.cluster_nodes {
-                let outcome = run_load(&cli.server, true, &load, None, nodes);
-                let bad = print_load_row(&format!("{label} ({nodes} nodes)"), &outcome, true);
-                failed |= bad;
-                bad_scenarios += usize::from(bad);
-            }
-        }
-        if let Some(naive) = &cli.naive
-            && NAIVE_SCENARIOS.contains(&name.as_str())
-        {
-            let outcome = run_load(naive, false, &load, None, 0);
-            naive_rows += 1;
-            naive_bad += usize::from(print_load_row(&format!("{name} (naive)"), &outcome, false));
         }
     }
-    if naive_rows > 0 {
+    if tally.naive_rows > 0 {
         println!();
         println!(
             "(naive): naive (examples/naive.rs), {}: the design threadchat is the \
              answer to (one global lock, blocking writes), same load; shown, never failed: \
-             {} of {naive_rows} delivered everything once, in one order",
+             {} of {} delivered everything once, in one order",
             cli.naive.as_deref().unwrap_or(""),
-            naive_rows - naive_bad
+            tally.naive_rows - tally.naive_bad,
+            tally.naive_rows
         );
     }
     if let Some(table) = footprint {
@@ -395,23 +297,117 @@ fn main() {
         print!("{table}");
     }
     println!();
+    let chosen = |list: &[String]| list.iter().filter(|s| cli.scenarios.contains(s)).count();
     let rows = cli.scenarios.len()
-        + cli
-            .tls_scenarios
-            .iter()
-            .filter(|s| cli.scenarios.contains(s))
-            .count()
-        + cli
-            .cluster_scenarios
-            .iter()
-            .filter(|s| cli.scenarios.contains(s))
-            .count()
-            * cli.cluster_nodes.len();
-    println!("{} passed, {bad_scenarios} failed", rows - bad_scenarios);
-    if failed {
+        + chosen(&cli.tls_scenarios)
+        + chosen(&cli.cluster_scenarios) * cli.cluster_nodes.len();
+    println!("{} passed, {} failed", rows - tally.bad, tally.bad);
+    if tally.bad > 0 {
         eprintln!(
             "some deliveries were lost, duplicated, reordered, crossed rooms, or something leaked"
         );
         std::process::exit(1);
     }
+}
+
+/// Rows that failed their checks, and the naive server's rows (shown, never
+/// failed).
+#[derive(Default)]
+struct Tally {
+    bad: usize,
+    naive_rows: usize,
+    naive_bad: usize,
+}
+
+/// The load of scenario `name` (small with `--quick`), or `None` for a name that
+/// is not a load scenario.
+fn load_of(name: &str, quick: bool) -> Option<Load> {
+    let secs = |full: u64, small: u64| Duration::from_secs(if quick { small } else { full });
+    let pick = |full: usize, small: usize| if quick { small } else { full };
+    let load = |clients, senders, rooms, drive| Load {
+        clients,
+        senders,
+        rooms,
+        drive,
+        warmup: secs(2, 1),
+        duration: secs(10, 2),
+        size: 64,
+    };
+    Some(match name {
+        "chat" => load(pick(100, 20), pick(10, 4), 0, Drive::Rate(20.0)),
+        "fanout" => load(pick(1000, 100), 5, 0, Drive::Rate(20.0)),
+        "saturate" => load(pick(200, 40), 4, 0, Drive::Window(8)),
+        // 1,000 msg/s in all (20,000 deliveries/s): well within a 2-core
+        // machine, so that a failure is the rooms' and not an overload's.
+        "rooms" => {
+            let (rooms, per_room) = (pick(50, 5), pick(20, 8));
+            load(rooms * per_room, rooms * 2, rooms, Drive::Rate(10.0))
+        }
+        _ => return None,
+    })
+}
+
+/// The rows of one load scenario: plain and wss, through a cluster, and against
+/// the naive server, as asked for.
+fn load_rows(
+    cli: &Cli,
+    name: &str,
+    load: &Load,
+    variants: &[(Option<&Arc<Tls>>, &str)],
+    tally: &mut Tally,
+) {
+    let label = if load.rooms > 0 {
+        format!("{name} ({} × {})", load.rooms, load.clients / load.rooms)
+    } else {
+        name.to_string()
+    };
+    for (tls, suffix) in variants {
+        let outcome = run_load(&cli.server, true, load, *tls, 0);
+        tally.bad += usize::from(print_load_row(&format!("{label}{suffix}"), &outcome, true));
+    }
+    if cli.cluster_scenarios.iter().any(|s| s == name) {
+        for &nodes in &cli.cluster_nodes {
+            let outcome = run_load(&cli.server, true, load, None, nodes);
+            let row = format!("{label} ({nodes} nodes)");
+            tally.bad += usize::from(print_load_row(&row, &outcome, true));
+        }
+    }
+    if let Some(naive) = &cli.naive
+        && NAIVE_SCENARIOS.contains(&name)
+    {
+        let outcome = run_load(naive, false, load, None, 0);
+        tally.naive_rows += 1;
+        tally.naive_bad += usize::from(print_load_row(&format!("{name} (naive)"), &outcome, false));
+    }
+}
+
+/// The rows of `idle` or `storm`, plain and wss; how many leaked.
+fn idle_rows(cli: &Cli, name: &str, variants: &[(Option<&Arc<Tls>>, &str)]) -> usize {
+    let n = if cli.quick { 200 } else { 2000 };
+    let mut leaked = 0;
+    for (tls, suffix) in variants {
+        let idle = run_idle(&cli.server, n, *tls);
+        let leak = idle.threads.2 > idle.threads.0 || idle.fds.2 > idle.fds.0;
+        leaked += usize::from(leak);
+        if name == "idle" {
+            println!(
+                "| idle{suffix} | {} | {:.1} KiB RSS per connection; threads {} → {} → {}, fds {} → {} → {}{} | | | | | | | |",
+                idle.clients,
+                idle.kib_per_client,
+                idle.threads.0,
+                idle.threads.1,
+                idle.threads.2,
+                idle.fds.0,
+                idle.fds.1,
+                idle.fds.2,
+                if leak { " ⚠ leak" } else { "" }
+            );
+        } else {
+            println!(
+                "| storm{suffix} | {} | | | | | | | | {:.2} | |",
+                idle.clients, idle.settle_s
+            );
+        }
+    }
+    leaked
 }
