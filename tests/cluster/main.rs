@@ -96,6 +96,16 @@ fn redis_connection(url: impl AsRef<str>) -> redis::Connection {
         .unwrap()
 }
 
+/// Every entry of the chat's stream at `url`: its id and its fields.
+fn stream_entries(url: impl AsRef<str>) -> Vec<(String, HashMap<String, String>)> {
+    redis::cmd("XRANGE")
+        .arg("threadchat:messages")
+        .arg("-")
+        .arg("+")
+        .query(&mut redis_connection(url))
+        .unwrap()
+}
+
 fn redis_url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/")
 }
@@ -524,13 +534,7 @@ fn a_flooding_client_is_held_to_its_rate_before_anything_reaches_redis() {
         }
     }
     // Redis holds only what the rate let through: the burst, and 10 a second.
-    let mut con = redis_connection(url.as_str());
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg("threadchat:messages")
-        .arg("-")
-        .arg("+")
-        .query(&mut con)
-        .unwrap();
+    let entries = stream_entries(&url);
     let flooded = entries
         .iter()
         .filter(|(_, fields)| fields.get("from") == Some(&flooder_id.to_string()))

@@ -277,11 +277,7 @@ fn a_message_redis_took_while_its_answer_was_lost_is_delivered_once_and_never_ca
     let (_a, _b, mut ann, mut bob, taken) = answer_lost(&redis, &cable, &cable.url());
     // Ann's node finds itself cut off (its reads lose their answers too), and is
     // whole again once the cable is.
-    let mut heard = frames_until(&mut ann, |f| f["event"] == "cluster");
-    assert_eq!(heard.last().unwrap()["connected"], false, "{heard:?}");
-    cable.mend();
-    heard.extend(frames_until(&mut ann, |f| f["event"] == "cluster"));
-    assert_eq!(heard.last().unwrap()["connected"], true, "{heard:?}");
+    let heard = cut_off_until_mended(&mut ann, &cable);
     assert_delivered_once_and_never_called_unsent(&mut ann, &mut bob, &taken, heard);
 }
 
@@ -301,11 +297,7 @@ fn a_message_whose_fate_the_node_cannot_learn_gets_no_error_and_arrives_once_if_
         "the node stops trying",
         || a.log_lines().iter().any(gave_up),
     );
-    let mut heard = frames_until(&mut ann, |f| f["event"] == "cluster");
-    assert_eq!(heard.last().unwrap()["connected"], false, "{heard:?}");
-    cable.mend();
-    heard.extend(frames_until(&mut ann, |f| f["event"] == "cluster"));
-    assert_eq!(heard.last().unwrap()["connected"], true, "{heard:?}");
+    let heard = cut_off_until_mended(&mut ann, &cable);
     assert_delivered_once_and_never_called_unsent(&mut ann, &mut bob, &taken, heard);
 }
 
@@ -429,13 +421,7 @@ fn after_redis_lost_its_data_no_id_names_two_messages() {
     assert!(next[0].0 > said[0].0, "{next:?} after {said:?}");
     next.into_iter().for_each(&mut name);
     // And the stream agrees.
-    let mut con = redis_connection(redis.url());
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg("threadchat:messages")
-        .arg("-")
-        .arg("+")
-        .query(&mut con)
-        .unwrap();
+    let entries = stream_entries(redis.url());
     for (id, fields) in entries {
         let id = id.split('-').next().unwrap().parse().unwrap();
         name((id, fields["msg"].clone()));
@@ -477,4 +463,15 @@ fn an_entry_with_an_id_no_node_gives_is_skipped_and_the_chat_goes_on() {
             "{heard}"
         );
     }
+}
+
+/// What Ann hears until her node finds itself cut off (its reads lose their
+/// answers too), and then, once `cable` is mended, whole again.
+fn cut_off_until_mended(ann: &mut Client, cable: &Cable) -> Vec<serde_json::Value> {
+    let mut heard = frames_until(ann, |f| f["event"] == "cluster");
+    assert_eq!(heard.last().unwrap()["connected"], false, "{heard:?}");
+    cable.mend();
+    heard.extend(frames_until(ann, |f| f["event"] == "cluster"));
+    assert_eq!(heard.last().unwrap()["connected"], true, "{heard:?}");
+    heard
 }

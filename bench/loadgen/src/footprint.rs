@@ -133,17 +133,7 @@ fn launch(target: &Target) -> (Child, Vec<u16>) {
         .env("HTTP_PORT", http_port.to_string())
         // 100 clients from one address: threadchat's per-address caps off (other
         // servers ignore these).
-        .env("THREADCHAT_MAX_PER_HOST", "0")
-        .env("THREADCHAT_MAX_HANDSHAKES_PER_HOST", "0")
-        .env("THREADCHAT_MAX_HTTP_PER_HOST", "0")
-        // Senders go as fast as the server answers: flood control would drop them.
-        .env("THREADCHAT_RATE", "100000")
-        .env("THREADCHAT_BURST", "100000")
-        // The same for the per-address budgets and the rooms an address may make.
-        .env("THREADCHAT_HOST_FRAMES", "0")
-        .env("THREADCHAT_HOST_BYTES_IN", "0")
-        .env("THREADCHAT_HOST_BYTES_OUT", "0")
-        .env("THREADCHAT_MAX_ROOMS_PER_HOST", "0")
+        .envs(crate::server::UNLIMITED.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

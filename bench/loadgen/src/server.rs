@@ -267,19 +267,8 @@ impl Server {
             .args(["--ws-port", &ws_port.to_string()])
             .args(["--max-clients", "100000", "--ping-interval", "3600"])
             // Thousands of clients from 127.0.0.1 are one address: the per-address
-            // caps are off for the bench. Set through the environment, so that a
-            // server from before these flags (compared side by side) ignores them.
-            .env("THREADCHAT_MAX_PER_HOST", "0")
-            .env("THREADCHAT_MAX_HANDSHAKES_PER_HOST", "0")
-            .env("THREADCHAT_MAX_HTTP_PER_HOST", "0")
-            // Senders go as fast as the server answers: flood control would drop them.
-            .env("THREADCHAT_RATE", "100000")
-            .env("THREADCHAT_BURST", "100000")
-            // The same for the per-address budgets and the rooms an address may make.
-            .env("THREADCHAT_HOST_FRAMES", "0")
-            .env("THREADCHAT_HOST_BYTES_IN", "0")
-            .env("THREADCHAT_HOST_BYTES_OUT", "0")
-            .env("THREADCHAT_MAX_ROOMS_PER_HOST", "0")
+            // caps are off for the bench.
+            .envs(UNLIMITED.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -368,3 +357,20 @@ pub(crate) fn drain(
 }
 
 // --- one client ----------------------------------------------------------------------
+
+/// What a bench server is started with: every client comes from one address, so
+/// threadchat's per-address caps are off; senders go as fast as the server
+/// answers, so flood control is off too (each connection's rate, each address's
+/// budgets and rooms). Set through the environment, so that a server from before
+/// these flags (compared side by side), or another server, ignores them.
+pub(crate) const UNLIMITED: &[(&str, &str)] = &[
+    ("THREADCHAT_MAX_PER_HOST", "0"),
+    ("THREADCHAT_MAX_HANDSHAKES_PER_HOST", "0"),
+    ("THREADCHAT_MAX_HTTP_PER_HOST", "0"),
+    ("THREADCHAT_RATE", "100000"),
+    ("THREADCHAT_BURST", "100000"),
+    ("THREADCHAT_HOST_FRAMES", "0"),
+    ("THREADCHAT_HOST_BYTES_IN", "0"),
+    ("THREADCHAT_HOST_BYTES_OUT", "0"),
+    ("THREADCHAT_MAX_ROOMS_PER_HOST", "0"),
+];
