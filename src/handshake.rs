@@ -6,7 +6,9 @@
 //! one byte every few seconds would otherwise hold its thread for ever), and pass
 //! these checks, in this order:
 //!
-//! 1. **The path**: `/` is the chat, `/echo` the echo endpoint if `--echo` is on.
+//! 1. **The path**: `/` is the chat, `/echo` the echo endpoint if `--echo` is on,
+//!    and `/socket.io/` Socket.IO's conformance fixture then too (Engine.IO 4
+//!    over WebSocket only; anything else gets Engine.IO's own 400).
 //! 2. **The name** in `Host` is one of this server's ([`crate::hosts`]: DNS
 //!    rebinding).
 //! 3. **The origin**: a web page on another site must not be able to open a socket
@@ -39,6 +41,7 @@ use crate::logging::{Noisy, Quoting, Untrusted, limited};
 use crate::places::{Kind, Place, Places, Refusal};
 use crate::protocol::{self, SUBPROTOCOL, SUBPROTOCOL_TEXT, SUBPROTOCOL_V2};
 use crate::reader::{self, ClientStream, ReaderSettings};
+use crate::socketio;
 use crate::stats::{HandshakeEnd, Stats};
 use crate::tls;
 
@@ -280,7 +283,7 @@ fn check(
     mut response: Response,
     admission: &mut Option<Admission>,
 ) -> Result<Response, ErrorResponse> {
-    let (endpoint, kind, format) = endpoint_of(request.uri().path(), settings.echo)?;
+    let (endpoint, kind, format) = endpoint_of(request.uri(), settings.echo)?;
     check_host(request.headers(), &settings.server_names)?;
     if !origin_allowed(request.headers(), &settings.allowed_origins) {
         return Err(refusal(
@@ -307,7 +310,11 @@ fn check(
         _ => None,
     };
     let (place, allowance) = claim_place(settings, peer, kind, endpoint)?;
-    let chosen = choose_subprotocol(request.headers(), &mut response);
+    // Socket.IO has no subprotocol: its packets say what they are.
+    let chosen = match format {
+        Format::SocketIo => None,
+        Format::Json | Format::Text => choose_subprotocol(request.headers(), &mut response),
+    };
     let forwarded_for = request
         .headers()
         .get("x-forwarded-for")
@@ -335,11 +342,11 @@ fn check(
     Ok(response)
 }
 
-/// Which endpoint `path` is, the kind of place it takes, and the format its
+/// Which endpoint `uri` is, the kind of place it takes, and the format its
 /// clients read (before any subprotocol says otherwise).
 #[allow(clippy::result_large_err)] // tungstenite's refusal type
-fn endpoint_of(path: &str, echo: bool) -> Result<(Endpoint, Kind, Format), ErrorResponse> {
-    match path {
+fn endpoint_of(uri: &http::Uri, echo: bool) -> Result<(Endpoint, Kind, Format), ErrorResponse> {
+    match uri.path() {
         "/" => Ok((Endpoint::Chat, Kind::Chat, Format::Json)),
         "/text" => Ok((Endpoint::Chat, Kind::Chat, Format::Text)),
         "/echo" if echo => Ok((Endpoint::Echo, Kind::Echo, Format::Json)),
@@ -347,6 +354,18 @@ fn endpoint_of(path: &str, echo: bool) -> Result<(Endpoint, Kind, Format), Error
             StatusCode::NOT_FOUND,
             "the echo endpoint is off (start the server with --echo)",
         )),
+        socketio::PATH => {
+            if let Some(why) = socketio::refusal(uri.query().unwrap_or(""), true) {
+                return Err(engineio_refusal(why));
+            }
+            if !echo {
+                return Err(refusal(
+                    StatusCode::NOT_FOUND,
+                    "Socket.IO serves the conformance fixture only (start the server with --echo); the chat is at / and /text",
+                ));
+            }
+            Ok((Endpoint::Echo, Kind::Echo, Format::SocketIo))
+        }
         _ => Err(refusal(
             StatusCode::NOT_FOUND,
             "no WebSocket endpoint here: the chat is at / (and as plain text at /text)",
@@ -504,10 +523,18 @@ pub(crate) fn same_secret(expected: &[u8], given: &[u8]) -> bool {
 
 /// A complete HTTP error response: tungstenite writes exactly what we give it.
 fn refusal(status: StatusCode, text: &str) -> ErrorResponse {
-    let body = format!("{text}\n");
+    error_response(status, "text/plain; charset=utf-8", format!("{text}\n"))
+}
+
+/// Engine.IO's refusal, as socket.io's own server words it: 400 and a JSON body.
+fn engineio_refusal(why: socketio::Refusal) -> ErrorResponse {
+    error_response(StatusCode::BAD_REQUEST, "application/json", why.body())
+}
+
+fn error_response(status: StatusCode, content_type: &str, body: String) -> ErrorResponse {
     let mut builder = http::Response::builder()
         .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, body.len())
         .header(header::CONNECTION, "close");
     // Seconds: the chat full takes a while to change; an address's budget earns

@@ -61,6 +61,7 @@ use crate::handshake::same_secret;
 use crate::hosts::ServerNames;
 use crate::logging::{Noisy, Quoting, Untrusted, limited};
 use crate::places::{Occupancy, Places};
+use crate::socketio;
 use crate::stats::{Snapshot, Stats};
 use crate::tls::{self, Deadline};
 
@@ -353,6 +354,13 @@ fn parse_head(input: &[u8]) -> Result<Option<(Request, usize)>, NoRequest> {
 
 /// Routes one request.
 fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((&request.target, ""));
+    if path == socketio::PATH {
+        return engineio_refusal(query);
+    }
     if request.method != "GET" && request.method != "HEAD" {
         return text(405, "method not allowed\n")
             .with("Allow", "GET, HEAD")
@@ -390,6 +398,19 @@ fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
             "token": site.access_token.is_some(),
         })),
         _ => file(request, &site.page, path),
+    }
+}
+
+/// Socket.IO's path on the page port: Engine.IO's own 400 (socket.io's clients
+/// fall back to it from long-polling, which is not served, whatever the method).
+fn engineio_refusal(query: &str) -> Response {
+    let query = query.split('#').next().unwrap_or("");
+    let why = socketio::refusal(query, false).unwrap_or(socketio::Refusal::BadRequest);
+    Response {
+        status: 400,
+        headers: vec![("Content-Type", "application/json".into())],
+        body: Cow::Owned(why.body().into_bytes()),
+        close: false,
     }
 }
 

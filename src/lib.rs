@@ -36,10 +36,11 @@
 //! | `assets` | the page's files: compiled in, or a folder; Content-Type, ETag |
 //! | [`static_files`] | request path → file under `www/`, and nothing outside it |
 //! | `handshake` | a chat-port connection's handshake: path, name, origin, place |
-//! | `reader` | a client's thread after the handshake: read loop → hub events |
+//! | `reader` | a client's thread after the handshake: read loop → hub events (a Socket.IO client's in `reader/socketio.rs`) |
 //! | `event` | what the threads tell the hub, and the hub the cluster's threads: the types both ends of a channel use |
 //! | `hub` | the fan-out thread: who is where, ids, one order, batches (a folder: its `mod.rs` is the loop) |
-//! | [`format`] | how a frame is spelled for each kind of client: JSON, plain text |
+//! | [`format`] | how a frame is spelled for each kind of client: JSON, plain text, Socket.IO events |
+//! | `socketio` | Engine.IO 4 and Socket.IO 5 packets, a connection's session (heartbeat, namespaces, attachments), the conformance fixture; no I/O |
 //! | `outbox` | the write path: write-through, backlog, the writer thread |
 //! | `frame` | server frames as bytes, encoded once |
 //! | `tls` | https and wss: one rustls configuration; a TLS connection shared by two threads |
@@ -76,6 +77,7 @@ pub mod protocol;
 mod reader;
 mod server;
 mod shutdown;
+mod socketio;
 pub mod static_files;
 mod stats;
 mod tls;

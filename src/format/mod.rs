@@ -2,12 +2,13 @@
 //!
 //! The hub decides what is sent, to whom and in which order, as [`Outgoing`]
 //! values; a format decides how that looks on the wire, one file per format
-//! (`json.rs`, `text.rs`). A room's batch is spelled once per format some member
+//! (`json.rs`, `text.rs`, `socketio.rs`). A room's batch is spelled once per format some member
 //! of the room reads ([`PerFormat`]) and the same bytes go to all of them. Adding
 //! a format is a variant here, its file, and the endpoint that selects it; the
 //! hub's core does not change.
 
 pub mod json;
+pub mod socketio;
 pub mod text;
 
 use std::ops::{Index, IndexMut};
@@ -22,20 +23,23 @@ pub enum Format {
     Json,
     /// Lines of plain text (`/text`, the `chatting` subprotocol).
     Text,
+    /// Socket.IO events (`/socket.io/`): each frame an event named by its type.
+    SocketIo,
 }
 
 /// How many formats there are: the length of a [`PerFormat`].
-const FORMATS: usize = 2;
+const FORMATS: usize = 3;
 
 impl Format {
     /// Every format, in the order a [`PerFormat`] holds them.
-    pub const ALL: [Format; FORMATS] = [Format::Json, Format::Text];
+    pub const ALL: [Format; FORMATS] = [Format::Json, Format::Text, Format::SocketIo];
 
     /// `frame`'s text in this format.
     pub fn spell(self, frame: &Outgoing<'_>) -> String {
         match self {
             Format::Json => json::spell(frame),
             Format::Text => text::spell(frame),
+            Format::SocketIo => socketio::spell(frame),
         }
     }
 
@@ -45,12 +49,13 @@ impl Format {
     }
 
     /// A room's history entry (a message frame's JSON, as the history keeps it)
-    /// as this format replays it to a client joining: marked as history in JSON,
-    /// a person's line in text. `None` for an entry that cannot be read back.
+    /// as this format replays it to a client joining: marked as history in JSON
+    /// (and in Socket.IO's event), a person's line in text. `None` for an entry that cannot be read back.
     pub fn replay(self, json: &str) -> Option<String> {
         match self {
             Format::Json => Some(json::replay(json)),
             Format::Text => text::replay(json),
+            Format::SocketIo => Some(socketio::replay(json)),
         }
     }
 }

@@ -544,6 +544,22 @@ impl Outgoing<'_> {
         serde_json::to_string(self).expect("Outgoing holds only strings and integers")
     }
 
+    /// The frame's `type`, as its JSON names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outgoing::Message { .. } => "message",
+            Outgoing::Notification { .. } | Outgoing::Cluster { .. } => "notification",
+            Outgoing::Welcome { .. } => "welcome",
+            Outgoing::Joined { .. } => "joined",
+            Outgoing::Hello { .. } => "hello",
+            Outgoing::Rooms { .. } => "rooms",
+            Outgoing::Who { .. } => "who",
+            Outgoing::Direct { .. } => "direct",
+            Outgoing::Pong => "pong",
+            Outgoing::Dropped { .. } | Outgoing::Error { .. } => "error",
+        }
+    }
+
     /// A notification that `users` people joined (left, were kicked), leaving
     /// `count` in the room, with the count in its text (the v1 shape).
     pub fn presence(event: Presence, users: usize, count: usize) -> Outgoing<'static> {

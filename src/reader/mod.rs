@@ -17,6 +17,8 @@
 //! this socket) is talking to a peer that is gone. No thread polls for that: the
 //! blocked `read` itself times out.
 
+mod socketio;
+
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
@@ -425,17 +427,17 @@ impl Limits {
         })
     }
 
-    /// How long the next read may block: the idle timeout, or, while a notice
-    /// waits, until it is due or the client has been silent too long (the read's
-    /// timeout is the reader's only clock).
-    fn read_timeout(&self, idle: Duration, until_silent: Duration) -> Duration {
+    /// How long the next read may block: until the reader must wake anyway, or,
+    /// while a notice waits, until it is due if that is sooner (the read's timeout
+    /// is the reader's only clock).
+    fn read_timeout(&self, until_wake: Duration) -> Duration {
         match self.untold {
             // At least a millisecond: 0 would mean no timeout at all.
             Some(_) => self
                 .wait_for_notice(Instant::now())
-                .min(until_silent)
+                .min(until_wake)
                 .max(Duration::from_millis(1)),
-            None => idle,
+            None => until_wake,
         }
     }
 
@@ -496,6 +498,11 @@ pub fn serve(
         tls,
     );
     client.ws.get_mut().attach(Arc::clone(&outbox), encrypted);
+    // Engine.IO's open packet comes first of all, so it goes before the hub knows
+    // the client: nothing of the hub's can precede it.
+    let session = (client.format == Format::SocketIo)
+        .then(|| socketio::open(&mut client))
+        .flatten();
     if let Err(e) = client.socket.set_read_timeout(Some(settings.idle_timeout)) {
         log::warn!(
             "client {}: cannot set a read timeout ({e}): disconnecting",
@@ -525,13 +532,22 @@ pub fn serve(
         outbox: Arc::clone(&outbox),
     };
     let mut limits = Limits::new(settings, client.allowance.clone());
-    let seen = read_until_closed(
-        &mut client,
-        &outbox,
-        hub,
-        &mut limits,
-        settings.idle_timeout,
-    );
+    let seen = match client.format {
+        Format::SocketIo => socketio::read_until_closed(
+            &mut client,
+            session,
+            &outbox,
+            &mut limits,
+            settings.idle_timeout,
+        ),
+        Format::Json | Format::Text => read_until_closed(
+            &mut client,
+            &outbox,
+            hub,
+            &mut limits,
+            settings.idle_timeout,
+        ),
+    };
     // What the outbox saw (a slow consumer, a failed write) is why the read ended.
     let reason = outbox.failure().map_or(seen, Disconnect::from);
     stats.count_disconnect(reason);
@@ -556,23 +572,15 @@ fn read_until_closed(
 ) -> Disconnect {
     let mut timeout = idle;
     loop {
-        let message = match next_message(client, limits, idle, &mut timeout) {
+        let wake_at = Instant::now() + idle;
+        let message = match next_message(client, limits, wake_at, &mut timeout) {
             Ok(message) => message,
             Err(e) => return end_after_error(client, outbox, e),
         };
-        if client.endpoint == Endpoint::Chat && !matches!(message, Message::Close(_)) {
-            // Budgets come first, for every frame but Close: one over them costs
-            // the server a few counters, and one notice a second at most.
-            let data = matches!(message, Message::Text(_) | Message::Binary(_));
-            match limits.check(message.len(), data) {
-                Verdict::Admit => {}
-                Verdict::Drop => continue,
-                Verdict::Close => {
-                    close_with(client, outbox, CloseCode::Policy, "flooding");
-                    await_close(client);
-                    return Disconnect::Flooding;
-                }
-            }
+        match admitted(client, outbox, limits, &message) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(closed) => return closed,
         }
         let reply = match (client.endpoint, message) {
             (Endpoint::Chat, Message::Binary(_)) => {
@@ -604,31 +612,61 @@ fn read_until_closed(
     }
 }
 
+/// Whether a chat client's frame is within its budgets: handled (true), or
+/// dropped (false); closed for flooding when it keeps on. Budgets come first, for
+/// every frame but Close: one over them costs the server a few counters, and one
+/// notice a second at most. Echo clients have none.
+fn admitted(
+    client: &mut Client,
+    outbox: &Outbox,
+    limits: &mut Limits,
+    message: &Message,
+) -> Result<bool, Disconnect> {
+    if client.endpoint != Endpoint::Chat || matches!(message, Message::Close(_)) {
+        return Ok(true);
+    }
+    let data = matches!(message, Message::Text(_) | Message::Binary(_));
+    match limits.check(message.len(), data) {
+        Verdict::Admit => Ok(true),
+        Verdict::Drop => Ok(false),
+        Verdict::Close => {
+            close_with(client, outbox, CloseCode::Policy, "flooding");
+            await_close(client);
+            Err(Disconnect::Flooding)
+        }
+    }
+}
+
 /// The next message from the client, meanwhile telling it what was dropped when
-/// that is due, and giving back a read buffer a large message grew.
+/// that is due, and giving back a read buffer a large message grew. A timeout
+/// error means `wake_at` has come with nothing read.
 ///
-/// The blocking read's timeout is the reader's only clock: the idle timeout
-/// normally, shorter while a notice waits for its second to pass. It is set only
-/// when it changes (`timeout` is what the socket has), so the common case costs no
-/// system call. Waking for a notice does not restart the idle clock: a client
-/// silent for `idle` since its last frame is gone, notice or not.
+/// The blocking read's timeout is the reader's only clock: until `wake_at`
+/// normally (the idle timeout; a Socket.IO client's next heartbeat), shorter while
+/// a notice waits for its second to pass. It is set only when it would wake the
+/// reader late, or far too early (`timeout` is what the socket has), so the
+/// common case costs no system call. Waking early (for a notice) does not move
+/// `wake_at`: a client silent for its idle timeout since its last frame is gone,
+/// notice or not.
 fn next_message(
     client: &mut Client,
     limits: &mut Limits,
-    idle: Duration,
+    wake_at: Instant,
     timeout: &mut Duration,
 ) -> tungstenite::Result<Message> {
-    let silent_at = Instant::now() + idle;
     loop {
         if let Some(notice) = limits.notice_due() {
             send_reply(client, limits, frame_in(&notice, client.format))?;
         }
-        let until_silent = silent_at.saturating_duration_since(Instant::now());
-        let wanted = limits.read_timeout(idle, until_silent);
+        // At least a millisecond: 0 would mean no timeout at all.
+        let until_wake = wake_at
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let wanted = limits.read_timeout(until_wake);
         // While a notice waits, the wanted timeout shrinks with every frame read:
         // set anew only when it is off by more than the slack (a notice 50 ms
         // late costs nothing; a system call per frame of a flood does).
-        if (wanted == idle) != (*timeout == idle) || wanted.abs_diff(*timeout) > TIMEOUT_SLACK {
+        if *timeout > wanted + TIMEOUT_SLACK || *timeout < wanted / 2 {
             client.socket.set_read_timeout(Some(wanted))?;
             *timeout = wanted;
         }
@@ -641,9 +679,9 @@ fn next_message(
                 return Ok(message);
             }
             Err(e) if is_buffer_spent(&e) => renew_after_large_message(client),
-            // Woken for the notice (tungstenite keeps a frame half read, if any).
-            Err(tungstenite::Error::Io(e))
-                if crate::is_timeout(&e) && *timeout < idle && Instant::now() < silent_at => {}
+            // Woken early (tungstenite keeps a frame half read, if any).
+            Err(tungstenite::Error::Io(e)) if crate::is_timeout(&e) && Instant::now() < wake_at => {
+            }
             Err(e) => return Err(e),
         }
     }
@@ -717,7 +755,8 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
             msg: text.to_string(),
             except_sender: false,
         },
-        Format::Json => protocol::parse(text)?,
+        // A Socket.IO client's event is read as the JSON frame it stands for.
+        Format::Json | Format::SocketIo => protocol::parse(text)?,
     };
     let event = match incoming {
         Incoming::Message {
@@ -729,7 +768,7 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
                 (Some(name), _, _) => name,
                 (None, Some(name), _) => name.clone(),
                 (None, None, Format::Text) => String::new(),
-                (None, None, Format::Json) => return Err(InputError::NoName),
+                (None, None, Format::Json | Format::SocketIo) => return Err(InputError::NoName),
             };
             if client.format == Format::Text {
                 // What `parse` checks of a JSON client's message.

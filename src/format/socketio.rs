@@ -1,0 +1,53 @@
+//! The Socket.IO format: every frame of the protocol as an event in the main
+//! namespace, named by the frame's `type`, with the frame's JSON object as its one
+//! argument (`42["message",{"type":"message",…}]`). A socket.io client listens
+//! with `socket.on("message", frame => …)`; the object is the one a JSON client
+//! gets, so one page of `docs/PROTOCOL.md` serves both.
+
+use crate::protocol::Outgoing;
+use crate::socketio::packet::{self, MAIN_NAMESPACE, PacketType};
+
+use super::json;
+
+/// A frame as an Engine.IO message holding a Socket.IO event.
+pub fn spell(frame: &Outgoing<'_>) -> String {
+    event(frame.kind(), &frame.to_json())
+}
+
+/// A history entry as the event a JSON client's replay would be.
+pub fn replay(json: &str) -> String {
+    event("message", &json::replay(json))
+}
+
+fn event(name: &str, json: &str) -> String {
+    let payload = packet::event_payload(name, [json]);
+    packet::encode(PacketType::Event, MAIN_NAMESPACE, 0, None, &payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ClientId;
+
+    #[test]
+    fn a_frame_is_an_event_named_by_its_type_with_the_json_object() {
+        let frame = Outgoing::Hello {
+            id: ClientId(7),
+            name: "Ann",
+        };
+        assert_eq!(
+            spell(&frame),
+            r#"42["hello",{"type":"hello","id":7,"name":"Ann"}]"#
+        );
+        assert!(spell(&Outgoing::Pong).starts_with(r#"42["pong","#));
+    }
+
+    #[test]
+    fn a_replayed_message_is_marked_as_history() {
+        let json = r#"{"type":"message","id":1,"name":"a","msg":"hi"}"#;
+        assert_eq!(
+            replay(json),
+            r#"42["message",{"type":"message","id":1,"name":"a","msg":"hi","history":true}]"#
+        );
+    }
+}
