@@ -501,7 +501,7 @@ pub fn serve(
     // Engine.IO's open packet comes first of all, so it goes before the hub knows
     // the client: nothing of the hub's can precede it.
     let session = (client.format == Format::SocketIo)
-        .then(|| socketio::open(&mut client))
+        .then(|| socketio::open(&mut client, settings.max_message))
         .flatten();
     if let Err(e) = client.socket.set_read_timeout(Some(settings.idle_timeout)) {
         log::warn!(

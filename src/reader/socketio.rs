@@ -26,10 +26,11 @@ use crate::socketio::session::{Due, Received, Session};
 use crate::stats::Disconnect;
 
 /// A client's Socket.IO session, its open packet sent (or `None` if sending it
-/// failed: the read loop then ends at once).
-pub(super) fn open(client: &mut Client) -> Option<Session> {
+/// failed: the read loop then ends at once). `maxPayload` is what the reader
+/// takes: `--max-message` (the fixture's 1,000,000 if that is larger).
+pub(super) fn open(client: &mut Client, max_message: usize) -> Option<Session> {
     let (timing, max_payload) = match client.endpoint {
-        Endpoint::Echo => (FIXTURE, FIXTURE_MAX_PAYLOAD),
+        Endpoint::Echo => (FIXTURE, FIXTURE_MAX_PAYLOAD.min(max_message)),
         // The chat over Socket.IO is not served yet: the handshake refuses it.
         Endpoint::Chat => return None,
     };

@@ -20,7 +20,8 @@ pub const FIXTURE: Timing = Timing {
     connect_timeout: Duration::from_secs(1),
 };
 
-/// The reference server's `maxPayload`.
+/// The reference server's `maxPayload`: the fixture's, when `--max-message` is
+/// at least as large (the suite expects it: `--echo --max-message 1000000`).
 pub const FIXTURE_MAX_PAYLOAD: usize = 1_000_000;
 
 /// The namespaces the reference server has.
