@@ -6,9 +6,10 @@
 //! one byte every few seconds would otherwise hold its thread for ever), and pass
 //! these checks, in this order:
 //!
-//! 1. **The path**: `/` is the chat, `/echo` the echo endpoint if `--echo` is on,
-//!    and `/socket.io/` Socket.IO's conformance fixture then too (Engine.IO 4
-//!    over WebSocket only; anything else gets Engine.IO's own 400).
+//! 1. **The path**: `/` is the chat, `/text` the chat in plain text,
+//!    `/socket.io/` the chat for Socket.IO clients (Engine.IO 4 over WebSocket
+//!    only; anything else gets Engine.IO's own 400), and with `--echo`, `/echo`
+//!    the echo endpoint and `/socket.io/` Socket.IO's conformance fixture.
 //! 2. **The name** in `Host` is one of this server's ([`crate::hosts`]: DNS
 //!    rebinding).
 //! 3. **The origin**: a web page on another site must not be able to open a socket
@@ -358,13 +359,13 @@ fn endpoint_of(uri: &http::Uri, echo: bool) -> Result<(Endpoint, Kind, Format), 
             if let Some(why) = socketio::refusal(uri.query().unwrap_or(""), true) {
                 return Err(engineio_refusal(why));
             }
-            if !echo {
-                return Err(refusal(
-                    StatusCode::NOT_FOUND,
-                    "Socket.IO serves the conformance fixture only (start the server with --echo); the chat is at / and /text",
-                ));
+            // With `--echo`, the chat port's is the conformance fixture (the page
+            // port's is the chat still).
+            if echo {
+                Ok((Endpoint::Echo, Kind::Echo, Format::SocketIo))
+            } else {
+                Ok((Endpoint::Chat, Kind::Chat, Format::SocketIo))
             }
-            Ok((Endpoint::Echo, Kind::Echo, Format::SocketIo))
         }
         _ => Err(refusal(
             StatusCode::NOT_FOUND,

@@ -280,11 +280,3 @@ fn long_polling_and_other_versions_get_engine_io_s_own_refusals() {
     }
 }
 
-#[test]
-fn without_echo_the_fixture_is_not_there() {
-    let server = Server::start(&[]);
-    let refused = Client::connect_with(&server.ws_url(PATH), &[])
-        .err()
-        .expect("refused");
-    assert_eq!(refused.status, 404, "{}", refused.body);
-}

@@ -164,6 +164,8 @@ pub enum InputError {
     BadRoom,
     /// A binary WebSocket frame on the chat endpoint.
     Binary,
+    /// A Socket.IO event whose arguments are not one object of a frame's fields.
+    EventArguments,
     /// More frames than the connection's rate allows.
     TooFast {
         /// Frames a second.
@@ -253,6 +255,11 @@ impl std::fmt::Display for InputError {
                 f,
                 "unknown message type: the types are message, hello, join, rooms, who, \
                  direct, ping and kick"
+            ),
+            InputError::EventArguments => write!(
+                f,
+                "an event has one argument, an object of its frame's fields: \
+                 emit(\"join\", {{room: \"games\"}})"
             ),
             InputError::Missing(field) => write!(f, "{field} is missing"),
             InputError::WrongType(field, kind) => write!(f, "{field} must be {kind}"),

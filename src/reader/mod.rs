@@ -511,7 +511,7 @@ pub fn serve(
         outbox.finish();
         return;
     }
-    let joined = hub.send(Event::Connect(Arrival {
+    let arrival = Arrival {
         id: client.id,
         outbox: Arc::clone(&outbox),
         endpoint: client.endpoint,
@@ -521,11 +521,17 @@ pub fn serve(
         protocol: client.protocol,
         address: client.address,
         allowance: client.allowance.clone(),
-    }));
-    if joined.is_err() {
-        outbox.finish();
-        return;
-    }
+    };
+    // A Socket.IO chat client arrives when it joins the main namespace: before,
+    // the hub's frames would have no namespace to go to.
+    let arrival = match (client.format, client.endpoint) {
+        (Format::SocketIo, Endpoint::Chat) => Some(arrival),
+        _ if hub.send(Event::Connect(arrival)).is_err() => {
+            outbox.finish();
+            return;
+        }
+        _ => None,
+    };
     let _registration = Registration {
         id: client.id,
         hub,
@@ -535,8 +541,9 @@ pub fn serve(
     let seen = match client.format {
         Format::SocketIo => socketio::read_until_closed(
             &mut client,
-            session,
+            socketio::Opened { session, arrival },
             &outbox,
+            hub,
             &mut limits,
             settings.idle_timeout,
         ),
@@ -747,7 +754,6 @@ enum Handled {
 
 /// Turns one text frame into a hub event, or into the reader's own answer.
 fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handled, InputError> {
-    let id = client.id;
     let incoming = match client.format {
         // Plain text: every frame is a message, under the connection's name.
         Format::Text => Incoming::Message {
@@ -758,6 +764,16 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
         // A Socket.IO client's event is read as the JSON frame it stands for.
         Format::Json | Format::SocketIo => protocol::parse(text)?,
     };
+    act_on(client, incoming, hub)
+}
+
+/// Hands what a chat client sent to the hub, or answers it.
+fn act_on(
+    client: &mut Client,
+    incoming: Incoming,
+    hub: &Sender<Event>,
+) -> Result<Handled, InputError> {
+    let id = client.id;
     let event = match incoming {
         Incoming::Message {
             name,
@@ -782,7 +798,7 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
         }
         Incoming::Hello { name } => {
             client.name = Some(name.clone());
-            let answer = Outgoing::Hello { id, name: &name }.to_json();
+            let answer = frame_in(&Outgoing::Hello { id, name: &name }, client.format);
             if hub
                 .send(Event::Hello {
                     id,
@@ -792,7 +808,7 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
             {
                 return Ok(Handled::HubGone);
             }
-            return Ok(Handled::Reply(Message::text(answer)));
+            return Ok(Handled::Reply(answer));
         }
         Incoming::Join { room, since, epoch } => Event::Join(Join {
             id,
@@ -808,7 +824,7 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
             to,
             msg,
         }),
-        Incoming::Ping => return Ok(Handled::Reply(Message::text(Outgoing::Pong.to_json()))),
+        Incoming::Ping => return Ok(Handled::Reply(frame_in(&Outgoing::Pong, client.format))),
         Incoming::Kick { id: target } if client.admin => Event::Kick { target, by: id },
         Incoming::Kick { .. } => return Err(InputError::NotAllowed),
     };

@@ -9,52 +9,88 @@
 //! every frame, so a client that talks all the time is pinged all the same.
 //! A malformed packet closes the connection, as the spec says, with 1002 and what
 //! was wrong.
+//!
+//! In the chat, the client arrives in the hub when it joins the main namespace
+//! (its answer, `40`, goes first), and every event it emits is read as the JSON
+//! frame of that `type` (`emit("join", {room})` is `{"type":"join","room":…}`).
 
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
+use serde_json::value::RawValue;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::{
-    Client, Limits, Outbox, admitted, await_close, close_with, end_after_error, next_message,
-    send_reply,
+    Client, Handled, Limits, Outbox, admitted, await_close, close_with, end_after_error,
+    error_frame, handle, next_message, send_reply,
 };
-use crate::event::Endpoint;
+use crate::event::{Arrival, Endpoint, Event};
+use crate::format::Format;
 use crate::logging::{Noisy, limited};
+use crate::protocol::InputError;
 use crate::socketio::echo::{self, FIXTURE, FIXTURE_MAX_PAYLOAD};
-use crate::socketio::session::{Due, Received, Session};
+use crate::socketio::packet::{self, EventName, MAIN_NAMESPACE, PacketType};
+use crate::socketio::session::{Due, Received, Session, Timing, Whole};
 use crate::stats::Disconnect;
+
+/// socket.io's own defaults: a ping every 25 s, answered within 20 s, and a
+/// namespace joined within 45 s of the open.
+pub const CHAT: Timing = Timing {
+    ping_interval: Duration::from_secs(25),
+    ping_timeout: Duration::from_secs(20),
+    connect_timeout: Duration::from_secs(45),
+};
 
 /// A client's Socket.IO session, its open packet sent (or `None` if sending it
 /// failed: the read loop then ends at once). `maxPayload` is what the reader
-/// takes: `--max-message` (the fixture's 1,000,000 if that is larger).
+/// takes, `--max-message` (the fixture's 1,000,000 if that is less).
 pub(super) fn open(client: &mut Client, max_message: usize) -> Option<Session> {
     let (timing, max_payload) = match client.endpoint {
         Endpoint::Echo => (FIXTURE, FIXTURE_MAX_PAYLOAD.min(max_message)),
-        // The chat over Socket.IO is not served yet: the handshake refuses it.
-        Endpoint::Chat => return None,
+        Endpoint::Chat => (CHAT, max_message),
     };
     let session = Session::new(timing, max_payload, Instant::now());
     let open = format!("0{}", session.open_packet(&client.id.to_string()));
     client.ws.send(Message::text(open)).ok().map(|()| session)
 }
 
+/// What the loop starts with: the session, and a chat client's arrival for the
+/// hub, sent when it joins the main namespace.
+pub(super) struct Opened {
+    pub session: Option<Session>,
+    pub arrival: Option<Arrival>,
+}
+
 /// The read loop. Returns why the client is gone.
 pub(super) fn read_until_closed(
     client: &mut Client,
-    session: Option<Session>,
+    opened: Opened,
     outbox: &Outbox,
+    hub: &Sender<Event>,
     limits: &mut Limits,
     idle: Duration,
 ) -> Disconnect {
-    let Some(mut session) = session else {
+    let Opened {
+        session: Some(mut session),
+        mut arrival,
+    } = opened
+    else {
         return Disconnect::Failed;
     };
     let mut timeout = idle;
     loop {
         match next_message(client, limits, session.wake_at(), &mut timeout) {
             Ok(message) => {
-                if let Some(gone) = read_one(client, &mut session, outbox, limits, message) {
+                let mut reading = Reading {
+                    client: &mut *client,
+                    session: &mut session,
+                    outbox,
+                    limits: &mut *limits,
+                    hub,
+                    arrival: &mut arrival,
+                };
+                if let Some(gone) = reading.one(message) {
                     return gone;
                 }
             }
@@ -76,65 +112,153 @@ pub(super) fn read_until_closed(
     }
 }
 
-/// Acts on one frame; `Some` with why the client is gone if it ended the
-/// connection.
-fn read_one(
-    client: &mut Client,
-    session: &mut Session,
-    outbox: &Outbox,
-    limits: &mut Limits,
-    message: Message,
-) -> Option<Disconnect> {
-    match admitted(client, outbox, limits, &message) {
-        Ok(true) => {}
-        Ok(false) => return None,
-        Err(closed) => return Some(closed),
+/// Everything one frame may touch.
+struct Reading<'a> {
+    client: &'a mut Client,
+    session: &'a mut Session,
+    outbox: &'a Outbox,
+    limits: &'a mut Limits,
+    hub: &'a Sender<Event>,
+    arrival: &'a mut Option<Arrival>,
+}
+
+/// How a packet ends the connection.
+type Gone = Disconnect;
+
+impl Reading<'_> {
+    /// Acts on one frame; `Some` with why the client is gone if it ended the
+    /// connection.
+    fn one(&mut self, message: Message) -> Option<Gone> {
+        match admitted(self.client, self.outbox, self.limits, &message) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(closed) => return Some(closed),
+        }
+        let received = match message {
+            Message::Text(text) => self.session.text(&text, Instant::now()),
+            Message::Binary(bytes) => self.session.binary(bytes),
+            Message::Close(_) => {
+                // tungstenite answers it at the next read; nothing may follow.
+                self.outbox.stop_broadcasts();
+                return None;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return None,
+        };
+        let result = match received {
+            Ok(Received::Nothing) => Ok(()),
+            Ok(Received::Packet(packet)) => match self.client.endpoint {
+                Endpoint::Echo => self.echo(packet),
+                Endpoint::Chat => self.chat(packet),
+            },
+            Ok(Received::Close) => return Some(self.close(CloseCode::Normal, "", Disconnect::Closed)),
+            Err(malformed) => {
+                limited!(
+                    Noisy::BadFrames,
+                    "client {}: malformed Socket.IO packet: {malformed}",
+                    self.client.id
+                );
+                return Some(self.close(CloseCode::Protocol, malformed.0, Disconnect::ProtocolError));
+            }
+        };
+        result.err()
     }
-    let received = match message {
-        Message::Text(text) => session.text(&text, Instant::now()),
-        Message::Binary(bytes) => session.binary(bytes),
-        Message::Close(_) => {
-            // tungstenite answers it at the next read; nothing may follow.
-            outbox.stop_broadcasts();
-            return None;
+
+    /// Closes with `code` and waits for the answering Close.
+    fn close(&mut self, code: CloseCode, reason: &str, why: Disconnect) -> Gone {
+        close_with(self.client, self.outbox, code, reason);
+        await_close(self.client);
+        why
+    }
+
+    /// Sends the reader's own frame.
+    fn send(&mut self, reply: Message) -> Result<(), Gone> {
+        send_reply(self.client, self.limits, reply)
+            .map_err(|e| end_after_error(self.client, self.outbox, e))
+    }
+
+    /// The conformance fixture's answer.
+    fn echo(&mut self, packet: Whole) -> Result<(), Gone> {
+        let sid = self.client.id.to_string();
+        let (now, later) = echo::answer(self.session, packet, &sid);
+        for reply in now {
+            self.send(reply)?;
         }
-        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return None,
-    };
-    let packet = match received {
-        Ok(Received::Nothing) => return None,
-        Ok(Received::Packet(packet)) => packet,
-        Ok(Received::Close) => {
-            close_with(client, outbox, CloseCode::Normal, "");
-            await_close(client);
-            return Some(Disconnect::Closed);
-        }
-        Err(malformed) => {
-            limited!(
-                Noisy::BadFrames,
-                "client {}: malformed Socket.IO packet: {malformed}",
-                client.id
-            );
-            close_with(client, outbox, CloseCode::Protocol, malformed.0);
-            await_close(client);
-            return Some(Disconnect::ProtocolError);
-        }
-    };
-    let sid = client.id.to_string();
-    let (now, later) = match client.endpoint {
-        Endpoint::Echo => echo::answer(session, packet, &sid),
-        Endpoint::Chat => (Vec::new(), None),
-    };
-    let sent = now
-        .into_iter()
-        .try_for_each(|reply| send_reply(client, limits, reply));
-    let sent = sent.and_then(|()| match later {
-        Some(reply) => {
+        if let Some(reply) = later {
             // The fixture's pause (see `echo::AUTH_APART`), on an echo client's
             // own thread.
             std::thread::sleep(echo::AUTH_APART);
-            send_reply(client, limits, reply)
+            self.send(reply)?;
         }
-        None => Ok(()),
-    });
-    sent.err().map(|e| end_after_error(client, outbox, e))
+        Ok(())
+    }
+
+    /// A chat client's packet: joining and leaving the main namespace, and its
+    /// events as frames of the protocol.
+    fn chat(&mut self, packet: Whole) -> Result<(), Gone> {
+        let namespace = packet.namespace.as_str();
+        match packet.kind {
+            PacketType::Connect if namespace != MAIN_NAMESPACE => {
+                let refused = packet::encode(
+                    PacketType::ConnectError,
+                    namespace,
+                    0,
+                    None,
+                    r#"{"message":"Invalid namespace"}"#,
+                );
+                self.send(Message::text(refused))
+            }
+            PacketType::Connect => self.arrive(),
+            // Leaving the main namespace is leaving the chat.
+            PacketType::Disconnect => Err(self.close(CloseCode::Normal, "", Disconnect::Closed)),
+            PacketType::Event => {
+                let answer = match frame_of_event(packet.data.as_deref()) {
+                    Ok(frame) => handle(self.client, &frame, self.hub),
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok(Handled::Sent) => Ok(()),
+                    Ok(Handled::Reply(reply)) => self.send(reply),
+                    Ok(Handled::HubGone) => Err(Disconnect::ServerStopping),
+                    Err(e) => self.send(error_frame(&e, Format::SocketIo)),
+                }
+            }
+            PacketType::BinaryEvent => self.send(error_frame(&InputError::Binary, Format::SocketIo)),
+            PacketType::Ack | PacketType::BinaryAck | PacketType::ConnectError => Ok(()),
+        }
+    }
+
+    /// Joins the main namespace: its answer first, then the hub's `welcome`.
+    fn arrive(&mut self) -> Result<(), Gone> {
+        let Some(arrival) = self.arrival.take() else {
+            return Ok(()); // joined already
+        };
+        self.session.join(MAIN_NAMESPACE);
+        let sid = serde_json::json!({ "sid": self.client.id.to_string() }).to_string();
+        let joined = packet::encode(PacketType::Connect, MAIN_NAMESPACE, 0, None, &sid);
+        self.send(Message::text(joined))?;
+        self.hub
+            .send(Event::Connect(arrival))
+            .map_err(|_| Disconnect::ServerStopping)
+    }
+}
+
+/// An event as the JSON frame it stands for: its name is the frame's `type`, and
+/// its one argument, an object, the frame's other fields (none for `who`).
+fn frame_of_event(data: Option<&str>) -> Result<String, InputError> {
+    let Some((EventName::Text(name), args)) = packet::event_of(PacketType::Event, data) else {
+        return Err(InputError::UnknownType);
+    };
+    let fields = match args.as_slice() {
+        [] => "}",
+        [object] => object_fields(object).ok_or(InputError::EventArguments)?,
+        _ => return Err(InputError::EventArguments),
+    };
+    let kind = serde_json::to_string(&name).expect("a string serialises");
+    let comma = if fields == "}" { "" } else { "," };
+    Ok(format!("{{\"type\":{kind}{comma}{fields}"))
+}
+
+/// An object's text after its `{`: its fields and the closing `}`.
+fn object_fields(value: &RawValue) -> Option<&str> {
+    value.get().strip_prefix('{').map(str::trim_start)
 }
