@@ -25,12 +25,22 @@ pub enum Endpoint {
     Echo,
 }
 
+/// A request from a Socket.IO client that awaits its answer as the
+/// acknowledgement `ack`.
+pub struct Acked {
+    pub id: ClientId,
+    pub ack: u64,
+    pub event: Box<Event>,
+}
+
 /// What a reader (or the shutdown sequence, or the cluster's threads) tells the
 /// hub. Events with many fields carry a struct, so the hub's dispatch reads one
 /// line per event.
 pub enum Event {
     /// A client finished its handshake.
     Connect(Arrival),
+    /// A request whose answer is awaited as an acknowledgement (Socket.IO).
+    Acked(Acked),
     /// A chat client sent a valid message; the reader has filled in its name.
     Message(Said),
     /// The client's name, from `hello`.

@@ -16,7 +16,13 @@ const PATH: &str = "/socket.io/?EIO=4&transport=websocket";
 /// The fixture as the official suite expects it: its `maxPayload` needs
 /// `--max-message` at least as large (and a backlog for two of those).
 fn fixture() -> Server {
-    Server::start(&["--echo", "--max-message", "1000000", "--max-backlog", "4000000"])
+    Server::start(&[
+        "--echo",
+        "--max-message",
+        "1000000",
+        "--max-backlog",
+        "4000000",
+    ])
 }
 
 /// A socket opened on `/socket.io/`, its open packet read.
@@ -98,7 +104,10 @@ fn the_server_pings_and_ends_a_session_whose_pong_does_not_come() {
         }
     };
     // No pong: the session ends, a ping timeout after the ping.
-    assert_eq!(close_without_pong(&mut client), (1000, "ping timeout".into()));
+    assert_eq!(
+        close_without_pong(&mut client),
+        (1000, "ping timeout".into())
+    );
     assert!(pinged.elapsed() >= Duration::from_millis(200));
     eventually("the silent client is counted", || {
         server.disconnects("silent") == silent + 1
@@ -122,7 +131,10 @@ fn a_client_that_never_connects_a_namespace_is_closed() {
     let (mut client, _) = open(&server);
     let opened = Instant::now();
     // Its pongs keep the heartbeat alive; the CONNECT's wait ends all the same.
-    assert_eq!(close_of(&mut client), (1000, "no namespace joined in time".into()));
+    assert_eq!(
+        close_of(&mut client),
+        (1000, "no namespace joined in time".into())
+    );
     assert!(opened.elapsed() >= Duration::from_secs(1));
 }
 
@@ -132,18 +144,27 @@ fn namespaces_connect_with_their_auth_and_unknown_ones_are_refused() {
     let (mut client, open) = open(&server);
     let (joined, auth) = connect(&mut client, "");
     let sid: Value = serde_json::from_str(joined.strip_prefix("40").unwrap()).unwrap();
-    assert!(sid["sid"].is_string() && sid.as_object().unwrap().len() == 1, "{joined}");
+    assert!(
+        sid["sid"].is_string() && sid.as_object().unwrap().len() == 1,
+        "{joined}"
+    );
     assert_eq!(auth, r#"42["auth",{}]"#);
     let (joined, auth) = connect(&mut client, r#"/custom,{"token":"abc"}"#);
     assert!(joined.starts_with(r#"40/custom,{"sid":""#), "{joined}");
     assert_eq!(auth, r#"42/custom,["auth",{"token":"abc"}]"#);
     client.send_text("40/random");
-    assert_eq!(packet(&mut client), r#"44/random,{"message":"Invalid namespace"}"#);
+    assert_eq!(
+        packet(&mut client),
+        r#"44/random,{"message":"Invalid namespace"}"#
+    );
     // The connection is still there, in both namespaces.
     client.send_text(r#"42["message","main"]"#);
     assert_eq!(packet(&mut client), r#"42["message-back","main"]"#);
     client.send_text(r#"42/custom,["message","custom"]"#);
-    assert_eq!(packet(&mut client), r#"42/custom,["message-back","custom"]"#);
+    assert_eq!(
+        packet(&mut client),
+        r#"42/custom,["message-back","custom"]"#
+    );
     assert!(open["sid"].is_string());
 }
 
@@ -165,7 +186,10 @@ fn events_come_back_and_acks_answer_with_the_same_arguments() {
     let (mut client, _) = open(&server);
     connect(&mut client, "");
     client.send_text(r#"42["message",1,"2",{"3":[true]}]"#);
-    assert_eq!(packet(&mut client), r#"42["message-back",1,"2",{"3":[true]}]"#);
+    assert_eq!(
+        packet(&mut client),
+        r#"42["message-back",1,"2",{"3":[true]}]"#
+    );
     client.send_text(r#"42456["message-with-ack",1,"2",{"3":[false]}]"#);
     assert_eq!(packet(&mut client), r#"43456[1,"2",{"3":[false]}]"#);
 }
@@ -177,8 +201,14 @@ fn binary_attachments_come_back_after_their_packet() {
     connect(&mut client, "");
     let placeholders = r#"{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}"#;
     for (sent, answer) in [
-        (format!(r#"452-["message",{placeholders}]"#), format!(r#"452-["message-back",{placeholders}]"#)),
-        (format!(r#"452-789["message-with-ack",{placeholders}]"#), format!("462-789[{placeholders}]")),
+        (
+            format!(r#"452-["message",{placeholders}]"#),
+            format!(r#"452-["message-back",{placeholders}]"#),
+        ),
+        (
+            format!(r#"452-789["message-with-ack",{placeholders}]"#),
+            format!("462-789[{placeholders}]"),
+        ),
     ] {
         client.send_text(&sent);
         client.ws.send(Message::binary(vec![1, 2, 3])).unwrap();
@@ -200,7 +230,10 @@ fn every_malformed_packet_closes_the_connection() {
         ("41{}", "invalid payload"),
         (r#"45["a"]"#, "illegal attachments"),
         (r#"4511-["a"]"#, "too many attachments"),
-        (r#"451-["a",{"_placeholder":true,"num":1}]"#, "illegal attachments"),
+        (
+            r#"451-["a",{"_placeholder":true,"num":1}]"#,
+            "illegal attachments",
+        ),
         ("2", "a ping from the client (the server pings)"),
         ("5", "not an Engine.IO packet type"),
         ("", "not an Engine.IO packet type"),
@@ -236,7 +269,9 @@ fn attachments_beyond_max_payload_close_the_connection() {
     let server = fixture();
     let (mut client, _) = open(&server);
     connect(&mut client, "");
-    client.send_text(r#"452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#);
+    client.send_text(
+        r#"452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#,
+    );
     client.ws.send(Message::binary(vec![0; 600_000])).unwrap();
     client.ws.send(Message::binary(vec![0; 600_000])).unwrap();
     assert_eq!(
@@ -259,24 +294,45 @@ fn long_polling_and_other_versions_get_engine_io_s_own_refusals() {
     let transport_unknown = r#"{"code":0,"message":"Transport unknown"}"#;
     let response = http_get(server.http, "/socket.io/?EIO=4&transport=polling");
     assert_eq!(response.status, 400);
-    assert_eq!(response.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        response.header("content-type").as_deref(),
+        Some("application/json")
+    );
     assert_eq!(String::from_utf8_lossy(&response.body), transport_unknown);
     let post = http_raw(
         server.http,
         "POST /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\n1",
     );
-    assert_eq!((post.status, String::from_utf8_lossy(&post.body).into_owned()), (400, transport_unknown.into()));
+    assert_eq!(
+        (
+            post.status,
+            String::from_utf8_lossy(&post.body).into_owned()
+        ),
+        (400, transport_unknown.into())
+    );
     for (query, body) in [
-        ("EIO=3&transport=websocket", r#"{"code":5,"message":"Unsupported protocol version"}"#),
-        ("transport=websocket", r#"{"code":5,"message":"Unsupported protocol version"}"#),
-        ("EIO=4&transport=websocket&sid=x", r#"{"code":1,"message":"Session ID unknown"}"#),
+        (
+            "EIO=3&transport=websocket",
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "transport=websocket",
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "EIO=4&transport=websocket&sid=x",
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+        ),
         ("EIO=4", transport_unknown),
         ("EIO=4&transport=polling", transport_unknown),
     ] {
         let refused = Client::connect_with(&server.ws_url(&format!("/socket.io/?{query}")), &[])
             .err()
             .unwrap_or_else(|| panic!("{query} is refused"));
-        assert_eq!((refused.status, refused.body.as_str()), (400, body), "{query}");
+        assert_eq!(
+            (refused.status, refused.body.as_str()),
+            (400, body),
+            "{query}"
+        );
     }
 }
-

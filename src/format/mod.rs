@@ -48,6 +48,20 @@ impl Format {
         frame::text(&self.spell(frame))
     }
 
+    /// `frame`'s text as the answer to a request: the acknowledgement a
+    /// Socket.IO client asked for with `ack`, else the frame as always.
+    pub fn spell_answer(self, frame: &Outgoing<'_>, ack: Option<u64>) -> String {
+        match (self, ack) {
+            (Format::SocketIo, Some(ack)) => socketio::ack(frame, ack),
+            _ => self.spell(frame),
+        }
+    }
+
+    /// [`Format::spell_answer`] as one WebSocket text frame, ready to send.
+    pub fn answer(self, frame: &Outgoing<'_>, ack: Option<u64>) -> Vec<u8> {
+        frame::text(&self.spell_answer(frame, ack))
+    }
+
     /// A room's history entry (a message frame's JSON, as the history keeps it)
     /// as this format replays it to a client joining: marked as history in JSON
     /// (and in Socket.IO's event), a person's line in text. `None` for an entry that cannot be read back.

@@ -2,7 +2,8 @@
 //! namespace, named by the frame's `type`, with the frame's JSON object as its one
 //! argument (`42["message",{"type":"message",…}]`). A socket.io client listens
 //! with `socket.on("message", frame => …)`; the object is the one a JSON client
-//! gets, so one page of `docs/PROTOCOL.md` serves both.
+//! gets, so one page of `docs/PROTOCOL.md` serves both. A request emitted with
+//! a callback gets its answer as the acknowledgement instead ([`ack`]).
 
 use crate::protocol::Outgoing;
 use crate::socketio::packet::{self, MAIN_NAMESPACE, PacketType};
@@ -12,6 +13,13 @@ use super::json;
 /// A frame as an Engine.IO message holding a Socket.IO event.
 pub fn spell(frame: &Outgoing<'_>) -> String {
     event(frame.kind(), &frame.to_json())
+}
+
+/// A frame as the acknowledgement of request `ack`: the frame's JSON object is
+/// the callback's one argument (`43<ack>[{…}]`).
+pub fn ack(frame: &Outgoing<'_>, ack: u64) -> String {
+    let payload = packet::ack_payload([frame.to_json().as_str()]);
+    packet::encode(PacketType::Ack, MAIN_NAMESPACE, 0, Some(ack), &payload)
 }
 
 /// A history entry as the event a JSON client's replay would be.
@@ -40,6 +48,11 @@ mod tests {
             r#"42["hello",{"type":"hello","id":7,"name":"Ann"}]"#
         );
         assert!(spell(&Outgoing::Pong).starts_with(r#"42["pong","#));
+    }
+
+    #[test]
+    fn an_answer_awaited_is_an_acknowledgement() {
+        assert_eq!(ack(&Outgoing::Pong, 12), r#"4312[{"type":"pong"}]"#);
     }
 
     #[test]

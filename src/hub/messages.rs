@@ -4,7 +4,7 @@
 
 use super::Hub;
 use crate::budget::Spent;
-use crate::event::{DirectMessage, Publish, Said};
+use crate::event::{Acked, DirectMessage, Publish, Said};
 use crate::logging::Untrusted;
 use crate::protocol::{ClientId, InputError, Outgoing, unix_millis};
 
@@ -45,6 +45,20 @@ impl Hub {
             room: Some(&room),
         };
         self.broadcast(&room, &frame, except_sender, epoch);
+        // A Socket.IO client that awaits an answer gets its message's own frame
+        // (its id) as the acknowledgement, besides its place in the room's order.
+        if let Some(ack) = self.ack_for(from) {
+            self.reply_ack(from, &frame, ack);
+        }
+    }
+
+    /// `frame` as acknowledgement `ack` to client `id`, paid for by its address.
+    fn reply_ack(&mut self, id: ClientId, frame: &Outgoing<'_>, ack: u64) {
+        if let Some(client) = self.clients.get(&id) {
+            let bytes = client.format.answer(frame, Some(ack));
+            client.charge(bytes.len());
+            self.turn.reply(id, bytes);
+        }
     }
 
     /// Appends message `frame` to room `room_name`'s batch (not to its sender's,
@@ -126,8 +140,9 @@ impl Hub {
         let to_target = (self.clients.get(&to))
             .filter(|_| to != from)
             .map(|target| target.format.frame(&frame(false)));
+        let ack = self.ack_for(from);
         let sender = self.clients.get(&from);
-        let to_sender = sender.map(|sender| sender.format.frame(&frame(true)));
+        let to_sender = sender.map(|sender| sender.format.answer(&frame(true), ack));
         // The sender's address pays for both copies (when it is on this node).
         if let Some(sender) = sender {
             let copies =
@@ -162,6 +177,23 @@ impl Hub {
         spent
     }
 
+    /// Applies a Socket.IO client's request whose answer it awaits as an
+    /// acknowledgement: the answer spelled for `id` while it is applied (see
+    /// [`Hub::ack_for`]) is the acknowledgement.
+    pub(super) fn acked(&mut self, acked: Acked) {
+        let Acked { id, ack, event } = acked;
+        self.awaited = Some(Awaited { id, ack });
+        self.apply(*event);
+        self.awaited = None;
+    }
+
+    /// The acknowledgement client `id` awaits, taken: its first answer is it.
+    pub(super) fn ack_for(&mut self, id: ClientId) -> Option<u64> {
+        self.awaited
+            .take_if(|awaited| awaited.id == id)
+            .map(|awaited| awaited.ack)
+    }
+
     /// An error frame for client `id`, paid for by its address.
     pub(super) fn reply_error(&mut self, id: ClientId, error: &InputError) {
         let frame = Outgoing::Error {
@@ -172,10 +204,17 @@ impl Hub {
 
     /// An answer to client `id`, paid for by its address.
     fn reply_frame(&mut self, id: ClientId, frame: &Outgoing<'_>) {
+        let ack = self.ack_for(id);
         if let Some(client) = self.clients.get(&id) {
-            let bytes = client.format.frame(frame);
+            let bytes = client.format.answer(frame, ack);
             client.charge(bytes.len());
             self.turn.reply(id, bytes);
         }
     }
+}
+
+/// A request's answer awaited as an acknowledgement: by client `id`, as `ack`.
+pub(super) struct Awaited {
+    pub id: ClientId,
+    pub ack: u64,
 }

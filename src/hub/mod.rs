@@ -61,6 +61,7 @@ use crate::frame;
 use crate::outbox::{Failure, Outbox};
 use crate::protocol::{self, ClientId, InputError, LOBBY};
 use crate::stats::Stats;
+use messages::Awaited;
 
 pub use self::history::HISTORY_BYTES;
 
@@ -132,6 +133,9 @@ struct Hub {
     cluster: Option<ClusterView>,
     /// The hub's clock for the rooms' last use: ticks once per event.
     clock: u64,
+    /// While an acknowledged request is applied: whose answer is awaited, as
+    /// which acknowledgement.
+    awaited: Option<Awaited>,
     settings: HubSettings,
     stats: Arc<Stats>,
     /// Set once `Shutdown` arrives: a client that joins afterwards is closed at once.
@@ -223,6 +227,7 @@ impl Hub {
             last_message_id,
             cluster: cluster.map(ClusterView::new),
             clock: 0,
+            awaited: None,
             settings,
             stats,
             shutting_down: false,
@@ -277,6 +282,7 @@ impl Hub {
         self.clock += 1;
         match event {
             Event::Connect(arrival) => self.connect(arrival),
+            Event::Acked(acked) => self.acked(acked),
             Event::Message(said) => self.message(said),
             Event::Hello { id, name } => self.hello(id, name),
             Event::Join(join) => self.join(join),

@@ -249,6 +249,7 @@ impl Hub {
         staying: bool,
     ) -> Vec<u8> {
         let now = self.epoch();
+        let ack = self.ack_for(id);
         let elsewhere = members_elsewhere(&self.cluster, room).len();
         let client = &self.clients[&id];
         let target = self
@@ -267,7 +268,7 @@ impl Hub {
             count: target.members.len() + usize::from(!staying) + elsewhere,
             gap,
         };
-        let mut prefix = client.format.frame(&joined);
+        let mut prefix = client.format.answer(&joined, ack);
         replay_into(&mut prefix, history, client.format);
         self.turn.bytes += prefix.len();
         let announced = if staying {
@@ -355,6 +356,7 @@ impl Hub {
 
     /// Answers `rooms`: the rooms with members here or elsewhere, and the lobby.
     pub(super) fn list_rooms(&mut self, id: ClientId) {
+        let ack = self.ack_for(id);
         let Some(client) = self.clients.get(&id) else {
             return;
         };
@@ -376,13 +378,14 @@ impl Hub {
         rooms.sort_by(|a, b| (a.room != LOBBY, a.room).cmp(&(b.room != LOBBY, b.room)));
         let more = rooms.len().saturating_sub(LIST_MOST);
         rooms.truncate(LIST_MOST);
-        let bytes = client.format.frame(&Outgoing::Rooms { rooms, more });
+        let bytes = client.format.answer(&Outgoing::Rooms { rooms, more }, ack);
         client.charge(bytes.len());
         self.turn.reply(id, bytes);
     }
 
     /// Answers `who`: the members of client `id`'s room, here and elsewhere.
     pub(super) fn who(&mut self, id: ClientId) {
+        let ack = self.ack_for(id);
         let Some(client) = self.clients.get(&id) else {
             return;
         };
@@ -402,7 +405,7 @@ impl Hub {
             members: here.chain(there).take(LIST_MOST).collect(),
             more: all.saturating_sub(LIST_MOST),
         };
-        let bytes = client.format.frame(&frame);
+        let bytes = client.format.answer(&frame, ack);
         client.charge(bytes.len());
         self.turn.reply(id, bytes);
     }

@@ -32,7 +32,7 @@ use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::budget::{Allowance, Spent};
-use crate::event::{Arrival, DirectMessage, Endpoint, Event, Join, Said};
+use crate::event::{Acked, Arrival, DirectMessage, Endpoint, Event, Join, Said};
 use crate::format::Format;
 use crate::logging::{Noisy, Untrusted, limited};
 use crate::outbox::{Failure, Outbox, SendError};
@@ -593,7 +593,7 @@ fn read_until_closed(
             (Endpoint::Chat, Message::Binary(_)) => {
                 Some(error_frame(&InputError::Binary, client.format))
             }
-            (Endpoint::Chat, Message::Text(text)) => match handle(client, &text, hub) {
+            (Endpoint::Chat, Message::Text(text)) => match handle(client, &text, hub, None) {
                 Ok(Handled::Sent) => None,
                 Ok(Handled::Reply(frame)) => Some(frame),
                 Ok(Handled::HubGone) => return Disconnect::ServerStopping,
@@ -752,8 +752,14 @@ enum Handled {
     HubGone,
 }
 
-/// Turns one text frame into a hub event, or into the reader's own answer.
-fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handled, InputError> {
+/// Turns one text frame into a hub event, or into the reader's own answer; a
+/// Socket.IO client's answer comes as acknowledgement `ack` when it asked for one.
+fn handle(
+    client: &mut Client,
+    text: &str,
+    hub: &Sender<Event>,
+    ack: Option<u64>,
+) -> Result<Handled, InputError> {
     let incoming = match client.format {
         // Plain text: every frame is a message, under the connection's name.
         Format::Text => Incoming::Message {
@@ -764,7 +770,7 @@ fn handle(client: &mut Client, text: &str, hub: &Sender<Event>) -> Result<Handle
         // A Socket.IO client's event is read as the JSON frame it stands for.
         Format::Json | Format::SocketIo => protocol::parse(text)?,
     };
-    act_on(client, incoming, hub)
+    act_on(client, incoming, hub, ack)
 }
 
 /// Hands what a chat client sent to the hub, or answers it.
@@ -772,6 +778,7 @@ fn act_on(
     client: &mut Client,
     incoming: Incoming,
     hub: &Sender<Event>,
+    ack: Option<u64>,
 ) -> Result<Handled, InputError> {
     let id = client.id;
     let event = match incoming {
@@ -798,7 +805,7 @@ fn act_on(
         }
         Incoming::Hello { name } => {
             client.name = Some(name.clone());
-            let answer = frame_in(&Outgoing::Hello { id, name: &name }, client.format);
+            let answer = answer_in(&Outgoing::Hello { id, name: &name }, client.format, ack);
             if hub
                 .send(Event::Hello {
                     id,
@@ -824,9 +831,23 @@ fn act_on(
             to,
             msg,
         }),
-        Incoming::Ping => return Ok(Handled::Reply(frame_in(&Outgoing::Pong, client.format))),
+        Incoming::Ping => {
+            return Ok(Handled::Reply(answer_in(
+                &Outgoing::Pong,
+                client.format,
+                ack,
+            )));
+        }
         Incoming::Kick { id: target } if client.admin => Event::Kick { target, by: id },
         Incoming::Kick { .. } => return Err(InputError::NotAllowed),
+    };
+    let event = match ack {
+        Some(ack) => Event::Acked(Acked {
+            id,
+            ack,
+            event: Box::new(event),
+        }),
+        None => event,
     };
     Ok(if hub.send(event).is_ok() {
         Handled::Sent
@@ -842,6 +863,11 @@ fn error_frame(e: &InputError, format: Format) -> Message {
 /// A frame of the reader's own, in the client's format.
 fn frame_in(frame: &Outgoing<'_>, format: Format) -> Message {
     Message::text(format.spell(frame))
+}
+
+/// The reader's own answer to a request, as acknowledgement `ack` if awaited.
+fn answer_in(frame: &Outgoing<'_>, format: Format, ack: Option<u64>) -> Message {
+    Message::text(format.spell_answer(frame, ack))
 }
 
 /// Decides how to end after `read` or `send` failed, closing with the right code

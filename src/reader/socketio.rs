@@ -22,13 +22,13 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::{
-    Client, Handled, Limits, Outbox, admitted, await_close, close_with, end_after_error,
-    error_frame, handle, next_message, send_reply,
+    Client, Handled, Limits, Outbox, admitted, answer_in, await_close, close_with, end_after_error,
+    handle, next_message, send_reply,
 };
 use crate::event::{Arrival, Endpoint, Event};
 use crate::format::Format;
 use crate::logging::{Noisy, limited};
-use crate::protocol::InputError;
+use crate::protocol::{InputError, Outgoing};
 use crate::socketio::echo::{self, FIXTURE, FIXTURE_MAX_PAYLOAD};
 use crate::socketio::packet::{self, EventName, MAIN_NAMESPACE, PacketType};
 use crate::socketio::session::{Due, Received, Session, Timing, Whole};
@@ -150,14 +150,20 @@ impl Reading<'_> {
                 Endpoint::Echo => self.echo(packet),
                 Endpoint::Chat => self.chat(packet),
             },
-            Ok(Received::Close) => return Some(self.close(CloseCode::Normal, "", Disconnect::Closed)),
+            Ok(Received::Close) => {
+                return Some(self.close(CloseCode::Normal, "", Disconnect::Closed));
+            }
             Err(malformed) => {
                 limited!(
                     Noisy::BadFrames,
                     "client {}: malformed Socket.IO packet: {malformed}",
                     self.client.id
                 );
-                return Some(self.close(CloseCode::Protocol, malformed.0, Disconnect::ProtocolError));
+                return Some(self.close(
+                    CloseCode::Protocol,
+                    malformed.0,
+                    Disconnect::ProtocolError,
+                ));
             }
         };
         result.err()
@@ -211,18 +217,16 @@ impl Reading<'_> {
             // Leaving the main namespace is leaving the chat.
             PacketType::Disconnect => Err(self.close(CloseCode::Normal, "", Disconnect::Closed)),
             PacketType::Event => {
-                let answer = match frame_of_event(packet.data.as_deref()) {
-                    Ok(frame) => handle(self.client, &frame, self.hub),
-                    Err(e) => Err(e),
-                };
+                let answer = frame_of_event(packet.data.as_deref())
+                    .and_then(|frame| handle(self.client, &frame, self.hub, packet.ack));
                 match answer {
                     Ok(Handled::Sent) => Ok(()),
                     Ok(Handled::Reply(reply)) => self.send(reply),
                     Ok(Handled::HubGone) => Err(Disconnect::ServerStopping),
-                    Err(e) => self.send(error_frame(&e, Format::SocketIo)),
+                    Err(e) => self.send(error_answer(&e, packet.ack)),
                 }
             }
-            PacketType::BinaryEvent => self.send(error_frame(&InputError::Binary, Format::SocketIo)),
+            PacketType::BinaryEvent => self.send(error_answer(&InputError::Binary, packet.ack)),
             PacketType::Ack | PacketType::BinaryAck | PacketType::ConnectError => Ok(()),
         }
     }
@@ -240,6 +244,15 @@ impl Reading<'_> {
             .send(Event::Connect(arrival))
             .map_err(|_| Disconnect::ServerStopping)
     }
+}
+
+/// An error frame, as the acknowledgement `ack` if the request awaits one.
+fn error_answer(e: &InputError, ack: Option<u64>) -> Message {
+    answer_in(
+        &Outgoing::Error { msg: e.to_string() },
+        Format::SocketIo,
+        ack,
+    )
 }
 
 /// An event as the JSON frame it stands for: its name is the frame's `type`, and
