@@ -25,7 +25,7 @@
 use std::io;
 use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -67,9 +67,11 @@ pub struct Door {
     pub kind: Kind,
     /// The ledger shared with everyone else.
     pub places: Arc<Places>,
-    /// The first connection's id; the next ones count up from it. In a cluster
-    /// each node starts at its own `node << 32`, so ids are unique across nodes.
-    pub first_id: u64,
+    /// The next connection's id, counting up. In a cluster each node's chat
+    /// starts at its own `node << 32`, so ids are unique across nodes; the page
+    /// port takes chat ids from the same count for the connections it hands over
+    /// to the chat (Socket.IO's).
+    pub ids: Arc<AtomicU64>,
 }
 
 /// A running acceptor thread.
@@ -123,7 +125,6 @@ where
     F: Fn(Connection) + Send + Sync + 'static,
 {
     let mut backoff = ACCEPT_BACKOFF;
-    let mut next_id = door.first_id;
     loop {
         // As long as it takes: places are given back by connection threads, each of
         // which ends within its own deadlines. False: the server is stopping.
@@ -162,8 +163,7 @@ where
                 continue;
             }
         };
-        let id = next_id;
-        next_id += 1;
+        let id = door.ids.fetch_add(1, Ordering::Relaxed);
         let serve = Arc::clone(serve);
         let connection = Connection {
             id,

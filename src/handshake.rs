@@ -94,8 +94,33 @@ struct Admission {
     allowance: Option<Arc<Allowance>>,
 }
 
+/// A connection the page port hands over to the chat: its TLS connection (under
+/// https), and the request head it read, which the handshake reads again.
+/// Socket.IO's clients connect to the page's own origin, so their `/socket.io/`
+/// upgrade arrives there.
+pub struct Handover {
+    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub head: Vec<u8>,
+}
+
 /// Runs a chat-port connection: the handshake here, then the reader.
 pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
+    serve_from(conn, None, settings, hub);
+}
+
+/// Runs a connection the page port hands over (its place is the page's, held
+/// until the handshake is done): the handshake, then the reader, as on the chat
+/// port. Only the chat: `--echo`'s fixture is the chat port's.
+pub fn take_over(conn: Connection, handover: Handover, settings: &WsSettings, hub: &Sender<Event>) {
+    serve_from(conn, Some(handover), settings, hub);
+}
+
+fn serve_from(
+    conn: Connection,
+    handover: Option<Handover>,
+    settings: &WsSettings,
+    hub: &Sender<Event>,
+) {
     let Connection {
         id,
         stream,
@@ -110,7 +135,7 @@ pub fn serve(conn: Connection, settings: &WsSettings, hub: &Sender<Event>) {
     }
     let socket = Arc::new(stream);
     let deadline = Instant::now() + settings.handshake_timeout;
-    let Some((ws, admission)) = upgrade(id, peer, &socket, deadline, settings) else {
+    let Some((ws, admission)) = upgrade(id, peer, &socket, deadline, handover, settings) else {
         return;
     };
     drop(handshake_place);
@@ -164,8 +189,52 @@ fn upgrade(
     peer: IpAddr,
     socket: &Arc<std::net::TcpStream>,
     deadline: Instant,
+    handover: Option<Handover>,
     settings: &WsSettings,
 ) -> Option<(WebSocket<ClientStream>, Admission)> {
+    let echo = settings.echo && handover.is_none();
+    let (tls, head) = match handover {
+        Some(Handover { tls, head }) => (tls, head),
+        None => (
+            tls_handshake_of(id, peer, socket, deadline, settings)?,
+            Vec::new(),
+        ),
+    };
+    let handshake_stream = ClientStream::for_handshake(Arc::clone(socket), deadline, tls, head);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(0)
+        .max_message_size(Some(settings.reader.max_message))
+        .max_frame_size(Some(settings.reader.max_message));
+    let mut admission = None;
+    let callback = |request: &Request, response: Response| {
+        let verdict = check(settings, echo, peer, request, response, &mut admission);
+        if verdict.is_err() {
+            // Counted before tungstenite writes the refusal, so /stats never lags
+            // behind what the client has been told.
+            settings.stats.count_handshake(HandshakeEnd::Refused);
+        }
+        verdict
+    };
+    match tungstenite::accept_hdr_with_config(handshake_stream, callback, Some(config)) {
+        // The callback returned Ok only after filling `admission`.
+        Ok(ws) => Some((ws, admission.expect("an accepted handshake was admitted"))),
+        Err(e) => {
+            handshake_failed(id, peer, e, &settings.stats);
+            None
+        }
+    }
+}
+
+/// The TLS handshake of a wss connection (`Some(None)` for plain ws), or `None`
+/// when it failed (counted and logged here).
+fn tls_handshake_of(
+    id: u64,
+    peer: IpAddr,
+    socket: &std::net::TcpStream,
+    deadline: Instant,
+    settings: &WsSettings,
+) -> Option<Option<Box<rustls::ServerConnection>>> {
     let tls = match &settings.tls {
         Some(config) => match tls_handshake(config, socket, deadline) {
             Ok(conn) => Some(conn),
@@ -186,30 +255,7 @@ fn upgrade(
         },
         None => None,
     };
-    let handshake_stream = ClientStream::for_handshake(Arc::clone(socket), deadline, tls);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_SIZE)
-        .write_buffer_size(0)
-        .max_message_size(Some(settings.reader.max_message))
-        .max_frame_size(Some(settings.reader.max_message));
-    let mut admission = None;
-    let callback = |request: &Request, response: Response| {
-        let verdict = check(settings, peer, request, response, &mut admission);
-        if verdict.is_err() {
-            // Counted before tungstenite writes the refusal, so /stats never lags
-            // behind what the client has been told.
-            settings.stats.count_handshake(HandshakeEnd::Refused);
-        }
-        verdict
-    };
-    match tungstenite::accept_hdr_with_config(handshake_stream, callback, Some(config)) {
-        // The callback returned Ok only after filling `admission`.
-        Ok(ws) => Some((ws, admission.expect("an accepted handshake was admitted"))),
-        Err(e) => {
-            handshake_failed(id, peer, e, &settings.stats);
-            None
-        }
-    }
+    Some(tls)
 }
 
 /// Counts and logs a WebSocket handshake that did not succeed.
@@ -279,12 +325,13 @@ fn tls_handshake(
 #[allow(clippy::result_large_err)] // the signature is tungstenite's
 fn check(
     settings: &WsSettings,
+    echo: bool,
     peer: IpAddr,
     request: &Request,
     mut response: Response,
     admission: &mut Option<Admission>,
 ) -> Result<Response, ErrorResponse> {
-    let (endpoint, kind, format) = endpoint_of(request.uri(), settings.echo)?;
+    let (endpoint, kind, format) = endpoint_of(request.uri(), echo)?;
     check_host(request.headers(), &settings.server_names)?;
     if !origin_allowed(request.headers(), &settings.allowed_origins) {
         return Err(refusal(

@@ -48,6 +48,7 @@ use std::borrow::Cow;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
@@ -57,7 +58,7 @@ use serde::Serialize;
 use crate::accept::Connection;
 use crate::assets::{Page, Unavailable};
 use crate::event::Event;
-use crate::handshake::same_secret;
+use crate::handshake::{self, Handover, WsSettings, same_secret};
 use crate::hosts::ServerNames;
 use crate::logging::{Noisy, Quoting, Untrusted, limited};
 use crate::places::{Occupancy, Places};
@@ -107,6 +108,16 @@ pub struct Site {
     pub timeout: Duration,
     /// `--tls-cert`/`--tls-key`: the page is https.
     pub tls: Option<Arc<ServerConfig>>,
+    /// Where Socket.IO's upgrades go.
+    pub chat: Chat,
+}
+
+/// The chat, for the Socket.IO clients that connect to the page's origin: a
+/// `/socket.io/` upgrade is handed over, socket and all, to the chat's handshake
+/// ([`crate::handshake::take_over`]), with a chat id from the chat port's count.
+pub struct Chat {
+    pub ws: Arc<WsSettings>,
+    pub client_ids: Arc<AtomicU64>,
 }
 
 /// A page connection's socket, with its TLS connection under https. One thread
@@ -175,6 +186,9 @@ struct Request {
     keep_alive: bool,
     /// The request announces a body, which is never read.
     has_body: bool,
+    /// A WebSocket upgrade's head as read, for the chat's handshake to read
+    /// again if the connection is handed over.
+    upgrade_head: Option<Vec<u8>>,
 }
 
 /// Why no request was read.
@@ -235,6 +249,23 @@ pub fn serve(conn: Connection, site: &Site) {
                 break;
             }
         };
+        if request.upgrade_head.is_some() && path_of(&request.target) == socketio::PATH {
+            let conn = Connection {
+                id: site.chat.client_ids.fetch_add(1, Ordering::Relaxed),
+                stream: stream.socket,
+                peer,
+                place,
+            };
+            let mut head = request.upgrade_head.unwrap_or_default();
+            // Nothing should follow an upgrade's head before its answer; if
+            // anything did, the handshake reads it after the head.
+            head.append(&mut input);
+            let handover = Handover {
+                tls: stream.tls,
+                head,
+            };
+            return handshake::take_over(conn, handover, &site.chat.ws, &site.hub);
+        }
         let mut response = respond_to(&request, site, peer);
         response.close |= !request.keep_alive || request.has_body;
         let head_only = request.method == "HEAD";
@@ -339,6 +370,10 @@ fn parse_head(input: &[u8]) -> Result<Option<(Request, usize)>, NoRequest> {
         .to_ascii_lowercase();
     let has_body = header("transfer-encoding").is_some()
         || header("content-length").is_some_and(|l| l.trim() != "0");
+    let websocket = header("upgrade").is_some_and(|u| {
+        u.split(',')
+            .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
+    });
     let request = Request {
         method: parsed.method.unwrap_or_default().to_string(),
         target: parsed.path.unwrap_or_default().to_string(),
@@ -348,16 +383,18 @@ fn parse_head(input: &[u8]) -> Result<Option<(Request, usize)>, NoRequest> {
         if_none_match: header("if-none-match"),
         authorization: header("authorization"),
         has_body,
+        upgrade_head: websocket.then(|| input[..len].to_vec()),
     };
     Ok(Some((request, len)))
 }
 
 /// Routes one request.
 fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
-    let (path, query) = request
+    let path = path_of(&request.target);
+    let query = request
         .target
         .split_once('?')
-        .unwrap_or((&request.target, ""));
+        .map_or("", |(_, query)| query);
     if path == socketio::PATH {
         return engineio_refusal(query);
     }
@@ -379,7 +416,6 @@ fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
         None if request.http11 => return text(400, "an HTTP/1.1 request needs a Host\n").closing(),
         _ => {}
     }
-    let path = request.target.split(['?', '#']).next().unwrap_or("");
     match path {
         "/healthz" if hub_answers(&site.hub) => text(200, "ok\n"),
         "/healthz" => text(503, "the hub is not answering\n"),
@@ -399,6 +435,11 @@ fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
         })),
         _ => file(request, &site.page, path),
     }
+}
+
+/// A request target's path: what comes before its query.
+fn path_of(target: &str) -> &str {
+    target.split(['?', '#']).next().unwrap_or("")
 }
 
 /// Socket.IO's path on the page port: Engine.IO's own 400 (socket.io's clients
@@ -656,6 +697,7 @@ mod tests {
             authorization: authorization.map(str::to_owned),
             keep_alive: true,
             has_body: false,
+            upgrade_head: None,
         };
         assert!(presents_token(&request("/stats", None), None));
         let admits = |target: &str, authorization: Option<&str>| {

@@ -6,6 +6,7 @@
 use std::error::Error;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -115,10 +116,18 @@ pub fn run(
     let ws_addr = listeners.ws.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
     let server_names = ServerNames::new(&config.server_names);
-    let ws = ws_settings(&config, tls.clone(), &places, &stats, &server_names)?;
+    let ws = Arc::new(ws_settings(
+        &config,
+        tls.clone(),
+        &places,
+        &stats,
+        &server_names,
+    )?);
     // Read once (`--token-file` may change or go), for both ports alike.
     let access_token = ws.access_token.clone();
-    let chat_port = start_chat_port(listeners.ws, ws, &places, &hub_tx, first_client_id)?;
+    // Chat ids, shared with the page port for the Socket.IO clients it hands over.
+    let client_ids = Arc::new(AtomicU64::new(first_client_id));
+    let chat_port = start_chat_port(listeners.ws, &ws, &places, &hub_tx, &client_ids)?;
 
     log::info!("page: {page}");
     let site = http::Site {
@@ -131,6 +140,7 @@ pub fn run(
         tls: tls.clone(),
         server_names: server_names.clone(),
         timeout: config.http_timeout(),
+        chat: http::Chat { ws, client_ids },
     };
     let page_port = match start_page_port(listeners.http, site, &places) {
         Ok(acceptor) => acceptor,
@@ -298,18 +308,18 @@ fn ws_settings(
 /// The chat port's acceptor: every connection a handshake place and a thread.
 fn start_chat_port(
     listener: TcpListener,
-    ws: WsSettings,
+    ws: &Arc<WsSettings>,
     places: &Arc<Places>,
     hub: &Sender<Event>,
-    first_client_id: u64,
+    client_ids: &Arc<AtomicU64>,
 ) -> std::io::Result<Acceptor> {
-    let hub = hub.clone();
+    let (ws, hub) = (Arc::clone(ws), hub.clone());
     let door = Door {
         name: "ws-accept",
         prefix: "client",
         kind: Kind::Handshake,
         places: Arc::clone(places),
-        first_id: first_client_id,
+        ids: Arc::clone(client_ids),
     };
     accept::spawn(listener, door, move |conn| {
         handshake::serve(conn, &ws, &hub)
@@ -327,7 +337,7 @@ fn start_page_port(
         prefix: "http",
         kind: Kind::Http,
         places: Arc::clone(places),
-        first_id: 1,
+        ids: Arc::new(AtomicU64::new(1)),
     };
     accept::spawn(listener, door, move |conn| http::serve(conn, &site))
 }

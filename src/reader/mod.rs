@@ -65,10 +65,12 @@ pub struct ClientStream {
 enum Stage {
     /// In its handshake: no other party knows the socket yet, so this thread has it
     /// (and its TLS connection, for wss) to itself, and every read and write gets
-    /// only what is left of one deadline.
+    /// only what is left of one deadline. `head` is what reads give first: the
+    /// request head the page port read before handing the connection over.
     Handshake {
         deadline: Instant,
         tls: Option<Box<ServerConnection>>,
+        head: Vec<u8>,
     },
     /// Past it: reads block (the socket's idle timeout applies), and every write
     /// goes to the outbox, so that the socket has one writer. A wss client's TLS
@@ -108,15 +110,21 @@ const TLS_READ: usize = 4096;
 
 impl ClientStream {
     /// A stream for the handshake, which must be over by `deadline`; `tls` is the
-    /// wss client's connection, its TLS handshake done.
+    /// wss client's connection, its TLS handshake done; `head`, bytes read
+    /// already, which reads give first.
     pub fn for_handshake(
         socket: Arc<TcpStream>,
         deadline: Instant,
         tls: Option<Box<ServerConnection>>,
+        head: Vec<u8>,
     ) -> ClientStream {
         ClientStream {
             socket,
-            stage: Stage::Handshake { deadline, tls },
+            stage: Stage::Handshake {
+                deadline,
+                tls,
+                head,
+            },
         }
     }
 
@@ -163,7 +171,13 @@ impl Read for ClientStream {
             return Err(io::Error::other(BufferSpent));
         }
         match &mut self.stage {
-            Stage::Handshake { deadline, tls } => {
+            Stage::Handshake { head, .. } if !head.is_empty() => {
+                let n = head.len().min(buf.len());
+                buf[..n].copy_from_slice(&head[..n]);
+                head.drain(..n);
+                Ok(n)
+            }
+            Stage::Handshake { deadline, tls, .. } => {
                 // SO_RCVTIMEO limits each read, not their sum: `Deadline` shrinks it
                 // every time so that the whole handshake has one deadline.
                 let mut socket = Deadline::new(&self.socket, *deadline);
@@ -229,7 +243,7 @@ fn read_decrypted(
 impl Write for ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.stage {
-            Stage::Handshake { deadline, tls } => {
+            Stage::Handshake { deadline, tls, .. } => {
                 let mut socket = Deadline::new(&self.socket, *deadline);
                 match tls {
                     Some(conn) => tls::write_all(conn, &mut socket, buf).map(|()| buf.len()),
@@ -734,7 +748,8 @@ fn renew_after_large_message(client: &mut Client) {
     }
     let config = *client.ws.get_config();
     // Holds the WebSocket's place while the stream moves; never read or written.
-    let stand_in = ClientStream::for_handshake(Arc::clone(&client.socket), Instant::now(), None);
+    let stand_in =
+        ClientStream::for_handshake(Arc::clone(&client.socket), Instant::now(), None, Vec::new());
     let old = std::mem::replace(
         &mut client.ws,
         WebSocket::from_raw_socket(stand_in, Role::Server, Some(config)),
