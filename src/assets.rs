@@ -1,4 +1,5 @@
-//! The page's files: the copy compiled into the binary, or a folder (`--www DIR`).
+//! The page's files: the copy compiled into the binary, or a folder (`--www DIR`);
+//! and either way, socket.io's browser client at `/socket.io/socket.io.js`.
 //!
 //! The binary alone serves the whole page, so deploying threadchat is copying one
 //! file. `--www DIR` serves a folder instead, for people editing the page: it is
@@ -28,6 +29,7 @@ use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use crate::logging::{Noisy, Untrusted, limited};
 use crate::static_files::{self, Refusal};
@@ -39,6 +41,25 @@ const COMPILED_IN: &[(&str, &[u8])] = &[
     ("style.css", include_bytes!("../www/style.css")),
     ("favicon.svg", include_bytes!("../www/favicon.svg")),
 ];
+
+/// socket.io's browser client (`vendor/socket.io-client/`, MIT), then the lines
+/// that make `io()` connect over WebSocket: what `/socket.io/socket.io.js` serves,
+/// as socket.io's own server does, whichever page is served.
+const SOCKET_IO_CLIENT: &str = concat!(
+    include_str!("../vendor/socket.io-client/socket.io.min.js"),
+    include_str!("socketio/websocket-first.js"),
+);
+
+/// The paths socket.io's pages load the client from.
+const SOCKET_IO_CLIENT_PATHS: [&str; 2] = ["/socket.io/socket.io.js", "/socket.io/socket.io.min.js"];
+
+/// The client, hashed once.
+static SOCKET_IO_ASSET: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        Path::new("socket.io.js"),
+        Cow::Borrowed(SOCKET_IO_CLIENT.as_bytes()),
+    )
+});
 
 /// Files in a folder larger than this are not served: each is read whole to hash
 /// it, and every page connection may hold one in memory while it is sent, so this
@@ -131,6 +152,9 @@ impl Page {
     /// The file for the path part of a request (`/`, `/app.js`), with every rule
     /// of [`static_files`] applied either way.
     pub fn get(&self, raw_path: &str) -> Result<Asset, Unavailable> {
+        if SOCKET_IO_CLIENT_PATHS.contains(&raw_path) {
+            return Ok(SOCKET_IO_ASSET.clone());
+        }
         match self {
             Page::CompiledIn(files) => {
                 let relative = static_files::relative_path(raw_path)?;
@@ -171,16 +195,17 @@ impl Page {
 }
 
 impl Page {
-    /// The most bytes one answer can hold in memory: the largest compiled-in file,
-    /// or [`MAX_FOLDER_FILE`] for a folder (whose files may change).
+    /// The most bytes one answer can hold in memory: the largest compiled-in file
+    /// (socket.io's client among them), or [`MAX_FOLDER_FILE`] for a folder (whose
+    /// files may change).
     pub fn largest_answer(&self) -> u64 {
+        let client = SOCKET_IO_CLIENT.len() as u64;
         match self {
             Page::CompiledIn(files) => files
                 .iter()
                 .map(|(_, asset)| asset.bytes.len() as u64)
-                .max()
-                .unwrap_or(0),
-            Page::Folder(_) => MAX_FOLDER_FILE,
+                .fold(client, u64::max),
+            Page::Folder(_) => MAX_FOLDER_FILE.max(client),
         }
     }
 }
