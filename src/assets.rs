@@ -51,7 +51,8 @@ const SOCKET_IO_CLIENT: &str = concat!(
 );
 
 /// The paths socket.io's pages load the client from.
-const SOCKET_IO_CLIENT_PATHS: [&str; 2] = ["/socket.io/socket.io.js", "/socket.io/socket.io.min.js"];
+const SOCKET_IO_CLIENT_PATHS: [&str; 2] =
+    ["/socket.io/socket.io.js", "/socket.io/socket.io.min.js"];
 
 /// The client, hashed once.
 static SOCKET_IO_ASSET: LazyLock<Asset> = LazyLock::new(|| {

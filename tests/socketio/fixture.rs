@@ -1,76 +1,18 @@
-//! Socket.IO over the real server: Engine.IO's open packet and heartbeat,
-//! namespaces, events, acks, binary attachments and the refusals, through the
-//! conformance fixture (`--echo`, `/socket.io/`), written from the spec
-//! (github.com/socketio/socket.io-protocol, engine.io-protocol).
-
-mod support;
+//! The conformance fixture: `/socket.io/` on the chat port with `--echo`, as
+//! the official test suite's reference server.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::*;
 use tungstenite::Message;
 
-const PATH: &str = "/socket.io/?EIO=4&transport=websocket";
-
-/// The fixture as the official suite expects it: its `maxPayload` needs
-/// `--max-message` at least as large (and a backlog for two of those).
-fn fixture() -> Server {
-    Server::start(&[
-        "--echo",
-        "--max-message",
-        "1000000",
-        "--max-backlog",
-        "4000000",
-    ])
-}
-
-/// A socket opened on `/socket.io/`, its open packet read.
-fn open(server: &Server) -> (Client, Value) {
-    let mut client = Client::connect(&server.ws_url(PATH));
-    let open = text(&mut client);
-    let value = open
-        .strip_prefix('0')
-        .and_then(|json| serde_json::from_str(json).ok())
-        .unwrap_or_else(|| panic!("an open packet, not {open:?}"));
-    (client, value)
-}
-
-/// The next text frame, as it came (pings included).
-fn text(client: &mut Client) -> String {
-    match client.recv() {
-        Message::Text(text) => text.to_string(),
-        other => panic!("expected a text frame, got {other:?}"),
-    }
-}
-
-/// The next packet that is not a ping; pings on the way are answered.
-fn packet(client: &mut Client) -> String {
-    loop {
-        let text = text(client);
-        if text != "2" {
-            return text;
-        }
-        client.send_text("3");
-    }
-}
+use super::support::*;
+use super::*;
 
 /// Joined to `namespace` ("" for the main one): its CONNECT answer and `auth`.
-fn connect(client: &mut Client, namespace: &str) -> (String, String) {
+pub fn connect(client: &mut Client, namespace: &str) -> (String, String) {
     client.send_text(&format!("40{namespace}"));
     (packet(client), packet(client))
-}
-
-/// The Close frame's code and reason, pings on the way answered.
-fn close_of(client: &mut Client) -> (u16, String) {
-    loop {
-        match client.recv() {
-            Message::Text(ping) if ping.as_str() == "2" => client.send_text("3"),
-            Message::Close(Some(frame)) => return (frame.code.into(), frame.reason.to_string()),
-            Message::Close(None) => return (1005, String::new()),
-            other => panic!("expected the server's Close, got {other:?}"),
-        }
-    }
 }
 
 #[test]

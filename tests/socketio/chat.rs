@@ -1,0 +1,213 @@
+//! The chat for Socket.IO clients: `/socket.io/` on the chat port, and on the
+//! page port, which hands the connection over.
+
+use serde_json::Value;
+use tungstenite::Message;
+
+use super::support::*;
+use super::*;
+
+/// A Socket.IO client in the chat's main namespace, its `welcome` read.
+fn join_chat(url: &str) -> (Client, Value) {
+    let (mut client, open) = open_at(url);
+    client.send_text("40");
+    let joined = packet(&mut client);
+    let sid: Value =
+        serde_json::from_str(joined.strip_prefix("40").expect("CONNECT answered")).expect("a sid");
+    let (name, welcome) = event(&mut client);
+    assert_eq!(name, "welcome");
+    // The session, the namespace's sid and the chat id are one number.
+    assert_eq!(sid["sid"], welcome["id"].to_string());
+    assert_eq!(open["sid"], welcome["id"].to_string());
+    client.id = welcome["id"].as_u64();
+    (client, welcome)
+}
+
+#[test]
+fn socket_io_json_and_text_clients_share_one_room_in_one_order() {
+    let server = Server::start(&[]);
+    let mut json = Client::join(&server);
+    let (mut sio, welcome) = join_chat(&server.ws_url(PATH));
+    assert_eq!(welcome["count"], 2);
+    let mut text = Client::connect(&server.ws_url("/text?name=tex"));
+    sio.send_text(r#"42["hello",{"name":"sio"}]"#);
+    assert_eq!(event_named(&mut sio, "hello")["name"], "sio");
+    sio.send_text(r#"42["message",{"msg":"from socket.io"}]"#);
+    json.send_chat("jay", "from json");
+    text.send_text("from text");
+    let from_json: Vec<(u64, String)> = (0..3)
+        .map(|_| {
+            let m = json.recv_type("message");
+            (
+                m["id"].as_u64().unwrap(),
+                m["msg"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let from_sio: Vec<(u64, String)> = (0..3)
+        .map(|_| {
+            let m = event_named(&mut sio, "message");
+            (
+                m["id"].as_u64().unwrap(),
+                m["msg"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(from_sio, from_json, "one order for every format");
+    let lines: Vec<String> = std::iter::repeat_with(|| match text.recv() {
+        Message::Text(line) => line.to_string(),
+        other => panic!("{other:?}"),
+    })
+    .filter(|line| line.starts_with('['))
+    .take(3)
+    .collect();
+    let names: Vec<&str> = lines.iter().map(|l| &l[1..4]).collect();
+    let senders: Vec<&str> = from_json
+        .iter()
+        .map(|(_, msg)| match msg.as_str() {
+            "from socket.io" => "sio",
+            "from json" => "jay",
+            _ => "tex",
+        })
+        .collect();
+    assert_eq!(names, senders, "{lines:?}");
+}
+
+#[test]
+fn the_page_port_hands_socket_io_to_the_chat() {
+    let server = Server::start(&[]);
+    let mut json = Client::join(&server);
+    let url = format!("ws://{}{PATH}", server.http);
+    let (mut sio, welcome) = join_chat(&url);
+    assert_eq!(welcome["count"], 2);
+    json.send_chat("jay", "hello page");
+    assert_eq!(event_named(&mut sio, "message")["msg"], "hello page");
+    // Its id comes from the chat's count: no other client has it.
+    assert_ne!(sio.id, json.id);
+    assert_eq!(server.stats()["clients"], 2);
+}
+
+#[test]
+fn requests_with_a_callback_get_their_answer_as_the_acknowledgement() {
+    let server = Server::start(&[]);
+    let (mut sio, _) = join_chat(&server.ws_url(PATH));
+    let mut ack = |request: &str| {
+        sio.send_text(request);
+        loop {
+            let text = packet(&mut sio);
+            if text.starts_with("43") {
+                return text;
+            }
+        }
+    };
+    assert_eq!(
+        ack(r#"427["hello",{"name":"ann"}]"#),
+        r#"437[{"type":"hello","id":1,"name":"ann"}]"#
+    );
+    assert_eq!(ack(r#"428["ping"]"#), r#"438[{"type":"pong"}]"#);
+    assert_eq!(
+        ack(r#"429["join",{"room":"games"}]"#),
+        r#"439[{"type":"joined","room":"games","count":1}]"#
+    );
+    let who = ack(r#"4210["who"]"#);
+    assert!(
+        who.starts_with(r#"4310[{"type":"who","room":"games""#),
+        "{who}"
+    );
+    let said = ack(r#"4211["message",{"msg":"hi"}]"#);
+    assert!(
+        said.starts_with(r#"4311[{"type":"message","id":1,"#),
+        "{said}"
+    );
+    let error = ack(r#"4212["join",{"room":"no such room!"}]"#);
+    assert!(error.starts_with(r#"4312[{"type":"error","#), "{error}");
+}
+
+#[test]
+fn events_that_are_not_frames_get_an_error_and_the_connection_stays() {
+    let server = Server::start(&[]);
+    let (mut sio, _) = join_chat(&server.ws_url(PATH));
+    for (sent, why) in [
+        (r#"42["nope",{}]"#, "unknown message type"),
+        (r#"42["message","hi"]"#, "an event has one argument"),
+        (r#"42["message",{},{}]"#, "an event has one argument"),
+        (r#"42["message",{"msg":"no name yet"}]"#, "name is missing"),
+        (r#"42[1,{}]"#, "unknown message type"),
+    ] {
+        sio.send_text(sent);
+        let error = event_named(&mut sio, "error");
+        assert!(
+            error["msg"].as_str().unwrap().starts_with(why),
+            "{sent}: {error}"
+        );
+    }
+    sio.send_text(r#"451-["message",{"_placeholder":true,"num":0}]"#);
+    sio.ws.send(Message::binary(vec![1, 2, 3])).unwrap();
+    assert!(
+        event_named(&mut sio, "error")["msg"]
+            .as_str()
+            .unwrap()
+            .contains("binary")
+    );
+    sio.send_text(r#"42["ping"]"#);
+    assert_eq!(event(&mut sio).0, "pong");
+}
+
+#[test]
+fn leaving_the_main_namespace_leaves_the_chat() {
+    let server = Server::start(&[]);
+    let (mut sio, _) = join_chat(&server.ws_url(PATH));
+    let mut json = Client::join(&server);
+    sio.send_text("41");
+    assert_eq!(close_of(&mut sio).0, 1000);
+    let left = json.recv_type("notification");
+    assert_eq!(
+        (left["event"].as_str(), left["id"].as_u64()),
+        (Some("leave"), sio.id)
+    );
+}
+
+#[test]
+fn other_namespaces_are_refused_and_the_main_one_goes_on() {
+    let server = Server::start(&[]);
+    let (mut sio, _) = join_chat(&server.ws_url(PATH));
+    sio.send_text("40/admin,");
+    assert_eq!(
+        packet(&mut sio),
+        r#"44/admin,{"message":"Invalid namespace"}"#
+    );
+    sio.send_text(r#"42["ping"]"#);
+    assert_eq!(event(&mut sio).0, "pong");
+}
+
+#[test]
+fn the_client_library_is_served_beside_any_page() {
+    let www = std::env::temp_dir().join(format!("threadchat-sio-www-{}", std::process::id()));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "<p>mine</p>").unwrap();
+    for server in [
+        Server::start(&[]),
+        Server::start(&["--www", www.to_str().unwrap()]),
+    ] {
+        for path in ["/socket.io/socket.io.js", "/socket.io/socket.io.min.js"] {
+            let response = http_get(server.http, path);
+            assert_eq!(response.status, 200, "{path}");
+            assert!(
+                response
+                    .header("content-type")
+                    .unwrap()
+                    .contains("javascript")
+            );
+            let body = String::from_utf8_lossy(&response.body);
+            assert!(
+                body.starts_with("/*!\n * Socket.IO v4.8.4"),
+                "the official client"
+            );
+            assert!(
+                body.contains(r#"transports: ["websocket"]"#),
+                "WebSocket by default"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&www).unwrap();
+}
