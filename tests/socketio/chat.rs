@@ -172,10 +172,10 @@ fn other_namespaces_are_refused_and_the_main_one_goes_on() {
     let server = Server::start(&[]);
     let (mut sio, _) = join_chat(&server.ws_url(PATH));
     sio.send_text("40/admin,");
-    assert_eq!(
-        packet(&mut sio),
-        r#"44/admin,{"message":"Invalid namespace"}"#
-    );
+    let refused = std::iter::repeat_with(|| packet(&mut sio))
+        .find(|p| !p.starts_with("42"))
+        .unwrap();
+    assert_eq!(refused, r#"44/admin,{"message":"Invalid namespace"}"#);
     sio.send_text(r#"42["ping"]"#);
     assert_eq!(event(&mut sio).0, "pong");
 }
