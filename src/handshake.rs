@@ -92,6 +92,8 @@ struct Admission {
     place: Place,
     /// Its address's budget (none for echo clients, or with budgets off).
     allowance: Option<Arc<Allowance>>,
+    /// The access token a Socket.IO client has yet to show.
+    token_due: Option<String>,
 }
 
 /// A connection the page port hands over to the chat: its TLS connection (under
@@ -168,6 +170,7 @@ fn serve_from(
         protocol: admission.protocol,
         id: protocol::ClientId(id),
         endpoint: admission.endpoint,
+        token_due: admission.token_due,
         socket,
         ws,
     };
@@ -342,9 +345,16 @@ fn check(
     // The query: the admin token, and what a plain-text client cannot send as a
     // frame. Never logged: it may hold the token.
     let query = Query::parse(request.uri().query().unwrap_or(""));
-    check_access_token(settings, request.headers(), &query)?;
+    // A Socket.IO client may show it when it joins the chat instead, as
+    // `auth: {token}`: the reader checks it then.
+    let token_due = match check_access_token(settings, request.headers(), &query) {
+        Err(_) if format == Format::SocketIo && endpoint == Endpoint::Chat => {
+            settings.access_token.clone()
+        }
+        shown => shown.map(|()| None)?,
+    };
     let admin = match (&settings.admin_token, &query.admin) {
-        (Some(token), Some(given)) => same_secret(token.as_bytes(), given.as_bytes()),
+        (Some(token), Some(given)) => crate::same_secret(token.as_bytes(), given.as_bytes()),
         _ => false,
     };
     if let Some(name) = &query.name {
@@ -386,6 +396,7 @@ fn check(
         forwarded_for,
         place,
         allowance,
+        token_due,
     });
     Ok(response)
 }
@@ -460,7 +471,7 @@ fn check_access_token(
         .chain(query.token.clone());
     if offered
         .into_iter()
-        .any(|given| same_secret(token.as_bytes(), given.as_bytes()))
+        .any(|given| crate::same_secret(token.as_bytes(), given.as_bytes()))
     {
         Ok(())
     } else {
@@ -553,20 +564,6 @@ impl Query {
         }
         parsed
     }
-}
-
-/// Compares two secrets in time that depends only on their lengths, so that how
-/// long a wrong guess takes to be refused says nothing about how much of it was
-/// right. The page's `/stats` uses it too.
-pub(crate) fn same_secret(expected: &[u8], given: &[u8]) -> bool {
-    if expected.len() != given.len() {
-        return false;
-    }
-    expected
-        .iter()
-        .zip(given)
-        .fold(0u8, |differ, (a, b)| differ | (a ^ b))
-        == 0
 }
 
 /// A complete HTTP error response: tungstenite writes exactly what we give it.
@@ -726,10 +723,10 @@ mod tests {
 
     #[test]
     fn secrets_compare_whole() {
-        assert!(same_secret(b"token", b"token"));
-        assert!(!same_secret(b"token", b"tokem"));
-        assert!(!same_secret(b"token", b"toke"));
-        assert!(!same_secret(b"token", b""));
+        assert!(crate::same_secret(b"token", b"token"));
+        assert!(!crate::same_secret(b"token", b"tokem"));
+        assert!(!crate::same_secret(b"token", b"toke"));
+        assert!(!crate::same_secret(b"token", b""));
     }
 
     #[test]

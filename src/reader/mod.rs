@@ -303,6 +303,9 @@ pub struct Client {
     pub allowance: Option<Arc<Allowance>>,
     /// What `welcome` says it speaks.
     pub protocol: &'static str,
+    /// The access token a Socket.IO client did not show in its handshake: it
+    /// must, as `auth: {token}`, to join the chat.
+    pub token_due: Option<String>,
     /// The socket; the outbox has the same one, to write.
     pub socket: Arc<TcpStream>,
     pub ws: WebSocket<ClientStream>,

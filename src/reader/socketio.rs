@@ -42,14 +42,23 @@ pub const CHAT: Timing = Timing {
     connect_timeout: Duration::from_secs(45),
 };
 
+/// How long a connection that did not show the access token in its handshake
+/// has to show it in its CONNECT (the default `--handshake-timeout`).
+const TOKEN_WAIT: Duration = Duration::from_secs(10);
+
 /// A client's Socket.IO session, its open packet sent (or `None` if sending it
 /// failed: the read loop then ends at once). `maxPayload` is what the reader
 /// takes, `--max-message` (the fixture's 1,000,000 if that is less).
 pub(super) fn open(client: &mut Client, max_message: usize) -> Option<Session> {
-    let (timing, max_payload) = match client.endpoint {
+    let (mut timing, max_payload) = match client.endpoint {
         Endpoint::Echo => (FIXTURE, FIXTURE_MAX_PAYLOAD.min(max_message)),
         Endpoint::Chat => (CHAT, max_message),
     };
+    if client.token_due.is_some() {
+        // A connection that has shown no token holds a chat place: no longer
+        // than a handshake may.
+        timing.connect_timeout = TOKEN_WAIT;
+    }
     let session = Session::new(timing, max_payload, Instant::now());
     let open = format!("0{}", session.open_packet(&client.id.to_string()));
     client.ws.send(Message::text(open)).ok().map(|()| session)
@@ -213,7 +222,7 @@ impl Reading<'_> {
                 );
                 self.send(Message::text(refused))
             }
-            PacketType::Connect => self.arrive(),
+            PacketType::Connect => self.arrive(packet.data.as_deref()),
             // Leaving the main namespace is leaving the chat.
             PacketType::Disconnect => Err(self.close(CloseCode::Normal, "", Disconnect::Closed)),
             PacketType::Event => {
@@ -231,11 +240,27 @@ impl Reading<'_> {
         }
     }
 
-    /// Joins the main namespace: its answer first, then the hub's `welcome`.
-    fn arrive(&mut self) -> Result<(), Gone> {
-        let Some(arrival) = self.arrival.take() else {
+    /// Joins the main namespace with `auth`: its answer first, then the hub's
+    /// `welcome`. With `--token`, `auth` must hold it if the handshake did not.
+    fn arrive(&mut self, auth: Option<&str>) -> Result<(), Gone> {
+        if self.arrival.is_none() {
             return Ok(()); // joined already
-        };
+        }
+        if let Some(token) = &self.client.token_due {
+            if !shows_token(auth, token) {
+                let refused = packet::encode(
+                    PacketType::ConnectError,
+                    MAIN_NAMESPACE,
+                    0,
+                    None,
+                    r#"{"message":"this chat needs its access token: auth: {token}"}"#,
+                );
+                self.send(Message::text(refused))?;
+                return Err(self.close(CloseCode::Policy, "access token", Disconnect::Closed));
+            }
+            self.client.token_due = None;
+        }
+        let arrival = self.arrival.take().expect("checked above");
         self.session.join(MAIN_NAMESPACE);
         let sid = serde_json::json!({ "sid": self.client.id.to_string() }).to_string();
         let joined = packet::encode(PacketType::Connect, MAIN_NAMESPACE, 0, None, &sid);
@@ -244,6 +269,16 @@ impl Reading<'_> {
             .send(Event::Connect(arrival))
             .map_err(|_| Disconnect::ServerStopping)
     }
+}
+
+/// Whether a CONNECT's `auth` is `{"token": <token>, …}`.
+fn shows_token(auth: Option<&str>, token: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Auth {
+        token: String,
+    }
+    auth.and_then(|auth| serde_json::from_str::<Auth>(auth).ok())
+        .is_some_and(|auth| crate::same_secret(token.as_bytes(), auth.token.as_bytes()))
 }
 
 /// An error frame, as the acknowledgement `ack` if the request awaits one.

@@ -84,7 +84,9 @@ fn the_page_port_hands_socket_io_to_the_chat() {
     assert_eq!(event_named(&mut sio, "message")["msg"], "hello page");
     // Its id comes from the chat's count: no other client has it.
     assert_ne!(sio.id, json.id);
-    assert_eq!(server.stats()["clients"], 2);
+    let stats = http_get(server.http, "/stats?token=s3cret");
+    let stats: Value = serde_json::from_slice(&stats.body).unwrap();
+    assert_eq!(stats["clients"], 2);
 }
 
 #[test]
@@ -210,4 +212,32 @@ fn the_client_library_is_served_beside_any_page() {
         }
     }
     std::fs::remove_dir_all(&www).unwrap();
+}
+
+#[test]
+fn the_access_token_comes_in_the_query_or_as_auth() {
+    let server = Server::start(&["--token", "s3cret"]);
+    let (_shown_in_query, _) = join_chat(&server.ws_url(&format!("{PATH}&token=s3cret")));
+    let (mut client, _) = open(&server);
+    client.send_text(r#"40{"token":"s3cret"}"#);
+    assert!(packet(&mut client).starts_with(r#"40{"sid":"#));
+    assert_eq!(event(&mut client).0, "welcome");
+    for auth in [r#"{"token":"wrong"}"#, "", r#"{"other":1}"#] {
+        let (mut client, _) = open(&server);
+        client.send_text(&format!("40{auth}"));
+        let refused = packet(&mut client);
+        assert!(
+            refused.starts_with(r#"44{"message":"this chat needs its access token"#),
+            "{refused}"
+        );
+        assert_eq!(close_of(&mut client), (1008, "access token".into()));
+    }
+    // Other clients show it in the handshake, as before.
+    let refused = Client::connect_with(&server.ws_url("/"), &[])
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 401);
+    let stats = http_get(server.http, "/stats?token=s3cret");
+    let stats: Value = serde_json::from_slice(&stats.body).unwrap();
+    assert_eq!(stats["clients"], 2);
 }
