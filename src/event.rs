@@ -45,6 +45,9 @@ pub enum Event {
     Message(Said),
     /// The client's name, from `hello`.
     Hello { id: ClientId, name: String },
+    /// A Socket.IO chat page's `login`: its name, the tutorial's events from now
+    /// on, and its room told.
+    Login { id: ClientId, name: String },
     /// The client moves to a room (or asks for its own again).
     Join(Join),
     /// The client asks which rooms there are.

@@ -370,7 +370,7 @@ fn check(
     let (place, allowance) = claim_place(settings, peer, kind, endpoint)?;
     // Socket.IO has no subprotocol: its packets say what they are.
     let chosen = match format {
-        Format::SocketIo => None,
+        Format::SocketIo | Format::SocketIoTutorial => None,
         Format::Json | Format::Text => choose_subprotocol(request.headers(), &mut response),
     };
     let forwarded_for = request

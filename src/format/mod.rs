@@ -25,14 +25,28 @@ pub enum Format {
     Text,
     /// Socket.IO events (`/socket.io/`): each frame an event named by its type.
     SocketIo,
+    /// Socket.IO events as the socket.io tutorial's chat page reads them, for a
+    /// client that has emitted its `login`: messages as `chat`, logins as
+    /// `login` with the name; every other frame as [`Format::SocketIo`].
+    SocketIoTutorial,
 }
 
 /// How many formats there are: the length of a [`PerFormat`].
-const FORMATS: usize = 3;
+const FORMATS: usize = 4;
 
 impl Format {
     /// Every format, in the order a [`PerFormat`] holds them.
-    pub const ALL: [Format; FORMATS] = [Format::Json, Format::Text, Format::SocketIo];
+    pub const ALL: [Format; FORMATS] = [
+        Format::Json,
+        Format::Text,
+        Format::SocketIo,
+        Format::SocketIoTutorial,
+    ];
+
+    /// Whether clients of this format speak Socket.IO (Engine.IO's framing).
+    pub fn is_socket_io(self) -> bool {
+        matches!(self, Format::SocketIo | Format::SocketIoTutorial)
+    }
 
     /// `frame`'s text in this format.
     pub fn spell(self, frame: &Outgoing<'_>) -> String {
@@ -40,6 +54,7 @@ impl Format {
             Format::Json => json::spell(frame),
             Format::Text => text::spell(frame),
             Format::SocketIo => socketio::spell(frame),
+            Format::SocketIoTutorial => socketio::spell_tutorial(frame),
         }
     }
 
@@ -52,7 +67,7 @@ impl Format {
     /// Socket.IO client asked for with `ack`, else the frame as always.
     pub fn spell_answer(self, frame: &Outgoing<'_>, ack: Option<u64>) -> String {
         match (self, ack) {
-            (Format::SocketIo, Some(ack)) => socketio::ack(frame, ack),
+            (Format::SocketIo | Format::SocketIoTutorial, Some(ack)) => socketio::ack(frame, ack),
             _ => self.spell(frame),
         }
     }
@@ -70,6 +85,7 @@ impl Format {
             Format::Json => Some(json::replay(json)),
             Format::Text => text::replay(json),
             Format::SocketIo => Some(socketio::replay(json)),
+            Format::SocketIoTutorial => socketio::replay_tutorial(json),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! gets, so one page of `docs/PROTOCOL.md` serves both. A request emitted with
 //! a callback gets its answer as the acknowledgement instead ([`ack`]).
 
-use crate::protocol::Outgoing;
+use crate::protocol::{ClientId, Outgoing};
 use crate::socketio::packet::{self, MAIN_NAMESPACE, PacketType};
 
 use super::json;
@@ -13,6 +13,39 @@ use super::json;
 /// A frame as an Engine.IO message holding a Socket.IO event.
 pub fn spell(frame: &Outgoing<'_>) -> String {
     event(frame.kind(), &frame.to_json())
+}
+
+/// A frame as the socket.io tutorial's chat page reads it: a message as its
+/// `chat` event (`{from: {name, userid}, msg}`, the sender's id as `userid`), a
+/// login as its `login` event with the name; anything else as [`spell`] has it.
+pub fn spell_tutorial(frame: &Outgoing<'_>) -> String {
+    match frame {
+        Outgoing::Message {
+            from, name, msg, ..
+        } => chat_event(*from, name, msg),
+        Outgoing::Login { name, .. } => event(
+            "login",
+            &serde_json::to_string(name).expect("a string serialises"),
+        ),
+        other => spell(other),
+    }
+}
+
+/// A history entry as the tutorial's `chat` event; `None` if it cannot be read.
+pub fn replay_tutorial(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        from: u64,
+        name: String,
+        msg: String,
+    }
+    let entry: Entry = serde_json::from_str(json).ok()?;
+    Some(chat_event(ClientId(entry.from), &entry.name, &entry.msg))
+}
+
+fn chat_event(from: ClientId, name: &str, msg: &str) -> String {
+    let data = serde_json::json!({ "from": { "name": name, "userid": from }, "msg": msg });
+    event("chat", &data.to_string())
 }
 
 /// A frame as the acknowledgement of request `ack`: the frame's JSON object is
@@ -35,7 +68,6 @@ fn event(name: &str, json: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ClientId;
 
     #[test]
     fn a_frame_is_an_event_named_by_its_type_with_the_json_object() {
@@ -48,6 +80,34 @@ mod tests {
             r#"42["hello",{"type":"hello","id":7,"name":"Ann"}]"#
         );
         assert!(spell(&Outgoing::Pong).starts_with(r#"42["pong","#));
+    }
+
+    #[test]
+    fn the_tutorial_page_reads_chat_and_login_events() {
+        let message = Outgoing::Message {
+            id: 3,
+            ts: 1,
+            from: ClientId(7),
+            name: "xyz",
+            msg: "hi",
+            room: Some("lobby"),
+        };
+        assert_eq!(
+            spell_tutorial(&message),
+            r#"42["chat",{"from":{"name":"xyz","userid":7},"msg":"hi"}]"#
+        );
+        let login = Outgoing::Login {
+            id: ClientId(7),
+            name: "xyz",
+        };
+        assert_eq!(spell_tutorial(&login), r#"42["login","xyz"]"#);
+        assert_eq!(
+            spell(&login),
+            r#"42["login",{"type":"login","id":7,"name":"xyz"}]"#
+        );
+        assert_eq!(spell_tutorial(&Outgoing::Pong), spell(&Outgoing::Pong));
+        let json = message.to_json();
+        assert_eq!(replay_tutorial(&json), Some(spell_tutorial(&message)));
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub fn spell(frame: &Outgoing<'_>) -> String {
         }
         Outgoing::Direct { name, msg, .. } => person_line(name, " (direct)", msg),
         Outgoing::Pong => "pong".to_string(),
+        Outgoing::Login { name, .. } => format!("{} has joined", one_line(name)),
         Outgoing::Error { msg } => format!("error: {msg}"),
         Outgoing::Dropped { msg, dropped } => format!("error: {msg} ({dropped} dropped)"),
     }

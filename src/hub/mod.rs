@@ -285,6 +285,7 @@ impl Hub {
             Event::Acked(acked) => self.acked(acked),
             Event::Message(said) => self.message(said),
             Event::Hello { id, name } => self.hello(id, name),
+            Event::Login { id, name } => self.login(id, name),
             Event::Join(join) => self.join(join),
             Event::Rooms { id } => self.list_rooms(id),
             Event::Who { id } => self.who(id),

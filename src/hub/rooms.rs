@@ -288,6 +288,38 @@ impl Hub {
         }
     }
 
+    /// A Socket.IO chat page logs in (the socket.io tutorial's `login`): its name,
+    /// and its room hears of it, the page included; from now on it is spelled
+    /// the tutorial's events.
+    pub(super) fn login(&mut self, id: ClientId, name: String) {
+        self.hello(id, name);
+        let Some(room_name) = self.clients.get(&id).map(|c| c.room.clone()) else {
+            return;
+        };
+        // A format changes between batches, as a room does: what this turn has
+        // so far was not spelled in the new one.
+        self.flush();
+        let client = self.clients.get_mut(&id).expect("looked up above");
+        client.format = Format::SocketIoTutorial;
+        let room = self
+            .rooms
+            .get_mut(&room_name)
+            .expect("a client's room exists");
+        if let Some(member) = room.members.iter_mut().find(|m| m.id == id) {
+            member.format = Format::SocketIoTutorial;
+        }
+        room.batch.want(Format::SocketIoTutorial);
+        client.charge(presence_cost(room, &room_name, &client.name, id));
+        let frame = Outgoing::Login {
+            id,
+            name: &client.name,
+        };
+        room.batch.push(&frame.to_json(), &frame, &room_name);
+        room.last_used = self.clock;
+        self.turn.bytes += MAX_PRESENCE_FRAME;
+        self.turn.mark(&room_name);
+    }
+
     /// Client `id`'s reader has ended: its room hears it left.
     pub(super) fn leave(&mut self, id: ClientId) {
         self.echo.remove(&id);

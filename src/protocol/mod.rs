@@ -528,6 +528,14 @@ pub enum Outgoing<'a> {
     },
     /// The answer to `ping`.
     Pong,
+    /// A Socket.IO chat page's `login` (the socket.io tutorial's): to the
+    /// sender's room, the sender included.
+    Login {
+        /// The sender's connection id.
+        id: ClientId,
+        /// The name it logged in with.
+        name: &'a str,
+    },
     /// Frames of the client's dropped for going over its rate or its address's
     /// budgets since it was last told: an `error` that says how many (told once a
     /// second at most).
@@ -563,6 +571,7 @@ impl Outgoing<'_> {
             Outgoing::Who { .. } => "who",
             Outgoing::Direct { .. } => "direct",
             Outgoing::Pong => "pong",
+            Outgoing::Login { .. } => "login",
             Outgoing::Dropped { .. } | Outgoing::Error { .. } => "error",
         }
     }

@@ -517,7 +517,9 @@ pub fn serve(
     client.ws.get_mut().attach(Arc::clone(&outbox), encrypted);
     // Engine.IO's open packet comes first of all, so it goes before the hub knows
     // the client: nothing of the hub's can precede it.
-    let session = (client.format == Format::SocketIo)
+    let session = client
+        .format
+        .is_socket_io()
         .then(|| socketio::open(&mut client, settings.max_message))
         .flatten();
     if let Err(e) = client.socket.set_read_timeout(Some(settings.idle_timeout)) {
@@ -542,7 +544,7 @@ pub fn serve(
     // A Socket.IO chat client arrives when it joins the main namespace: before,
     // the hub's frames would have no namespace to go to.
     let arrival = match (client.format, client.endpoint) {
-        (Format::SocketIo, Endpoint::Chat) => Some(arrival),
+        (Format::SocketIo | Format::SocketIoTutorial, Endpoint::Chat) => Some(arrival),
         _ if hub.send(Event::Connect(arrival)).is_err() => {
             outbox.finish();
             return;
@@ -556,7 +558,7 @@ pub fn serve(
     };
     let mut limits = Limits::new(settings, client.allowance.clone());
     let seen = match client.format {
-        Format::SocketIo => socketio::read_until_closed(
+        Format::SocketIo | Format::SocketIoTutorial => socketio::read_until_closed(
             &mut client,
             socketio::Opened { session, arrival },
             &outbox,
@@ -786,7 +788,7 @@ fn handle(
             except_sender: false,
         },
         // A Socket.IO client's event is read as the JSON frame it stands for.
-        Format::Json | Format::SocketIo => protocol::parse(text)?,
+        Format::Json | Format::SocketIo | Format::SocketIoTutorial => protocol::parse(text)?,
     };
     act_on(client, incoming, hub, ack)
 }
@@ -809,7 +811,7 @@ fn act_on(
                 (Some(name), _, _) => name,
                 (None, Some(name), _) => name.clone(),
                 (None, None, Format::Text) => String::new(),
-                (None, None, Format::Json | Format::SocketIo) => return Err(InputError::NoName),
+                (None, None, _) => return Err(InputError::NoName),
             };
             if client.format == Format::Text {
                 // What `parse` checks of a JSON client's message.

@@ -28,7 +28,7 @@ use super::{
 use crate::event::{Arrival, Endpoint, Event};
 use crate::format::Format;
 use crate::logging::{Noisy, limited};
-use crate::protocol::{InputError, Outgoing};
+use crate::protocol::{self, Incoming, InputError, Outgoing};
 use crate::socketio::echo::{self, FIXTURE, FIXTURE_MAX_PAYLOAD};
 use crate::socketio::packet::{self, EventName, MAIN_NAMESPACE, PacketType};
 use crate::socketio::session::{Due, Received, Session, Timing, Whole};
@@ -225,19 +225,51 @@ impl Reading<'_> {
             PacketType::Connect => self.arrive(packet.data.as_deref()),
             // Leaving the main namespace is leaving the chat.
             PacketType::Disconnect => Err(self.close(CloseCode::Normal, "", Disconnect::Closed)),
-            PacketType::Event => {
-                let answer = frame_of_event(packet.data.as_deref())
-                    .and_then(|frame| handle(self.client, &frame, self.hub, packet.ack));
-                match answer {
-                    Ok(Handled::Sent) => Ok(()),
-                    Ok(Handled::Reply(reply)) => self.send(reply),
-                    Ok(Handled::HubGone) => Err(Disconnect::ServerStopping),
-                    Err(e) => self.send(error_answer(&e, packet.ack)),
-                }
-            }
+            PacketType::Event => self.event(packet.data.as_deref(), packet.ack),
             PacketType::BinaryEvent => self.send(error_answer(&InputError::Binary, packet.ack)),
             PacketType::Ack | PacketType::BinaryAck | PacketType::ConnectError => Ok(()),
         }
+    }
+
+    /// An event: a frame of the protocol, or one of the socket.io tutorial's chat
+    /// page's own.
+    fn event(&mut self, data: Option<&str>, ack: Option<u64>) -> Result<(), Gone> {
+        let answer = match read_event(data) {
+            Ok(Emitted::Frame(frame)) => handle(self.client, &frame, self.hub, ack),
+            Ok(Emitted::Login(hello)) => self.login(&hello),
+            Ok(Emitted::ForceDisconnect) => {
+                // DISCONNECT first: the client is told it was let go, and does
+                // not reconnect as it would after a transport that closed.
+                let disconnect =
+                    packet::encode(PacketType::Disconnect, MAIN_NAMESPACE, 0, None, "");
+                self.send(Message::text(disconnect))?;
+                return Err(self.close(CloseCode::Normal, "forceDisconnect", Disconnect::Closed));
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Handled::Sent) => Ok(()),
+            Ok(Handled::Reply(reply)) => self.send(reply),
+            Ok(Handled::HubGone) => Err(Disconnect::ServerStopping),
+            Err(e) => self.send(error_answer(&e, ack)),
+        }
+    }
+
+    /// The tutorial page's `login`, read as the `hello` it stands for: the name,
+    /// and the room told (its `userid` is not kept).
+    fn login(&mut self, hello: &str) -> Result<Handled, InputError> {
+        let Incoming::Hello { name } = protocol::parse(hello)? else {
+            unreachable!("a hello frame reads as hello")
+        };
+        self.client.name = Some(name.clone());
+        let login = Event::Login {
+            id: self.client.id,
+            name,
+        };
+        Ok(match self.hub.send(login) {
+            Ok(()) => Handled::Sent,
+            Err(_) => Handled::HubGone,
+        })
     }
 
     /// Joins the main namespace with `auth`: its answer first, then the hub's
@@ -290,9 +322,21 @@ fn error_answer(e: &InputError, ack: Option<u64>) -> Message {
     )
 }
 
-/// An event as the JSON frame it stands for: its name is the frame's `type`, and
-/// its one argument, an object, the frame's other fields (none for `who`).
-fn frame_of_event(data: Option<&str>) -> Result<String, InputError> {
+/// What an event asks for.
+enum Emitted {
+    /// A frame of the protocol, as its JSON text.
+    Frame(String),
+    /// The tutorial page's `login`, as the `hello` frame it stands for.
+    Login(String),
+    /// The tutorial page's `forceDisconnect`: the server closes the connection.
+    ForceDisconnect,
+}
+
+/// An event as what it asks for. A frame's type is the event's name, and the
+/// event's one argument, an object, the frame's other fields (none for `who`).
+/// The tutorial page's events stand for frames too: `login` for `hello` (with its
+/// `userid` ignored), `chat` for a message to everyone but the sender.
+fn read_event(data: Option<&str>) -> Result<Emitted, InputError> {
     let Some((EventName::Text(name), args)) = packet::event_of(PacketType::Event, data) else {
         return Err(InputError::UnknownType);
     };
@@ -301,9 +345,17 @@ fn frame_of_event(data: Option<&str>) -> Result<String, InputError> {
         [object] => object_fields(object).ok_or(InputError::EventArguments)?,
         _ => return Err(InputError::EventArguments),
     };
-    let kind = serde_json::to_string(&name).expect("a string serialises");
-    let comma = if fields == "}" { "" } else { "," };
-    Ok(format!("{{\"type\":{kind}{comma}{fields}"))
+    let frame = |kind: &str, extra: &str| {
+        let kind = serde_json::to_string(kind).expect("a string serialises");
+        let comma = if fields == "}" { "" } else { "," };
+        format!("{{\"type\":{kind}{extra}{comma}{fields}")
+    };
+    Ok(match name.as_str() {
+        "login" => Emitted::Login(frame("hello", "")),
+        "chat" => Emitted::Frame(frame("message", ",\"except_sender\":true")),
+        "forceDisconnect" => Emitted::ForceDisconnect,
+        _ => Emitted::Frame(frame(&name, "")),
+    })
 }
 
 /// An object's text after its `{`: its fields and the closing `}`.

@@ -241,3 +241,59 @@ fn the_access_token_comes_in_the_query_or_as_auth() {
     let stats: Value = serde_json::from_slice(&stats.body).unwrap();
     assert_eq!(stats["clients"], 2);
 }
+
+#[test]
+fn the_tutorial_page_s_events_work_as_its_server_did() {
+    let server = Server::start(&[]);
+    let (mut abc, _) = join_chat(&server.ws_url(PATH));
+    let (mut xyz, _) = join_chat(&server.ws_url(PATH));
+    let mut json = Client::join(&server);
+    abc.send_text(r#"42["login",{"name":"abc","userid":"abc@example.com"}]"#);
+    // Everyone hears of a login, the page that logged in included.
+    assert_eq!(packet_named(&mut abc, "login"), r#"42["login","abc"]"#);
+    let login = event_named(&mut xyz, "login");
+    assert_eq!(
+        (login["type"].as_str(), login["name"].as_str()),
+        (Some("login"), Some("abc"))
+    );
+    assert_eq!(json.recv_type("login")["name"], "abc");
+    xyz.send_text(r#"42["login",{"name":"xyz","userid":"xyz@example.com"}]"#);
+    assert_eq!(packet_named(&mut abc, "login"), r#"42["login","xyz"]"#);
+    assert_eq!(packet_named(&mut xyz, "login"), r#"42["login","xyz"]"#);
+    // `chat` goes to everyone but its sender, as `chat` to the pages.
+    abc.send_text(r#"42["chat",{"msg":"hi xyz"}]"#);
+    json.send_chat("jay", "hi pages");
+    assert_eq!(
+        packet_named(&mut xyz, "chat"),
+        format!(
+            r#"42["chat",{{"from":{{"name":"abc","userid":{}}},"msg":"hi xyz"}}]"#,
+            abc.id.unwrap()
+        )
+    );
+    let from_json = packet_named(&mut xyz, "chat");
+    assert!(from_json.contains(r#""name":"jay""#) && from_json.contains(r#""msg":"hi pages""#));
+    assert_eq!(json.recv_type("message")["msg"], "hi xyz");
+    let next = packet_named(&mut abc, "chat");
+    assert!(
+        next.contains("hi pages"),
+        "the sender does not get its own chat: {next}"
+    );
+    // `forceDisconnect`: told, then closed.
+    xyz.send_text(r#"42["forceDisconnect"]"#);
+    assert_eq!(packet_named(&mut xyz, ""), "41");
+    assert_eq!(close_of(&mut xyz), (1000, "forceDisconnect".into()));
+}
+
+/// The next packet that is the event `name` (`""`: the next packet not an
+/// event), as its text.
+fn packet_named(client: &mut Client, name: &str) -> String {
+    let prefix = format!(r#"42["{name}""#);
+    loop {
+        let text = packet(client);
+        if (name.is_empty() && !text.starts_with("42"))
+            || (!name.is_empty() && text.starts_with(&prefix))
+        {
+            return text;
+        }
+    }
+}
