@@ -18,6 +18,8 @@ pub struct Stats {
     started: Instant,
     /// Chat clients connected now (the hub's registry size).
     clients: AtomicUsize,
+    /// Chat connections speaking Socket.IO now.
+    socket_io: AtomicUsize,
     /// Chat messages relayed since start (each counted once, not per recipient).
     messages_relayed: AtomicU64,
     /// Batches the hub has sent out. Messages relayed per batch shows how much the
@@ -27,6 +29,15 @@ pub struct Stats {
     disconnects: [AtomicU64; Disconnect::ALL.len()],
     /// Handshakes that did not become clients, by how they ended.
     handshakes: [AtomicU64; HandshakeEnd::ALL.len()],
+}
+
+/// A Socket.IO connection counted in `/stats` until dropped.
+pub struct SocketIoConnection<'a>(&'a Stats);
+
+impl Drop for SocketIoConnection<'_> {
+    fn drop(&mut self) {
+        self.0.socket_io.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How a handshake ended that did not become a client.
@@ -61,6 +72,9 @@ impl HandshakeEnd {
 pub struct Snapshot {
     /// Chat clients connected now.
     pub clients: usize,
+    /// Of the chat's connections, those speaking Socket.IO now (counted in
+    /// `clients` too once they have joined the main namespace).
+    pub socket_io: usize,
     /// Chat messages relayed since start.
     pub messages_relayed: u64,
     /// Whole seconds since start.
@@ -79,6 +93,7 @@ impl Stats {
         Stats {
             started: Instant::now(),
             clients: AtomicUsize::new(0),
+            socket_io: AtomicUsize::new(0),
             messages_relayed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             disconnects: Default::default(),
@@ -104,6 +119,13 @@ impl Stats {
         self.clients.store(n, Ordering::Relaxed);
     }
 
+    /// Counts a chat connection speaking Socket.IO for as long as the guard
+    /// lives.
+    pub fn socket_io_connected(&self) -> SocketIoConnection<'_> {
+        self.socket_io.fetch_add(1, Ordering::Relaxed);
+        SocketIoConnection(self)
+    }
+
     /// Counts one batch sent out, holding `messages` chat messages.
     pub fn add_batch(&self, messages: u64) {
         self.batches.fetch_add(1, Ordering::Relaxed);
@@ -114,6 +136,7 @@ impl Stats {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             clients: self.clients.load(Ordering::Relaxed),
+            socket_io: self.socket_io.load(Ordering::Relaxed),
             messages_relayed: self.messages_relayed.load(Ordering::Relaxed),
             uptime_seconds: self.started.elapsed().as_secs(),
             batches: self.batches.load(Ordering::Relaxed),

@@ -557,6 +557,8 @@ pub fn serve(
         outbox: Arc::clone(&outbox),
     };
     let mut limits = Limits::new(settings, client.allowance.clone());
+    let _counted = (client.format.is_socket_io() && client.endpoint == Endpoint::Chat)
+        .then(|| stats.socket_io_connected());
     let seen = match client.format {
         Format::SocketIo | Format::SocketIoTutorial => socketio::read_until_closed(
             &mut client,
