@@ -9,6 +9,7 @@
 mod support;
 
 mod heavy;
+mod socketio;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpStream};
