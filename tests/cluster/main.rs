@@ -346,6 +346,49 @@ fn one_chat_in_one_order(n: usize) {
 }
 
 #[test]
+fn socket_io_clients_on_two_nodes_are_in_one_chat() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut on_a = socket_io_client(&a);
+    let mut on_b = socket_io_client(&b);
+    let mut json = Client::join(&b);
+    on_a.send_text(r#"42["message",{"name":"sio-a","msg":"across the nodes"}]"#);
+    let heard = socket_io_event(&mut on_b, "message");
+    assert_eq!(
+        (heard["name"].as_str(), heard["msg"].as_str()),
+        (Some("sio-a"), Some("across the nodes"))
+    );
+    assert_eq!(json.recv_type("message")["id"], heard["id"]);
+    on_b.send_text(r#"42["message",{"name":"sio-b","msg":"and back"}]"#);
+    // Its own message first, in the one order, then the answer.
+    assert_eq!(
+        socket_io_event(&mut on_a, "message")["msg"],
+        "across the nodes"
+    );
+    assert_eq!(socket_io_event(&mut on_a, "message")["msg"], "and back");
+}
+
+/// A Socket.IO client of `node`'s chat, joined to the main namespace.
+fn socket_io_client(node: &Server) -> Client {
+    let mut client = Client::connect(&node.ws_url("/socket.io/?EIO=4&transport=websocket"));
+    client.send_text("40");
+    socket_io_event(&mut client, "welcome");
+    client
+}
+
+/// The argument of the next Socket.IO event `name` (`42["name",{…}]`).
+fn socket_io_event(client: &mut Client, name: &str) -> serde_json::Value {
+    let prefix = format!(r#"42["{name}","#);
+    loop {
+        if let tungstenite::Message::Text(text) = client.recv()
+            && let Some(rest) = text.strip_prefix(&prefix)
+        {
+            return serde_json::from_str(&rest[..rest.len() - 1]).expect("an event's argument");
+        }
+    }
+}
+
+#[test]
 fn a_room_spans_the_nodes_and_stays_apart_from_the_others() {
     let redis = Redis::start();
     let (a, b) = (node(&redis), node(&redis));
