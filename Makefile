@@ -4,7 +4,7 @@ CARGO ?= cargo
 NPM ?= npm
 E2E := tests/e2e
 
-.PHONY: run cert build release test unit deny audit autobahn bench bench-quick fuzz e2e deb deb-test deb-arm64 deb-armhf test-arm lint fmt clean
+.PHONY: run cert build release test unit deny audit autobahn socketio-suite bench bench-quick fuzz e2e deb deb-test deb-arm64 deb-armhf test-arm lint fmt clean
 
 ## Start the server on its defaults: page on :8000, chat on :8001. Flags go in
 ## ARGS, e.g. make run ARGS="--tls-cert tls/cert.pem --tls-key tls/key.pem".
@@ -46,6 +46,12 @@ audit:
 autobahn: build
 	$(CARGO) build --example cert
 	autobahn/run.sh target/debug/threadchat
+
+## socket.io's protocol test suite, its WebSocket part, against --echo's fixture on
+## port 3000: SUITE is a checkout of github.com/socketio/socket.io-protocol (not
+## part of `make test`: the suite is fetched by whoever runs it).
+socketio-suite: build
+	socketio/suite.sh $(SUITE) target/debug/threadchat
 
 ## The load generator against the optimised server: chat, fanout, saturate, rooms
 ## (50 rooms of 20), idle, storm, footprint, the naive example's rows beside them,
