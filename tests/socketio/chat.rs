@@ -262,7 +262,6 @@ fn the_tutorial_page_s_events_work_as_its_server_did() {
     assert_eq!(packet_named(&mut xyz, "login"), r#"42["login","xyz"]"#);
     // `chat` goes to everyone but its sender, as `chat` to the pages.
     abc.send_text(r#"42["chat",{"msg":"hi xyz"}]"#);
-    json.send_chat("jay", "hi pages");
     assert_eq!(
         packet_named(&mut xyz, "chat"),
         format!(
@@ -270,6 +269,7 @@ fn the_tutorial_page_s_events_work_as_its_server_did() {
             abc.id.unwrap()
         )
     );
+    json.send_chat("jay", "hi pages");
     let from_json = packet_named(&mut xyz, "chat");
     assert!(from_json.contains(r#""name":"jay""#) && from_json.contains(r#""msg":"hi pages""#));
     assert_eq!(json.recv_type("message")["msg"], "hi xyz");
