@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   ROOT, BINARY, SHOTS, CERT, CHROMIUM, CHROMIUM_ARGS, PATIENCE_MS,
-  freePort, startServer, logged, stopServer,
+  accepts, freePort, startServer, logged, stopServer,
 } from './support.mjs';
 
 // --- the browser -------------------------------------------------------------
