@@ -576,6 +576,9 @@ fn engineio_refusal(why: socketio::Refusal) -> ErrorResponse {
     error_response(StatusCode::BAD_REQUEST, "application/json", why.body())
 }
 
+/// Never inlined: a handshake has a dozen ways to be refused, and a copy of the
+/// builder at each would cost the binary kilobytes for what happens rarely.
+#[inline(never)]
 fn error_response(status: StatusCode, content_type: &str, body: String) -> ErrorResponse {
     let mut builder = http::Response::builder()
         .status(status)

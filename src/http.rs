@@ -56,7 +56,7 @@ use rustls::{ServerConfig, ServerConnection};
 use serde::Serialize;
 
 use crate::accept::Connection;
-use crate::assets::{Page, Unavailable};
+use crate::assets::{self, Asset, Page, SOCKET_IO_CLIENT_PATHS, Unavailable};
 use crate::event::Event;
 use crate::handshake::{self, Handover, WsSettings};
 use crate::hosts::ServerNames;
@@ -181,6 +181,8 @@ struct Request {
     http11: bool,
     host: Option<String>,
     if_none_match: Option<String>,
+    /// `Accept-Encoding`: only socket.io's client, kept compressed, asks.
+    accept_encoding: Option<String>,
     /// `Authorization`, which may hold the access token: never logged.
     authorization: Option<String>,
     /// The client wants the connection kept open after this answer.
@@ -382,6 +384,7 @@ fn parse_head(input: &[u8]) -> Result<Option<(Request, usize)>, NoRequest> {
         keep_alive: http11 && !connection.split(',').any(|t| t.trim() == "close"),
         host,
         if_none_match: header("if-none-match"),
+        accept_encoding: header("accept-encoding"),
         authorization: header("authorization"),
         has_body,
         upgrade_head: websocket.then(|| input[..len].to_vec()),
@@ -429,6 +432,7 @@ fn respond_to(request: &Request, site: &Site, peer: IpAddr) -> Response {
             stats: site.stats.snapshot(),
             places: site.places.occupancy(),
         }),
+        p if SOCKET_IO_CLIENT_PATHS.contains(&p) => socket_io_client(request),
         "/config.json" => json(&serde_json::json!({
             "wsPort": site.ws_port,
             "wsPath": "/",
@@ -501,12 +505,39 @@ pub fn hub_answers(hub: &Sender<Event>) -> bool {
 
 /// A file of the page, or 304 when the browser's copy is current.
 fn file(request: &Request, page: &Page, path: &str) -> Response {
-    let asset = match page.get(path) {
-        Ok(asset) => asset,
-        Err(Unavailable::BadRequest) => return text(400, "bad request\n"),
-        Err(Unavailable::NotFound) => return text(404, "not found\n"),
-        Err(Unavailable::TooLarge) => return text(500, "file too large to serve\n"),
-    };
+    match page.get(path) {
+        Ok(asset) => answer_with(request, asset),
+        Err(Unavailable::BadRequest) => text(400, "bad request\n"),
+        Err(Unavailable::NotFound) => text(404, "not found\n"),
+        Err(Unavailable::TooLarge) => text(500, "file too large to serve\n"),
+    }
+}
+
+/// socket.io's client, gzip-compressed as it is kept: to any request that
+/// accepts gzip, or says nothing of encodings (RFC 9110 §12.5.3: then any is
+/// acceptable); `406` to one that refuses it.
+fn socket_io_client(request: &Request) -> Response {
+    let accepts_gzip = request.accept_encoding.as_deref().is_none_or(|codings| {
+        codings.split(',').any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            !refused && (name.eq_ignore_ascii_case("gzip") || name == "*")
+        })
+    });
+    if !accepts_gzip {
+        return text(
+            406,
+            "this file is served gzip-compressed: ask with Accept-Encoding: gzip\n",
+        );
+    }
+    answer_with(request, assets::socket_io_client())
+        .with("Content-Encoding", "gzip")
+        .with("Vary", "Accept-Encoding")
+}
+
+/// `asset`, or `304` when the request's `If-None-Match` holds its tag.
+fn answer_with(request: &Request, asset: Asset) -> Response {
     let current = request
         .if_none_match
         .as_deref()
@@ -695,6 +726,7 @@ mod tests {
             http11: true,
             host: None,
             if_none_match: None,
+            accept_encoding: None,
             authorization: authorization.map(str::to_owned),
             keep_alive: true,
             has_body: false,

@@ -84,8 +84,9 @@ impl Format {
         match self {
             Format::Json => Some(json::replay(json)),
             Format::Text => text::replay(json),
-            Format::SocketIo => Some(socketio::replay(json)),
-            Format::SocketIoTutorial => socketio::replay_tutorial(json),
+            // The tutorial's page had no history: a replay is for clients of the
+            // protocol's events.
+            Format::SocketIo | Format::SocketIoTutorial => Some(socketio::replay(json)),
         }
     }
 }

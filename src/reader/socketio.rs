@@ -212,16 +212,9 @@ impl Reading<'_> {
     fn chat(&mut self, packet: Whole) -> Result<(), Gone> {
         let namespace = packet.namespace.as_str();
         match packet.kind {
-            PacketType::Connect if namespace != MAIN_NAMESPACE => {
-                let refused = packet::encode(
-                    PacketType::ConnectError,
-                    namespace,
-                    0,
-                    None,
-                    r#"{"message":"Invalid namespace"}"#,
-                );
-                self.send(Message::text(refused))
-            }
+            PacketType::Connect if namespace != MAIN_NAMESPACE => self.send(Message::text(
+                packet::connect_error(namespace, "Invalid namespace"),
+            )),
             PacketType::Connect => self.arrive(packet.data.as_deref()),
             // Leaving the main namespace is leaving the chat.
             PacketType::Disconnect => Err(self.close(CloseCode::Normal, "", Disconnect::Closed)),
@@ -280,12 +273,9 @@ impl Reading<'_> {
         }
         if let Some(token) = &self.client.token_due {
             if !shows_token(auth, token) {
-                let refused = packet::encode(
-                    PacketType::ConnectError,
+                let refused = packet::connect_error(
                     MAIN_NAMESPACE,
-                    0,
-                    None,
-                    r#"{"message":"this chat needs its access token: auth: {token}"}"#,
+                    "this chat needs its access token: auth: {token}",
                 );
                 self.send(Message::text(refused))?;
                 return Err(self.close(CloseCode::Policy, "access token", Disconnect::Closed));
@@ -294,8 +284,7 @@ impl Reading<'_> {
         }
         let arrival = self.arrival.take().expect("checked above");
         self.session.join(MAIN_NAMESPACE);
-        let sid = serde_json::json!({ "sid": self.client.id.to_string() }).to_string();
-        let joined = packet::encode(PacketType::Connect, MAIN_NAMESPACE, 0, None, &sid);
+        let joined = packet::connected(MAIN_NAMESPACE, &self.client.id.to_string());
         self.send(Message::text(joined))?;
         self.hub
             .send(Event::Connect(arrival))

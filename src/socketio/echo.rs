@@ -87,9 +87,10 @@ pub fn answer(session: &mut Session, packet: Whole, sid: &str) -> (Vec<Message>,
 fn connect(session: &mut Session, packet: &Whole, sid: &str) -> (Vec<Message>, Option<Message>) {
     let namespace = packet.namespace.as_str();
     let refuse = |why: &str| {
-        let data = serde_json::json!({ "message": why }).to_string();
-        let refused = packet::encode(PacketType::ConnectError, namespace, 0, None, &data);
-        (vec![Message::text(refused)], None)
+        (
+            vec![Message::text(packet::connect_error(namespace, why))],
+            None,
+        )
     };
     if !NAMESPACES.contains(&namespace) {
         return refuse("Invalid namespace");
@@ -102,9 +103,8 @@ fn connect(session: &mut Session, packet: &Whole, sid: &str) -> (Vec<Message>, O
     } else {
         format!("{sid}{namespace}")
     };
-    let joined = serde_json::json!({ "sid": sid }).to_string();
     let auth = packet::event_payload("auth", [packet.data.as_deref().unwrap_or("{}")]);
-    let joined = packet::encode(PacketType::Connect, namespace, 0, None, &joined);
+    let joined = packet::connected(namespace, &sid);
     let auth = packet::encode(PacketType::Event, namespace, 0, None, &auth);
     (vec![Message::text(joined)], Some(Message::text(auth)))
 }

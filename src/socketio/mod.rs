@@ -44,7 +44,12 @@ impl Refusal {
             Refusal::BadRequest => (3, "Bad request"),
             Refusal::UnsupportedProtocolVersion => (5, "Unsupported protocol version"),
         };
-        serde_json::json!({ "code": code, "message": message }).to_string()
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            code: u8,
+            message: &'a str,
+        }
+        serde_json::to_string(&Body { code, message }).expect("plain data serialises")
     }
 }
 

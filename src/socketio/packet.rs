@@ -198,16 +198,29 @@ pub fn event_of(kind: PacketType, data: Option<&str>) -> Option<(EventName, Vec<
     if items.is_empty() {
         return None;
     }
-    let name = serde_json::from_str(items.remove(0).get()).ok()?;
+    let name = EventName::read(items.remove(0))?;
     Some((name, items))
 }
 
 /// An event's name: a string, or a number (socket.io-parser accepts both).
-#[derive(Debug, PartialEq, serde::Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, PartialEq)]
 pub enum EventName {
     Text(String),
-    Number(serde_json::Number),
+    Number,
+}
+
+impl EventName {
+    /// A JSON value as an event's name, if it is one.
+    fn read(value: &RawValue) -> Option<EventName> {
+        let text = value.get();
+        if text.starts_with('"') {
+            serde_json::from_str(text).ok().map(EventName::Text)
+        } else {
+            serde_json::from_str::<f64>(text)
+                .ok()
+                .map(|_| EventName::Number)
+        }
+    }
 }
 
 /// A number written in ASCII digits that fits JavaScript's safe integers, as an
@@ -234,10 +247,10 @@ fn check_payload(kind: PacketType, data: &str) -> Result<(), Malformed> {
             let first = serde_json::from_str::<Vec<&RawValue>>(text)
                 .ok()
                 .and_then(|items| items.first().copied());
-            match first.map(|f| serde_json::from_str::<EventName>(f.get())) {
-                Some(Ok(EventName::Text(name))) => !RESERVED_EVENTS.contains(&name.as_str()),
-                Some(Ok(EventName::Number(_))) => true,
-                _ => false,
+            match first.and_then(EventName::read) {
+                Some(EventName::Text(name)) => !RESERVED_EVENTS.contains(&name.as_str()),
+                Some(EventName::Number) => true,
+                None => false,
             }
         }
     };
@@ -284,6 +297,26 @@ pub fn event_payload<'s>(name: &str, args: impl IntoIterator<Item = &'s str>) ->
     payload
 }
 
+/// A CONNECT's answer: the namespace's socket id, as `40{"sid":"…"}` says it.
+pub fn connected(namespace: &str, sid: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Sid<'a> {
+        sid: &'a str,
+    }
+    let data = serde_json::to_string(&Sid { sid }).expect("a string serialises");
+    encode(PacketType::Connect, namespace, 0, None, &data)
+}
+
+/// A CONNECT refused, with why: `44{"message":"…"}`.
+pub fn connect_error(namespace: &str, message: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Refused<'a> {
+        message: &'a str,
+    }
+    let data = serde_json::to_string(&Refused { message }).expect("a string serialises");
+    encode(PacketType::ConnectError, namespace, 0, None, &data)
+}
+
 /// Arguments (each JSON already) as an ACK's payload: `[arg,…]`.
 pub fn ack_payload<'s>(args: impl IntoIterator<Item = &'s str>) -> String {
     let mut payload = String::from("[");
@@ -301,14 +334,17 @@ pub fn ack_payload<'s>(args: impl IntoIterator<Item = &'s str>) -> String {
 /// packet's `attachments` (socket.io-parser refuses a packet whose placeholders
 /// point past them).
 pub fn placeholders_fit(data: &str, attachments: usize) -> bool {
-    fn fits(value: &serde_json::Value, attachments: usize) -> bool {
+    use serde_json::Value;
+    fn fits(value: &Value, attachments: usize) -> bool {
         match value {
-            serde_json::Value::Object(map) if map.get("_placeholder") == Some(&true.into()) => map
-                .get("num")
-                .and_then(serde_json::Value::as_u64)
-                .is_some_and(|n| n < attachments as u64),
-            serde_json::Value::Object(map) => map.values().all(|v| fits(v, attachments)),
-            serde_json::Value::Array(items) => items.iter().all(|v| fits(v, attachments)),
+            Value::Object(map)
+                if map.get("_placeholder").and_then(Value::as_bool) == Some(true) =>
+            {
+                let num = map.get("num").and_then(Value::as_u64);
+                num.is_some_and(|n| n < attachments as u64)
+            }
+            Value::Object(map) => map.values().all(|v| fits(v, attachments)),
+            Value::Array(items) => items.iter().all(|v| fits(v, attachments)),
             _ => true,
         }
     }

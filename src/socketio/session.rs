@@ -126,14 +126,23 @@ impl Session {
 
     /// The Engine.IO open packet's text: the session's id and its times.
     pub fn open_packet(&self, sid: &str) -> String {
-        serde_json::json!({
-            "sid": sid,
-            "upgrades": [],
-            "pingInterval": self.timing.ping_interval.as_millis() as u64,
-            "pingTimeout": self.timing.ping_timeout.as_millis() as u64,
-            "maxPayload": self.max_payload,
-        })
-        .to_string()
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Open<'a> {
+            sid: &'a str,
+            upgrades: [&'a str; 0],
+            ping_interval: u64,
+            ping_timeout: u64,
+            max_payload: usize,
+        }
+        let open = Open {
+            sid,
+            upgrades: [],
+            ping_interval: self.timing.ping_interval.as_millis() as u64,
+            ping_timeout: self.timing.ping_timeout.as_millis() as u64,
+            max_payload: self.max_payload,
+        };
+        serde_json::to_string(&open).expect("plain data serialises")
     }
 
     /// When the reader must next look at the clock, whatever it reads meanwhile.

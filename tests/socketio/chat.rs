@@ -192,7 +192,8 @@ fn the_client_library_is_served_beside_any_page() {
         Server::start(&["--www", www.to_str().unwrap()]),
     ] {
         for path in ["/socket.io/socket.io.js", "/socket.io/socket.io.min.js"] {
-            let response = http_get(server.http, path);
+            let response =
+                http_get_with(server.http, path, &["Accept-Encoding: gzip, deflate, br"]);
             assert_eq!(response.status, 200, "{path}");
             assert!(
                 response
@@ -200,7 +201,8 @@ fn the_client_library_is_served_beside_any_page() {
                     .unwrap()
                     .contains("javascript")
             );
-            let body = String::from_utf8_lossy(&response.body);
+            assert_eq!(response.header("content-encoding").as_deref(), Some("gzip"));
+            let body = gunzip(&response.body);
             assert!(
                 body.starts_with("/*!\n * Socket.IO v4.8.4"),
                 "the official client"
@@ -210,8 +212,30 @@ fn the_client_library_is_served_beside_any_page() {
                 "WebSocket by default"
             );
         }
+        // Without Accept-Encoding any coding will do; refused, gzip is not sent.
+        assert_eq!(http_get(server.http, "/socket.io/socket.io.js").status, 200);
+        let refused = http_get_with(
+            server.http,
+            "/socket.io/socket.io.js",
+            &["Accept-Encoding: identity, gzip;q=0"],
+        );
+        assert_eq!(refused.status, 406);
     }
     std::fs::remove_dir_all(&www).unwrap();
+}
+
+/// `bytes` decompressed by gzip.
+fn gunzip(bytes: &[u8]) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut gzip = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    gzip.stdin.take().unwrap().write_all(bytes).unwrap();
+    String::from_utf8(gzip.wait_with_output().unwrap().stdout).expect("JavaScript is UTF-8")
 }
 
 #[test]
