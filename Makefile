@@ -55,21 +55,29 @@ socketio-suite: build
 
 ## The load generator against the optimised server: chat, fanout, saturate, rooms
 ## (50 rooms of 20), idle, storm, footprint, the naive example's rows beside them,
-## chat, fanout, saturate and idle again over wss, and saturate and rooms through
-## clusters of 2 and 3 nodes (needs redis-server), every delivery checked (about
+## chat, fanout, saturate and idle again over wss, saturate and rooms through
+## clusters of 2 and 3 nodes (needs redis-server), and chat and saturate with
+## Socket.IO clients beside socket.io 4 on Node, every delivery checked (about
 ## five minutes; not part of `make test`).
-bench: release
+bench: release bench/socketio-anchor/node_modules
 	$(CARGO) build --release -p threadchat-loadgen
 	$(CARGO) build --release --example naive
 	target/release/loadgen --server target/release/threadchat --naive target/release/examples/naive \
-		--tls-scenarios chat,fanout,saturate,idle --cluster-scenarios saturate,rooms
+		--tls-scenarios chat,fanout,saturate,idle --cluster-scenarios saturate,rooms \
+		--socketio-scenarios chat,saturate --socketio-anchor bench/socketio-anchor/anchor
+
+## socket.io 4 on Node, the bench's anchor for the (socket.io) rows (needs node and npm).
+bench/socketio-anchor/node_modules: bench/socketio-anchor/package.json bench/socketio-anchor/package-lock.json
+	cd bench/socketio-anchor && $(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 ## The same with small numbers, a few seconds, so the bench code cannot rot.
 bench-quick: build
 	$(CARGO) build -p threadchat-loadgen
 	$(CARGO) build --example naive
 	target/debug/loadgen --quick --server target/debug/threadchat --naive target/debug/examples/naive \
-		--tls-scenarios saturate,idle --cluster-scenarios saturate --cluster-nodes 2
+		--tls-scenarios saturate,idle --cluster-scenarios saturate --cluster-nodes 2 \
+		--socketio-scenarios saturate
 
 ## Coverage-guided fuzzing of the protocol parser and the path resolver, each for
 ## FUZZ_SECONDS (default 60). Needs `cargo install cargo-fuzz`. cargo-fuzz wants
@@ -137,4 +145,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(E2E)/node_modules
+	rm -rf $(E2E)/node_modules bench/socketio-anchor/node_modules

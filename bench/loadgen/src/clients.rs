@@ -21,8 +21,60 @@ pub(crate) struct Seen {
     pub(crate) foreign: u64,
 }
 
+/// What the clients speak: the protocol's JSON frames on `/`, or the same frames
+/// as Socket.IO events on `/socket.io/` (Engine.IO's framing: `42["type",{…}]`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Json,
+    SocketIo,
+}
+
+/// What one text frame from the server is, to a client.
+pub(crate) enum Heard {
+    /// A frame of the protocol, as JSON.
+    Frame(serde_json::Value),
+    /// Engine.IO's ping: the client must answer `3`.
+    Ping,
+    /// Anything else.
+    Other,
+}
+
+impl Dialect {
+    /// Where a client of this dialect connects.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Dialect::Json => "/",
+            Dialect::SocketIo => "/socket.io/?EIO=4&transport=websocket",
+        }
+    }
+
+    /// A client frame of `kind` with `fields` (a JSON object without `type`).
+    pub(crate) fn frame(self, kind: &str, fields: &str) -> String {
+        match self {
+            Dialect::Json if fields == "{}" => format!(r#"{{"type":"{kind}"}}"#),
+            Dialect::Json => format!(r#"{{"type":"{kind}",{}"#, &fields[1..]),
+            Dialect::SocketIo => format!(r#"42["{kind}",{fields}]"#),
+        }
+    }
+
+    /// Reads a text frame from the server.
+    pub(crate) fn hear(self, text: &str) -> Heard {
+        let value = match self {
+            Dialect::Json => serde_json::from_str(text).ok(),
+            Dialect::SocketIo if text == "2" => return Heard::Ping,
+            Dialect::SocketIo => text
+                .strip_prefix("42")
+                .and_then(|event| serde_json::from_str::<serde_json::Value>(event).ok())
+                .map(|mut event| event[1].take()),
+        };
+        value.map_or(Heard::Other, Heard::Frame)
+    }
+}
+
 /// Shared between the scenario and every reader.
 pub(crate) struct Shared {
+    /// What the clients speak.
+    pub(crate) dialect: Dialect,
     pub(crate) senders: usize,
     /// 0: everyone stays in the lobby. Else client `i` (sender `i` too, as senders
     /// are the first clients) is in room `i % rooms`.
@@ -67,11 +119,25 @@ pub(crate) fn connect(
     tls: Option<&Tls>,
 ) -> std::io::Result<Client> {
     let stream = Wire::connect(server, tls)?;
-    let url = format!("{}://localhost:{}/", stream.scheme(), server.port());
+    let dialect = shared.dialect;
+    let url = format!(
+        "{}://localhost:{}{}",
+        stream.scheme(),
+        server.port(),
+        dialect.path()
+    );
     let (mut ws, _) = tungstenite::client(url, stream.try_clone()?)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if dialect == Dialect::SocketIo {
+        // The open packet, then joining the main namespace: the chat's welcome
+        // follows, read like any frame.
+        ws.read()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        ws.send(Message::text("40"))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
     let room = match shared.room_of(index) {
-        Some(room) => Some(join(&mut ws, stream.tcp(), &room_name(room))?),
+        Some(room) => Some(join(&mut ws, stream.tcp(), &room_name(room), dialect)?),
         None => None,
     };
     let shared = Arc::clone(shared);
@@ -91,17 +157,18 @@ pub(crate) fn join(
     ws: &mut WebSocket<Wire>,
     stream: &TcpStream,
     room: &str,
+    dialect: Dialect,
 ) -> std::io::Result<(String, u64)> {
     let fail = |e: String| std::io::Error::other(format!("join {room}: {e}"));
     stream.set_read_timeout(Some(JOIN_PATIENCE))?;
-    let frame = serde_json::json!({ "type": "join", "room": room }).to_string();
-    ws.send(Message::text(frame))
+    let fields = serde_json::json!({ "room": room }).to_string();
+    ws.send(Message::text(dialect.frame("join", &fields)))
         .map_err(|e| fail(e.to_string()))?;
     let count = loop {
         let Message::Text(text) = ws.read().map_err(|e| fail(e.to_string()))? else {
             continue;
         };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+        let Heard::Frame(value) = dialect.hear(&text) else {
             continue;
         };
         match value["type"].as_str() {
@@ -147,8 +214,14 @@ pub(crate) fn read_all(
         let Message::Text(text) = message else {
             continue;
         };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
+        let value = match shared.dialect.hear(&text) {
+            Heard::Frame(value) => value,
+            Heard::Ping => {
+                // Written whole by one `write`, as the sender's frames are.
+                let _ = ws.send(Message::text("3"));
+                continue;
+            }
+            Heard::Other => continue,
         };
         match value["type"].as_str() {
             Some("notification") | Some("welcome") if mine(&value) => {
@@ -230,10 +303,20 @@ pub(crate) fn client_frame(payload: &str) -> Vec<u8> {
     out
 }
 
-pub(crate) fn chat_message(sender: usize, seq: u64, size: usize) -> String {
+/// Sender `sender`'s message `seq` of about `size` bytes, in `dialect`.
+pub(crate) fn chat_message(sender: usize, seq: u64, size: usize, dialect: Dialect) -> String {
     let head = format!("{sender}:{seq}:{}:", since_start());
     let text = format!("{head}{}", "x".repeat(size.saturating_sub(head.len())));
-    serde_json::json!({ "name": format!("s{sender}"), "msg": text }).to_string()
+    match dialect {
+        // The tutorial's frame, which has no `type`.
+        Dialect::Json => {
+            serde_json::json!({ "name": format!("s{sender}"), "msg": text }).to_string()
+        }
+        Dialect::SocketIo => {
+            let fields = serde_json::json!({ "name": format!("s{sender}"), "msg": text });
+            dialect.frame("message", &fields.to_string())
+        }
+    }
 }
 
 // --- scenarios ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ pub(crate) enum Drive {
     Window(usize),
 }
 
+#[derive(Clone, Copy)]
 pub(crate) struct Load {
     /// Every client, in all rooms.
     pub(crate) clients: usize,
@@ -22,6 +23,8 @@ pub(crate) struct Load {
     pub(crate) warmup: Duration,
     pub(crate) duration: Duration,
     pub(crate) size: usize,
+    /// What the clients speak.
+    pub(crate) dialect: Dialect,
 }
 
 pub(crate) struct Outcome {
@@ -186,6 +189,7 @@ fn shared_for(load: &Load, members: usize, echoes: Vec<Sender<()>>) -> Arc<Share
             .collect()
     };
     Arc::new(Shared {
+        dialect: load.dialect,
         senders: load.senders,
         rooms: load.rooms,
         measured_from: unmeasured(),
@@ -308,7 +312,7 @@ pub(crate) fn send_loop(
             first_measured = Some(seq);
         }
         if socket
-            .write_all(&client_frame(&chat_message(me, seq, size)))
+            .write_all(&client_frame(&chat_message(me, seq, size, shared.dialect)))
             .is_err()
         {
             break;
@@ -383,6 +387,7 @@ pub(crate) fn run_idle(binary: &str, n: usize, tls: Option<&Arc<Tls>>) -> Idle {
     let server = Server::start(binary, true, tls.map(|t| &**t), None);
     let (echo_tx, _echo_rx) = bounded(1);
     let shared = Arc::new(Shared {
+        dialect: Dialect::Json,
         senders: 1,
         rooms: 0,
         measured_from: vec![AtomicU64::new(u64::MAX)],

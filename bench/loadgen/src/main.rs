@@ -106,6 +106,15 @@ struct Cli {
     /// The cluster sizes of those rows.
     #[arg(long, value_delimiter = ',', default_value = "2,3")]
     cluster_nodes: Vec<usize>,
+    /// These load scenarios again with Socket.IO clients (`/socket.io/`, the
+    /// protocol's frames as events), as `(socket.io)` rows, checked the same way.
+    #[arg(long, value_delimiter = ',')]
+    socketio_scenarios: Vec<String>,
+    /// socket.io 4 on Node (`bench/socketio-anchor/anchor`): the `(socket.io)`
+    /// scenarios run against it too, each as a `(socket.io 4 on Node)` row after
+    /// threadchat's; its deliveries are checked and shown, never failed.
+    #[arg(long)]
+    socketio_anchor: Option<String>,
 }
 
 /// The scenarios `--naive` repeats against the naive server.
@@ -292,6 +301,17 @@ fn main() {
             tally.naive_rows
         );
     }
+    if tally.anchor_rows > 0 {
+        println!();
+        println!(
+            "(socket.io 4 on Node): {}, the server the socket.io tutorial used, same \
+             load over WebSocket; shown, never failed: {} of {} delivered everything \
+             once, in one order",
+            cli.socketio_anchor.as_deref().unwrap_or(""),
+            tally.anchor_rows - tally.anchor_bad,
+            tally.anchor_rows
+        );
+    }
     if let Some(table) = footprint {
         println!();
         print!("{table}");
@@ -300,6 +320,7 @@ fn main() {
     let chosen = |list: &[String]| list.iter().filter(|s| cli.scenarios.contains(s)).count();
     let rows = cli.scenarios.len()
         + chosen(&cli.tls_scenarios)
+        + chosen(&cli.socketio_scenarios)
         + chosen(&cli.cluster_scenarios) * cli.cluster_nodes.len();
     println!("{} passed, {} failed", rows - tally.bad, tally.bad);
     if tally.bad > 0 {
@@ -317,6 +338,8 @@ struct Tally {
     bad: usize,
     naive_rows: usize,
     naive_bad: usize,
+    anchor_rows: usize,
+    anchor_bad: usize,
 }
 
 /// The load of scenario `name` (small with `--quick`), or `None` for a name that
@@ -332,6 +355,7 @@ fn load_of(name: &str, quick: bool) -> Option<Load> {
         warmup: secs(2, 1),
         duration: secs(10, 2),
         size: 64,
+        dialect: Dialect::Json,
     };
     Some(match name {
         "chat" => load(pick(100, 20), pick(10, 4), 0, Drive::Rate(20.0)),
@@ -364,6 +388,24 @@ fn load_rows(
     for (tls, suffix) in variants {
         let outcome = run_load(&cli.server, true, load, *tls, 0);
         tally.bad += usize::from(print_load_row(&format!("{label}{suffix}"), &outcome, true));
+    }
+    if cli.socketio_scenarios.iter().any(|s| s == name) {
+        let socket_io = Load {
+            dialect: Dialect::SocketIo,
+            ..*load
+        };
+        let outcome = run_load(&cli.server, true, &socket_io, None, 0);
+        tally.bad += usize::from(print_load_row(
+            &format!("{label} (socket.io)"),
+            &outcome,
+            true,
+        ));
+        if let Some(anchor) = &cli.socketio_anchor {
+            let outcome = run_load(anchor, false, &socket_io, None, 0);
+            tally.anchor_rows += 1;
+            let row = format!("{label} (socket.io 4 on Node)");
+            tally.anchor_bad += usize::from(print_load_row(&row, &outcome, false));
+        }
     }
     if cli.cluster_scenarios.iter().any(|s| s == name) {
         for &nodes in &cli.cluster_nodes {
