@@ -380,3 +380,45 @@ fn the_page_and_per_host_limits_hold_over_tls_too() {
         String::from_utf8_lossy(&answer[..answer.len().min(80)])
     );
 }
+
+#[test]
+fn socket_io_clients_chat_over_wss_on_both_ports() {
+    let cert = TestCert::new("socketio");
+    let server = start(&cert, &[]);
+    let path = "/socket.io/?EIO=4&transport=websocket";
+    // On the page port, the connection is handed over with its TLS session.
+    let mut json = cert.join(&server);
+    let mut clients: Vec<Client> = [server.http, server.ws]
+        .iter()
+        .map(|addr| {
+            let url = format!("wss://localhost:{}{path}", addr.port());
+            let mut client = cert.connect(&url).expect("a wss handshake");
+            let Message::Text(open) = client.recv() else {
+                panic!("an open packet");
+            };
+            assert!(open.starts_with(r#"0{"sid":"#), "{open}");
+            client.send_text("40");
+            assert!(socket_io_text(&mut client).starts_with(r#"40{"sid":"#));
+            client
+        })
+        .collect();
+    clients[0].send_text(r#"42["message",{"name":"sio","msg":"over wss"}]"#);
+    assert_eq!(json.recv_type("message")["msg"], "over wss");
+    for client in &mut clients {
+        let heard = loop {
+            let text = socket_io_text(client);
+            if text.starts_with(r#"42["message","#) {
+                break text;
+            }
+        };
+        assert!(heard.contains(r#""msg":"over wss""#), "{heard}");
+    }
+}
+
+/// The next text frame of a Socket.IO client.
+fn socket_io_text(client: &mut Client) -> String {
+    match client.recv() {
+        Message::Text(text) => text.to_string(),
+        other => panic!("expected a packet, got {other:?}"),
+    }
+}
