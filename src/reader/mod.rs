@@ -16,6 +16,9 @@
 //! a pong, so a reader that has seen nothing for two intervals (`SO_RCVTIMEO` on
 //! this socket) is talking to a peer that is gone. No thread polls for that: the
 //! blocked `read` itself times out.
+//!
+//! A Socket.IO client's reader runs the same way with Engine.IO's framing and
+//! heartbeat between the WebSocket and the chat: its loop is in `socketio.rs`.
 
 mod socketio;
 
@@ -530,17 +533,7 @@ pub fn serve(
         outbox.finish();
         return;
     }
-    let arrival = Arrival {
-        id: client.id,
-        outbox: Arc::clone(&outbox),
-        endpoint: client.endpoint,
-        format: client.format,
-        name: client.name.clone().unwrap_or_default(),
-        room: client.room.take(),
-        protocol: client.protocol,
-        address: client.address,
-        allowance: client.allowance.clone(),
-    };
+    let arrival = arrival_of(&mut client, &outbox);
     // A Socket.IO chat client arrives when it joins the main namespace: before,
     // the hub's frames would have no namespace to go to.
     let arrival = match (client.format, client.endpoint) {
@@ -579,7 +572,27 @@ pub fn serve(
     // What the outbox saw (a slow consumer, a failed write) is why the read ended.
     let reason = outbox.failure().map_or(seen, Disconnect::from);
     stats.count_disconnect(reason);
-    // A flood of short-lived clients must not become a flood of lines.
+    log_disconnect(client.id, reason);
+}
+
+/// What the hub is told of `client` when it arrives.
+fn arrival_of(client: &mut Client, outbox: &Arc<Outbox>) -> Arrival {
+    Arrival {
+        id: client.id,
+        outbox: Arc::clone(outbox),
+        endpoint: client.endpoint,
+        format: client.format,
+        name: client.name.clone().unwrap_or_default(),
+        room: client.room.take(),
+        protocol: client.protocol,
+        address: client.address,
+        allowance: client.allowance.clone(),
+    }
+}
+
+/// Says why a client left; a flood of short-lived clients must not become a
+/// flood of lines.
+fn log_disconnect(id: ClientId, reason: Disconnect) {
     let kind = match reason {
         Disconnect::Flooding => Noisy::Flooding,
         Disconnect::TooBig | Disconnect::InvalidUtf8 | Disconnect::ProtocolError => {
@@ -587,7 +600,7 @@ pub fn serve(
         }
         _ => Noisy::Left,
     };
-    limited!(kind, "client {} disconnected: {reason}", client.id);
+    limited!(kind, "client {id} disconnected: {reason}");
 }
 
 /// The read loop. Returns why the client is gone.
@@ -825,20 +838,7 @@ fn act_on(
                 except_sender,
             })
         }
-        Incoming::Hello { name } => {
-            client.name = Some(name.clone());
-            let answer = answer_in(&Outgoing::Hello { id, name: &name }, client.format, ack);
-            if hub
-                .send(Event::Hello {
-                    id,
-                    name: name.clone(),
-                })
-                .is_err()
-            {
-                return Ok(Handled::HubGone);
-            }
-            return Ok(Handled::Reply(answer));
-        }
+        Incoming::Hello { name } => return hello(client, name, hub, ack),
         Incoming::Join { room, since, epoch } => Event::Join(Join {
             id,
             room,
@@ -871,11 +871,32 @@ fn act_on(
         }),
         None => event,
     };
-    Ok(if hub.send(event).is_ok() {
-        Handled::Sent
-    } else {
-        Handled::HubGone
+    Ok(sent(hub, event))
+}
+
+/// `hello`: the reader keeps the name for messages without one, the hub learns
+/// it, and the reader answers.
+fn hello(
+    client: &mut Client,
+    name: String,
+    hub: &Sender<Event>,
+    ack: Option<u64>,
+) -> Result<Handled, InputError> {
+    let id = client.id;
+    client.name = Some(name.clone());
+    let answer = answer_in(&Outgoing::Hello { id, name: &name }, client.format, ack);
+    Ok(match sent(hub, Event::Hello { id, name }) {
+        Handled::Sent => Handled::Reply(answer),
+        gone => gone,
     })
+}
+
+/// Hands `event` to the hub.
+fn sent(hub: &Sender<Event>, event: Event) -> Handled {
+    match hub.send(event) {
+        Ok(()) => Handled::Sent,
+        Err(_) => Handled::HubGone,
+    }
 }
 
 fn error_frame(e: &InputError, format: Format) -> Message {

@@ -259,10 +259,7 @@ impl Reading<'_> {
             id: self.client.id,
             name,
         };
-        Ok(match self.hub.send(login) {
-            Ok(()) => Handled::Sent,
-            Err(_) => Handled::HubGone,
-        })
+        Ok(super::sent(self.hub, login))
     }
 
     /// Joins the main namespace with `auth`: its answer first, then the hub's

@@ -287,14 +287,9 @@ pub fn encode(
 /// An event with its arguments (each JSON already) as a packet's payload:
 /// `["name",arg,…]`.
 pub fn event_payload<'s>(name: &str, args: impl IntoIterator<Item = &'s str>) -> String {
-    let mut payload = String::from("[");
-    payload.push_str(&serde_json::to_string(name).expect("a string serialises"));
-    for arg in args {
-        payload.push(',');
-        payload.push_str(arg);
-    }
-    payload.push(']');
-    payload
+    let name = serde_json::to_string(name).expect("a string serialises");
+    let args: Vec<&str> = args.into_iter().collect();
+    array(std::iter::once(name.as_str()).chain(args))
 }
 
 /// A CONNECT's answer: the namespace's socket id, as `40{"sid":"…"}` says it.
@@ -319,15 +314,20 @@ pub fn connect_error(namespace: &str, message: &str) -> String {
 
 /// Arguments (each JSON already) as an ACK's payload: `[arg,…]`.
 pub fn ack_payload<'s>(args: impl IntoIterator<Item = &'s str>) -> String {
-    let mut payload = String::from("[");
-    for (i, arg) in args.into_iter().enumerate() {
+    array(args)
+}
+
+/// JSON texts as the JSON array of them.
+fn array<'s>(items: impl IntoIterator<Item = &'s str>) -> String {
+    let mut text = String::from("[");
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
-            payload.push(',');
+            text.push(',');
         }
-        payload.push_str(arg);
+        text.push_str(item);
     }
-    payload.push(']');
-    payload
+    text.push(']');
+    text
 }
 
 /// Whether every `{"_placeholder":true,"num":n}` in `data` names one of the
