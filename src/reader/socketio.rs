@@ -131,13 +131,10 @@ struct Reading<'a> {
     arrival: &'a mut Option<Arrival>,
 }
 
-/// How a packet ends the connection.
-type Gone = Disconnect;
-
 impl Reading<'_> {
     /// Acts on one frame; `Some` with why the client is gone if it ended the
     /// connection.
-    fn one(&mut self, message: Message) -> Option<Gone> {
+    fn one(&mut self, message: Message) -> Option<Disconnect> {
         match admitted(self.client, self.outbox, self.limits, &message) {
             Ok(true) => {}
             Ok(false) => return None,
@@ -179,20 +176,20 @@ impl Reading<'_> {
     }
 
     /// Closes with `code` and waits for the answering Close.
-    fn close(&mut self, code: CloseCode, reason: &str, why: Disconnect) -> Gone {
+    fn close(&mut self, code: CloseCode, reason: &str, why: Disconnect) -> Disconnect {
         close_with(self.client, self.outbox, code, reason);
         await_close(self.client);
         why
     }
 
     /// Sends the reader's own frame.
-    fn send(&mut self, reply: Message) -> Result<(), Gone> {
+    fn send(&mut self, reply: Message) -> Result<(), Disconnect> {
         send_reply(self.client, self.limits, reply)
             .map_err(|e| end_after_error(self.client, self.outbox, e))
     }
 
     /// The conformance fixture's answer.
-    fn echo(&mut self, packet: Whole) -> Result<(), Gone> {
+    fn echo(&mut self, packet: Whole) -> Result<(), Disconnect> {
         let sid = self.client.id.to_string();
         let (now, later) = echo::answer(self.session, packet, &sid);
         for reply in now {
@@ -209,7 +206,7 @@ impl Reading<'_> {
 
     /// A chat client's packet: joining and leaving the main namespace, and its
     /// events as frames of the protocol.
-    fn chat(&mut self, packet: Whole) -> Result<(), Gone> {
+    fn chat(&mut self, packet: Whole) -> Result<(), Disconnect> {
         let namespace = packet.namespace.as_str();
         match packet.kind {
             PacketType::Connect if namespace != MAIN_NAMESPACE => self.send(Message::text(
@@ -226,7 +223,7 @@ impl Reading<'_> {
 
     /// An event: a frame of the protocol, or one of the socket.io tutorial's chat
     /// page's own.
-    fn event(&mut self, data: Option<&str>, ack: Option<u64>) -> Result<(), Gone> {
+    fn event(&mut self, data: Option<&str>, ack: Option<u64>) -> Result<(), Disconnect> {
         let answer = match read_event(data) {
             Ok(Emitted::Frame(frame)) => handle(self.client, &frame, self.hub, ack),
             Ok(Emitted::Login(hello)) => self.login(&hello),
@@ -264,7 +261,7 @@ impl Reading<'_> {
 
     /// Joins the main namespace with `auth`: its answer first, then the hub's
     /// `welcome`. With `--token`, `auth` must hold it if the handshake did not.
-    fn arrive(&mut self, auth: Option<&str>) -> Result<(), Gone> {
+    fn arrive(&mut self, auth: Option<&str>) -> Result<(), Disconnect> {
         if self.arrival.is_none() {
             return Ok(()); // joined already
         }
