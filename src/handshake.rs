@@ -24,6 +24,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -77,6 +78,10 @@ pub struct WsSettings {
     pub reader: ReaderSettings,
     /// Every address's budget, carried across its connections.
     pub budgets: Arc<Budgets>,
+    /// The next chat id: the chat port's count, shared with the page port (the
+    /// connections it hands over) and the readers (a Socket.IO connection's other
+    /// namespaces).
+    pub client_ids: Arc<AtomicU64>,
 }
 
 /// What the handshake callback found out, for the reader.
@@ -171,6 +176,7 @@ fn serve_from(
         id: protocol::ClientId(id),
         endpoint: admission.endpoint,
         token_due: admission.token_due,
+        ids: Arc::clone(&settings.client_ids),
         socket,
         ws,
     };

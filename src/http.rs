@@ -48,7 +48,7 @@ use std::borrow::Cow;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
@@ -109,16 +109,11 @@ pub struct Site {
     pub timeout: Duration,
     /// `--tls-cert`/`--tls-key`: the page is https.
     pub tls: Option<Arc<ServerConfig>>,
-    /// Where Socket.IO's upgrades go.
-    pub chat: Chat,
-}
-
-/// The chat, for the Socket.IO clients that connect to the page's origin: a
-/// `/socket.io/` upgrade is handed over, socket and all, to the chat's handshake
-/// ([`crate::handshake::take_over`]), with a chat id from the chat port's count.
-pub struct Chat {
-    pub ws: Arc<WsSettings>,
-    pub client_ids: Arc<AtomicU64>,
+    /// The chat, for the Socket.IO clients that connect to the page's origin: a
+    /// `/socket.io/` upgrade is handed over, socket and all, to the chat's
+    /// handshake ([`crate::handshake::take_over`]), with a chat id from the chat
+    /// port's count.
+    pub chat: Arc<WsSettings>,
 }
 
 /// A page connection's socket, with its TLS connection under https. One thread
@@ -267,7 +262,7 @@ pub fn serve(conn: Connection, site: &Site) {
                 tls: stream.tls,
                 head,
             };
-            return handshake::take_over(conn, handover, &site.chat.ws, &site.hub);
+            return handshake::take_over(conn, handover, &site.chat, &site.hub);
         }
         let mut response = respond_to(&request, site, peer);
         response.close |= !request.keep_alive || request.has_body;

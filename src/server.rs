@@ -122,12 +122,11 @@ pub fn run(
         &places,
         &stats,
         &server_names,
+        first_client_id,
     )?);
     // Read once (`--token-file` may change or go), for both ports alike.
     let access_token = ws.access_token.clone();
-    // Chat ids, shared with the page port for the Socket.IO clients it hands over.
-    let client_ids = Arc::new(AtomicU64::new(first_client_id));
-    let chat_port = start_chat_port(listeners.ws, &ws, &places, &hub_tx, &client_ids)?;
+    let chat_port = start_chat_port(listeners.ws, &ws, &places, &hub_tx)?;
 
     log::info!("page: {page}");
     let site = http::Site {
@@ -140,7 +139,7 @@ pub fn run(
         tls: tls.clone(),
         server_names: server_names.clone(),
         timeout: config.http_timeout(),
-        chat: http::Chat { ws, client_ids },
+        chat: ws,
     };
     let page_port = match start_page_port(listeners.http, site, &places) {
         Ok(acceptor) => acceptor,
@@ -276,6 +275,7 @@ fn ws_settings(
     places: &Arc<Places>,
     stats: &Arc<Stats>,
     server_names: &ServerNames,
+    first_client_id: u64,
 ) -> Result<WsSettings, String> {
     Ok(WsSettings {
         handshake_timeout: config.handshake_timeout(),
@@ -302,6 +302,9 @@ fn ws_settings(
             bytes_in: config.host_bytes_in,
             bytes_out: config.host_bytes_out,
         }),
+        // Chat ids: the chat port's, the page port's for the Socket.IO clients it
+        // hands over, and a Socket.IO connection's for its other namespaces.
+        client_ids: Arc::new(AtomicU64::new(first_client_id)),
     })
 }
 
@@ -311,7 +314,6 @@ fn start_chat_port(
     ws: &Arc<WsSettings>,
     places: &Arc<Places>,
     hub: &Sender<Event>,
-    client_ids: &Arc<AtomicU64>,
 ) -> std::io::Result<Acceptor> {
     let (ws, hub) = (Arc::clone(ws), hub.clone());
     let door = Door {
@@ -319,7 +321,7 @@ fn start_chat_port(
         prefix: "client",
         kind: Kind::Handshake,
         places: Arc::clone(places),
-        ids: Arc::clone(client_ids),
+        ids: Arc::clone(&ws.client_ids),
     };
     accept::spawn(listener, door, move |conn| {
         handshake::serve(conn, &ws, &hub)

@@ -48,45 +48,48 @@ impl Format {
         matches!(self, Format::SocketIo | Format::SocketIoTutorial)
     }
 
-    /// `frame`'s text in this format.
-    pub fn spell(self, frame: &Outgoing<'_>) -> String {
+    /// `frame`'s text in this format, for a client in `room` (whose name says a
+    /// Socket.IO client's namespace).
+    pub fn spell(self, frame: &Outgoing<'_>, room: &str) -> String {
         match self {
             Format::Json => json::spell(frame),
             Format::Text => text::spell(frame),
-            Format::SocketIo => socketio::spell(frame),
-            Format::SocketIoTutorial => socketio::spell_tutorial(frame),
+            Format::SocketIo => socketio::spell(frame, room),
+            Format::SocketIoTutorial => socketio::spell_tutorial(frame, room),
         }
     }
 
     /// `frame` as one WebSocket text frame in this format, ready to send.
-    pub fn frame(self, frame: &Outgoing<'_>) -> Vec<u8> {
-        frame::text(&self.spell(frame))
+    pub fn frame(self, frame: &Outgoing<'_>, room: &str) -> Vec<u8> {
+        frame::text(&self.spell(frame, room))
     }
 
     /// `frame`'s text as the answer to a request: the acknowledgement a
     /// Socket.IO client asked for with `ack`, else the frame as always.
-    pub fn spell_answer(self, frame: &Outgoing<'_>, ack: Option<u64>) -> String {
+    pub fn spell_answer(self, frame: &Outgoing<'_>, ack: Option<u64>, room: &str) -> String {
         match (self, ack) {
-            (Format::SocketIo | Format::SocketIoTutorial, Some(ack)) => socketio::ack(frame, ack),
-            _ => self.spell(frame),
+            (Format::SocketIo | Format::SocketIoTutorial, Some(ack)) => {
+                socketio::ack(frame, ack, room)
+            }
+            _ => self.spell(frame, room),
         }
     }
 
     /// [`Format::spell_answer`] as one WebSocket text frame, ready to send.
-    pub fn answer(self, frame: &Outgoing<'_>, ack: Option<u64>) -> Vec<u8> {
-        frame::text(&self.spell_answer(frame, ack))
+    pub fn answer(self, frame: &Outgoing<'_>, ack: Option<u64>, room: &str) -> Vec<u8> {
+        frame::text(&self.spell_answer(frame, ack, room))
     }
 
     /// A room's history entry (a message frame's JSON, as the history keeps it)
     /// as this format replays it to a client joining: marked as history in JSON
     /// (and in Socket.IO's event), a person's line in text. `None` for an entry that cannot be read back.
-    pub fn replay(self, json: &str) -> Option<String> {
+    pub fn replay(self, json: &str, room: &str) -> Option<String> {
         match self {
             Format::Json => Some(json::replay(json)),
             Format::Text => text::replay(json),
             // The tutorial's page had no history: a replay is for clients of the
             // protocol's events.
-            Format::SocketIo | Format::SocketIoTutorial => Some(socketio::replay(json)),
+            Format::SocketIo | Format::SocketIoTutorial => socketio::replay(json, room),
         }
     }
 }

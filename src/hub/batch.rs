@@ -102,7 +102,7 @@ impl Batch {
     pub(super) fn push(&mut self, json: &str, frame: &Outgoing<'_>, room: &str) -> Span {
         self.write_presence(room);
         let start = self.ends();
-        self.append(json, frame);
+        self.append(json, frame, room);
         let end = self.ends();
         PerFormat::from_fn(|format| start[format]..end[format])
     }
@@ -124,7 +124,7 @@ impl Batch {
         PerFormat::from_fn(|format| self.buffers[format].len())
     }
 
-    fn append(&mut self, json: &str, frame: &Outgoing<'_>) {
+    fn append(&mut self, json: &str, frame: &Outgoing<'_>, room: &str) {
         for format in Format::ALL {
             if !self.wanted[format] {
                 continue;
@@ -132,7 +132,7 @@ impl Batch {
             let buffer = &mut self.buffers[format];
             match format {
                 Format::Json => frame::append_text(buffer, json),
-                other => frame::append_text(buffer, &other.spell(frame)),
+                other => frame::append_text(buffer, &other.spell(frame, room)),
             }
         }
         self.frames += 1;
@@ -156,7 +156,7 @@ impl Batch {
             id: run.single.as_ref().map(|single| single.id),
             name: run.single.as_ref().map(|single| single.name.as_str()),
         };
-        self.append(&note.to_json(), &note);
+        self.append(&note.to_json(), &note, room);
     }
 }
 

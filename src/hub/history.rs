@@ -163,9 +163,10 @@ pub(super) fn replay_into<'a>(
     prefix: &mut Vec<u8>,
     entries: impl Iterator<Item = &'a String>,
     format: Format,
+    room: &str,
 ) {
     for json in entries {
-        if let Some(replayed) = format.replay(json) {
+        if let Some(replayed) = format.replay(json, room) {
             frame::append_text(prefix, &replayed);
         }
     }

@@ -55,7 +55,7 @@ impl Hub {
     /// `frame` as acknowledgement `ack` to client `id`, paid for by its address.
     fn reply_ack(&mut self, id: ClientId, frame: &Outgoing<'_>, ack: u64) {
         if let Some(client) = self.clients.get(&id) {
-            let bytes = client.format.answer(frame, Some(ack));
+            let bytes = client.format.answer(frame, Some(ack), &client.room);
             client.charge(bytes.len());
             self.turn.reply(id, bytes);
         }
@@ -139,10 +139,10 @@ impl Hub {
         };
         let to_target = (self.clients.get(&to))
             .filter(|_| to != from)
-            .map(|target| target.format.frame(&frame(false)));
+            .map(|target| target.format.frame(&frame(false), &target.room));
         let ack = self.ack_for(from);
         let sender = self.clients.get(&from);
-        let to_sender = sender.map(|sender| sender.format.answer(&frame(true), ack));
+        let to_sender = sender.map(|sender| sender.format.answer(&frame(true), ack, &sender.room));
         // The sender's address pays for both copies (when it is on this node).
         if let Some(sender) = sender {
             let copies =
@@ -206,7 +206,7 @@ impl Hub {
     fn reply_frame(&mut self, id: ClientId, frame: &Outgoing<'_>) {
         let ack = self.ack_for(id);
         if let Some(client) = self.clients.get(&id) {
-            let bytes = client.format.answer(frame, ack);
+            let bytes = client.format.answer(frame, ack, &client.room);
             client.charge(bytes.len());
             self.turn.reply(id, bytes);
         }

@@ -170,9 +170,9 @@ impl Hub {
             room: Some(&client.room),
             epoch: Some(epoch),
         };
-        let mut prefix = client.format.frame(&welcome);
+        let mut prefix = client.format.frame(&welcome, &client.room);
         let (_, history) = target.history.after(None, None, epoch);
-        replay_into(&mut prefix, history, client.format);
+        replay_into(&mut prefix, history, client.format, &client.room);
         // Its welcome and history, and its join's notification to everyone there.
         let announced = presence_cost(target, &client.room, &client.name, id);
         client.charge(prefix.len() + announced);
@@ -268,8 +268,8 @@ impl Hub {
             count: target.members.len() + usize::from(!staying) + elsewhere,
             gap,
         };
-        let mut prefix = client.format.answer(&joined, ack);
-        replay_into(&mut prefix, history, client.format);
+        let mut prefix = client.format.answer(&joined, ack, room);
+        replay_into(&mut prefix, history, client.format, room);
         self.turn.bytes += prefix.len();
         let announced = if staying {
             0
@@ -410,7 +410,9 @@ impl Hub {
         rooms.sort_by(|a, b| (a.room != LOBBY, a.room).cmp(&(b.room != LOBBY, b.room)));
         let more = rooms.len().saturating_sub(LIST_MOST);
         rooms.truncate(LIST_MOST);
-        let bytes = client.format.answer(&Outgoing::Rooms { rooms, more }, ack);
+        let bytes = client
+            .format
+            .answer(&Outgoing::Rooms { rooms, more }, ack, &client.room);
         client.charge(bytes.len());
         self.turn.reply(id, bytes);
     }
@@ -437,7 +439,7 @@ impl Hub {
             members: here.chain(there).take(LIST_MOST).collect(),
             more: all.saturating_sub(LIST_MOST),
         };
-        let bytes = client.format.answer(&frame, ack);
+        let bytes = client.format.answer(&frame, ack, &client.room);
         client.charge(bytes.len());
         self.turn.reply(id, bytes);
     }

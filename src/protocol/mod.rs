@@ -166,6 +166,9 @@ pub enum InputError {
     Binary,
     /// A Socket.IO event whose arguments are not one object of a frame's fields.
     EventArguments,
+    /// An event in a Socket.IO namespace other than `/` that is not the rooms
+    /// page's `chat message`.
+    NamespaceEvent,
     /// More frames than the connection's rate allows.
     TooFast {
         /// Frames a second.
@@ -260,6 +263,10 @@ impl std::fmt::Display for InputError {
                 f,
                 "an event has one argument, an object of its frame's fields: \
                  emit(\"join\", {{room: \"games\"}})"
+            ),
+            InputError::NamespaceEvent => write!(
+                f,
+                "in a namespace other than /, the chat takes \"chat message\" with {{name, room, msg}}"
             ),
             InputError::Missing(field) => write!(f, "{field} is missing"),
             InputError::WrongType(field, kind) => write!(f, "{field} must be {kind}"),

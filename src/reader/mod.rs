@@ -26,6 +26,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -309,6 +310,9 @@ pub struct Client {
     /// The access token a Socket.IO client did not show in its handshake: it
     /// must, as `auth: {token}`, to join the chat.
     pub token_due: Option<String>,
+    /// Where chat ids come from: a Socket.IO connection's other namespaces each
+    /// take one.
+    pub ids: Arc<AtomicU64>,
     /// The socket; the outbox has the same one, to write.
     pub socket: Arc<TcpStream>,
     pub ws: WebSocket<ClientStream>,
@@ -903,14 +907,15 @@ fn error_frame(e: &InputError, format: Format) -> Message {
     frame_in(&Outgoing::Error { msg: e.to_string() }, format)
 }
 
-/// A frame of the reader's own, in the client's format.
+/// A frame of the reader's own, in the client's format (a Socket.IO client's
+/// main namespace: the reader answers only there).
 fn frame_in(frame: &Outgoing<'_>, format: Format) -> Message {
-    Message::text(format.spell(frame))
+    Message::text(format.spell(frame, protocol::LOBBY))
 }
 
 /// The reader's own answer to a request, as acknowledgement `ack` if awaited.
 fn answer_in(frame: &Outgoing<'_>, format: Format, ack: Option<u64>) -> Message {
-    Message::text(format.spell_answer(frame, ack))
+    Message::text(format.spell_answer(frame, ack, protocol::LOBBY))
 }
 
 /// Decides how to end after `read` or `send` failed, closing with the right code

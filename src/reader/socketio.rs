@@ -14,6 +14,8 @@
 //! (its answer, `40`, goes first), and every event it emits is read as the JSON
 //! frame of that `type` (`emit("join", {room})` is `{"type":"join","room":…}`).
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -22,13 +24,14 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::{
-    Client, Handled, Limits, Outbox, admitted, answer_in, await_close, close_with, end_after_error,
-    handle, next_message, send_reply,
+    Client, Handled, Limits, Outbox, admitted, await_close, close_with, end_after_error, handle,
+    next_message, send_reply,
 };
-use crate::event::{Arrival, Endpoint, Event};
+use crate::event::{Arrival, Endpoint, Event, Join, Said};
 use crate::format::Format;
 use crate::logging::{Noisy, limited};
-use crate::protocol::{self, Incoming, InputError, Outgoing};
+use crate::protocol::{self, ChatMessage, ClientId, Incoming, InputError, LOBBY, Outgoing};
+use crate::socketio;
 use crate::socketio::echo::{self, FIXTURE, FIXTURE_MAX_PAYLOAD};
 use crate::socketio::packet::{self, EventName, MAIN_NAMESPACE, PacketType};
 use crate::socketio::session::{Due, Received, Session, Timing, Whole};
@@ -75,7 +78,7 @@ pub(super) struct Opened {
 pub(super) fn read_until_closed(
     client: &mut Client,
     opened: Opened,
-    outbox: &Outbox,
+    outbox: &Arc<Outbox>,
     hub: &Sender<Event>,
     limits: &mut Limits,
     idle: Duration,
@@ -87,6 +90,10 @@ pub(super) fn read_until_closed(
     else {
         return Disconnect::Failed;
     };
+    let mut others = OtherNamespaces {
+        hub,
+        sockets: Vec::new(),
+    };
     let mut timeout = idle;
     loop {
         match next_message(client, limits, session.wake_at(), &mut timeout) {
@@ -95,6 +102,7 @@ pub(super) fn read_until_closed(
                     client: &mut *client,
                     session: &mut session,
                     outbox,
+                    others: &mut others,
                     limits: &mut *limits,
                     hub,
                     arrival: &mut arrival,
@@ -122,16 +130,17 @@ pub(super) fn read_until_closed(
 }
 
 /// Everything one frame may touch.
-struct Reading<'a> {
+struct Reading<'a, 'h> {
     client: &'a mut Client,
     session: &'a mut Session,
-    outbox: &'a Outbox,
+    outbox: &'a Arc<Outbox>,
+    others: &'a mut OtherNamespaces<'h>,
     limits: &'a mut Limits,
     hub: &'a Sender<Event>,
     arrival: &'a mut Option<Arrival>,
 }
 
-impl Reading<'_> {
+impl Reading<'_, '_> {
     /// Acts on one frame; `Some` with why the client is gone if it ended the
     /// connection.
     fn one(&mut self, message: Message) -> Option<Disconnect> {
@@ -209,16 +218,128 @@ impl Reading<'_> {
     fn chat(&mut self, packet: Whole) -> Result<(), Disconnect> {
         let namespace = packet.namespace.as_str();
         match packet.kind {
-            PacketType::Connect if namespace != MAIN_NAMESPACE => self.send(Message::text(
-                packet::connect_error(namespace, "Invalid namespace"),
-            )),
+            PacketType::Connect if namespace != MAIN_NAMESPACE => {
+                self.join_namespace(namespace, packet.data.as_deref())
+            }
             PacketType::Connect => self.arrive(packet.data.as_deref()),
+            PacketType::Disconnect if namespace != MAIN_NAMESPACE => {
+                self.leave_namespace(namespace);
+                Ok(())
+            }
             // Leaving the main namespace is leaving the chat.
             PacketType::Disconnect => Err(self.close(CloseCode::Normal, "", Disconnect::Closed)),
+            PacketType::Event if namespace != MAIN_NAMESPACE => {
+                self.namespace_event(namespace, packet.data.as_deref())
+            }
             PacketType::Event => self.event(packet.data.as_deref(), packet.ack),
-            PacketType::BinaryEvent => self.send(error_answer(&InputError::Binary, packet.ack)),
+            PacketType::BinaryEvent => {
+                let refused = error_answer(&InputError::Binary, packet.ack, namespace);
+                self.send(refused)
+            }
             PacketType::Ack | PacketType::BinaryAck | PacketType::ConnectError => Ok(()),
         }
+    }
+
+    /// With `--token`, a connection that did not show it in its handshake shows it
+    /// when it first joins a namespace, or is refused and closed.
+    fn check_token(&mut self, namespace: &str, auth: Option<&str>) -> Result<(), Disconnect> {
+        let Some(token) = &self.client.token_due else {
+            return Ok(());
+        };
+        if shows_token(auth, token) {
+            self.client.token_due = None;
+            return Ok(());
+        }
+        let why = "this chat needs its access token: auth: {token}";
+        self.send(Message::text(packet::connect_error(namespace, why)))?;
+        Err(self.close(CloseCode::Policy, "access token", Disconnect::Closed))
+    }
+
+    /// Joins another namespace: a chat client of its own in the hub, with an id
+    /// of its own, sharing this connection's outbox, in the namespace's lobby.
+    fn join_namespace(&mut self, namespace: &str, auth: Option<&str>) -> Result<(), Disconnect> {
+        let refuse = |why: &str| Message::text(packet::connect_error(namespace, why));
+        if !valid_namespace(namespace) {
+            return self.send(refuse("Invalid namespace"));
+        }
+        if let Some(socket) = self.others.get(namespace) {
+            let joined = packet::connected(namespace, &socket.id.to_string());
+            return self.send(Message::text(joined));
+        }
+        if !self.session.join(namespace) {
+            return self.send(refuse("Too many namespaces"));
+        }
+        self.check_token(namespace, auth)?;
+        let id = ClientId(self.client.ids.fetch_add(1, Ordering::Relaxed));
+        let lobby = socketio::room_in(namespace, LOBBY);
+        let arrival = Arrival {
+            id,
+            room: Some(lobby.clone()),
+            name: String::new(),
+            ..super::arrival_of(self.client, self.outbox)
+        };
+        self.send(Message::text(packet::connected(namespace, &id.to_string())))?;
+        self.others.sockets.push(NamespaceSocket {
+            namespace: namespace.to_owned(),
+            id,
+            room: lobby,
+        });
+        self.hub
+            .send(Event::Connect(arrival))
+            .map_err(|_| Disconnect::ServerStopping)
+    }
+
+    /// Leaves another namespace: its socket leaves the hub.
+    fn leave_namespace(&mut self, namespace: &str) {
+        self.session.leave(namespace);
+        if let Some(at) = self
+            .others
+            .sockets
+            .iter()
+            .position(|s| s.namespace == namespace)
+        {
+            let socket = self.others.sockets.remove(at);
+            let _ = self.hub.send(Event::Leave { id: socket.id });
+        }
+    }
+
+    /// An event in another namespace: the socket.io tutorial's rooms page's
+    /// `chat message` {name, room, msg}, which joins `room` of the namespace and
+    /// says `msg` there, to everyone in it, the sender included.
+    fn namespace_event(&mut self, namespace: &str, data: Option<&str>) -> Result<(), Disconnect> {
+        let said = match read_rooms_page_message(data) {
+            Ok(said) => said,
+            Err(e) => return self.send(error_answer(&e, None, namespace)),
+        };
+        let socket = self
+            .others
+            .get_mut(namespace)
+            .expect("a joined namespace has its socket");
+        let (id, room) = (socket.id, socketio::room_in(namespace, &said.room));
+        let mut events = Vec::with_capacity(2);
+        if socket.room != room {
+            socket.room = room.clone();
+            events.push(Event::Join(Join {
+                id,
+                room,
+                since: None,
+                epoch: None,
+            }));
+        }
+        events.push(Event::Message(Said {
+            from: id,
+            message: ChatMessage {
+                name: said.name,
+                msg: said.msg,
+            },
+            except_sender: false,
+        }));
+        for event in events {
+            self.hub
+                .send(event)
+                .map_err(|_| Disconnect::ServerStopping)?;
+        }
+        Ok(())
     }
 
     /// An event: a frame of the protocol, or one of the socket.io tutorial's chat
@@ -241,7 +362,7 @@ impl Reading<'_> {
             Ok(Handled::Sent) => Ok(()),
             Ok(Handled::Reply(reply)) => self.send(reply),
             Ok(Handled::HubGone) => Err(Disconnect::ServerStopping),
-            Err(e) => self.send(error_answer(&e, ack)),
+            Err(e) => self.send(error_answer(&e, ack, MAIN_NAMESPACE)),
         }
     }
 
@@ -265,17 +386,7 @@ impl Reading<'_> {
         if self.arrival.is_none() {
             return Ok(()); // joined already
         }
-        if let Some(token) = &self.client.token_due {
-            if !shows_token(auth, token) {
-                let refused = packet::connect_error(
-                    MAIN_NAMESPACE,
-                    "this chat needs its access token: auth: {token}",
-                );
-                self.send(Message::text(refused))?;
-                return Err(self.close(CloseCode::Policy, "access token", Disconnect::Closed));
-            }
-            self.client.token_due = None;
-        }
+        self.check_token(MAIN_NAMESPACE, auth)?;
         let arrival = self.arrival.take().expect("checked above");
         self.session.join(MAIN_NAMESPACE);
         let joined = packet::connected(MAIN_NAMESPACE, &self.client.id.to_string());
@@ -296,13 +407,84 @@ fn shows_token(auth: Option<&str>, token: &str) -> bool {
         .is_some_and(|auth| crate::same_secret(token.as_bytes(), auth.token.as_bytes()))
 }
 
-/// An error frame, as the acknowledgement `ack` if the request awaits one.
-fn error_answer(e: &InputError, ack: Option<u64>) -> Message {
-    answer_in(
-        &Outgoing::Error { msg: e.to_string() },
-        Format::SocketIo,
-        ack,
-    )
+/// An error frame in `namespace`, as the acknowledgement `ack` if the request
+/// awaits one.
+fn error_answer(e: &InputError, ack: Option<u64>, namespace: &str) -> Message {
+    let error = Outgoing::Error { msg: e.to_string() };
+    let room = match namespace {
+        MAIN_NAMESPACE => LOBBY.to_owned(),
+        other => socketio::room_in(other, LOBBY),
+    };
+    Message::text(Format::SocketIo.spell_answer(&error, ack, &room))
+}
+
+/// Whether `namespace` may be joined: `/` and up to 32 letters, digits, `-` or
+/// `_`, as a room's name.
+fn valid_namespace(namespace: &str) -> bool {
+    namespace
+        .strip_prefix('/')
+        .is_some_and(|name| protocol::check_room(name.to_owned()).is_ok())
+}
+
+/// The rooms page's `chat message` {name, room, msg}, checked as a message and
+/// a room are.
+fn read_rooms_page_message(data: Option<&str>) -> Result<RoomsPageMessage, InputError> {
+    let Some((EventName::Text(name), args)) = packet::event_of(PacketType::Event, data) else {
+        return Err(InputError::UnknownType);
+    };
+    let [arg] = args.as_slice() else {
+        return Err(InputError::EventArguments);
+    };
+    if name != "chat message" {
+        return Err(InputError::NamespaceEvent);
+    }
+    let said: RoomsPageMessage =
+        serde_json::from_str(arg.get()).map_err(|_| InputError::NamespaceEvent)?;
+    protocol::check_message(&said.name, &said.msg)?;
+    let room = protocol::check_room(said.room)?;
+    Ok(RoomsPageMessage { room, ..said })
+}
+
+/// What the rooms page sends.
+#[derive(serde::Deserialize)]
+struct RoomsPageMessage {
+    name: String,
+    room: String,
+    msg: String,
+}
+
+/// A socket of this connection in a namespace other than `/`: a chat client of
+/// its own in the hub, sharing the connection's outbox, in the namespace's rooms.
+struct NamespaceSocket {
+    namespace: String,
+    id: ClientId,
+    /// The hub's name of the room it is in.
+    room: String,
+}
+
+/// The connection's sockets in other namespaces. Each leaves the hub when the
+/// connection ends, however it ends.
+struct OtherNamespaces<'a> {
+    hub: &'a Sender<Event>,
+    sockets: Vec<NamespaceSocket>,
+}
+
+impl OtherNamespaces<'_> {
+    fn get(&self, namespace: &str) -> Option<&NamespaceSocket> {
+        self.sockets.iter().find(|s| s.namespace == namespace)
+    }
+
+    fn get_mut(&mut self, namespace: &str) -> Option<&mut NamespaceSocket> {
+        self.sockets.iter_mut().find(|s| s.namespace == namespace)
+    }
+}
+
+impl Drop for OtherNamespaces<'_> {
+    fn drop(&mut self) {
+        for socket in &self.sockets {
+            let _ = self.hub.send(Event::Leave { id: socket.id });
+        }
+    }
 }
 
 /// What an event asks for.

@@ -18,6 +18,22 @@ pub mod echo;
 pub mod packet;
 pub mod session;
 
+/// The hub's name for `room` of `namespace` (other than the main one): its rooms
+/// never mix with the main namespace's, whose names cannot hold `/` or `#`, nor
+/// with another's.
+pub fn room_in(namespace: &str, room: &str) -> String {
+    format!("{namespace}#{room}")
+}
+
+/// The namespace a room of the hub's belongs to: `/` for every room but those of
+/// [`room_in`].
+pub fn namespace_of(room: &str) -> &str {
+    match room.split_once('#') {
+        Some((namespace, _)) if namespace.starts_with('/') => namespace,
+        _ => packet::MAIN_NAMESPACE,
+    }
+}
+
 /// The path socket.io's clients use unless told otherwise.
 pub const PATH: &str = "/socket.io/";
 

@@ -184,3 +184,44 @@ test("the tutorial's chat page: two people log in and chat, and nobody gets thei
     await stopServer(at);
   }
 });
+
+test("the tutorial's rooms page: a message reaches its room, the sender included, and no other", async () => {
+  // The page names its server: http://localhost:3000/chat.
+  const page = join(ROOT, 'tests/e2e/socketio-tutorial/rooms');
+  const at = await startServer({ httpPort: 3000, args: ['--www', page] });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  try {
+    const open = async (name, room) => {
+      const context = await browser.newContext();
+      await context.route(/^https?:\/\/(?!127\.0\.0\.1|localhost)/, (route) => {
+        const local = CDN[route.request().url()];
+        return local ? route.fulfill({ path: local }) : route.abort();
+      });
+      const tab = await context.newPage();
+      tab.setDefaultTimeout(PATIENCE_MS);
+      await tab.goto('http://localhost:3000/');
+      await tab.fill('#name', name);
+      await tab.fill('#room', room);
+      return tab;
+    };
+    const say = async (tab, msg) => {
+      await tab.fill('#msg', msg);
+      await tab.click('button[type=submit]');
+      await tab.locator('#chat li', { hasText: msg }).waitFor(); // its own comes back
+    };
+    const ann = await open('ann', 'room1');
+    const bob = await open('bob', 'room2');
+    const cat = await open('cat', 'room1');
+    await say(cat, 'cat joins room1');
+    await say(bob, 'bob in room2');
+    await say(ann, 'hello room1');
+    await cat.locator('#chat li', { hasText: 'hello room1' }).waitFor();
+    await say(bob, 'bob again');
+    // bob heard his own two, in order, and nothing of room1's.
+    assert.deepEqual(await bob.locator('#chat li').allTextContents(), ['bob in room2', 'bob again']);
+    assert.deepEqual(await cat.locator('#chat li').allTextContents(), ['cat joins room1', 'hello room1']);
+  } finally {
+    await browser.close();
+    await stopServer(at);
+  }
+});

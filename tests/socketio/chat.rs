@@ -170,14 +170,17 @@ fn leaving_the_main_namespace_leaves_the_chat() {
 }
 
 #[test]
-fn other_namespaces_are_refused_and_the_main_one_goes_on() {
+fn a_namespace_that_is_not_a_name_is_refused_and_the_main_one_goes_on() {
     let server = Server::start(&[]);
     let (mut sio, _) = join_chat(&server.ws_url(PATH));
-    sio.send_text("40/admin,");
+    sio.send_text("40/no such thing!,");
     let refused = std::iter::repeat_with(|| packet(&mut sio))
         .find(|p| !p.starts_with("42"))
         .unwrap();
-    assert_eq!(refused, r#"44/admin,{"message":"Invalid namespace"}"#);
+    assert_eq!(
+        refused,
+        r#"44/no such thing!,{"message":"Invalid namespace"}"#
+    );
     sio.send_text(r#"42["ping"]"#);
     assert_eq!(event(&mut sio).0, "pong");
 }
@@ -318,6 +321,75 @@ fn packet_named(client: &mut Client, name: &str) -> String {
             || (!name.is_empty() && text.starts_with(&prefix))
         {
             return text;
+        }
+    }
+}
+
+#[test]
+fn a_namespace_is_a_group_of_rooms_of_its_own() {
+    let server = Server::start(&[]);
+    // The tutorial's rooms page: `/chat` and `/news` on one connection, `chat
+    // message` {name, room, msg} to a room of `/chat`, the sender included.
+    let join_rooms_page = |server: &Server| {
+        let (mut client, _) = open(server);
+        client.send_text("40/chat,");
+        client.send_text("40/news,");
+        let mut joined = vec![packet(&mut client), packet(&mut client)];
+        joined.sort();
+        assert!(joined[0].starts_with(r#"40/chat,{"sid":""#), "{joined:?}");
+        assert!(joined[1].starts_with(r#"40/news,{"sid":""#), "{joined:?}");
+        client
+    };
+    let mut a = join_rooms_page(&server);
+    let mut b = join_rooms_page(&server);
+    let mut c = join_rooms_page(&server);
+    let mut json = Client::join(&server);
+    let said = |name: &str, room: &str, msg: &str| {
+        format!(r#"42/chat,["chat message",{{"name":"{name}","room":"{room}","msg":"{msg}"}}]"#)
+    };
+    b.send_text(&said("b", "room2", "to room2"));
+    assert_eq!(chat_message(&mut b), "to room2");
+    c.send_text(&said("c", "room1", "c is here"));
+    assert_eq!(chat_message(&mut c), "c is here");
+    a.send_text(&said("a", "room1", "to room1"));
+    assert_eq!(chat_message(&mut a), "to room1");
+    assert_eq!(chat_message(&mut c), "to room1");
+    // b's room is another: the next it hears is its own.
+    b.send_text(&said("b", "room2", "still room2"));
+    assert_eq!(chat_message(&mut b), "still room2");
+    // The main namespace's rooms never mix with a namespace's.
+    json.send_text(r#"{"type":"join","room":"room1"}"#);
+    json.recv_type("joined");
+    json.send_chat("jay", "main room1");
+    assert_eq!(json.recv_type("message")["msg"], "main room1");
+    a.send_text(&said("a", "room1", "only /chat"));
+    assert_eq!(chat_message(&mut a), "only /chat");
+    // Other events, and unknown names, get an error in the namespace.
+    a.send_text(r#"42/chat,["join",{"room":"x"}]"#);
+    let error = loop {
+        let text = packet(&mut a);
+        if let Some(rest) = text.strip_prefix(r#"42/chat,["error","#) {
+            break rest.to_owned();
+        }
+    };
+    assert!(error.contains("chat message"), "{error}");
+    a.send_text("40/not a namespace,");
+    assert!(
+        std::iter::repeat_with(|| packet(&mut a))
+            .any(|p| p == r#"44/not a namespace,{"message":"Invalid namespace"}"#)
+    );
+    // Leaving `/chat` leaves its room.
+    c.send_text("41/chat,");
+    a.send_text(&said("a", "room1", "after c left"));
+    assert_eq!(chat_message(&mut a), "after c left");
+}
+
+/// The text of the next `chat message` in `/chat`.
+fn chat_message(client: &mut Client) -> String {
+    loop {
+        let text = packet(client);
+        if let Some(rest) = text.strip_prefix(r#"42/chat,["chat message","#) {
+            return serde_json::from_str(&rest[..rest.len() - 1]).unwrap();
         }
     }
 }
