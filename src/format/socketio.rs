@@ -101,16 +101,21 @@ mod tests {
         assert!(spell(&Outgoing::Pong, LOBBY).starts_with(r#"42["pong","#));
     }
 
-    #[test]
-    fn the_tutorial_page_reads_chat_and_login_events() {
-        let message = Outgoing::Message {
+    /// Message 3 from client 7, `xyz`, saying `hi` in `room`.
+    fn message_in(room: &str) -> Outgoing<'_> {
+        Outgoing::Message {
             id: 3,
             ts: 1,
             from: ClientId(7),
             name: "xyz",
             msg: "hi",
-            room: Some("lobby"),
-        };
+            room: Some(room),
+        }
+    }
+
+    #[test]
+    fn the_tutorial_page_reads_chat_and_login_events() {
+        let message = message_in("lobby");
         assert_eq!(
             spell_tutorial(&message, LOBBY),
             r#"42["chat",{"from":{"name":"xyz","userid":7},"msg":"hi"}]"#
@@ -151,14 +156,7 @@ mod tests {
 
     #[test]
     fn in_another_namespace_a_message_is_its_chat_message() {
-        let message = Outgoing::Message {
-            id: 3,
-            ts: 1,
-            from: ClientId(7),
-            name: "xyz",
-            msg: "hi",
-            room: Some("/chat#r1"),
-        };
+        let message = message_in("/chat#r1");
         assert_eq!(
             spell(&message, "/chat#r1"),
             r#"42/chat,["chat message","hi"]"#
