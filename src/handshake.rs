@@ -201,7 +201,8 @@ fn upgrade(
     handover: Option<Handover>,
     settings: &WsSettings,
 ) -> Option<(WebSocket<ClientStream>, Admission)> {
-    let echo = settings.echo && handover.is_none();
+    let handed_over = handover.is_some();
+    let echo = settings.echo && !handed_over;
     let (tls, head) = match handover {
         Some(Handover { tls, head }) => (tls, head),
         None => (
@@ -209,7 +210,11 @@ fn upgrade(
             Vec::new(),
         ),
     };
-    let handshake_stream = ClientStream::for_handshake(Arc::clone(socket), deadline, tls, head);
+    let mut handshake_stream = ClientStream::for_handshake(Arc::clone(socket), deadline, tls, head);
+    // The page port answers its own requests that are not upgrades.
+    if !handed_over {
+        refuse_long_polling(id, peer, &mut handshake_stream, socket, settings)?;
+    }
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_SIZE)
         .write_buffer_size(0)
@@ -284,28 +289,164 @@ fn handshake_failed<C: Callback>(
             timed_out(id, peer, stats)
         }
         HandshakeError::Failure(tungstenite::Error::Http(response)) => {
-            // Counted when refused. The refusal's text may quote the request (a
-            // Host, a room name).
-            limited!(
-                Noisy::refused(response.status().as_u16()),
-                "client {id} from {peer}: refused with {}: {}",
-                response.status(),
-                Quoting(
-                    String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
-                        .trim_end()
-                )
-            );
+            // Counted when refused.
+            log_refusal(id, peer, response.status(), response.body().as_deref());
         }
-        HandshakeError::Failure(e) => {
-            stats.count_handshake(HandshakeEnd::Failed);
-            // tungstenite's errors can quote the request.
-            limited!(
-                Noisy::HandshakeFailed,
-                "client {id} from {peer}: handshake failed: {}",
-                Untrusted(&e)
+        HandshakeError::Failure(e) => failed(id, peer, &e, stats),
+    }
+}
+
+/// Logs a refusal the client has been told of. Its text may quote the request (a
+/// Host, a room name).
+fn log_refusal(id: u64, peer: IpAddr, status: StatusCode, body: Option<&[u8]>) {
+    limited!(
+        Noisy::refused(status.as_u16()),
+        "client {id} from {peer}: refused with {status}: {}",
+        Quoting(String::from_utf8_lossy(body.unwrap_or_default()).trim_end())
+    );
+}
+
+fn failed(id: u64, peer: IpAddr, error: &dyn std::fmt::Display, stats: &Stats) {
+    stats.count_handshake(HandshakeEnd::Failed);
+    // tungstenite's errors can quote the request.
+    limited!(
+        Noisy::HandshakeFailed,
+        "client {id} from {peer}: handshake failed: {}",
+        Untrusted(error)
+    );
+}
+
+/// The most of a request head read to find a long-polling request: Engine.IO's
+/// clients send short ones, and a longer head is left to tungstenite.
+const POLLING_HEAD: usize = 4096;
+
+/// Socket.IO's clients first try HTTP long-polling unless told otherwise, with
+/// a request to `/socket.io/` that is not an upgrade. tungstenite drops those
+/// without a word, so the head's first bytes are read here: such a request gets
+/// Engine.IO's own 400 ("Transport unknown"), which tells its client what to
+/// change; any other is given back to the stream for the handshake to read
+/// (`None` when the connection is over, counted and logged here).
+///
+/// A request whose first line is not for `/socket.io/` costs one read, which
+/// tungstenite would have made anyway.
+fn refuse_long_polling(
+    id: u64,
+    peer: IpAddr,
+    stream: &mut ClientStream,
+    socket: &std::net::TcpStream,
+    settings: &WsSettings,
+) -> Option<()> {
+    let head = match read_polling_head(stream) {
+        Ok(PollingHead::Refused(response)) => {
+            settings.stats.count_handshake(HandshakeEnd::Refused);
+            log_refusal(
+                id,
+                peer,
+                response.status(),
+                response.body().as_deref().map(str::as_bytes),
             );
+            if let Err(e) = write_response(stream, &response) {
+                log::debug!("client {id} from {peer}: refusal not sent: {e}");
+            }
+            let _ = socket.shutdown(std::net::Shutdown::Write);
+            return None;
+        }
+        Ok(PollingHead::Other(head)) => head,
+        Err(e) if crate::is_timeout(&e) => {
+            timed_out(id, peer, &settings.stats);
+            return None;
+        }
+        Err(e) => {
+            failed(id, peer, &e, &settings.stats);
+            return None;
+        }
+    };
+    stream.read_again(head);
+    Some(())
+}
+
+/// What the first bytes of a chat-port request turned out to be.
+enum PollingHead {
+    /// A `/socket.io/` request that is not an upgrade, and its answer.
+    Refused(ErrorResponse),
+    /// Anything else: the bytes read, for the handshake.
+    Other(Vec<u8>),
+}
+
+fn read_polling_head(stream: &mut ClientStream) -> std::io::Result<PollingHead> {
+    use std::io::Read;
+    let mut head = vec![0; POLLING_HEAD];
+    let mut filled = 0;
+    loop {
+        let n = match stream.read(&mut head[filled..]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read?,
+        };
+        filled += n;
+        let seen = &head[..filled];
+        if n == 0 || filled == POLLING_HEAD || !may_be_socket_io(seen) {
+            break;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(seen) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(_)) if !is_upgrade(request.headers) => {
+                let query = request.path.and_then(|p| p.split_once('?'));
+                let query = query.map_or("", |(_, query)| query);
+                let why = socketio::refusal(query, false).unwrap_or(socketio::Refusal::BadRequest);
+                return Ok(PollingHead::Refused(engineio_refusal(why)));
+            }
+            // An upgrade, or not HTTP: tungstenite answers it.
+            Ok(httparse::Status::Complete(_)) | Err(_) => break,
         }
     }
+    head.truncate(filled);
+    Ok(PollingHead::Other(head))
+}
+
+/// Whether the request's first line, as far as it has come, may be for
+/// `/socket.io/` (whatever the method).
+fn may_be_socket_io(seen: &[u8]) -> bool {
+    let Some(space) = seen.iter().position(|&b| b == b' ') else {
+        return seen.len() < 16; // no method is longer
+    };
+    let target = &seen[space + 1..];
+    let path = socketio::PATH.as_bytes();
+    let n = target.len().min(path.len());
+    target[..n] == path[..n]
+}
+
+/// Whether a head asks for a WebSocket upgrade, as tungstenite decides it.
+fn is_upgrade(headers: &[httparse::Header]) -> bool {
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value))
+    };
+    let connection_upgrade = value("connection").is_some_and(|v| {
+        v.split([' ', ','])
+            .any(|token| token.eq_ignore_ascii_case("upgrade"))
+    });
+    connection_upgrade && value("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Writes a refusal as tungstenite would have.
+fn write_response(
+    stream: &mut impl std::io::Write,
+    response: &ErrorResponse,
+) -> std::io::Result<()> {
+    let mut text = format!("HTTP/1.1 {}\r\n", response.status());
+    for (name, value) in response.headers() {
+        text.push_str(name.as_str());
+        text.push_str(": ");
+        text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        text.push_str("\r\n");
+    }
+    text.push_str("\r\n");
+    text.push_str(response.body().as_deref().unwrap_or_default());
+    stream.write_all(text.as_bytes())
 }
 
 fn timed_out(id: u64, peer: IpAddr, stats: &Stats) {

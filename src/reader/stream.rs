@@ -85,6 +85,17 @@ impl ClientStream {
         }
     }
 
+    /// Gives bytes read back to the handshake, which reads them first.
+    pub fn read_again(&mut self, bytes: Vec<u8>) {
+        if let Stage::Handshake { head, .. } = &mut self.stage {
+            debug_assert!(
+                head.is_empty(),
+                "bytes given back before the last were read"
+            );
+            *head = bytes;
+        }
+    }
+
     /// The handshake is done: from now on write through `outbox`, which owns the
     /// TLS connection if `tls`.
     pub(super) fn attach(&mut self, outbox: Arc<Outbox>, tls: bool) {

@@ -234,24 +234,37 @@ fn the_client_closing_the_engine_io_session_is_answered_with_a_close() {
 fn long_polling_and_other_versions_get_engine_io_s_own_refusals() {
     let server = fixture();
     let transport_unknown = r#"{"code":0,"message":"Transport unknown"}"#;
-    let response = http_get(server.http, "/socket.io/?EIO=4&transport=polling");
-    assert_eq!(response.status, 400);
-    assert_eq!(
-        response.header("content-type").as_deref(),
-        Some("application/json")
-    );
-    assert_eq!(String::from_utf8_lossy(&response.body), transport_unknown);
-    let post = http_raw(
-        server.http,
-        "POST /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\n1",
-    );
-    assert_eq!(
-        (
-            post.status,
-            String::from_utf8_lossy(&post.body).into_owned()
-        ),
-        (400, transport_unknown.into())
-    );
+    // Long-polling, on either port (the chat port reads the head before
+    // tungstenite, which would drop the request unanswered).
+    for port in [server.http, server.ws] {
+        let response = http_get(port, "/socket.io/?EIO=4&transport=polling");
+        assert_eq!(response.status, 400);
+        assert_eq!(
+            response.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(String::from_utf8_lossy(&response.body), transport_unknown);
+        let post = http_raw(
+            port,
+            "POST /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\n1",
+        );
+        assert_eq!(
+            (
+                post.status,
+                String::from_utf8_lossy(&post.body).into_owned()
+            ),
+            (400, transport_unknown.into())
+        );
+        // A GET for the WebSocket transport that is no upgrade.
+        let plain = http_get(port, "/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(
+            (
+                plain.status,
+                String::from_utf8_lossy(&plain.body).into_owned()
+            ),
+            (400, r#"{"code":3,"message":"Bad request"}"#.into())
+        );
+    }
     for (query, body) in [
         (
             "EIO=3&transport=websocket",
