@@ -77,6 +77,13 @@ pub enum Event {
     /// An admin client of any node (`by`) closes client `target`, perhaps one of
     /// this node's.
     RelayedKick { target: ClientId, by: ClientId },
+    /// A Socket.IO chat page of any node logged in, in the cluster's order
+    /// (entry `id`): this node's members of its room hear of it.
+    RelayedLogin {
+        id: u64,
+        room: String,
+        client: NamedClient,
+    },
     /// A direct message in the cluster's order, numbered `id` at `ts`: for its
     /// target here, and its sender's copy if the sender is here.
     RelayedDirect {
@@ -162,8 +169,18 @@ pub struct Publish {
     pub except_sender: bool,
     pub ts: u64,
     pub to: Option<ClientId>,
-    /// `from` closes client `to`, whichever node it is on.
-    pub kick: bool,
+    pub kind: Entry,
+}
+
+/// What a [`Publish`] asks the other nodes to do, besides its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Deliver a room message, or with `to` a direct message.
+    Said,
+    /// `from`, an admin, closes client `to`, whichever node it is on.
+    Kick,
+    /// `from`, a Socket.IO chat page, logged in as `name`: its room hears of it.
+    Login,
 }
 
 /// What the hub holds of the bridge.
@@ -232,7 +249,7 @@ impl Publish {
             except_sender,
             ts,
             to: None,
-            kick: false,
+            kind: Entry::Said,
         }
     }
 
@@ -246,7 +263,7 @@ impl Publish {
             except_sender: false,
             ts,
             to: Some(direct.to),
-            kick: false,
+            kind: Entry::Said,
         }
     }
 
@@ -260,7 +277,22 @@ impl Publish {
             except_sender: false,
             ts,
             to: Some(target),
-            kick: true,
+            kind: Entry::Kick,
+        }
+    }
+
+    /// Client `id` of `room` logged in as `name` at `ts` (the socket.io tutorial's
+    /// `login`).
+    pub fn login(room: &str, id: ClientId, name: &str, ts: u64) -> Publish {
+        Publish {
+            room: room.to_string(),
+            from: id,
+            name: name.to_string(),
+            msg: String::new(),
+            except_sender: false,
+            ts,
+            to: None,
+            kind: Entry::Login,
         }
     }
 }

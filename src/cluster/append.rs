@@ -1,6 +1,6 @@
 //! `redis-out`: appends what this node's clients said to the stream, a batch in
-//! one round trip, each message numbered so that a batch sent again is appended
-//! once; and tells a sender "not sent" only when Redis is known not to hold it.
+//! one round trip and one call of a script, each batch numbered so that a batch
+//! sent again is appended once; and tells a sender "not sent" only when Redis is known not to hold it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,29 +12,43 @@ use super::{
     IDS, LIFTED, RAISE_IDS, REDIS_BACKOFF, RedisAccess, STREAM, STREAM_KEEPS, connect, pause_after,
 };
 use crate::backoff::Backoff;
-use crate::event::{Event, Publish};
+use crate::event::{Entry, Event, Publish};
 use crate::logging::Untrusted;
 
-/// Appends one message under the next id, atomically: KEYS[1] the stream, KEYS[2]
-/// the id counter, KEYS[3] the numbers this process has appended (a sorted set);
-/// ARGV: MAXLEN, room, from, name, msg, ts, except, to (empty for a room
-/// message), the message's number in this process, and kick (`1` for a kick).
-/// A number already there is skipped, so a batch sent again after a lost answer
-/// is appended once; it is recorded only after the entry is in (a failed XADD
-/// ends the script, and the retry appends it), so the set is also where
-/// `redis-out` learns which messages of a batch Redis holds ([`not_appended`]).
-/// The set keeps the last 10,000 numbers. The entry's id is written with `%.0f`:
-/// Lua's own `..` writes a number of more than 14 digits as `1.7e+15`, which no
-/// stream takes, and ids that long follow a loss of Redis' data ([`RAISE_IDS`]).
-const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[9]) then return 0 end \
-    local id = redis.call('INCR', KEYS[2]) \
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-1', \
-    'room', ARGV[2], 'from', ARGV[3], 'name', ARGV[4], 'msg', ARGV[5], \
-    'ts', ARGV[6], 'except', ARGV[7], 'to', ARGV[8], 'kick', ARGV[10]) \
-    redis.call('ZADD', KEYS[3], ARGV[9], ARGV[9]) \
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(ARGV[9]) - 10000)) \
+/// Appends a batch of messages under the next ids, atomically: KEYS[1] the
+/// stream, KEYS[2] the id counter, KEYS[3] the batches this process has appended
+/// (a sorted set of their numbers); ARGV[1] MAXLEN, ARGV[2] the batch's number
+/// (its first message's in this process), then nine per message: room,
+/// from, name, msg, ts, except, to (empty for a room message), kick (`1` for a
+/// kick), and login (`1` for a Socket.IO page's login).
+///
+/// The batch is one call: its ids are taken as one block (`INCRBY`), and the
+/// nodes blocked in `XREAD` wake once for it, not once per message, which is
+/// most of what a message costs Redis. A batch number already there is skipped,
+/// so a batch sent again after a lost answer is appended once. It is recorded
+/// after the entries, so the set is also where `redis-out` learns whether a
+/// refused batch is in ([`not_appended`]). A script is not rolled back, but
+/// nothing can fail half-way here: Redis refuses a write for memory only before
+/// the script's first write (the `INCRBY`), and only the first `XADD` can find
+/// its id taken (the ids rise along the batch). The set keeps the last 10,000
+/// numbers. An entry's id is written with `%.0f`: Lua's own `..` writes a number
+/// of more than 14 digits as `1.7e+15`, which no stream takes, and ids that long
+/// follow a loss of Redis' data ([`RAISE_IDS`]).
+const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return 0 end \
+    local n = (#ARGV - 2) / 9 \
+    local last = redis.call('INCRBY', KEYS[2], n) \
+    for i = 0, n - 1 do \
+    local a = 2 + i * 9 \
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], \
+    string.format('%.0f', last - n + 1 + i) .. '-1', \
+    'room', ARGV[a + 1], 'from', ARGV[a + 2], 'name', ARGV[a + 3], 'msg', ARGV[a + 4], \
+    'ts', ARGV[a + 5], 'except', ARGV[a + 6], 'to', ARGV[a + 7], 'kick', ARGV[a + 8], \
+    'login', ARGV[a + 9]) \
+    end \
+    redis.call('ZADD', KEYS[3], ARGV[2], ARGV[2]) \
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(ARGV[2]) - 10000)) \
     redis.call('EXPIRE', KEYS[3], 86400) \
-    return id";
+    return last";
 
 /// How long `redis-out` goes on trying a batch while Redis does not answer (the
 /// connection lost or timed out: the batch may be in, its answer lost). Long
@@ -69,15 +83,16 @@ pub(super) fn append_messages(
     highest: &AtomicU64,
 ) {
     let mut appender = Appender::new(redis, node, highest);
-    let mut number = 0u64;
+    let mut numbered = 0u64;
     while let Ok(first) = outgoing.recv() {
-        let batch: Vec<(u64, Publish)> = std::iter::once(first)
+        let messages: Vec<Publish> = std::iter::once(first)
             .chain(outgoing.try_iter().take(READ_COUNT - 1))
-            .map(|m| {
-                number += 1;
-                (number, m)
-            })
             .collect();
+        let batch = Batch {
+            number: numbered + 1,
+            messages,
+        };
+        numbered += batch.messages.len() as u64;
         let Err(e) = appender.append_patiently(&batch) else {
             continue;
         };
@@ -87,11 +102,19 @@ pub(super) fn append_messages(
             log::warn!(
                 "redis: {} messages: Redis did not take them within {APPEND_PATIENCE:?} ({}); \
                  whether they were appended cannot be learned, so their senders are told nothing",
-                batch.len(),
+                batch.messages.len(),
                 Untrusted(&e)
             );
         }
     }
+}
+
+/// Messages appended in one call: all of them or none.
+struct Batch {
+    /// Its first message's number in this process: how Redis tells a batch
+    /// sent again from a new one.
+    number: u64,
+    messages: Vec<Publish>,
 }
 
 /// `redis-out`'s end of Redis: its connection (with the script loaded), and the
@@ -126,7 +149,7 @@ impl<'a> Appender<'a> {
 
     /// Appends `batch`, trying again on a new connection while Redis does not
     /// answer, for up to [`APPEND_PATIENCE`]; an error answer ends the tries.
-    fn append_patiently(&mut self, batch: &[(u64, Publish)]) -> redis::RedisResult<()> {
+    fn append_patiently(&mut self, batch: &Batch) -> redis::RedisResult<()> {
         let give_up_at = Instant::now() + APPEND_PATIENCE;
         loop {
             let attempt = match self.con.as_mut() {
@@ -157,12 +180,7 @@ impl<'a> Appender<'a> {
 
     /// Redis refused `batch` (`e`): the senders of the messages it does not hold
     /// (an earlier try's answer may have been lost) are told they were not sent.
-    fn tell_unsent(
-        &mut self,
-        batch: &[(u64, Publish)],
-        e: &redis::RedisError,
-        hub: &Sender<Event>,
-    ) {
+    fn tell_unsent(&mut self, batch: &Batch, e: &redis::RedisError, hub: &Sender<Event>) {
         // The next batch gets a new connection: what refused may be a server that
         // is no longer the one to write to (READONLY: a replica after a failover).
         let mut refusing = self.con.take();
@@ -177,7 +195,7 @@ impl<'a> Appender<'a> {
                 log::warn!(
                     "redis: Redis refused {} messages ({}); {} of them not appended, \
                      their senders told",
-                    batch.len(),
+                    batch.messages.len(),
                     Untrusted(e),
                     unsent.len()
                 );
@@ -191,7 +209,7 @@ impl<'a> Appender<'a> {
             Err(asked) => log::warn!(
                 "redis: Redis refused {} messages ({}), and which of them an earlier try \
                  appended cannot be learned ({}): their senders are told nothing",
-                batch.len(),
+                batch.messages.len(),
                 Untrusted(e),
                 Untrusted(&asked)
             ),
@@ -221,16 +239,16 @@ fn refused(e: &redis::RedisError) -> bool {
     }
 }
 
-/// The messages of `batch` that Redis does not hold, asked on `con` (the
-/// connection that was just refused, which answers) or a new one. The script
-/// records each number in `appended` in the same step as its entry, so a number
-/// missing there was appended by no try.
+/// The messages of `batch` that Redis does not hold (all or none: a batch is
+/// one script), asked on `con` (the connection that was just refused, which
+/// answers) or a new one. The script records the batch's number in `appended` in
+/// the same step as its entries, so a number missing there was appended by no try.
 fn not_appended<'a>(
     redis: &RedisAccess,
     con: Option<&mut redis::Connection>,
     appended: &str,
-    batch: &'a [(u64, Publish)],
-) -> redis::RedisResult<Vec<&'a Publish>> {
+    batch: &'a Batch,
+) -> redis::RedisResult<&'a [Publish]> {
     let mut made;
     let c = match con {
         Some(c) => c,
@@ -239,20 +257,14 @@ fn not_appended<'a>(
             &mut made
         }
     };
-    let numbers: Vec<u64> = batch.iter().map(|(n, _)| *n).collect();
-    let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE").arg(appended).arg(&numbers).query(c)?;
-    if scores.len() != batch.len() {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "ZMSCORE answered for another number of members",
-        )));
-    }
-    Ok(batch
-        .iter()
-        .zip(scores)
-        .filter(|(_, score)| score.is_none())
-        .map(|((_, m), _)| m)
-        .collect())
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(appended)
+        .arg(batch.number)
+        .query(c)?;
+    Ok(match score {
+        Some(_) => &[],
+        None => &batch.messages,
+    })
 }
 
 /// A connection for appending: the id counter raised past what this node has
@@ -274,31 +286,31 @@ fn open_appender(
     Ok((c, sha))
 }
 
-/// Appends `batch` in one round trip.
+/// Appends `batch` in one round trip and one call of the script.
 fn append(
     c: &mut redis::Connection,
     sha: &str,
     appended: &str,
-    batch: &[(u64, Publish)],
+    batch: &Batch,
 ) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
-    for (number, m) in batch {
-        pipe.cmd("EVALSHA")
-            .arg(sha)
-            .arg(3)
-            .arg(STREAM)
-            .arg(IDS)
-            .arg(appended)
-            .arg(STREAM_KEEPS)
-            .arg(&m.room)
+    let mut call = redis::cmd("EVALSHA");
+    call.arg(sha)
+        .arg(3)
+        .arg(STREAM)
+        .arg(IDS)
+        .arg(appended)
+        .arg(STREAM_KEEPS)
+        .arg(batch.number);
+    for m in &batch.messages {
+        call.arg(&m.room)
             .arg(m.from.0)
             .arg(&m.name)
             .arg(&m.msg)
             .arg(m.ts)
             .arg(u8::from(m.except_sender))
             .arg(m.to.map_or_else(String::new, |to| to.to_string()))
-            .arg(number)
-            .arg(u8::from(m.kick));
+            .arg(u8::from(m.kind == Entry::Kick))
+            .arg(u8::from(m.kind == Entry::Login));
     }
-    pipe.query::<Vec<u64>>(c).map(|_| ())
+    call.query::<u64>(c).map(|_| ())
 }

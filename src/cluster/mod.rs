@@ -25,7 +25,8 @@
 //!
 //! * `redis-out` (`append.rs`) takes what this node's clients said from the hub,
 //!   over a bounded channel the hub fills with `try_send` (the hub never waits
-//!   for Redis), and appends it, every message waiting in one round trip.
+//!   for Redis), and appends it, every message waiting in one call of a script
+//!   (so the nodes reading the stream wake once for them all).
 //! * `redis-in` (`read.rs`) blocks in `XREAD` on the stream and hands every entry to the hub as
 //!   an ordinary event ([`Event::Relayed`], or a direct message or kick), once it
 //!   has checked it against the protocol's bounds. A room message is delivered
@@ -75,10 +76,11 @@
 //!   before ("When Redis lost its data" below), and the epoch and node counter
 //!   are written back.
 //!
-//! A batch `redis-out` could not append is sent again on a new connection. Each
-//! message carries its number in this process, and the script skips a number
-//! already appended and records each one it appends, in the same atomic step,
-//! so a batch whose answer was lost is not appended twice. How the tries end
+//! A batch is appended by one call of a script, all of it or none. A batch
+//! `redis-out` could not append is sent again on a new connection. Each batch
+//! carries its number in this process, and the script skips a number already
+//! appended and records each one it appends, in the same atomic step, so a
+//! batch whose answer was lost is not appended twice. How the tries end
 //! depends on what Redis said:
 //!
 //! * nothing (the connection lost or timed out): the batch may be in, only the
@@ -90,9 +92,9 @@
 //! * "not now" (loading its data, its script cache emptied): the same;
 //! * an error (READONLY, OOM, NOPERM, a script's error): another try would get
 //!   the same answer, and every later message would wait behind the batch. The
-//!   tries end, Redis is asked which of the batch's numbers it holds (an earlier
-//!   try may have appended some, its answer lost), and only the senders of the
-//!   others get an error frame.
+//!   tries end, Redis is asked whether it holds the batch (an earlier try may
+//!   have appended it, its answer lost), and only if not do its senders get an
+//!   error frame.
 //!
 //! # When Redis lost its data
 //!
@@ -126,7 +128,9 @@
 //!
 //! A direct message goes through the stream too (for its id, in the same order):
 //! the target's node delivers it, the sender's node the sender's copy. So does an
-//! admin's kick of a client on another node: that client's node closes it.
+//! admin's kick of a client on another node: that client's node closes it. And
+//! so does a Socket.IO chat page's `login`, which its room hears on every node
+//! in the stream's order, before anything the page says after it.
 //!
 //! Client ids are unique across the cluster: each node takes a number from
 //! `threadchat:nodes` at start and numbers its clients from `node << 32`.

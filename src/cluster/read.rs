@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use super::{LIFTED, Link, RedisAccess, STREAM};
 use crate::event::{DirectMessage, Event, RelayedMessage};
 use crate::logging::{Noisy, Untrusted, limited};
-use crate::protocol::{self, ClientId};
+use crate::protocol::{self, ClientId, NamedClient};
 
 /// Entries one `XREAD` returns at most, and how long it blocks before looking at
 /// whether the server is stopping.
@@ -182,6 +182,20 @@ pub(super) fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Even
         return Some(Event::RelayedKick {
             target: ClientId(number("to")?),
             by: ClientId(number("from")?),
+        });
+    }
+    if fields.get("login").is_some_and(|l| l == "1") {
+        let name = fields.get("name")?;
+        protocol::check_name(name).ok()?;
+        return Some(Event::RelayedLogin {
+            id: message_id(id)?,
+            room: Some(fields.get("room")?)
+                .filter(|room| protocol::is_room(room))?
+                .clone(),
+            client: NamedClient {
+                id: ClientId(number("from")?),
+                name: name.clone(),
+            },
         });
     }
     let (name, msg) = (fields.get("name")?, fields.get("msg")?);

@@ -298,6 +298,7 @@ impl Hub {
             Event::Linked { up } => self.linked_changed(up),
             Event::Missed { upto } => self.missed(upto),
             Event::RelayedKick { target, by } => self.kick_out(target, by),
+            Event::RelayedLogin { id, room, client } => self.relayed_login(id, &room, &client),
             Event::RelayedDirect { id, ts, direct } => self.relayed_direct(id, ts, &direct),
             Event::Shutdown => self.shut_down(),
             Event::Probe { answer } => drop(answer.try_send(())),

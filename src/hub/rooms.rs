@@ -12,13 +12,13 @@ use super::cluster::members_elsewhere;
 use super::history::{History, replay_into};
 use super::{Hub, LIST_MOST, close_away};
 use crate::budget::Allowance;
-use crate::event::{Arrival, Endpoint, Join};
+use crate::event::{Arrival, Endpoint, Join, Publish};
 use crate::format::Format;
 use crate::outbox::{Failure, Outbox};
 use crate::places::{self, Network64};
 use crate::protocol::{
     ClientId, InputError, LOBBY, MAX_PRESENCE_FRAME, NamedClient, Outgoing, Presence, RoomCount,
-    WhoEntry, presence_frame_size,
+    WhoEntry, presence_frame_size, unix_millis,
 };
 
 /// A room: its members, the frames being built for them, and what was said.
@@ -310,14 +310,34 @@ impl Hub {
         }
         room.batch.want(Format::SocketIoTutorial);
         client.charge(presence_cost(room, &room_name, &client.name, id));
-        let frame = Outgoing::Login {
-            id,
-            name: &client.name,
+        let name = client.name.clone();
+        if self.is_linked() {
+            // Heard when Redis hands it back, on every node, in the cluster's
+            // order: before anything the page says next.
+            return self.publish(Publish::login(&room_name, id, &name, unix_millis()));
+        }
+        self.announce_login(&room_name, id, &name);
+    }
+
+    /// A Socket.IO chat page of any node logged in, in the cluster's order.
+    pub(super) fn relayed_login(&mut self, entry: u64, room: &str, client: &NamedClient) {
+        self.last_message_id = self.last_message_id.max(entry);
+        self.announce_login(room, client.id, &client.name);
+    }
+
+    /// Client `id`'s login as `name`, to everyone in `room_name` here.
+    fn announce_login(&mut self, room_name: &str, id: ClientId, name: &str) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
         };
-        room.batch.push(&frame.to_json(), &frame, &room_name);
+        if room.members.is_empty() {
+            return;
+        }
+        let frame = Outgoing::Login { id, name };
+        room.batch.push(&frame.to_json(), &frame, room_name);
         room.last_used = self.clock;
         self.turn.bytes += MAX_PRESENCE_FRAME;
-        self.turn.mark(&room_name);
+        self.turn.mark(room_name);
     }
 
     /// Client `id`'s reader has ended: its room hears it left.

@@ -106,6 +106,18 @@ fn stream_entries(url: impl AsRef<str>) -> Vec<(String, HashMap<String, String>)
         .unwrap()
 }
 
+/// How many times Redis at `url` has run `command` (`INFO commandstats`).
+fn command_calls(url: impl AsRef<str>, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis_connection(url))
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
 fn redis_url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/")
 }
@@ -295,7 +307,9 @@ fn clients_on_three_nodes_see_one_chat_in_one_order() {
 }
 
 /// Three clients and two concurrent senders on each of `n` nodes: every client
-/// sees every message, in one order, with increasing ids.
+/// sees every message, in one order, with consecutive ids; each message is
+/// appended once, and the messages that wait while a batch is on its way to
+/// Redis go together in one call of the script.
 fn one_chat_in_one_order(n: usize) {
     let redis = Redis::start();
     let nodes: Vec<Server> = (0..n).map(|_| node(&redis)).collect();
@@ -323,10 +337,11 @@ fn one_chat_in_one_order(n: usize) {
         .collect();
     let total = 2 * n * per_sender;
     let reference = messages(&mut clients[0], total);
-    // Ids increase along the one order, and each sender's messages keep theirs.
+    // Ids follow each other along the one order (a batch takes its ids as a
+    // block), and each sender's messages keep theirs.
     assert!(
-        reference.windows(2).all(|w| w[0].0 < w[1].0),
-        "ids out of order"
+        reference.windows(2).all(|w| w[0].0 + 1 == w[1].0),
+        "ids out of order or with gaps"
     );
     for s in 0..2 * n {
         let mine: Vec<&String> = reference
@@ -343,6 +358,17 @@ fn one_chat_in_one_order(n: usize) {
     for s in senders {
         s.join().unwrap();
     }
+    // Every sender sends without waiting for its messages to come back, so
+    // many wait for each round trip to Redis.
+    let (appended, calls) = (
+        command_calls(redis.url(), "xadd"),
+        command_calls(redis.url(), "evalsha"),
+    );
+    assert_eq!(appended, total as u64, "each message appended once");
+    assert!(
+        calls < total as u64 / 2,
+        "{calls} calls for {total} messages"
+    );
 }
 
 #[test]
@@ -366,6 +392,76 @@ fn socket_io_clients_on_two_nodes_are_in_one_chat() {
         "across the nodes"
     );
     assert_eq!(socket_io_event(&mut on_a, "message")["msg"], "and back");
+}
+
+/// The socket.io tutorial's chat page, on two nodes: a login is heard on every
+/// node, the page's own included, in the cluster's one order (before anything
+/// the page says after it), and `chat` reaches everyone but its sender.
+#[test]
+fn the_tutorial_s_logins_cross_the_nodes_in_the_one_order() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut abc = socket_io_client(&a);
+    let mut xyz = socket_io_client(&b);
+    let mut json = Client::join(&b);
+    abc.send_text(r#"42["login",{"name":"abc","userid":"abc@example.com"}]"#);
+    xyz.send_text(r#"42["login",{"name":"xyz","userid":"xyz@example.com"}]"#);
+    xyz.send_text(r#"42["chat",{"msg":"hi from b"}]"#);
+    abc.send_text(r#"42["chat",{"msg":"hi from a"}]"#);
+    let heard_by_abc = tutorial_events(&mut abc, 3);
+    let heard_by_xyz = tutorial_events(&mut xyz, 3);
+    // Both logins, in one order, on both nodes; each hears the other's chat.
+    let logins = |heard: &[String]| -> Vec<String> {
+        heard
+            .iter()
+            .filter(|e| e.starts_with(r#"42["login""#))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(logins(&heard_by_abc), logins(&heard_by_xyz));
+    let mut names = logins(&heard_by_abc);
+    names.sort();
+    assert_eq!(names, [r#"42["login","abc"]"#, r#"42["login","xyz"]"#]);
+    let chat_position = |heard: &[String], text: &str| {
+        heard
+            .iter()
+            .position(|e| e.starts_with(r#"42["chat""#) && e.contains(text))
+    };
+    let login_position = |heard: &[String], name: &str| {
+        heard
+            .iter()
+            .position(|e| *e == format!(r#"42["login","{name}"]"#))
+    };
+    // On A, xyz's login comes before xyz's chat; on B the other way round.
+    assert!(
+        login_position(&heard_by_abc, "xyz") < chat_position(&heard_by_abc, "hi from b"),
+        "{heard_by_abc:?}"
+    );
+    assert!(chat_position(&heard_by_abc, "hi from b").is_some());
+    assert!(
+        login_position(&heard_by_xyz, "abc") < chat_position(&heard_by_xyz, "hi from a"),
+        "{heard_by_xyz:?}"
+    );
+    assert!(chat_position(&heard_by_xyz, "hi from a").is_some());
+    // A JSON client in the room hears both logins too.
+    let mut json_logins = [json.recv_type("login"), json.recv_type("login")]
+        .map(|frame| frame["name"].as_str().unwrap().to_owned());
+    json_logins.sort();
+    assert_eq!(json_logins, ["abc", "xyz"]);
+}
+
+/// The next `n` of the tutorial's events (`login` and `chat`) `client` hears, as
+/// their text.
+fn tutorial_events(client: &mut Client, n: usize) -> Vec<String> {
+    let mut heard = Vec::new();
+    while heard.len() < n {
+        if let tungstenite::Message::Text(text) = client.recv()
+            && (text.starts_with(r#"42["login""#) || text.starts_with(r#"42["chat""#))
+        {
+            heard.push(text.to_string());
+        }
+    }
+    heard
 }
 
 /// A Socket.IO client of `node`'s chat, joined to the main namespace.
