@@ -190,8 +190,11 @@ pub fn spawn(
     // A room made while the backfill is applied has missed only what came before
     // the message it is made for, not the whole backfill.
     let highest = hub.last_message_id;
-    if let Some(Event::Relayed(RelayedMessage { id, .. }) | Event::RelayedDirect { id, .. }) =
-        backfill.first()
+    if let Some(
+        Event::Relayed(RelayedMessage { id, .. })
+        | Event::RelayedDirect { id, .. }
+        | Event::RelayedLogin { id, .. },
+    ) = backfill.first()
     {
         // Ids from the stream start at 1 (`cluster::message_id`).
         hub.last_message_id = id - 1;
