@@ -3,10 +3,9 @@
 //! readers, the hub and the cluster import them from here and none of those
 //! imports another.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Sender, TrySendError};
 
@@ -65,10 +64,26 @@ pub enum Event {
     Relayed(RelayedMessage),
     /// A message of client `from` could not be handed to Redis.
     NotRelayed { from: ClientId, why: &'static str },
-    /// Who is where on the other nodes of the cluster, room by room.
-    Elsewhere {
-        rooms: HashMap<String, Vec<NamedClient>>,
+    /// Where client `id` of another node now is (`None`: gone), in the
+    /// cluster's order (entry `entry`).
+    RelayedSeat {
+        entry: u64,
+        id: ClientId,
+        seat: Option<Location>,
     },
+    /// Where every client of node `node` is, in the cluster's order (entry
+    /// `entry`): what was known of that node's clients before is replaced.
+    RelayedSeats {
+        entry: u64,
+        node: u64,
+        seats: Vec<(ClientId, Location)>,
+    },
+    /// The other nodes may have lost track of this node's clients (Redis lost
+    /// its data, or a cut-off outlasted its presence): say where they all are.
+    Reannounce,
+    /// Node `node` is no longer listed in Redis though no entry let its clients
+    /// go (Redis lost its data while it died): they leave.
+    NodeGone { node: u64 },
     /// Redis stopped (`up: false`) or started again answering this node.
     Linked { up: bool },
     /// The cluster's messages up to `upto` that this node has not heard are gone
@@ -158,8 +173,8 @@ pub struct RelayedMessage {
     pub except_sender: bool,
 }
 
-/// A room message (or, with `to`, a direct message, or with `kick` too, an
-/// admin's kick) from one of this node's clients, on its way to Redis.
+/// What this node puts on the stream, on its way to Redis: a room message (or,
+/// with `to`, a direct message) from one of its clients, or what [`Entry`] says.
 #[derive(Debug, Clone)]
 pub struct Publish {
     pub room: String,
@@ -170,6 +185,8 @@ pub struct Publish {
     pub ts: u64,
     pub to: Option<ClientId>,
     pub kind: Entry,
+    /// With [`Entry::Seats`]: every client of this node, and where it is.
+    pub seats: Vec<(ClientId, Location)>,
 }
 
 /// What a [`Publish`] asks the other nodes to do, besides its fields.
@@ -181,6 +198,10 @@ pub enum Entry {
     Kick,
     /// `from`, a Socket.IO chat page, logged in as `name`: its room hears of it.
     Login,
+    /// `from` is now in `room` as `name`, or (`room` empty) gone.
+    Seat,
+    /// This node's clients are `seats`, and no others.
+    Seats,
 }
 
 /// What the hub holds of the bridge.
@@ -190,20 +211,12 @@ pub struct HubSide {
     pub node: u64,
     /// Room and direct messages to append.
     pub outgoing: Sender<Publish>,
-    /// Where this node's clients are, mirrored for the other nodes.
-    pub whereabouts: Arc<Whereabouts>,
+    /// Where the other nodes' clients were when this node joined the cluster
+    /// (the stream's entries after that keep it current).
+    pub elsewhere: Vec<(ClientId, Location)>,
     /// The highest message id this node has seen: where the hub's ids start, and
     /// how a node finds out that Redis lost data (a counter below it, or gone).
     pub highest: Arc<AtomicU64>,
-}
-
-/// Where this node's clients are, as the hub last told: client id → its room
-/// and name. The hub updates it at every join, move, rename and leave (a map
-/// insert under a lock nobody else holds for long); `redis-presence` copies it
-/// once a second for the other nodes.
-#[derive(Debug, Default)]
-pub struct Whereabouts {
-    map: Mutex<HashMap<ClientId, Location>>,
 }
 
 /// Where one client is: its room, and its name there.
@@ -211,25 +224,6 @@ pub struct Whereabouts {
 pub struct Location {
     pub room: String,
     pub name: String,
-}
-
-impl Whereabouts {
-    /// Client `id` is now at `location`, or (`None`) gone.
-    pub fn set(&self, id: ClientId, location: Option<Location>) {
-        let mut map = crate::lock(&self.map);
-        match location {
-            Some(location) => map.insert(id, location),
-            None => map.remove(&id),
-        };
-    }
-
-    /// Every client's location now.
-    pub fn snapshot(&self) -> Vec<(ClientId, Location)> {
-        crate::lock(&self.map)
-            .iter()
-            .map(|(id, location)| (*id, location.clone()))
-            .collect()
-    }
 }
 
 impl Publish {
@@ -250,6 +244,7 @@ impl Publish {
             ts,
             to: None,
             kind: Entry::Said,
+            seats: Vec::new(),
         }
     }
 
@@ -264,6 +259,7 @@ impl Publish {
             ts,
             to: Some(direct.to),
             kind: Entry::Said,
+            seats: Vec::new(),
         }
     }
 
@@ -278,6 +274,7 @@ impl Publish {
             ts,
             to: Some(target),
             kind: Entry::Kick,
+            seats: Vec::new(),
         }
     }
 
@@ -293,6 +290,38 @@ impl Publish {
             ts,
             to: None,
             kind: Entry::Login,
+            seats: Vec::new(),
+        }
+    }
+
+    /// Client `id` is now at `seat`, or (`None`) gone.
+    pub fn seat(id: ClientId, seat: Option<Location>, ts: u64) -> Publish {
+        let (room, name) = seat.map_or_else(Default::default, |s| (s.room, s.name));
+        Publish {
+            room,
+            from: id,
+            name,
+            msg: String::new(),
+            except_sender: false,
+            ts,
+            to: None,
+            kind: Entry::Seat,
+            seats: Vec::new(),
+        }
+    }
+
+    /// This node's clients are `seats`, and no others.
+    pub fn seats(seats: Vec<(ClientId, Location)>, ts: u64) -> Publish {
+        Publish {
+            room: String::new(),
+            from: ClientId(0),
+            name: String::new(),
+            msg: String::new(),
+            except_sender: false,
+            ts,
+            to: None,
+            kind: Entry::Seats,
+            seats,
         }
     }
 }

@@ -9,18 +9,25 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::read::READ_COUNT;
 use super::{
-    IDS, LIFTED, RAISE_IDS, REDIS_BACKOFF, RedisAccess, STREAM, STREAM_KEEPS, connect, pause_after,
+    IDS, LIFTED, PRESENCE, PRESENCE_TTL, RAISE_IDS, REDIS_BACKOFF, RedisAccess, STREAM,
+    STREAM_KEEPS, connect, pause_after,
 };
 use crate::backoff::Backoff;
 use crate::event::{Entry, Event, Publish};
 use crate::logging::Untrusted;
 
-/// Appends a batch of messages under the next ids, atomically: KEYS[1] the
+/// Appends a batch of entries under the next ids, atomically: KEYS[1] the
 /// stream, KEYS[2] the id counter, KEYS[3] the batches this process has appended
 /// (a sorted set of their numbers); ARGV[1] MAXLEN, ARGV[2] the batch's number
-/// (its first message's in this process), then nine per message: room,
-/// from, name, msg, ts, except, to (empty for a room message), kick (`1` for a
-/// kick), and login (`1` for a Socket.IO page's login).
+/// (its first entry's in this process), ARGV[3] the prefix of the nodes' seat
+/// hashes, ARGV[4] their time to live in ms, then nine per entry: room, from,
+/// name, msg, ts, except, to (empty but for a direct message or kick), kind
+/// (empty for a message: see [`kind_of`]) and the node.
+///
+/// Messages, direct messages and kicks take the next ids, and their entries are
+/// `<id>-1`. Logins and seats take none (no client sees one as a message, and
+/// the ids the clients see follow each other): their entries are `<the last
+/// id>-2`, `-3`, …, after the last entry, which the script reads.
 ///
 /// The batch is one call: its ids are taken as one block (`INCRBY`), and the
 /// nodes blocked in `XREAD` wake once for it, not once per message, which is
@@ -34,21 +41,73 @@ use crate::logging::Untrusted;
 /// numbers. An entry's id is written with `%.0f`: Lua's own `..` writes a number
 /// of more than 14 digits as `1.7e+15`, which no stream takes, and ids that long
 /// follow a loss of Redis' data ([`RAISE_IDS`]).
+///
+/// A seat entry changes the node's seat hash ([`PRESENCE`]) in the same step, so
+/// the hashes are always what the stream says up to its last entry: a node
+/// that joins reads both at once.
 const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return 0 end \
-    local n = (#ARGV - 2) / 9 \
-    local last = redis.call('INCRBY', KEYS[2], n) \
+    local n = (#ARGV - 4) / 9 \
+    local said = 0 \
     for i = 0, n - 1 do \
-    local a = 2 + i * 9 \
+    if ARGV[4 + i * 9 + 8] == '' or ARGV[4 + i * 9 + 8] == 'kick' then said = said + 1 end \
+    end \
+    local last = redis.call('INCRBY', KEYS[2], said) \
+    local id = last - said \
+    local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
+    local tid, tseq = 0, 0 \
+    if top then \
+    local dash = string.find(top[1], '-') \
+    tid = tonumber(string.sub(top[1], 1, dash - 1)) \
+    tseq = tonumber(string.sub(top[1], dash + 1)) \
+    end \
+    for i = 0, n - 1 do \
+    local a = 4 + i * 9 \
+    local kind = ARGV[a + 8] \
+    local seq = 1 \
+    if kind == '' or kind == 'kick' then \
+    id = id + 1 \
+    elseif tid == id then \
+    seq = math.max(tseq, 1) + 1 \
+    else \
+    seq = 2 \
+    end \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], \
-    string.format('%.0f', last - n + 1 + i) .. '-1', \
+    string.format('%.0f', id) .. '-' .. seq, \
     'room', ARGV[a + 1], 'from', ARGV[a + 2], 'name', ARGV[a + 3], 'msg', ARGV[a + 4], \
-    'ts', ARGV[a + 5], 'except', ARGV[a + 6], 'to', ARGV[a + 7], 'kick', ARGV[a + 8], \
-    'login', ARGV[a + 9]) \
+    'ts', ARGV[a + 5], 'except', ARGV[a + 6], 'to', ARGV[a + 7], 'kind', kind, \
+    'node', ARGV[a + 9]) \
+    tid, tseq = id, seq \
+    if kind == 'seat' or kind == 'seats' then \
+    local hash = ARGV[3] .. ARGV[a + 9] \
+    if kind == 'seats' then \
+    redis.call('DEL', hash) \
+    redis.call('HSET', hash, '0', '') \
+    for _, s in ipairs(cjson.decode(ARGV[a + 4])) do \
+    redis.call('HSET', hash, string.format('%.0f', s[1]), s[2] .. '\\n' .. s[3]) \
+    end \
+    elseif ARGV[a + 1] == '' then \
+    redis.call('HDEL', hash, ARGV[a + 2]) \
+    else \
+    redis.call('HSET', hash, ARGV[a + 2], ARGV[a + 1] .. '\\n' .. ARGV[a + 3]) \
+    end \
+    redis.call('PEXPIRE', hash, ARGV[4]) \
+    end \
     end \
     redis.call('ZADD', KEYS[3], ARGV[2], ARGV[2]) \
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(ARGV[2]) - 10000)) \
     redis.call('EXPIRE', KEYS[3], 86400) \
     return last";
+
+/// How an entry's `kind` field names what it is (a message has none).
+pub(super) fn kind_of(entry: Entry) -> &'static str {
+    match entry {
+        Entry::Said => "",
+        Entry::Kick => "kick",
+        Entry::Login => "login",
+        Entry::Seat => "seat",
+        Entry::Seats => "seats",
+    }
+}
 
 /// How long `redis-out` goes on trying a batch while Redis does not answer (the
 /// connection lost or timed out: the batch may be in, its answer lost). Long
@@ -122,6 +181,8 @@ struct Batch {
 struct Appender<'a> {
     redis: &'a RedisAccess,
     highest: &'a AtomicU64,
+    /// This node's number, which its entries carry.
+    node: u64,
     /// The key of the set of numbers appended: this process's own, not the node
     /// number's, since after Redis lost its data a node number can be handed out
     /// again.
@@ -138,6 +199,7 @@ impl<'a> Appender<'a> {
         Appender {
             redis,
             highest,
+            node,
             appended: format!(
                 "threadchat:appended:{node}:{}:{started}",
                 std::process::id()
@@ -153,9 +215,9 @@ impl<'a> Appender<'a> {
         let give_up_at = Instant::now() + APPEND_PATIENCE;
         loop {
             let attempt = match self.con.as_mut() {
-                Some((c, sha)) => append(c, sha, &self.appended, batch),
+                Some((c, sha)) => append(c, sha, &self.appended, self.node, batch),
                 None => open_appender(self.redis, self.highest).and_then(|(mut c, sha)| {
-                    let appended_now = append(&mut c, &sha, &self.appended, batch);
+                    let appended_now = append(&mut c, &sha, &self.appended, self.node, batch);
                     self.con = Some((c, sha));
                     appended_now
                 }),
@@ -200,10 +262,16 @@ impl<'a> Appender<'a> {
                     unsent.len()
                 );
                 for m in unsent {
-                    let _ = hub.send(Event::NotRelayed {
-                        from: m.from,
-                        why: "Redis refused it",
-                    });
+                    let event = match m.kind {
+                        // Its clients did not say it: the hub says where they all
+                        // are, once Redis takes it.
+                        Entry::Seat | Entry::Seats => Event::Reannounce,
+                        Entry::Said | Entry::Kick | Entry::Login => Event::NotRelayed {
+                            from: m.from,
+                            why: "Redis refused it",
+                        },
+                    };
+                    let _ = hub.send(event);
                 }
             }
             Err(asked) => log::warn!(
@@ -291,6 +359,7 @@ fn append(
     c: &mut redis::Connection,
     sha: &str,
     appended: &str,
+    node: u64,
     batch: &Batch,
 ) -> redis::RedisResult<()> {
     let mut call = redis::cmd("EVALSHA");
@@ -300,17 +369,33 @@ fn append(
         .arg(IDS)
         .arg(appended)
         .arg(STREAM_KEEPS)
-        .arg(batch.number);
+        .arg(batch.number)
+        .arg(PRESENCE)
+        .arg(PRESENCE_TTL.as_millis() as u64);
     for m in &batch.messages {
         call.arg(&m.room)
             .arg(m.from.0)
             .arg(&m.name)
-            .arg(&m.msg)
+            .arg(seats_or_text(m))
             .arg(m.ts)
             .arg(u8::from(m.except_sender))
             .arg(m.to.map_or_else(String::new, |to| to.to_string()))
-            .arg(u8::from(m.kind == Entry::Kick))
-            .arg(u8::from(m.kind == Entry::Login));
+            .arg(kind_of(m.kind))
+            .arg(node);
     }
     call.query::<u64>(c).map(|_| ())
+}
+
+/// An entry's `msg`: a message's text, or a seats entry's list, as JSON
+/// (`[[id, room, name], …]`, which the script reads too).
+fn seats_or_text(m: &Publish) -> std::borrow::Cow<'_, str> {
+    if m.kind != Entry::Seats {
+        return std::borrow::Cow::Borrowed(&m.msg);
+    }
+    let list: Vec<(u64, &str, &str)> = m
+        .seats
+        .iter()
+        .map(|(id, seat)| (id.0, seat.room.as_str(), seat.name.as_str()))
+        .collect();
+    std::borrow::Cow::Owned(serde_json::to_string(&list).expect("numbers and strings"))
 }

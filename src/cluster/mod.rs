@@ -31,16 +31,35 @@
 //!   an ordinary event ([`Event::Relayed`], or a direct message or kick), once it
 //!   has checked it against the protocol's bounds. A room message is delivered
 //!   when it comes back this way, on every node alike.
-//! * `redis-presence` (`presence.rs`) tells the others who is where here, and
-//!   learns who is where there. Every [`PRESENCE_EVERY`] it rewrites this node's
-//!   hash (`threadchat:presence:<node>`: client id → room and name, expiring after
-//!   [`PRESENCE_TTL`]) from the hub's mirror of where its clients are
-//!   ([`Whereabouts`]). It reads every other node's (those listed in `threadchat:presence-nodes`, in one round trip),
-//!   and hands the hub the rooms' members elsewhere when they changed. Counts and
-//!   `who` cover the cluster that way, and a node that dies without a word drops
-//!   out of everyone's presence when its hash expires: within `PRESENCE_TTL +
-//!   PRESENCE_EVERY`, 6 s.
+//! * `redis-presence` (`presence.rs`) keeps this node's seats alive in Redis
+//!   and lets go of a dead node's (below).
 //!
+//! # Who is where: seats on the stream
+//!
+//! Where a client sits (its room and name, or gone) is an entry of the stream
+//! too, a seat entry: the hub hands one to `redis-out` at every join, move,
+//! rename and leave of its clients, in the same queue as their messages. Every
+//! node applies the other nodes' seat entries as it reads them, between the
+//! messages around them, so counts, `who`, join and leave notifications and
+//! `welcome`'s count are the same on every node as of the same entry, and a
+//! client's join is heard everywhere before anything it says.
+//!
+//! * The script that appends a seat entry also writes it into the node's hash
+//!   (`threadchat:presence:<node>`: client id → room and name), in the same
+//!   step. So the hashes are where everyone sits as of the stream's last entry,
+//!   and a node that joins reads both in one step ([`JOIN`]) and reads on from
+//!   there.
+//! * Each node keeps its hash alive: it expires [`PRESENCE_TTL`] after the
+//!   node's last heartbeat ([`PRESENCE_EVERY`]). A node that dies without a word
+//!   lets its hash expire, and the first node to notice appends a seats entry
+//!   with nobody for it, once (a script takes it off the node list in the same
+//!   step): everyone drops its clients at the same place in the stream, within
+//!   `PRESENCE_TTL + PRESENCE_EVERY`, 6 s.
+//! * A node that finds itself off the list (Redis lost its data, or it was cut
+//!   off for longer than the TTL and let go) says where all its clients are in
+//!   one seats entry, which replaces what the others knew of them. So does a
+//!   node that heals after a cut-off: what moved meanwhile was never appended.
+
 //! # Without Redis
 //!
 //! Every thread that loses Redis tries again with a growing pause. `redis-in`
@@ -152,6 +171,7 @@ mod read;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -161,11 +181,12 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use self::access::RedisAccess;
 use self::append::append_messages;
-use self::presence::{Keep, share_presence};
+use self::presence::{Keep, seats_of, share_presence};
 use self::read::{READ_BLOCK, entries, message_id, read_stream, relayed};
 use crate::backoff::Backoff;
-use crate::event::{Event, HubSide, Publish, Whereabouts};
+use crate::event::{Event, HubSide, Location, Publish};
 use crate::logging::Untrusted;
+use crate::protocol::ClientId;
 
 /// The stream every node appends to and reads.
 const STREAM: &str = "threadchat:messages";
@@ -192,9 +213,9 @@ pub const OUTGOING_BYTES: u64 = OUTGOING_QUEUE as u64 * 8 * 1024;
 
 /// How often a node rewrites its presence and reads the others'.
 pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
-/// How long a node's presence outlives its last rewrite.
+/// How long a node's seat hash outlives its last heartbeat.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(5);
-/// The prefix of every node's presence hash.
+/// The prefix of every node's seat hash.
 const PRESENCE: &str = "threadchat:presence:";
 /// The nodes that have said they exist (each removed once its hash is gone).
 const NODE_SET: &str = "threadchat:presence-nodes";
@@ -227,6 +248,18 @@ const RAISE_IDS: &str = "local seen = tonumber(ARGV[1]) \
     redis.call('HSET', KEYS[2], 'at', at, 'seen', ARGV[1]) \
     return 0";
 
+/// What a node that joins reads in one atomic step: the stream's last ARGV[1]
+/// entries (KEYS[1]), and every listed node's (KEYS[2]) seat hash (ARGV[2] and
+/// the node's number). The hashes change in the same step as the seat entries
+/// (`append.rs`), so they are where everyone sat at the stream's last entry, the
+/// one this node reads on from.
+const JOIN: &str = "local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1]) \
+    local seats = {} \
+    for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do \
+    seats[#seats + 1] = redis.call('HGETALL', ARGV[2] .. node) \
+    end \
+    return {recent, seats}";
+
 /// This node's place in the cluster.
 pub struct Cluster {
     /// Its number: its clients' ids start at `node << 32`.
@@ -238,8 +271,8 @@ pub struct Cluster {
     start_after: String,
     /// The highest message id `redis-in` has handed over.
     highest: Arc<AtomicU64>,
-    /// Where this node's clients are, for the other nodes.
-    pub whereabouts: Arc<Whereabouts>,
+    /// Where the other nodes' clients were when this node joined (once).
+    elsewhere: Mutex<Vec<(ClientId, Location)>>,
     /// The stream's recent entries at start, for the hub's histories.
     backfill: Mutex<Vec<Event>>,
     stop: Arc<AtomicBool>,
@@ -274,15 +307,34 @@ impl Cluster {
             .arg("NX")
             .query(&mut con)
             .map_err(fail)?;
-        let epoch: u64 = redis::cmd("GET").arg(EPOCH).query(&mut con).map_err(fail)?;
-        let recent: redis::Value = redis::cmd("XREVRANGE")
-            .arg(STREAM)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(backfill.clamp(1, STREAM_KEEPS))
+        // Listed, with a hash, before any client of this node can have a seat.
+        let () = redis::pipe()
+            .cmd("HSET")
+            .arg(format!("{PRESENCE}{node}"))
+            .arg(0)
+            .arg("")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(format!("{PRESENCE}{node}"))
+            .arg(PRESENCE_TTL.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg(NODE_SET)
+            .arg(node)
+            .ignore()
             .query(&mut con)
             .map_err(fail)?;
+        let epoch: u64 = redis::cmd("GET").arg(EPOCH).query(&mut con).map_err(fail)?;
+        let (recent, hashes): (redis::Value, Vec<HashMap<String, String>>) = redis::cmd("EVAL")
+            .arg(JOIN)
+            .arg(2)
+            .arg(STREAM)
+            .arg(NODE_SET)
+            .arg(backfill.clamp(1, STREAM_KEEPS))
+            .arg(PRESENCE)
+            .query(&mut con)
+            .map_err(fail)?;
+        let elsewhere = hashes.into_iter().flat_map(seats_of).collect();
         let mut recent = entries(recent);
         let start_after = recent
             .first()
@@ -293,6 +345,13 @@ impl Cluster {
             .iter()
             .rev()
             .filter_map(|(id, fields)| relayed(id, fields))
+            // The hashes say where everyone sits now.
+            .filter(|event| {
+                !matches!(
+                    event,
+                    Event::RelayedSeat { .. } | Event::RelayedSeats { .. }
+                )
+            })
             .collect();
         Ok(Cluster {
             node,
@@ -300,7 +359,7 @@ impl Cluster {
             redis: redis.clone(),
             highest: Arc::new(AtomicU64::new(message_id(&start_after).unwrap_or(0))),
             start_after,
-            whereabouts: Arc::new(Whereabouts::default()),
+            elsewhere: Mutex::new(elsewhere),
             backfill: Mutex::new(backfill),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -311,7 +370,7 @@ impl Cluster {
         HubSide {
             node: self.node,
             outgoing,
-            whereabouts: Arc::clone(&self.whereabouts),
+            elsewhere: std::mem::take(&mut *crate::lock(&self.elsewhere)),
             highest: Arc::clone(&self.highest),
         }
     }
@@ -351,11 +410,7 @@ impl Cluster {
         thread::Builder::new()
             .name("redis-in".into())
             .spawn(move || read_stream(&redis, after, &to_hub, &highest, &stop))?;
-        let (redis, whereabouts, stop) = (
-            self.redis.clone(),
-            Arc::clone(&self.whereabouts),
-            Arc::clone(&self.stop),
-        );
+        let (redis, stop) = (self.redis.clone(), Arc::clone(&self.stop));
         let keep = Keep {
             node: self.node,
             epoch: self.epoch,
@@ -364,7 +419,7 @@ impl Cluster {
         let to_hub = hub.clone();
         thread::Builder::new()
             .name("redis-presence".into())
-            .spawn(move || share_presence(&redis, &keep, &whereabouts, &to_hub, &stop))?;
+            .spawn(move || share_presence(&redis, &keep, &to_hub, &stop))?;
         let (redis, node, highest) = (self.redis.clone(), self.node, Arc::clone(&self.highest));
         thread::Builder::new()
             .name("redis-out".into())

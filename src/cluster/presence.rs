@@ -1,20 +1,22 @@
-//! `redis-presence`: once a second, where this node's clients are goes out to
-//! Redis and where the other nodes' are comes in; and what a node keeps in Redis
-//! in case Redis lost its data.
+//! `redis-presence`: once a second, this node's seats kept alive in Redis, the
+//! seats of a node that died let go, and what a node keeps in Redis in case
+//! Redis lost its data. Where clients are travels on the stream (seat entries);
+//! the hashes are for a node that joins, and for noticing a death.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
 use crossbeam_channel::Sender;
 
+use super::read::checked_seat;
 use super::{
     EPOCH, IDS, LIFTED, Link, NODE_SET, NODES, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE,
-    RAISE_IDS, RedisAccess,
+    RAISE_IDS, RedisAccess, STREAM, STREAM_KEEPS,
 };
-use crate::event::{Event, Location, Whereabouts};
-use crate::protocol::{self, ClientId, NamedClient};
+use crate::event::{Event, Location};
+use crate::protocol::ClientId;
 
 /// What every node keeps in Redis besides its presence, in case Redis lost its
 /// data (restarted without persistence): the cluster's epoch, the node counter
@@ -26,27 +28,31 @@ pub(super) struct Keep {
     pub(super) highest: Arc<AtomicU64>,
 }
 
-/// `redis-presence`: where this node's clients are out, the other nodes' in,
-/// until `stop`.
+/// `redis-presence`: keeps this node's seats alive in Redis, notices when the
+/// others may have lost them, and lets go of the seats of a node that died
+/// without a word, until `stop`.
 pub(super) fn share_presence(
     redis: &RedisAccess,
     keep: &Keep,
-    whereabouts: &Whereabouts,
     hub: &Sender<Event>,
     stop: &AtomicBool,
 ) {
     let mine = format!("{PRESENCE}{}", keep.node);
     let mut link = Link::new(redis);
-    let mut told = None;
+    let mut roll = Roll::default();
     while !stop.load(Ordering::Relaxed) {
-        match link
-            .get()
-            .and_then(|c| exchange_presence(c, keep, &mine, whereabouts))
-        {
-            Ok(elsewhere) => {
-                if told.as_ref() != Some(&elsewhere) {
-                    told = Some(elsewhere.clone());
-                    if hub.send(Event::Elsewhere { rooms: elsewhere }).is_err() {
+        let beat = link.get().and_then(|c| {
+            let missing = keep_alive(c, keep, &mine)?;
+            let listed = release_the_dead(c, keep.node)?;
+            Ok((missing, listed))
+        });
+        match beat {
+            Ok((missing, listed)) => {
+                if missing && hub.send(Event::Reannounce).is_err() {
+                    return;
+                }
+                for node in roll.call(&listed) {
+                    if hub.send(Event::NodeGone { node }).is_err() {
                         return;
                     }
                 }
@@ -61,51 +67,46 @@ pub(super) fn share_presence(
     }
 }
 
-/// Rewrites this node's presence hash and reads every other node's: room →
-/// members elsewhere, each list sorted by id.
-fn exchange_presence(
-    con: &mut redis::Connection,
-    keep: &Keep,
-    mine: &str,
-    whereabouts: &Whereabouts,
-) -> redis::RedisResult<HashMap<String, Vec<NamedClient>>> {
-    let () = announce(keep, mine, whereabouts).query(con)?;
-    // The nodes that said they exist, and, in one round trip, what each holds.
-    let nodes: Vec<u64> = redis::cmd("SMEMBERS").arg(NODE_SET).query(con)?;
-    let others: Vec<u64> = nodes.into_iter().filter(|n| *n != keep.node).collect();
-    let mut reads = redis::pipe();
-    for other in &others {
-        reads.cmd("HGETALL").arg(format!("{PRESENCE}{other}"));
-    }
-    let held: Vec<HashMap<String, String>> = if others.is_empty() {
-        Vec::new()
-    } else {
-        reads.query(con)?
-    };
-    let mut rooms: HashMap<String, Vec<NamedClient>> = HashMap::new();
-    for (other, members) in others.iter().zip(held) {
-        if members.is_empty() {
-            // Expired (or it has nobody): it adds itself again while it lives.
-            let _: redis::RedisResult<()> = redis::cmd("SREM").arg(NODE_SET).arg(other).query(con);
-            continue;
+/// The other nodes this node has seen listed, for noticing one that is gone
+/// though no entry said so (Redis lost its data while it died, so nobody could
+/// let it go).
+#[derive(Default)]
+struct Roll {
+    seen: HashSet<u64>,
+    /// Seen before, but not listed the last time.
+    missed_once: HashSet<u64>,
+}
+
+impl Roll {
+    /// The nodes gone now: seen before, and left off twice in a row. Twice,
+    /// because a node that was let go lists itself again within a second once
+    /// it reaches Redis, and then says where its clients are.
+    fn call(&mut self, listed: &[u64]) -> Vec<u64> {
+        let mut gone = Vec::new();
+        for node in self.seen.iter().copied().filter(|n| !listed.contains(n)) {
+            if !self.missed_once.insert(node) {
+                gone.push(node);
+            }
         }
-        for (id, location) in members {
-            let Some((room, member)) = member_of(&id, &location) else {
-                continue;
-            };
-            rooms.entry(room.to_string()).or_default().push(member);
+        for node in &gone {
+            self.seen.remove(node);
+            self.missed_once.remove(node);
         }
+        for node in listed {
+            self.seen.insert(*node);
+            self.missed_once.remove(node);
+        }
+        gone
     }
-    for members in rooms.values_mut() {
-        members.sort_unstable_by_key(|member| member.id);
-    }
-    Ok(rooms)
 }
 
 /// What this node says of itself once a second, in one round trip: what it
-/// keeps in case Redis lost its data ([`Keep`]), that it exists, and its hash of
-/// where its clients are, rewritten whole (expiring after [`PRESENCE_TTL`]).
-fn announce(keep: &Keep, mine: &str, whereabouts: &Whereabouts) -> redis::Pipeline {
+/// keeps in case Redis lost its data ([`Keep`]), that it exists, and that its
+/// seat hash lives on for [`PRESENCE_TTL`] (field `0` keeps it there while the
+/// node has nobody). `true` when the node was not listed: Redis lost its data,
+/// or another node found its hash expired and let its seats go, so the others
+/// need to hear where its clients are.
+fn keep_alive(con: &mut redis::Connection, keep: &Keep, mine: &str) -> redis::RedisResult<bool> {
     let mut pipe = redis::pipe();
     pipe.cmd("SET")
         .arg(EPOCH)
@@ -125,35 +126,88 @@ fn announce(keep: &Keep, mine: &str, whereabouts: &Whereabouts) -> redis::Pipeli
         .arg(LIFTED)
         .arg(keep.highest.load(Ordering::Relaxed))
         .ignore();
-    pipe.cmd("SADD").arg(NODE_SET).arg(keep.node).ignore();
-    pipe.atomic().cmd("DEL").arg(mine).ignore();
-    let snapshot = whereabouts.snapshot();
-    if !snapshot.is_empty() {
-        let cmd = pipe.cmd("HSET").arg(mine);
-        for (id, Location { room, name }) in &snapshot {
-            cmd.arg(id.0).arg(format!("{room}\n{name}"));
-        }
-        cmd.ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(mine)
-            .arg(PRESENCE_TTL.as_millis() as u64)
-            .ignore();
-    }
-    pipe
+    pipe.cmd("HSET").arg(mine).arg(0).arg("").ignore();
+    pipe.cmd("PEXPIRE")
+        .arg(mine)
+        .arg(PRESENCE_TTL.as_millis() as u64)
+        .ignore();
+    pipe.cmd("SADD").arg(NODE_SET).arg(keep.node);
+    let (added,): (u64,) = pipe.query(con)?;
+    Ok(added == 1)
 }
 
-/// One field of another node's hash (client id → room and name) as a member of
-/// that room, or `None` outside the protocol's bounds: a name goes into
-/// notifications, whose size the hub's batches count on.
-fn member_of<'a>(id: &str, location: &'a str) -> Option<(&'a str, NamedClient)> {
-    let id = id.parse::<u64>().ok()?;
-    let (room, name) = location.split_once('\n')?;
-    if protocol::check_name(name).is_err() || !protocol::is_room(room) {
-        return None;
+/// Lets go of the seats of every node whose hash expired (it died without a
+/// word, or has been cut off for longer than [`PRESENCE_TTL`]): a seats entry
+/// with nobody, appended once, by whichever node finds it first ([`RELEASE`]).
+/// Returns the other nodes still listed.
+fn release_the_dead(con: &mut redis::Connection, node: u64) -> redis::RedisResult<Vec<u64>> {
+    let nodes: Vec<u64> = redis::cmd("SMEMBERS").arg(NODE_SET).query(con)?;
+    let others: Vec<u64> = nodes.into_iter().filter(|n| *n != node).collect();
+    if others.is_empty() {
+        return Ok(others);
     }
-    let member = NamedClient {
-        id: ClientId(id),
-        name: name.to_string(),
-    };
-    Some((room, member))
+    let mut exists = redis::pipe();
+    for other in &others {
+        exists.cmd("EXISTS").arg(format!("{PRESENCE}{other}"));
+    }
+    let alive: Vec<bool> = exists.query(con)?;
+    let mut listed = Vec::with_capacity(others.len());
+    for (other, alive) in others.iter().zip(alive) {
+        if alive {
+            listed.push(*other);
+            continue;
+        }
+        let _: u64 = redis::cmd("EVAL")
+            .arg(RELEASE)
+            .arg(4)
+            .arg(STREAM)
+            .arg(IDS)
+            .arg(NODE_SET)
+            .arg(format!("{PRESENCE}{other}"))
+            .arg(STREAM_KEEPS)
+            .arg(other)
+            .arg(crate::protocol::unix_millis())
+            .query(con)?;
+    }
+    Ok(listed)
+}
+
+/// Lets node ARGV[2] go, once: KEYS[1] the stream, KEYS[2] the id counter,
+/// KEYS[3] the set of nodes, KEYS[4] the node's hash; ARGV[1] MAXLEN, ARGV[3]
+/// the time. Nothing if its hash is there after all, or another node let it go
+/// first (it is no longer listed); else a seats entry for it with nobody, which
+/// takes no id: `<the last id>-<next>`, as `append.rs` numbers seats.
+const RELEASE: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end \
+    if redis.call('SREM', KEYS[3], ARGV[2]) == 0 then return 0 end \
+    local id = tonumber(redis.call('GET', KEYS[2]) or '0') \
+    local seq = 2 \
+    local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
+    if top then \
+    local dash = string.find(top[1], '-') \
+    if tonumber(string.sub(top[1], 1, dash - 1)) == id then \
+    seq = math.max(tonumber(string.sub(top[1], dash + 1)), 1) + 1 \
+    end \
+    end \
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-' .. seq, \
+    'room', '', 'from', '0', 'name', '', 'msg', '[]', 'ts', ARGV[3], 'except', '0', \
+    'to', '', 'kind', 'seats', 'node', ARGV[2]) \
+    return 1";
+
+/// Where every other node's clients are, as their hashes say: field `id`,
+/// value room and name (field `0` is no client). Those outside the protocol's
+/// bounds are left out.
+pub(super) fn seats_of(held: HashMap<String, String>) -> Vec<(ClientId, Location)> {
+    held.iter()
+        .filter_map(|(id, seat)| {
+            let (room, name) = seat.split_once('\n')?;
+            let (room, client) = checked_seat(id.parse().ok()?, room, name)?;
+            Some((
+                client.id,
+                Location {
+                    room,
+                    name: client.name,
+                },
+            ))
+        })
+        .collect()
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use super::{LIFTED, Link, RedisAccess, STREAM};
-use crate::event::{DirectMessage, Event, RelayedMessage};
+use crate::event::{DirectMessage, Event, Location, RelayedMessage};
 use crate::logging::{Noisy, Untrusted, limited};
 use crate::protocol::{self, ClientId, NamedClient};
+use crate::socketio;
 
 /// Entries one `XREAD` returns at most, and how long it blocks before looking at
 /// whether the server is stopping.
@@ -72,14 +73,19 @@ pub(super) fn read_stream(
             let Some(list) = parts.pop() else { continue };
             for (id, fields) in entries(list) {
                 if let Some(n) = message_id(&id) {
-                    if let Some(last) = last
-                        && n > last + 1
-                        && missed(link.get(), last, n)
-                        && hub.send(Event::Missed { upto: n - 1 }).is_err()
-                    {
-                        return;
+                    // Only a message's entry (`<id>-1`) says its id was given:
+                    // a seat's (`<the last id>-2`…) follows whatever came last,
+                    // even a counter started again with no message yet.
+                    if id.ends_with("-1") {
+                        if let Some(last) = last
+                            && n > last + 1
+                            && missed(link.get(), last, n)
+                            && hub.send(Event::Missed { upto: n - 1 }).is_err()
+                        {
+                            return;
+                        }
+                        last = Some(n);
                     }
-                    last = Some(n);
                     highest.fetch_max(n, Ordering::Relaxed);
                 }
                 after = id.clone();
@@ -178,31 +184,51 @@ const MAX_MESSAGE_ID: u64 = 1 << 53;
 /// on the bounds of a message.
 pub(super) fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
     let number = |key: &str| fields.get(key)?.parse::<u64>().ok();
-    if fields.get("kick").is_some_and(|k| k == "1") {
-        return Some(Event::RelayedKick {
-            target: ClientId(number("to")?),
-            by: ClientId(number("from")?),
-        });
+    // The last message id at the entry: the entry's own for a message (which
+    // [`message_id`] checks), 0 for a seat before any message.
+    let entry = id.split('-').next()?.parse::<u64>().ok()?;
+    if entry >= MAX_MESSAGE_ID {
+        return None;
     }
-    if fields.get("login").is_some_and(|l| l == "1") {
-        let name = fields.get("name")?;
-        protocol::check_name(name).ok()?;
-        return Some(Event::RelayedLogin {
-            id: message_id(id)?,
-            room: Some(fields.get("room")?)
-                .filter(|room| protocol::is_room(room))?
-                .clone(),
-            client: NamedClient {
-                id: ClientId(number("from")?),
-                name: name.clone(),
-            },
-        });
+    match fields.get("kind").map_or("", String::as_str) {
+        "" => {}
+        "kick" => {
+            return Some(Event::RelayedKick {
+                target: ClientId(number("to")?),
+                by: ClientId(number("from")?),
+            });
+        }
+        "login" => {
+            let (room, client) = seat_in(fields, number("from")?)??;
+            return Some(Event::RelayedLogin {
+                id: entry,
+                room,
+                client,
+            });
+        }
+        "seat" => {
+            let id = ClientId(number("from")?);
+            let seat = seat_in(fields, id.0)?.map(|(room, client)| Location {
+                room,
+                name: client.name,
+            });
+            return Some(Event::RelayedSeat { entry, id, seat });
+        }
+        "seats" => {
+            return Some(Event::RelayedSeats {
+                entry,
+                node: number("node")?,
+                seats: seats_in(fields.get("msg")?)?,
+            });
+        }
+        _ => return None,
     }
+    let entry = message_id(id)?;
     let (name, msg) = (fields.get("name")?, fields.get("msg")?);
     protocol::check_message(name, msg).ok()?;
     if let Some(to) = number("to") {
         return Some(Event::RelayedDirect {
-            id: message_id(id)?,
+            id: entry,
             ts: number("ts")?,
             direct: DirectMessage {
                 from: ClientId(number("from")?),
@@ -213,14 +239,55 @@ pub(super) fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Even
         });
     }
     Some(Event::Relayed(RelayedMessage {
-        id: message_id(id)?,
+        id: entry,
         ts: number("ts")?,
         from: ClientId(number("from")?),
         room: Some(fields.get("room")?)
-            .filter(|room| protocol::is_room(room))?
+            .filter(|room| socketio::is_hub_room(room))?
             .clone(),
         name: name.clone(),
         msg: msg.clone(),
         except_sender: fields.get("except").is_some_and(|e| e == "1"),
     }))
+}
+
+/// The room and the named client of a seat or login entry of client `id`:
+/// `Some(None)` for an empty room (gone), `None` outside the protocol's bounds.
+fn seat_in(fields: &HashMap<String, String>, id: u64) -> Option<Option<(String, NamedClient)>> {
+    let (room, name) = (fields.get("room")?, fields.get("name")?);
+    if room.is_empty() {
+        return Some(None);
+    }
+    Some(Some(checked_seat(id, room, name)?))
+}
+
+/// A seat within the protocol's bounds: a name goes into notifications, whose
+/// size the hub's batches count on.
+pub(super) fn checked_seat(id: u64, room: &str, name: &str) -> Option<(String, NamedClient)> {
+    if protocol::check_name(name).is_err() || !socketio::is_hub_room(room) || id == 0 {
+        return None;
+    }
+    let client = NamedClient {
+        id: ClientId(id),
+        name: name.to_string(),
+    };
+    Some((room.to_string(), client))
+}
+
+/// A seats entry's list (`[[id, room, name], …]`), each within the protocol's
+/// bounds (those that are not are left out).
+fn seats_in(list: &str) -> Option<Vec<(ClientId, Location)>> {
+    let list: Vec<(u64, String, String)> = serde_json::from_str(list).ok()?;
+    Some(
+        list.into_iter()
+            .filter_map(|(id, room, name)| checked_seat(id, &room, &name))
+            .map(|(room, client)| {
+                let seat = Location {
+                    room,
+                    name: client.name,
+                };
+                (client.id, seat)
+            })
+            .collect(),
+    )
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::access::redacted;
 use super::*;
-use crate::event::{DirectMessage, RelayedMessage};
+use crate::event::{DirectMessage, Location, RelayedMessage};
 use crate::protocol::{self, ClientId};
 
 fn entry(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -139,7 +139,7 @@ fn an_entry_outside_the_protocol_s_bounds_is_not_a_message() {
         ("ts", "1"),
         ("except", "0"),
         ("to", "9"),
-        ("kick", "1"),
+        ("kind", "kick"),
     ]);
     assert!(matches!(
         relayed("7-1", &kick),
@@ -148,4 +148,61 @@ fn an_entry_outside_the_protocol_s_bounds_is_not_a_message() {
             by: ClientId(7)
         })
     ));
+}
+
+#[test]
+fn seat_entries_are_read_within_the_protocol_s_bounds() {
+    let seat = |room: &str, name: &str| {
+        entry(&[
+            ("room", room),
+            ("from", "8589934593"),
+            ("name", name),
+            ("msg", ""),
+            ("ts", "1"),
+            ("kind", "seat"),
+            ("node", "2"),
+        ])
+    };
+    let Some(Event::RelayedSeat {
+        entry: 9,
+        id: ClientId(8_589_934_593),
+        seat: Some(Location { room, name }),
+    }) = relayed("9-1", &seat("lobby", "bob"))
+    else {
+        panic!("a seat in the lobby")
+    };
+    assert_eq!((room.as_str(), name.as_str()), ("lobby", "bob"));
+    assert!(matches!(
+        relayed("9-1", &seat("", "")),
+        Some(Event::RelayedSeat { seat: None, .. })
+    ));
+    assert!(relayed("9-1", &seat("no room!", "bob")).is_none());
+    assert!(relayed("9-1", &seat("lobby", &"x".repeat(100))).is_none());
+    // A seats entry: the ones out of bounds left out, the rest kept.
+    let seats = |list: &str| {
+        entry(&[
+            ("room", ""),
+            ("from", "0"),
+            ("name", ""),
+            ("msg", list),
+            ("ts", "1"),
+            ("kind", "seats"),
+            ("node", "2"),
+        ])
+    };
+    let Some(Event::RelayedSeats {
+        node: 2,
+        seats: read,
+        ..
+    }) = relayed(
+        "10-1",
+        &seats(r#"[[8589934593,"lobby","bob"],[8589934594,"no room!","x"]]"#),
+    )
+    else {
+        panic!("a seats entry")
+    };
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].0, ClientId(8_589_934_593));
+    assert!(relayed("10-1", &seats("not a list")).is_none());
+    assert!(relayed("10-1", &seats("[]")).is_some());
 }

@@ -26,11 +26,76 @@ pub(super) struct ClusterView {
     /// How the hub reaches the cluster's threads.
     side: HubSide,
     link: Link,
-    /// The other nodes' members, room by room, as `redis-presence` last reported
-    /// them: counted while linked, kept while cut off for when Redis is back.
-    reported: HashMap<String, Vec<NamedClient>>,
+    /// The other nodes' clients, as the stream's seat entries say: counted while
+    /// linked, kept while cut off for when Redis is back.
+    elsewhere: Elsewhere,
+    /// A seat entry of this node's could not be handed to `redis-out` (or Redis
+    /// refused it): the next turn says where all its clients are.
+    reannounce: bool,
     /// The last epoch of this node's own: the next one is greater.
     last_own_epoch: u64,
+}
+
+/// The other nodes' clients: where each sits, and each room's members.
+#[derive(Default)]
+struct Elsewhere {
+    /// Room → its members on other nodes, sorted by id.
+    rooms: HashMap<String, Vec<NamedClient>>,
+    /// Client → its room.
+    seats: HashMap<ClientId, String>,
+}
+
+impl Elsewhere {
+    /// Seats client `member` in `room` (`None`: gone). Returns the room it left
+    /// (`None` if it stays in its room, or was nowhere) and whether it joined
+    /// `room` (it was elsewhere, or nowhere).
+    fn seat(&mut self, member: NamedClient, room: Option<String>) -> (Option<String>, bool) {
+        let id = member.id;
+        let before = self.seats.get(&id).cloned();
+        if before == room {
+            // A rename, or nothing: no one comes or goes.
+            if let Some(list) = room.and_then(|r| self.rooms.get_mut(&r))
+                && let Some(m) = list.iter_mut().find(|m| m.id == id)
+            {
+                m.name = member.name;
+            }
+            return (None, false);
+        }
+        if let Some(old) = &before {
+            let list = self.rooms.get_mut(old).expect("a seat's room lists it");
+            list.retain(|m| m.id != id);
+            if list.is_empty() {
+                self.rooms.remove(old);
+            }
+            self.seats.remove(&id);
+        }
+        let joined = room.is_some();
+        if let Some(room) = room {
+            let list = self.rooms.entry(room.clone()).or_default();
+            let at = list.partition_point(|m| m.id < id);
+            list.insert(at, member);
+            self.seats.insert(id, room);
+        }
+        (before, joined)
+    }
+
+    /// The clients of node `node`.
+    fn of_node(&self, node: u64) -> Vec<ClientId> {
+        let ids = self.seats.keys().filter(|id| node_of(**id) == node);
+        ids.copied().collect()
+    }
+
+    /// Client `id`, as the other nodes named it.
+    fn named(&self, id: ClientId) -> Option<NamedClient> {
+        let room = self.seats.get(&id)?;
+        self.rooms[room].iter().find(|m| m.id == id).cloned()
+    }
+}
+
+/// The node a client id belongs to: each node numbers its clients from
+/// `node << 32`.
+fn node_of(id: ClientId) -> u64 {
+    id.0 >> 32
 }
 
 /// Whether Redis answers this node.
@@ -43,11 +108,20 @@ enum Link {
 }
 
 impl ClusterView {
-    pub(super) fn new(side: HubSide) -> ClusterView {
+    pub(super) fn new(mut side: HubSide) -> ClusterView {
+        let mut elsewhere = Elsewhere::default();
+        for (id, seat) in std::mem::take(&mut side.elsewhere) {
+            let member = NamedClient {
+                id,
+                name: seat.name,
+            };
+            elsewhere.seat(member, Some(seat.room));
+        }
         ClusterView {
             side,
             link: Link::Linked,
-            reported: HashMap::new(),
+            elsewhere,
+            reannounce: false,
             last_own_epoch: 0,
         }
     }
@@ -58,7 +132,7 @@ impl ClusterView {
 
     /// Whether client `id` is on another node, as far as this one knows.
     fn is_elsewhere(&self, id: ClientId) -> bool {
-        self.is_linked() && self.reported.values().flatten().any(|m| m.id == id)
+        self.is_linked() && self.elsewhere.seats.contains_key(&id)
     }
 }
 
@@ -69,7 +143,7 @@ pub(super) fn members_elsewhere<'a>(
     room: &str,
 ) -> &'a [NamedClient] {
     match cluster {
-        Some(view) if view.is_linked() => view.reported.get(room).map_or(&[], Vec::as_slice),
+        Some(view) if view.is_linked() => view.elsewhere.rooms.get(room).map_or(&[], Vec::as_slice),
         _ => &[],
     }
 }
@@ -79,7 +153,7 @@ pub(super) fn rooms_elsewhere(cluster: &Option<ClusterView>) -> impl Iterator<It
     cluster
         .iter()
         .filter(|view| view.is_linked())
-        .flat_map(|view| view.reported.keys())
+        .flat_map(|view| view.elsewhere.rooms.keys())
 }
 
 impl Hub {
@@ -138,16 +212,114 @@ impl Hub {
         }
     }
 
-    /// Tells the other nodes (through `redis-presence`) where client `id` now is,
-    /// or that it is gone.
-    pub(super) fn report_location(&self, id: ClientId) {
-        if let Some(view) = &self.cluster {
-            let location = self.clients.get(&id).map(|client| Location {
+    /// Tells the other nodes (a seat entry, through the stream) where client
+    /// `id` of this node now is, or that it is gone.
+    pub(super) fn publish_seat(&mut self, id: ClientId) {
+        if !self.is_linked() {
+            return; // said in one seats entry when Redis is back
+        }
+        let seat = self.clients.get(&id).map(|client| Location {
+            room: client.room.clone(),
+            name: client.name.clone(),
+        });
+        let view = self.cluster.as_mut().expect("linked");
+        if !event::offer(&view.side.outgoing, Publish::seat(id, seat, unix_millis())) {
+            view.reannounce = true;
+        }
+    }
+
+    /// Says where every client of this node is, in one seats entry, which
+    /// replaces what the other nodes knew of them (tried again next turn if
+    /// `redis-out` has no room for it now).
+    pub(super) fn reannounce(&mut self) {
+        if !self.is_linked() {
+            return;
+        }
+        let seats = self.clients.iter().map(|(id, client)| {
+            let seat = Location {
                 room: client.room.clone(),
                 name: client.name.clone(),
-            });
-            view.side.whereabouts.set(id, location);
+            };
+            (*id, seat)
+        });
+        let publish = Publish::seats(seats.collect(), unix_millis());
+        let view = self.cluster.as_mut().expect("linked");
+        view.reannounce = !event::offer(&view.side.outgoing, publish);
+    }
+
+    /// Whether a seat entry of this node's is owed: see [`Hub::reannounce`].
+    pub(super) fn owes_seats(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|view| view.reannounce)
+    }
+
+    /// Client `id` of another node sits at `seat` (`None`: gone), as of entry
+    /// `entry`: this node's members of the rooms it left and joined hear it.
+    pub(super) fn relayed_seat(&mut self, entry: u64, id: ClientId, seat: Option<Location>) {
+        self.last_message_id = self.last_message_id.max(entry);
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        if node_of(id) == view.side.node {
+            return; // this node's own: the hub knew first
         }
+        let (name, room) = match seat {
+            Some(Location { room, name }) => (name, Some(room)),
+            None => (
+                view.elsewhere.named(id).map(|m| m.name).unwrap_or_default(),
+                None,
+            ),
+        };
+        let member = NamedClient { id, name };
+        let (left, joined) = view.elsewhere.seat(member.clone(), room.clone());
+        if !view.is_linked() {
+            return;
+        }
+        if let Some(left) = left {
+            self.announce_seat(&left, Presence::Leave, member.clone());
+        }
+        if let (true, Some(room)) = (joined, room) {
+            self.announce_seat(&room, Presence::Join, member);
+        }
+    }
+
+    /// Node `node`'s clients are `seats` and no others, as of entry `entry`.
+    pub(super) fn relayed_seats(
+        &mut self,
+        entry: u64,
+        node: u64,
+        seats: Vec<(ClientId, Location)>,
+    ) {
+        self.last_message_id = self.last_message_id.max(entry);
+        let Some(view) = &self.cluster else {
+            return;
+        };
+        if node == view.side.node {
+            return;
+        }
+        let staying: HashSet<ClientId> = seats.iter().map(|(id, _)| *id).collect();
+        let gone = view.elsewhere.of_node(node).into_iter();
+        for id in gone.filter(|id| !staying.contains(id)).collect::<Vec<_>>() {
+            self.relayed_seat(entry, id, None);
+        }
+        for (id, seat) in seats.into_iter().filter(|(id, _)| node_of(*id) == node) {
+            self.relayed_seat(entry, id, Some(seat));
+        }
+    }
+
+    /// A member of another node came to (or left) `room_name`: its members here
+    /// hear it, with the room's count after it.
+    fn announce_seat(&mut self, room_name: &str, presence: Presence, member: NamedClient) {
+        let elsewhere = members_elsewhere(&self.cluster, room_name).len();
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        if room.members.is_empty() {
+            return;
+        }
+        let count = room.members.len() + elsewhere;
+        room.batch.presence(presence, count, member, room_name);
+        self.turn.bytes += MAX_PRESENCE_FRAME;
+        self.turn.mark(room_name);
     }
 
     /// A room message in the cluster's order: to this node's members of its room,
@@ -225,14 +397,24 @@ impl Hub {
                 room.history.forget(epoch);
             }
             view.link = Link::Linked;
-            announce_elsewhere(&mut self.rooms, &mut self.turn, &nobody, &view.reported);
+            announce_elsewhere(
+                &mut self.rooms,
+                &mut self.turn,
+                &nobody,
+                &view.elsewhere.rooms,
+            );
         } else {
             view.last_own_epoch = own_epoch(view.side.node, view.last_own_epoch);
             view.link = Link::CutOff {
                 epoch: view.last_own_epoch,
                 last_id: self.last_message_id,
             };
-            announce_elsewhere(&mut self.rooms, &mut self.turn, &view.reported, &nobody);
+            announce_elsewhere(
+                &mut self.rooms,
+                &mut self.turn,
+                &view.elsewhere.rooms,
+                &nobody,
+            );
         }
         let msg = if up {
             log::warn!("cluster: Redis answers again");
@@ -242,18 +424,9 @@ impl Hub {
             "this server lost the rest of the chat: until it is back, only the people on this server hear you"
         };
         self.tell_every_room(msg, false);
-    }
-
-    /// Who is where on the other nodes, as `redis-presence` reads it now: while
-    /// linked, the counts follow, and this node's members hear of each join and
-    /// leave, as of their own node's.
-    pub(super) fn elsewhere_reported(&mut self, rooms: HashMap<String, Vec<NamedClient>>) {
-        let Some(view) = &mut self.cluster else {
-            return;
-        };
-        let before = std::mem::replace(&mut view.reported, rooms);
-        if view.is_linked() {
-            announce_elsewhere(&mut self.rooms, &mut self.turn, &before, &view.reported);
+        if up {
+            // What this node's clients did meanwhile was never appended.
+            self.reannounce();
         }
     }
 

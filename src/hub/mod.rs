@@ -190,14 +190,14 @@ pub fn spawn(
     // A room made while the backfill is applied has missed only what came before
     // the message it is made for, not the whole backfill.
     let highest = hub.last_message_id;
-    if let Some(
-        Event::Relayed(RelayedMessage { id, .. })
-        | Event::RelayedDirect { id, .. }
-        | Event::RelayedLogin { id, .. },
-    ) = backfill.first()
-    {
+    match backfill.first() {
         // Ids from the stream start at 1 (`cluster::message_id`).
-        hub.last_message_id = id - 1;
+        Some(Event::Relayed(RelayedMessage { id, .. }) | Event::RelayedDirect { id, .. }) => {
+            hub.last_message_id = id - 1;
+        }
+        // A login takes no id: it comes after message `id`.
+        Some(Event::RelayedLogin { id, .. }) => hub.last_message_id = *id,
+        _ => {}
     }
     thread::Builder::new().name("hub".into()).spawn(move || {
         for (n, event) in backfill.into_iter().enumerate() {
@@ -276,6 +276,9 @@ impl Hub {
                 }
             }
             self.flush();
+            if self.owes_seats() {
+                self.reannounce();
+            }
         }
     }
 
@@ -297,7 +300,10 @@ impl Hub {
             Event::Leave { id } => self.leave(id),
             Event::Relayed(message) => self.relayed(message),
             Event::NotRelayed { from, why } => self.reply_error(from, &InputError::NotRelayed(why)),
-            Event::Elsewhere { rooms } => self.elsewhere_reported(rooms),
+            Event::RelayedSeat { entry, id, seat } => self.relayed_seat(entry, id, seat),
+            Event::RelayedSeats { entry, node, seats } => self.relayed_seats(entry, node, seats),
+            Event::Reannounce => self.reannounce(),
+            Event::NodeGone { node } => self.relayed_seats(self.last_message_id, node, Vec::new()),
             Event::Linked { up } => self.linked_changed(up),
             Event::Missed { upto } => self.missed(upto),
             Event::RelayedKick { target, by } => self.kick_out(target, by),

@@ -181,7 +181,7 @@ impl Hub {
         target.admit(&client.room, id, &client, prefix, elsewhere);
         self.turn.mark(&client.room);
         self.clients.insert(id, client);
-        self.report_location(id);
+        self.publish_seat(id);
     }
 
     /// Client `id` moves to `room` (or asks for its own room again), with what it
@@ -232,7 +232,7 @@ impl Hub {
         if let Some(left) = self.rooms.get(&old) {
             client.charge(presence_cost(left, &old, &leaving.name, id));
         }
-        self.report_location(id);
+        self.publish_seat(id);
         self.leave_room(&old, leaving, Presence::Leave);
     }
 
@@ -284,7 +284,7 @@ impl Hub {
     pub(super) fn hello(&mut self, id: ClientId, name: String) {
         if let Some(client) = self.clients.get_mut(&id) {
             client.name = name;
-            self.report_location(id);
+            self.publish_seat(id);
         }
     }
 
@@ -350,7 +350,7 @@ impl Hub {
         if let Some(room) = self.rooms.get(&client.room) {
             client.charge(presence_cost(room, &client.room, &client.name, id));
         }
-        self.report_location(id);
+        self.publish_seat(id);
         let leaving = NamedClient {
             id,
             name: client.name,
@@ -376,7 +376,7 @@ impl Hub {
             return;
         };
         log::info!("client {target} kicked by client {by}");
-        self.report_location(target);
+        self.publish_seat(target);
         // Its reader is woken too: a client that ignores the Close is gone all the
         // same, and gives its place back.
         client
@@ -454,9 +454,13 @@ impl Hub {
             name: &m.name,
         });
         let all = room.members.len() + elsewhere.len();
+        // By id: the same list on every node of a cluster.
+        let mut members: Vec<WhoEntry> = here.chain(there).collect();
+        members.sort_unstable_by_key(|m| m.id);
+        members.truncate(LIST_MOST);
         let frame = Outgoing::Who {
             room: &client.room,
-            members: here.chain(there).take(LIST_MOST).collect(),
+            members,
             more: all.saturating_sub(LIST_MOST),
         };
         let bytes = client.format.answer(&frame, ack, &client.room);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::event::{Arrival, DirectMessage, Endpoint, Join, Publish, Said};
+use crate::event::{Arrival, DirectMessage, Endpoint, Entry, Join, Location, Publish, Said};
 use crate::format::Format;
 use crate::places;
 use crate::protocol::ChatMessage;
@@ -106,12 +106,22 @@ fn clustered_hub() -> (Hub, crossbeam_channel::Receiver<Publish>) {
     let side = HubSide {
         node: 1,
         outgoing,
-        whereabouts: Arc::default(),
+        elsewhere: Vec::new(),
         highest: Arc::default(),
     };
     let mut hub = hub();
     hub.cluster = Some(ClusterView::new(side));
     (hub, published)
+}
+
+/// The next message the hub handed to `redis-out`, past its seat entries.
+fn next_said(published: &crossbeam_channel::Receiver<Publish>) -> Publish {
+    loop {
+        let publish = published.try_recv().expect("a message was published");
+        if publish.kind == Entry::Said {
+            return publish;
+        }
+    }
 }
 
 /// `publish` as the stream hands it back, numbered `id`.
@@ -493,7 +503,7 @@ fn cut_off_twice_a_hub_numbers_alone_in_a_new_epoch_each_time_and_forgets_it_aft
     let (ann, mut ann_reads) = client(1);
     hub.apply(connect(1, &ann));
     hub.apply(say(1, "a"));
-    hub.apply(relayed(published.try_recv().unwrap(), 1));
+    hub.apply(relayed(next_said(&published), 1));
     hub.flush();
     received(&mut ann_reads, 3); // welcome, her join, "a" (id 1)
     let said = |frames: &[serde_json::Value]| {
@@ -555,4 +565,86 @@ fn cut_off_twice_a_hub_numbers_alone_in_a_new_epoch_each_time_and_forgets_it_aft
     let welcomed = received(&mut reads, 3);
     assert_eq!(welcomed[0]["epoch"].as_u64(), Some(1));
     assert_eq!(said(&welcomed), ["a"]);
+}
+
+#[test]
+fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
+    let (mut hub, published) = clustered_hub();
+    let (ann, mut ann_reads) = client((1 << 32) + 1);
+    hub.apply(connect((1 << 32) + 1, &ann));
+    hub.flush();
+    received(&mut ann_reads, 2); // welcome, her join
+    // Her seat goes out on the stream.
+    let seat = published.try_recv().unwrap();
+    assert_eq!(
+        (seat.kind, seat.from, seat.room.as_str()),
+        (Entry::Seat, ClientId((1 << 32) + 1), LOBBY)
+    );
+    let lobby = |name: &str| {
+        Some(Location {
+            room: LOBBY.into(),
+            name: name.into(),
+        })
+    };
+    let (bob, zoe) = (ClientId((2 << 32) + 1), ClientId((3 << 32) + 5));
+    // Node 1's own seat, come back, changes nothing.
+    hub.apply(Event::RelayedSeat {
+        entry: 2,
+        id: ClientId((1 << 32) + 1),
+        seat: lobby("ann"),
+    });
+    // One turn each: a turn folds joins in a row into one notification.
+    let heard_alone = |hub: &mut Hub, reads: &mut std::net::TcpStream, event: Event| {
+        hub.apply(event);
+        hub.flush();
+        let frame = received(reads, 1).remove(0);
+        let field = |name: &str| frame[name].clone();
+        (field("event"), field("id"), field("count"))
+    };
+    let seen = heard_alone(
+        &mut hub,
+        &mut ann_reads,
+        Event::RelayedSeat {
+            entry: 3,
+            id: zoe,
+            seat: lobby("zoe"),
+        },
+    );
+    assert_eq!(seen, ("join".into(), zoe.0.into(), 2.into()));
+    let seen = heard_alone(
+        &mut hub,
+        &mut ann_reads,
+        Event::RelayedSeat {
+            entry: 4,
+            id: bob,
+            seat: lobby("bob"),
+        },
+    );
+    assert_eq!(seen, ("join".into(), bob.0.into(), 3.into()));
+    // `who` lists everyone by id, whichever node they are on.
+    hub.apply(Event::Who {
+        id: ClientId((1 << 32) + 1),
+    });
+    hub.flush();
+    let who = &received(&mut ann_reads, 1)[0];
+    let ids: Vec<u64> = who["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [(1 << 32) + 1, bob.0, zoe.0]);
+    // Node 2 says who it has: nobody now. Node 3 is gone, though nothing said so.
+    let seen = heard_alone(
+        &mut hub,
+        &mut ann_reads,
+        Event::RelayedSeats {
+            entry: 5,
+            node: 2,
+            seats: Vec::new(),
+        },
+    );
+    assert_eq!(seen, ("leave".into(), bob.0.into(), 2.into()));
+    let seen = heard_alone(&mut hub, &mut ann_reads, Event::NodeGone { node: 3 });
+    assert_eq!(seen, ("leave".into(), zoe.0.into(), 1.into()));
 }

@@ -25,6 +25,21 @@ pub fn room_in(namespace: &str, room: &str) -> String {
     format!("{namespace}#{room}")
 }
 
+/// Whether `room` is a name the hub gives rooms: a room's name (the main
+/// namespace's), or a room of another namespace ([`room_in`]). What crosses a
+/// cluster is checked against it.
+pub fn is_hub_room(room: &str) -> bool {
+    match room.split_once('#') {
+        Some((namespace, room)) => {
+            namespace
+                .strip_prefix('/')
+                .is_some_and(crate::protocol::is_room)
+                && crate::protocol::is_room(room)
+        }
+        None => crate::protocol::is_room(room),
+    }
+}
+
 /// The namespace a room of the hub's belongs to: `/` for every room but those of
 /// [`room_in`].
 pub fn namespace_of(room: &str) -> &str {

@@ -10,7 +10,7 @@ use super::packet::{
     self, EnginePacket, MAX_ATTACHMENTS, Malformed, Packet, PacketType, placeholders_fit,
 };
 use super::session::{Due, Received, Session, Whole};
-use super::{Refusal, refusal};
+use super::{Refusal, is_hub_room, refusal, room_in};
 
 fn decoded(text: &str) -> Packet<'_> {
     Packet::decode(text).unwrap_or_else(|e| panic!("{text:?} is malformed: {e}"))
@@ -373,4 +373,21 @@ fn the_fixture_answers_as_the_reference_server() {
     );
     let (now, _) = echo::answer(&mut s, whole(r#"2["other"]"#), "9");
     assert!(now.is_empty());
+}
+
+#[test]
+fn a_namespace_s_rooms_are_rooms_of_the_hub_and_nothing_else_is() {
+    assert!(is_hub_room("lobby"));
+    assert!(is_hub_room(&room_in("/chat", "room1")));
+    for not_a_room in [
+        "",
+        "/chat",
+        "chat#room1",
+        "/#room1",
+        "/chat#",
+        "/a b#c",
+        "/c#a#b",
+    ] {
+        assert!(!is_hub_room(not_a_room), "{not_a_room}");
+    }
 }

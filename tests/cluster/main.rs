@@ -360,11 +360,12 @@ fn one_chat_in_one_order(n: usize) {
     }
     // Every sender sends without waiting for its messages to come back, so
     // many wait for each round trip to Redis.
-    let (appended, calls) = (
-        command_calls(redis.url(), "xadd"),
-        command_calls(redis.url(), "evalsha"),
-    );
-    assert_eq!(appended, total as u64, "each message appended once");
+    let appended = stream_entries(redis.url())
+        .into_iter()
+        .filter(|(_, fields)| fields.get("kind").is_none_or(String::is_empty))
+        .count();
+    assert_eq!(appended, total, "each message appended once");
+    let calls = command_calls(redis.url(), "evalsha");
     assert!(
         calls < total as u64 / 2,
         "{calls} calls for {total} messages"
@@ -448,6 +449,45 @@ fn the_tutorial_s_logins_cross_the_nodes_in_the_one_order() {
         .map(|frame| frame["name"].as_str().unwrap().to_owned());
     json_logins.sort();
     assert_eq!(json_logins, ["abc", "xyz"]);
+}
+
+/// The tutorial's rooms page on two nodes: a room of a namespace spans the
+/// nodes, as the main namespace's rooms do.
+#[test]
+fn a_namespace_s_rooms_span_the_nodes() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let rooms_page = |node: &Server| {
+        let mut client = Client::connect(&node.ws_url("/socket.io/?EIO=4&transport=websocket"));
+        client.send_text("40/chat,");
+        loop {
+            if let tungstenite::Message::Text(text) = client.recv()
+                && text.starts_with(r#"40/chat,{"sid":"#)
+            {
+                return client;
+            }
+        }
+    };
+    let (mut on_a, mut on_b) = (rooms_page(&a), rooms_page(&b));
+    let said = |name: &str, msg: &str| {
+        format!(r#"42/chat,["chat message",{{"name":"{name}","room":"room1","msg":"{msg}"}}]"#)
+    };
+    on_b.send_text(&said("b", "b is in room1"));
+    assert_eq!(chat_message(&mut on_b), "b is in room1");
+    on_a.send_text(&said("a", "from a"));
+    assert_eq!(chat_message(&mut on_a), "from a");
+    assert_eq!(chat_message(&mut on_b), "from a");
+}
+
+/// The text of the next `chat message` in `/chat`.
+fn chat_message(client: &mut Client) -> String {
+    loop {
+        if let tungstenite::Message::Text(text) = client.recv()
+            && let Some(rest) = text.strip_prefix(r#"42/chat,["chat message","#)
+        {
+            return serde_json::from_str(&rest[..rest.len() - 1]).expect("a JSON string");
+        }
+    }
 }
 
 /// The next `n` of the tutorial's events (`login` and `chat`) `client` hears, as
@@ -724,34 +764,111 @@ fn counts_who_and_direct_messages_cover_the_cluster() {
 }
 
 #[test]
-fn a_node_killed_without_a_word_leaves_everyone_s_presence() {
+fn a_node_killed_without_a_word_leaves_everyone_s_presence_once() {
     let redis = Redis::start();
-    let a = node(&redis);
+    let (a, c) = (node(&redis), node(&redis));
     let url = redis.url();
     let b = Process::start(&["--redis", &url]);
     let mut ann = Client::join(&a);
+    let mut cid = Client::join(&c);
     let bob = Client::join(&b);
     let bob_id = bob.id.unwrap();
-    loop {
-        let note = ann.recv_type("notification");
-        if note["event"] == "join" && note["id"] == bob_id {
-            break;
-        }
+    // (Joins heard in one turn are told as one: `who` names each.)
+    for client in [&mut ann, &mut cid] {
+        wait_until_who_lists(client, bob_id, None);
     }
     b.signal(rustix::process::Signal::KILL);
-    // Its presence expires (5 s) and the next reading (every second) finds it gone.
-    let left = loop {
-        let note = ann.recv_type("notification");
-        if note["event"] == "leave" {
-            break note;
-        }
-    };
-    assert_eq!(
-        (left["id"].as_u64(), left["count"].as_u64()),
-        (Some(bob_id), Some(1)),
-        "{left}"
-    );
+    // Its hash expires (5 s), and the first node to find it gone (within a
+    // second) lets its seats go, for everyone at one place in the stream.
+    for client in [&mut ann, &mut cid] {
+        let left = loop {
+            let note = client.recv_type("notification");
+            if note["event"] == "leave" {
+                break note;
+            }
+        };
+        assert_eq!(
+            (left["id"].as_u64(), left["count"].as_u64()),
+            (Some(bob_id), Some(2)),
+            "{left}"
+        );
+    }
+    let released: Vec<_> = stream_entries(&url)
+        .into_iter()
+        .filter(|(_, fields)| {
+            fields.get("kind").map(String::as_str) == Some("seats")
+                && fields.get("node") == Some(&(bob_id >> 32).to_string())
+                && fields.get("msg").map(String::as_str) == Some("[]")
+        })
+        .collect();
+    assert_eq!(released.len(), 1, "let go once: {released:?}");
+    // A direct message to it is refused, by name.
+    ann.send_text(&format!(
+        r#"{{"type":"direct","to":{bob_id},"msg":"there?"}}"#
+    ));
+    assert_refused_for(&mut ann, bob_id);
     drop(bob);
+}
+
+/// Who is where travels in the stream's one order: a join on one node is
+/// heard on every other before anything the newcomer says, `welcome`'s count
+/// covers every node, and `who` lists the same members in the same order
+/// everywhere.
+#[test]
+fn presence_is_in_the_stream_s_one_order_on_three_nodes() {
+    let redis = Redis::start();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis)).collect();
+    let mut ann = Client::join(&nodes[0]);
+    let mut eve = Client::join(&nodes[1]);
+    let mut cid = Client::join(&nodes[2]);
+    // A client's seat goes before anything it says, on its node's one queue to
+    // Redis: once every client has heard every other's message, every node has
+    // read every seat.
+    for (client, msg) in [(&mut ann, "ann"), (&mut eve, "eve"), (&mut cid, "cid")] {
+        client.send_chat(msg, msg);
+    }
+    for client in [&mut ann, &mut eve, &mut cid] {
+        let mut heard: Vec<String> = (0..3)
+            .map(|_| {
+                client.recv_type("message")["msg"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        heard.sort();
+        assert_eq!(heard, ["ann", "cid", "eve"]);
+    }
+    // Bob joins node 1 and speaks at once: everyone hears his join first.
+    let mut bob = Client::connect(&nodes[1].ws_url("/"));
+    let welcome = bob.recv_type("welcome");
+    assert_eq!(welcome["count"], 4, "ann, cid, eve and bob: {welcome}");
+    let bob_id = welcome["id"].as_u64().unwrap();
+    bob.send_chat("bob", "bob here");
+    for client in [&mut ann, &mut cid] {
+        let mut heard_join = false;
+        loop {
+            let frame = client.recv_json();
+            if frame["event"] == "join" && frame["id"] == bob_id {
+                assert_eq!(frame["count"], 4, "{frame}");
+                heard_join = true;
+            }
+            if frame["type"] == "message" && frame["msg"] == "bob here" {
+                break;
+            }
+        }
+        assert!(heard_join, "the join came before bob's message");
+    }
+    // `who`, on every node: the same members, in the same order.
+    let lists: Vec<serde_json::Value> = [&mut ann, &mut bob, &mut cid]
+        .into_iter()
+        .map(|client| {
+            client.send_text(r#"{"type":"who"}"#);
+            client.recv_type("who")["members"].clone()
+        })
+        .collect();
+    assert_eq!(lists[0].as_array().unwrap().len(), 4, "{lists:?}");
+    assert!(lists.iter().all(|list| *list == lists[0]), "{lists:?}");
 }
 
 #[test]
