@@ -78,11 +78,16 @@ pub enum Event {
         node: u64,
         seats: Vec<(ClientId, Location)>,
     },
+    /// Where every client of the cluster sits now, as the seat hashes say: read
+    /// when seat entries may have gone unread (trimmed, or lost with Redis'
+    /// data). What was known of the other nodes' clients is replaced.
+    SeatsNow { seats: Vec<(ClientId, Location)> },
     /// The other nodes may have lost track of this node's clients (Redis lost
     /// its data, or a cut-off outlasted its presence): say where they all are.
     Reannounce,
-    /// Node `node` is no longer listed in Redis though no entry let its clients
-    /// go (Redis lost its data while it died): they leave.
+    /// Node `node` has been off Redis' list for a while though no entry let its
+    /// clients go (Redis lost its data while it died): they leave. Not in the
+    /// stream's order (nobody could append it), so each node at its own time.
     NodeGone { node: u64 },
     /// Redis stopped (`up: false`) or started again answering this node.
     Linked { up: bool },

@@ -5,12 +5,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::read::READ_COUNT;
 use super::{
-    IDS, LIFTED, PRESENCE, PRESENCE_TTL, RAISE_IDS, REDIS_BACKOFF, RedisAccess, STREAM,
-    STREAM_KEEPS, connect, pause_after,
+    IDS, LIFTED, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE_IDS, REDIS_BACKOFF, RedisAccess,
+    STREAM, STREAM_KEEPS, connect, pause_after,
 };
 use crate::backoff::Backoff;
 use crate::event::{Entry, Event, Publish};
@@ -53,10 +53,10 @@ const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return 0 en
     end \
     local last = redis.call('INCRBY', KEYS[2], said) \
     local id = last - said \
-    local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
     local tid, tseq = 0, 0 \
+    local top = said < n and redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
     if top then \
-    local dash = string.find(top[1], '-') \
+    local dash = string.find(top[1], '-', 1, true) \
     tid = tonumber(string.sub(top[1], 1, dash - 1)) \
     tseq = tonumber(string.sub(top[1], dash + 1)) \
     end \
@@ -143,7 +143,27 @@ pub(super) fn append_messages(
 ) {
     let mut appender = Appender::new(redis, node, highest);
     let mut numbered = 0u64;
-    while let Ok(first) = outgoing.recv() {
+    // A batch with seats in it that Redis may not hold: the hub is asked to say
+    // where all its clients are, once Redis takes a batch again, or after a
+    // pause (not at once: Redis may refuse that one too).
+    let mut seats_lost = false;
+    loop {
+        let next = if seats_lost {
+            outgoing.recv_timeout(PRESENCE_EVERY)
+        } else {
+            // Idle, this thread sleeps until there is something to append.
+            outgoing.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        let first = match next {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                if std::mem::take(&mut seats_lost) && hub.send(Event::Reannounce).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let messages: Vec<Publish> = std::iter::once(first)
             .chain(outgoing.try_iter().take(READ_COUNT - 1))
             .collect();
@@ -153,8 +173,15 @@ pub(super) fn append_messages(
         };
         numbered += batch.messages.len() as u64;
         let Err(e) = appender.append_patiently(&batch) else {
+            if std::mem::take(&mut seats_lost) && hub.send(Event::Reannounce).is_err() {
+                return;
+            }
             continue;
         };
+        seats_lost |= batch
+            .messages
+            .iter()
+            .any(|m| matches!(m.kind, Entry::Seat | Entry::Seats));
         if refused(&e) {
             appender.tell_unsent(&batch, &e, hub);
         } else {
@@ -261,17 +288,15 @@ impl<'a> Appender<'a> {
                     Untrusted(e),
                     unsent.len()
                 );
-                for m in unsent {
-                    let event = match m.kind {
-                        // Its clients did not say it: the hub says where they all
-                        // are, once Redis takes it.
-                        Entry::Seat | Entry::Seats => Event::Reannounce,
-                        Entry::Said | Entry::Kick | Entry::Login => Event::NotRelayed {
-                            from: m.from,
-                            why: "Redis refused it",
-                        },
-                    };
-                    let _ = hub.send(event);
+                // Seats are said again later, whole (`append_messages`).
+                let said = unsent
+                    .iter()
+                    .filter(|m| !matches!(m.kind, Entry::Seat | Entry::Seats));
+                for m in said {
+                    let _ = hub.send(Event::NotRelayed {
+                        from: m.from,
+                        why: "Redis refused it",
+                    });
                 }
             }
             Err(asked) => log::warn!(

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -73,28 +74,33 @@ pub(super) fn share_presence(
 #[derive(Default)]
 struct Roll {
     seen: HashSet<u64>,
-    /// Seen before, but not listed the last time.
-    missed_once: HashSet<u64>,
+    /// Seen before, and not listed since then.
+    missing_since: HashMap<u64, Instant>,
 }
 
+/// How long a node seen before may be off the list before it is taken for gone:
+/// a node that lives lists itself again once its own heartbeat reaches Redis,
+/// which its pauses between tries (5 s at most) and the TTL bound.
+const OFF_THE_LIST: Duration = Duration::from_secs(15);
+
 impl Roll {
-    /// The nodes gone now: seen before, and left off twice in a row. Twice,
-    /// because a node that was let go lists itself again within a second once
-    /// it reaches Redis, and then says where its clients are.
+    /// The nodes gone now: seen before, and off the list for [`OFF_THE_LIST`].
     fn call(&mut self, listed: &[u64]) -> Vec<u64> {
-        let mut gone = Vec::new();
-        for node in self.seen.iter().copied().filter(|n| !listed.contains(n)) {
-            if !self.missed_once.insert(node) {
-                gone.push(node);
-            }
+        let now = Instant::now();
+        for node in self.seen.iter().filter(|n| !listed.contains(n)) {
+            self.missing_since.entry(*node).or_insert(now);
         }
+        let gone: Vec<u64> = (self.missing_since.iter())
+            .filter(|(_, since)| now.duration_since(**since) >= OFF_THE_LIST)
+            .map(|(node, _)| *node)
+            .collect();
         for node in &gone {
             self.seen.remove(node);
-            self.missed_once.remove(node);
+            self.missing_since.remove(node);
         }
         for node in listed {
             self.seen.insert(*node);
-            self.missed_once.remove(node);
+            self.missing_since.remove(node);
         }
         gone
     }
@@ -103,9 +109,10 @@ impl Roll {
 /// What this node says of itself once a second, in one round trip: what it
 /// keeps in case Redis lost its data ([`Keep`]), that it exists, and that its
 /// seat hash lives on for [`PRESENCE_TTL`] (field `0` keeps it there while the
-/// node has nobody). `true` when the node was not listed: Redis lost its data,
-/// or another node found its hash expired and let its seats go, so the others
-/// need to hear where its clients are.
+/// node has nobody). `true` when the node was not listed, or its hash was gone:
+/// Redis lost its data, or the hash expired (and another node may have let its
+/// seats go), so the others, and nodes that join later, need to hear where its
+/// clients are.
 fn keep_alive(con: &mut redis::Connection, keep: &Keep, mine: &str) -> redis::RedisResult<bool> {
     let mut pipe = redis::pipe();
     pipe.cmd("SET")
@@ -126,14 +133,15 @@ fn keep_alive(con: &mut redis::Connection, keep: &Keep, mine: &str) -> redis::Re
         .arg(LIFTED)
         .arg(keep.highest.load(Ordering::Relaxed))
         .ignore();
-    pipe.cmd("HSET").arg(mine).arg(0).arg("").ignore();
+    pipe.cmd("HSET").arg(mine).arg(0).arg("");
     pipe.cmd("PEXPIRE")
         .arg(mine)
         .arg(PRESENCE_TTL.as_millis() as u64)
         .ignore();
     pipe.cmd("SADD").arg(NODE_SET).arg(keep.node);
-    let (added,): (u64,) = pipe.query(con)?;
-    Ok(added == 1)
+    let (hash_made, listed_anew): (u64, u64) = pipe.query(con)?;
+    // A hash made anew had expired: what it said of the clients is gone.
+    Ok(hash_made == 1 || listed_anew == 1)
 }
 
 /// Lets go of the seats of every node whose hash expired (it died without a
@@ -183,10 +191,10 @@ const RELEASE: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end \
     local seq = 2 \
     local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
     if top then \
-    local dash = string.find(top[1], '-') \
-    if tonumber(string.sub(top[1], 1, dash - 1)) == id then \
-    seq = math.max(tonumber(string.sub(top[1], dash + 1)), 1) + 1 \
-    end \
+    local dash = string.find(top[1], '-', 1, true) \
+    local tid = tonumber(string.sub(top[1], 1, dash - 1)) \
+    if tid > id then id, seq = tid, 2 end \
+    if tid == id then seq = math.max(tonumber(string.sub(top[1], dash + 1)), 1) + 1 end \
     end \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-' .. seq, \
     'room', '', 'from', '0', 'name', '', 'msg', '[]', 'ts', ARGV[3], 'except', '0', \

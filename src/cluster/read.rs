@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::{LIFTED, Link, RedisAccess, STREAM};
+use super::presence::seats_of;
+use super::{JOIN, LIFTED, Link, NODE_SET, PRESENCE, RedisAccess, STREAM};
 use crate::event::{DirectMessage, Event, Location, RelayedMessage};
 use crate::logging::{Noisy, Untrusted, limited};
 use crate::protocol::{self, ClientId, NamedClient};
@@ -22,19 +23,20 @@ pub(super) const READ_BLOCK: Duration = Duration::from_millis(1_000);
 /// `redis-in`: hands every entry after `after` to the hub, until `stop`.
 pub(super) fn read_stream(
     redis: &RedisAccess,
-    mut after: String,
+    after: String,
     hub: &Sender<Event>,
     highest: &AtomicU64,
     stop: &AtomicBool,
 ) {
     let mut link = Link::new(redis);
+    let mut reading = Reading {
+        // The last message id handed over, when there is one to follow.
+        last: message_id(&after).filter(|n| *n > 0),
+        after,
+        resnapshot: false,
+    };
     // Whether the hub believes Redis answers: it is told when that changes.
     let mut linked = true;
-    // The last message id handed over, when there is one to follow. Ids are
-    // consecutive along the stream (each is taken by the append that writes its
-    // entry), so a jump past it means entries this node will never read: trimmed
-    // (`MAXLEN ~`) while it was cut off, or lost with Redis' data.
-    let mut last = message_id(&after).filter(|n| *n > 0);
     let tell = |up: bool, linked: &mut bool| {
         if *linked != up {
             *linked = up;
@@ -42,7 +44,11 @@ pub(super) fn read_stream(
         }
     };
     while !stop.load(Ordering::Relaxed) {
+        let fresh = link.con.is_none();
         let read = link.get().and_then(|c| {
+            if fresh {
+                reading.notice_a_reset(c)?;
+            }
             redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(READ_COUNT)
@@ -50,7 +56,7 @@ pub(super) fn read_stream(
                 .arg(READ_BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(STREAM)
-                .arg(&after)
+                .arg(&reading.after)
                 .query::<redis::Value>(c)
         });
         let reply = match read {
@@ -63,47 +69,126 @@ pub(super) fn read_stream(
         };
         tell(true, &mut linked);
         // [[stream, [entry, ...]]], or nil when BLOCK passed with nothing new.
-        let redis::Value::Array(streams) = reply else {
-            continue;
+        let list = match reply {
+            redis::Value::Array(streams) => streams.into_iter().find_map(|stream| match stream {
+                redis::Value::Array(mut parts) => parts.pop(),
+                _ => None,
+            }),
+            _ => None,
         };
-        for stream in streams {
-            let redis::Value::Array(mut parts) = stream else {
-                continue;
-            };
-            let Some(list) = parts.pop() else { continue };
-            for (id, fields) in entries(list) {
-                if let Some(n) = message_id(&id) {
-                    // Only a message's entry (`<id>-1`) says its id was given:
-                    // a seat's (`<the last id>-2`…) follows whatever came last,
-                    // even a counter started again with no message yet.
-                    if id.ends_with("-1") {
-                        if let Some(last) = last
-                            && n > last + 1
-                            && missed(link.get(), last, n)
-                            && hub.send(Event::Missed { upto: n - 1 }).is_err()
-                        {
-                            return;
-                        }
-                        last = Some(n);
-                    }
-                    highest.fetch_max(n, Ordering::Relaxed);
-                }
-                after = id.clone();
-                let Some(event) = relayed(&id, &fields) else {
-                    // Anyone who can write to the stream chooses these.
-                    limited!(
-                        Noisy::BadStreamEntry,
-                        "redis: entry \"{}\" of {STREAM} is not a message: skipped",
-                        Untrusted(&id)
-                    );
-                    continue;
-                };
-                if hub.send(event).is_err() {
-                    return;
-                }
-            }
+        let read = list.map(entries).unwrap_or_default();
+        let caught_up = read.len() < READ_COUNT;
+        if reading.hand_over(read, &mut link, hub, highest).is_err() {
+            return;
+        }
+        if caught_up && reading.resnapshot && resnapshot(&mut link, hub).is_ok() {
+            reading.resnapshot = false;
         }
     }
+}
+
+/// Where `redis-in` is in the stream.
+struct Reading {
+    /// The last entry handed over.
+    after: String,
+    /// The last message id handed over, when there is one to follow. Message
+    /// ids are consecutive along the stream (each is taken by the append that
+    /// writes its entry), so a jump past it means entries this node will never
+    /// read: trimmed (`MAXLEN ~`) while it was cut off, or lost with Redis' data.
+    last: Option<u64>,
+    /// Seat entries may be gone unread: once caught up, where everyone sits is
+    /// read from the hashes ([`resnapshot`]).
+    resnapshot: bool,
+}
+
+impl Reading {
+    /// Hands `read` to the hub; `Err` when the hub is gone.
+    fn hand_over(
+        &mut self,
+        read: Vec<(String, HashMap<String, String>)>,
+        link: &mut Link<'_>,
+        hub: &Sender<Event>,
+        highest: &AtomicU64,
+    ) -> Result<(), ()> {
+        for (id, fields) in read {
+            if let Some(n) = message_id(&id) {
+                // Only a message's entry (`<id>-1`) says its id was given: a
+                // seat's (`<the last id>-2`…) follows whatever came last, even a
+                // counter started again with no message yet.
+                if id.ends_with("-1") {
+                    if let Some(last) = self.last
+                        && n > last + 1
+                        && missed(link.get(), last, n)
+                    {
+                        self.resnapshot = true;
+                        hub.send(Event::Missed { upto: n - 1 }).map_err(drop)?;
+                    }
+                    self.last = Some(n);
+                }
+                highest.fetch_max(n, Ordering::Relaxed);
+            }
+            self.after = id.clone();
+            let Some(event) = relayed(&id, &fields) else {
+                // Anyone who can write to the stream chooses these.
+                limited!(
+                    Noisy::BadStreamEntry,
+                    "redis: entry \"{}\" of {STREAM} is not a message: skipped",
+                    Untrusted(&id)
+                );
+                continue;
+            };
+            hub.send(event).map_err(drop)?;
+        }
+        Ok(())
+    }
+
+    /// On a new connection: a stream whose last entry is before the one this
+    /// node read last has started again (Redis lost its data, or came back from
+    /// an older copy), and `XREAD` after it would wait for entries it already
+    /// has. Reading goes on from its last entry, and where everyone sits is read
+    /// again.
+    fn notice_a_reset(&mut self, c: &mut redis::Connection) -> redis::RedisResult<()> {
+        let top: redis::Value = redis::cmd("XREVRANGE")
+            .arg(STREAM)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(c)?;
+        let top = entries(top)
+            .pop()
+            .map_or_else(|| "0-0".to_string(), |(id, _)| id);
+        if entry_order(&top) < entry_order(&self.after) {
+            log::warn!(
+                "redis: {STREAM} ends before the entry this node read last: reading on from its end"
+            );
+            self.after = top;
+            self.resnapshot = true;
+        }
+        Ok(())
+    }
+}
+
+/// A stream entry id as a pair of numbers, for comparing.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Hands the hub where everyone sits now, as the seat hashes say (they change
+/// with the seat entries, in the same step).
+fn resnapshot(link: &mut Link<'_>, hub: &Sender<Event>) -> redis::RedisResult<()> {
+    let (_, hashes): (redis::Value, Vec<HashMap<String, String>>) = redis::cmd("EVAL")
+        .arg(JOIN)
+        .arg(2)
+        .arg(STREAM)
+        .arg(NODE_SET)
+        .arg(1)
+        .arg(PRESENCE)
+        .query(link.get()?)?;
+    let seats = hashes.into_iter().flat_map(seats_of).collect();
+    let _ = hub.send(Event::SeatsNow { seats });
+    Ok(())
 }
 
 /// Whether the ids after `last` and before `n`, which this node never read, were

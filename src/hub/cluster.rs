@@ -202,11 +202,16 @@ impl Hub {
         self.last_message_id
     }
 
-    /// Hands `publish` to `redis-out`, or tells its sender the chat is busy.
+    /// Hands `publish` to `redis-out`, or tells its sender the chat is busy. A
+    /// seats entry owed goes first: a client's seat before anything it says.
     pub(super) fn publish(&mut self, publish: Publish) {
         let from = publish.from;
-        let offered =
-            (self.cluster.as_ref()).is_some_and(|view| event::offer(&view.side.outgoing, publish));
+        if self.owes_seats() {
+            self.reannounce();
+        }
+        let offered = !self.owes_seats()
+            && (self.cluster.as_ref())
+                .is_some_and(|view| event::offer(&view.side.outgoing, publish));
         if !offered {
             self.reply_error(from, &InputError::NotRelayed("the chat is busy: try again"));
         }
@@ -303,6 +308,25 @@ impl Hub {
         }
         for (id, seat) in seats.into_iter().filter(|(id, _)| node_of(*id) == node) {
             self.relayed_seat(entry, id, Some(seat));
+        }
+    }
+
+    /// Where every client of the cluster sits now (the seat hashes, read after
+    /// seat entries may have gone unread): each other node's clients are
+    /// replaced by its part of `seats`.
+    pub(super) fn seats_now(&mut self, seats: Vec<(ClientId, Location)>) {
+        let Some(view) = &self.cluster else {
+            return;
+        };
+        let mut by_node: HashMap<u64, Vec<(ClientId, Location)>> = HashMap::new();
+        for id in view.elsewhere.seats.keys() {
+            by_node.entry(node_of(*id)).or_default();
+        }
+        for (id, seat) in seats {
+            by_node.entry(node_of(id)).or_default().push((id, seat));
+        }
+        for (node, seats) in by_node {
+            self.relayed_seats(self.last_message_id, node, seats);
         }
     }
 

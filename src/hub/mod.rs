@@ -303,6 +303,7 @@ impl Hub {
             Event::RelayedSeat { entry, id, seat } => self.relayed_seat(entry, id, seat),
             Event::RelayedSeats { entry, node, seats } => self.relayed_seats(entry, node, seats),
             Event::Reannounce => self.reannounce(),
+            Event::SeatsNow { seats } => self.seats_now(seats),
             Event::NodeGone { node } => self.relayed_seats(self.last_message_id, node, Vec::new()),
             Event::Linked { up } => self.linked_changed(up),
             Event::Missed { upto } => self.missed(upto),

@@ -364,6 +364,40 @@ fn a_message_redis_refuses_gets_its_sender_an_error_and_the_chat_goes_on_once_re
     assert_eq!(bob.recv_type("message")["msg"], "after a flush");
 }
 
+/// Redis restarts empty in a chat where nobody has said anything yet (only
+/// seats are on the stream, and a new stream's seats take the same entry ids
+/// again): each node reads the new stream from its start, the nodes say again
+/// where their clients are, and presence is whole again on both.
+#[test]
+fn after_redis_lost_its_data_the_nodes_know_who_is_where_again() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let (a, b) = (node(&redis), node(&redis));
+    let mut ann = Client::join(&a);
+    let bob = Client::join(&b);
+    wait_until_who_lists(&mut ann, bob.id.unwrap(), None);
+    // Many seats before the loss: more than the nodes say again after it.
+    for _ in 0..10 {
+        for room in ["side", "lobby"] {
+            ann.send_text(&format!(r#"{{"type":"join","room":"{room}"}}"#));
+            ann.recv_type("joined");
+        }
+    }
+    drop(redis);
+    assert_eq!(recv_cluster(&mut ann)["connected"], false);
+    let _redis = Redis::start_on(port);
+    assert_eq!(recv_cluster(&mut ann)["connected"], true);
+    wait_until_who_lists(&mut ann, bob.id.unwrap(), None);
+    // And what happens next is heard: a newcomer on b.
+    let cid = Client::join(&b);
+    wait_until_who_lists(&mut ann, cid.id.unwrap(), None);
+    let mut dan = Client::join(&a);
+    let mut cid = cid;
+    wait_until_who_lists(&mut cid, dan.id.unwrap(), None);
+    dan.send_chat("dan", "all here");
+    assert_eq!(cid.recv_type("message")["msg"], "all here");
+}
+
 /// Redis restarts empty while the node that has seen the most ids is cut off
 /// from it, and a node that has seen fewer speaks first. The new ids must still
 /// be new: an id names one message, whichever client, node or stream tells it.
