@@ -46,7 +46,8 @@
 //!
 //! * The script that appends a seat entry also writes it into the node's hash
 //!   (`threadchat:presence:<node>`: client id → room and name), in the same
-//!   step. So the hashes are where everyone sits as of the stream's last entry,
+//!   step. So the hashes are where everyone sits as of the stream's last entry
+//!   (but for a hash that expired and has not been let go or said again yet),
 //!   and a node that joins reads both in one step ([`JOIN`]) and reads on from
 //!   there.
 //! * Each node keeps its hash alive: it expires [`PRESENCE_TTL`] after the
@@ -59,7 +60,14 @@
 //!   off for longer than the TTL and let go) says where all its clients are in
 //!   one seats entry, which replaces what the others knew of them. So does a
 //!   node that heals after a cut-off: what moved meanwhile was never appended.
-
+//! * Seat entries a node may never read (the stream trimmed past it while it
+//!   was cut off, or started again when Redis lost its data) are read from the
+//!   hashes instead, once it has caught up. And a node off the list for 15 s
+//!   with no entry letting it go (it died while Redis was losing its data) has
+//!   its clients leave each node on its own.
+//! * Old and new nodes do not share a cluster: the entries' fields changed with
+//!   seats (`kind`). Upgrade every node together.
+//!
 //! # Without Redis
 //!
 //! Every thread that loses Redis tries again with a growing pause. `redis-in`
@@ -83,9 +91,9 @@
 //!
 //! * `redis-in` resumes after the last entry it handed over, so the node hears
 //!   what the others said meanwhile, with no gap and no duplicate, as long as the
-//!   stream still holds it ([`STREAM_KEEPS`]). Ids are consecutive along the
-//!   stream, so when the first id it reads jumps, the node knows some are gone
-//!   and tells its clients ([`Event::Missed`]);
+//!   stream still holds it ([`STREAM_KEEPS`]). Message ids are consecutive along
+//!   the stream, so when the first id it reads jumps, the node knows some are
+//!   gone and tells its clients ([`Event::Missed`]);
 //! * the node's own epoch ends: what was said in it stays with those who heard it
 //!   (the others never did) and leaves the histories. Their cluster part was kept
 //!   apart meanwhile, so they are the stream's again;
@@ -208,10 +216,11 @@ const STREAM_KEEPS: usize = 100_000;
 /// refuses what does not fit rather than wait.
 pub const OUTGOING_QUEUE: usize = 1_024;
 
-/// The most those hold: a message's name and text, 8 KiB of UTF-8 at most.
+/// The most those hold: a message's name and text, 8 KiB of UTF-8 at most (and
+/// at times one seats entry, about 60 bytes per client of the node).
 pub const OUTGOING_BYTES: u64 = OUTGOING_QUEUE as u64 * 8 * 1024;
 
-/// How often a node rewrites its presence and reads the others'.
+/// How often a node keeps its seat hash alive and looks for dead nodes.
 pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 /// How long a node's seat hash outlives its last heartbeat.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(5);
