@@ -2,6 +2,7 @@
 //! one round trip and one call of a script, each batch numbered so that a batch
 //! sent again is appended once; and tells a sender "not sent" only when Redis is known not to hold it.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -413,14 +414,14 @@ fn append(
 
 /// An entry's `msg`: a message's text, or a seats entry's list, as JSON
 /// (`[[id, room, name], …]`, which the script reads too).
-fn seats_or_text(m: &Publish) -> std::borrow::Cow<'_, str> {
+fn seats_or_text(m: &Publish) -> Cow<'_, str> {
     if m.kind != Entry::Seats {
-        return std::borrow::Cow::Borrowed(&m.msg);
+        return Cow::Borrowed(&m.msg);
     }
     let list: Vec<(u64, &str, &str)> = m
         .seats
         .iter()
         .map(|(id, seat)| (id.0, seat.room.as_str(), seat.name.as_str()))
         .collect();
-    std::borrow::Cow::Owned(serde_json::to_string(&list).expect("numbers and strings"))
+    Cow::Owned(serde_json::to_string(&list).expect("numbers and strings"))
 }

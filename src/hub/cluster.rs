@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::rooms::Room;
+use super::rooms::{Client, Room};
 use super::{Hub, Turn};
 use crate::event::{self, DirectMessage, HubSide, Location, Publish, RelayedMessage};
 use crate::protocol::{
@@ -45,11 +45,17 @@ struct Elsewhere {
     seats: HashMap<ClientId, String>,
 }
 
+/// What a seat changed: the room a client left and the room it joined (`None`
+/// for each when it stayed where it was, renamed or not).
+#[derive(Default)]
+struct Moved {
+    left: Option<String>,
+    joined: Option<String>,
+}
+
 impl Elsewhere {
-    /// Seats client `member` in `room` (`None`: gone). Returns the room it left
-    /// (`None` if it stays in its room, or was nowhere) and whether it joined
-    /// `room` (it was elsewhere, or nowhere).
-    fn seat(&mut self, member: NamedClient, room: Option<String>) -> (Option<String>, bool) {
+    /// Seats client `member` in `room` (`None`: gone).
+    fn seat(&mut self, member: NamedClient, room: Option<String>) -> Moved {
         let id = member.id;
         let before = self.seats.get(&id).cloned();
         if before == room {
@@ -59,7 +65,7 @@ impl Elsewhere {
             {
                 m.name = member.name;
             }
-            return (None, false);
+            return Moved::default();
         }
         if let Some(old) = &before {
             let list = self.rooms.get_mut(old).expect("a seat's room lists it");
@@ -69,14 +75,16 @@ impl Elsewhere {
             }
             self.seats.remove(&id);
         }
-        let joined = room.is_some();
-        if let Some(room) = room {
+        if let Some(room) = &room {
             let list = self.rooms.entry(room.clone()).or_default();
             let at = list.partition_point(|m| m.id < id);
             list.insert(at, member);
-            self.seats.insert(id, room);
+            self.seats.insert(id, room.clone());
         }
-        (before, joined)
+        Moved {
+            left: before,
+            joined: room,
+        }
     }
 
     /// The clients of node `node`.
@@ -223,10 +231,7 @@ impl Hub {
         if !self.is_linked() {
             return; // said in one seats entry when Redis is back
         }
-        let seat = self.clients.get(&id).map(|client| Location {
-            room: client.room.clone(),
-            name: client.name.clone(),
-        });
+        let seat = self.clients.get(&id).map(Client::seat);
         let view = self.cluster.as_mut().expect("linked");
         if !event::offer(&view.side.outgoing, Publish::seat(id, seat, unix_millis())) {
             view.reannounce = true;
@@ -240,13 +245,7 @@ impl Hub {
         if !self.is_linked() {
             return;
         }
-        let seats = self.clients.iter().map(|(id, client)| {
-            let seat = Location {
-                room: client.room.clone(),
-                name: client.name.clone(),
-            };
-            (*id, seat)
-        });
+        let seats = self.clients.iter().map(|(id, client)| (*id, client.seat()));
         let publish = Publish::seats(seats.collect(), unix_millis());
         let view = self.cluster.as_mut().expect("linked");
         view.reannounce = !event::offer(&view.side.outgoing, publish);
@@ -275,15 +274,15 @@ impl Hub {
             ),
         };
         let member = NamedClient { id, name };
-        let (left, joined) = view.elsewhere.seat(member.clone(), room.clone());
+        let moved = view.elsewhere.seat(member.clone(), room);
         if !view.is_linked() {
             return;
         }
-        if let Some(left) = left {
+        if let Some(left) = moved.left {
             self.announce_seat(&left, Presence::Leave, member.clone());
         }
-        if let (true, Some(room)) = (joined, room) {
-            self.announce_seat(&room, Presence::Join, member);
+        if let Some(joined) = moved.joined {
+            self.announce_seat(&joined, Presence::Join, member);
         }
     }
 

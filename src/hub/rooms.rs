@@ -12,7 +12,7 @@ use super::cluster::members_elsewhere;
 use super::history::{History, replay_into};
 use super::{Hub, LIST_MOST, close_away};
 use crate::budget::Allowance;
-use crate::event::{Arrival, Endpoint, Join, Publish};
+use crate::event::{Arrival, Endpoint, Join, Location, Publish};
 use crate::format::Format;
 use crate::outbox::{Failure, Outbox};
 use crate::places::{self, Network64};
@@ -84,6 +84,14 @@ impl Client {
     /// Whether its address has spent what it may make the server send.
     pub(super) fn has_spent(&self) -> bool {
         self.allowance.as_ref().is_some_and(|a| !a.can_spend())
+    }
+
+    /// Where it sits, as the other nodes of a cluster hear it.
+    pub(super) fn seat(&self) -> Location {
+        Location {
+            room: self.room.clone(),
+            name: self.name.clone(),
+        }
     }
 }
 
