@@ -1,14 +1,14 @@
-//! `redis-out`: appends what this node's clients said to the stream, a batch in
-//! one round trip and one call of a script, each batch numbered so that a batch
-//! sent again is appended once; and tells a sender "not sent" only when Redis is known not to hold it.
+//! `redis-out`: appends what this node's clients said to the stream, a batch
+//! gathered for a few milliseconds in one entry, one round trip and one call of
+//! a script, each batch numbered so that a batch sent again is appended once;
+//! and tells a sender "not sent" only when Redis is known not to hold it.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::read::READ_COUNT;
+use super::entry::{items_of, takes_id};
 use super::{
     IDS, LIFTED, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE_IDS, REDIS_BACKOFF, RedisAccess,
     STREAM, STREAM_KEEPS, connect, pause_after,
@@ -17,98 +17,88 @@ use crate::backoff::Backoff;
 use crate::event::{Entry, Event, Publish};
 use crate::logging::Untrusted;
 
-/// Appends a batch of entries under the next ids, atomically: KEYS[1] the
-/// stream, KEYS[2] the id counter, KEYS[3] the batches this process has appended
-/// (a sorted set of their numbers); ARGV[1] MAXLEN, ARGV[2] the batch's number
-/// (its first entry's in this process), ARGV[3] the prefix of the nodes' seat
-/// hashes, ARGV[4] their time to live in ms, then nine per entry: room, from,
-/// name, msg, ts, except, to (empty but for a direct message or kick), kind
-/// (empty for a message: see [`kind_of`]) and the node.
+/// Appends a batch as one entry ([`entry`](super::entry)) under the next ids,
+/// atomically: KEYS[1] the stream, KEYS[2] the id counter, KEYS[3] the number of
+/// the last batch this process appended; ARGV[1] how many entries (and message
+/// ids) the stream keeps, ARGV[2] the batch's number (its first item's in this
+/// process), ARGV[3] this node's seat hash ([`PRESENCE`]), ARGV[4] its time to
+/// live in ms, ARGV[5] the node, ARGV[6] how many ids the items take, ARGV[7]
+/// the items; then the seat hash's changes, three arguments each: `set`, a
+/// client and its room and name; `del` and a client; `all` (every seat goes).
 ///
-/// Messages, direct messages and kicks take the next ids, and their entries are
-/// `<id>-1`. Logins and seats take none (no client sees one as a message, and
-/// the ids the clients see follow each other): their entries are `<the last
-/// id>-2`, `-3`, …, after the last entry, which the script reads.
+/// The ids are taken as one block (`INCRBY`), and the entry is
+/// `<the last of them>-1`; a batch that takes none (logins and seats: no client
+/// sees one as a message, and the ids the clients see follow each other) is
+/// `<the last id given>-2`, `-3`, …, after the stream's last entry.
 ///
-/// The batch is one call: its ids are taken as one block (`INCRBY`), and the
-/// nodes blocked in `XREAD` wake once for it, not once per message, which is
-/// most of what a message costs Redis. A batch number already there is skipped,
-/// so a batch sent again after a lost answer is appended once. It is recorded
-/// after the entries, so the set is also where `redis-out` learns whether a
-/// refused batch is in ([`not_appended`]). A script is not rolled back, but
-/// nothing can fail half-way here: Redis refuses a write for memory only before
-/// the script's first write (the `INCRBY`), and only the first `XADD` can find
-/// its id taken (the ids rise along the batch). The set keeps the last 10,000
-/// numbers. An entry's id is written with `%.0f`: Lua's own `..` writes a number
-/// of more than 14 digits as `1.7e+15`, which no stream takes, and ids that long
-/// follow a loss of Redis' data ([`RAISE_IDS`]).
+/// The batch is one call and one entry, which is most of what a message costs
+/// Redis: the nodes blocked in `XREAD` wake once for it, and read one entry.
+/// A batch whose number is not past the last one appended is skipped, so a
+/// batch sent again after a lost answer is appended once; the number is written
+/// after the entry, so it is also where `redis-out` learns whether a refused
+/// batch is in ([`not_appended`]). A script is not rolled back, but nothing can
+/// fail half-way here: Redis refuses a write for memory only before the
+/// script's first write, and only the `XADD` can find its id taken. Ids are
+/// written with `%.0f`: Lua's own `..` writes a number of more than 14 digits
+/// as `1.7e+15`, which no stream takes, and ids that long follow a loss of
+/// Redis' data ([`RAISE_IDS`]).
 ///
-/// A seat entry changes the node's seat hash ([`PRESENCE`]) in the same step, so
-/// the hashes are always what the stream says up to its last entry: a node
+/// The stream keeps about ARGV[1] entries (`MAXLEN ~`) and the entries of the
+/// last ARGV[1] ids (`MINID ~`): a batch of many messages is one entry.
+///
+/// The seat hash changes in the same step as the seat items reach the stream,
+/// so the hashes are always what the stream says up to its last entry: a node
 /// that joins reads both at once.
-const APPEND: &str = "if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return 0 end \
-    local n = (#ARGV - 4) / 9 \
-    local said = 0 \
-    for i = 0, n - 1 do \
-    if ARGV[4 + i * 9 + 8] == '' or ARGV[4 + i * 9 + 8] == 'kick' then said = said + 1 end \
-    end \
-    local last = redis.call('INCRBY', KEYS[2], said) \
-    local id = last - said \
-    local tid, tseq = 0, 0 \
-    local top = said < n and redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
+const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
+    if done and tonumber(done) >= tonumber(ARGV[2]) then return 0 end \
+    local said = tonumber(ARGV[6]) \
+    local id, seq = 0, 1 \
+    if said > 0 then \
+    id = redis.call('INCRBY', KEYS[2], said) \
+    else \
+    id, seq = tonumber(redis.call('GET', KEYS[2]) or '0'), 2 \
+    local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
     if top then \
     local dash = string.find(top[1], '-', 1, true) \
-    tid = tonumber(string.sub(top[1], 1, dash - 1)) \
-    tseq = tonumber(string.sub(top[1], dash + 1)) \
+    local tid = tonumber(string.sub(top[1], 1, dash - 1)) \
+    if tid >= id then id, seq = tid, math.max(tonumber(string.sub(top[1], dash + 1)), 1) + 1 end \
     end \
-    for i = 0, n - 1 do \
-    local a = 4 + i * 9 \
-    local kind = ARGV[a + 8] \
-    local seq = 1 \
-    if kind == '' or kind == 'kick' then \
-    id = id + 1 \
-    elseif tid == id then \
-    seq = math.max(tseq, 1) + 1 \
+    end \
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-' .. seq, \
+    'node', ARGV[5], 'said', ARGV[6], 'items', ARGV[7]) \
+    local keeps = tonumber(ARGV[1]) \
+    if said > 0 and id > keeps then \
+    redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f', id - keeps)) \
+    end \
+    if #ARGV > 7 then \
+    for i = 8, #ARGV, 3 do \
+    if ARGV[i] == 'all' then \
+    redis.call('DEL', ARGV[3]) \
+    redis.call('HSET', ARGV[3], '0', '') \
+    elseif ARGV[i] == 'del' then \
+    redis.call('HDEL', ARGV[3], ARGV[i + 1]) \
     else \
-    seq = 2 \
-    end \
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], \
-    string.format('%.0f', id) .. '-' .. seq, \
-    'room', ARGV[a + 1], 'from', ARGV[a + 2], 'name', ARGV[a + 3], 'msg', ARGV[a + 4], \
-    'ts', ARGV[a + 5], 'except', ARGV[a + 6], 'to', ARGV[a + 7], 'kind', kind, \
-    'node', ARGV[a + 9]) \
-    tid, tseq = id, seq \
-    if kind == 'seat' or kind == 'seats' then \
-    local hash = ARGV[3] .. ARGV[a + 9] \
-    if kind == 'seats' then \
-    redis.call('DEL', hash) \
-    redis.call('HSET', hash, '0', '') \
-    for _, s in ipairs(cjson.decode(ARGV[a + 4])) do \
-    redis.call('HSET', hash, string.format('%.0f', s[1]), s[2] .. '\\n' .. s[3]) \
-    end \
-    elseif ARGV[a + 1] == '' then \
-    redis.call('HDEL', hash, ARGV[a + 2]) \
-    else \
-    redis.call('HSET', hash, ARGV[a + 2], ARGV[a + 1] .. '\\n' .. ARGV[a + 3]) \
-    end \
-    redis.call('PEXPIRE', hash, ARGV[4]) \
+    redis.call('HSET', ARGV[3], ARGV[i + 1], ARGV[i + 2]) \
     end \
     end \
-    redis.call('ZADD', KEYS[3], ARGV[2], ARGV[2]) \
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (tonumber(ARGV[2]) - 10000)) \
-    redis.call('EXPIRE', KEYS[3], 86400) \
-    return last";
+    redis.call('PEXPIRE', ARGV[3], ARGV[4]) \
+    end \
+    redis.call('SET', KEYS[3], ARGV[2], 'EX', 86400) \
+    return id";
 
-/// How an entry's `kind` field names what it is (a message has none).
-pub(super) fn kind_of(entry: Entry) -> &'static str {
-    match entry {
-        Entry::Said => "",
-        Entry::Kick => "kick",
-        Entry::Login => "login",
-        Entry::Seat => "seat",
-        Entry::Seats => "seats",
-    }
-}
+/// The most items in one batch.
+const BATCH_MOST: usize = 512;
+
+/// How long `redis-out` waits for a batch to grow to [`BATCH_ENOUGH`] after its
+/// first item. Each batch costs Redis about the same, a script call and a
+/// wake-up of every node's read, whatever its length: at a chat's usual pace a
+/// batch would be one message, and a few milliseconds (which nobody notices in
+/// a chat) make Redis' work per message several times smaller
+/// (docs/PERFORMANCE.md, "One entry per batch").
+const GATHER: Duration = Duration::from_millis(5);
+
+/// A batch this large is appended without waiting for more.
+const BATCH_ENOUGH: usize = 8;
 
 /// How long `redis-out` goes on trying a batch while Redis does not answer (the
 /// connection lost or timed out: the batch may be in, its answer lost). Long
@@ -165,9 +155,7 @@ pub(super) fn append_messages(
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let messages: Vec<Publish> = std::iter::once(first)
-            .chain(outgoing.try_iter().take(READ_COUNT - 1))
-            .collect();
+        let messages = gather(first, outgoing);
         let batch = Batch {
             number: numbered + 1,
             messages,
@@ -196,6 +184,26 @@ pub(super) fn append_messages(
     }
 }
 
+/// A batch: `first` and what waits behind it, and when that is less than
+/// [`BATCH_ENOUGH`], what else comes within [`GATHER`] of it (up to
+/// [`BATCH_MOST`]). Under load, messages wait for each round trip to Redis, and
+/// a batch is large without waiting: holding it back then would only slow the
+/// chat down.
+fn gather(first: Publish, outgoing: &Receiver<Publish>) -> Vec<Publish> {
+    let until = Instant::now() + GATHER;
+    let mut messages = vec![first];
+    messages.extend(outgoing.try_iter().take(BATCH_MOST - 1));
+    while messages.len() < BATCH_ENOUGH {
+        match outgoing.recv_deadline(until) {
+            Ok(more) => messages.push(more),
+            // Time is up, or the hub is gone: what came is appended (and the
+            // next `recv` ends).
+            Err(_) => break,
+        }
+    }
+    messages
+}
+
 /// Messages appended in one call: all of them or none.
 struct Batch {
     /// Its first message's number in this process: how Redis tells a batch
@@ -205,13 +213,13 @@ struct Batch {
 }
 
 /// `redis-out`'s end of Redis: its connection (with the script loaded), and the
-/// set that records which of this process's messages are in.
+/// key that records the last batch of this process's that is in.
 struct Appender<'a> {
     redis: &'a RedisAccess,
     highest: &'a AtomicU64,
     /// This node's number, which its entries carry.
     node: u64,
-    /// The key of the set of numbers appended: this process's own, not the node
+    /// The key of the last batch number appended: this process's own, not the node
     /// number's, since after Redis lost its data a node number can be handed out
     /// again.
     appended: String,
@@ -351,13 +359,10 @@ fn not_appended<'a>(
             &mut made
         }
     };
-    let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg(appended)
-        .arg(batch.number)
-        .query(c)?;
-    Ok(match score {
-        Some(_) => &[],
-        None => &batch.messages,
+    let done: Option<u64> = redis::cmd("GET").arg(appended).query(c)?;
+    Ok(match done {
+        Some(done) if done >= batch.number => &[],
+        _ => &batch.messages,
     })
 }
 
@@ -388,6 +393,7 @@ fn append(
     node: u64,
     batch: &Batch,
 ) -> redis::RedisResult<()> {
+    let said = batch.messages.iter().filter(|m| takes_id(m.kind)).count();
     let mut call = redis::cmd("EVALSHA");
     call.arg(sha)
         .arg(3)
@@ -396,32 +402,34 @@ fn append(
         .arg(appended)
         .arg(STREAM_KEEPS)
         .arg(batch.number)
-        .arg(PRESENCE)
-        .arg(PRESENCE_TTL.as_millis() as u64);
+        .arg(format!("{PRESENCE}{node}"))
+        .arg(PRESENCE_TTL.as_millis() as u64)
+        .arg(node)
+        .arg(said)
+        .arg(items_of(&batch.messages));
     for m in &batch.messages {
-        call.arg(&m.room)
-            .arg(m.from.0)
-            .arg(&m.name)
-            .arg(seats_or_text(m))
-            .arg(m.ts)
-            .arg(u8::from(m.except_sender))
-            .arg(m.to.map_or_else(String::new, |to| to.to_string()))
-            .arg(kind_of(m.kind))
-            .arg(node);
+        match m.kind {
+            Entry::Seat if m.room.is_empty() => call.arg("del").arg(m.from.0).arg(""),
+            Entry::Seat => call
+                .arg("set")
+                .arg(m.from.0)
+                .arg(seat_value(&m.room, &m.name)),
+            Entry::Seats => {
+                call.arg("all").arg("").arg("");
+                for (id, seat) in &m.seats {
+                    call.arg("set")
+                        .arg(id.0)
+                        .arg(seat_value(&seat.room, &seat.name));
+                }
+                &mut call
+            }
+            _ => &mut call,
+        };
     }
     call.query::<u64>(c).map(|_| ())
 }
 
-/// An entry's `msg`: a message's text, or a seats entry's list, as JSON
-/// (`[[id, room, name], …]`, which the script reads too).
-fn seats_or_text(m: &Publish) -> Cow<'_, str> {
-    if m.kind != Entry::Seats {
-        return Cow::Borrowed(&m.msg);
-    }
-    let list: Vec<(u64, &str, &str)> = m
-        .seats
-        .iter()
-        .map(|(id, seat)| (id.0, seat.room.as_str(), seat.name.as_str()))
-        .collect();
-    Cow::Owned(serde_json::to_string(&list).expect("numbers and strings"))
+/// A seat as its node's hash holds it (`presence::seats_of` reads it).
+fn seat_value(room: &str, name: &str) -> String {
+    format!("{room}\n{name}")
 }

@@ -174,6 +174,7 @@
 
 mod access;
 mod append;
+mod entry;
 mod presence;
 mod read;
 #[cfg(test)]
@@ -189,8 +190,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use self::access::RedisAccess;
 use self::append::append_messages;
+use self::entry::events;
 use self::presence::{Keep, seats_of, share_presence};
-use self::read::{READ_BLOCK, entries, message_id, read_stream, relayed};
+use self::read::{READ_BLOCK, entries, message_id, read_stream};
 use crate::backoff::Backoff;
 use crate::event::{Event, HubSide, Location, Publish};
 use crate::logging::Untrusted;
@@ -257,12 +259,26 @@ const RAISE_IDS: &str = "local seen = tonumber(ARGV[1]) \
     redis.call('HSET', KEYS[2], 'at', at, 'seen', ARGV[1]) \
     return 0";
 
-/// What a node that joins reads in one atomic step: the stream's last ARGV[1]
-/// entries (KEYS[1]), and every listed node's (KEYS[2]) seat hash (ARGV[2] and
-/// the node's number). The hashes change in the same step as the seat entries
+/// What a node that joins reads in one atomic step: the stream's last entries
+/// (KEYS[1]), back to ARGV[1] ids taken or ARGV[1] entries, whichever comes
+/// first, and every listed node's (KEYS[2]) seat hash (ARGV[2] and the node's
+/// number). The hashes change in the same step as the seat entries
 /// (`append.rs`), so they are where everyone sat at the stream's last entry, the
 /// one this node reads on from.
-const JOIN: &str = "local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1]) \
+const JOIN: &str = "local want = tonumber(ARGV[1]) \
+    local recent, said, upto = {}, 0, '+' \
+    while said < want and #recent < want do \
+    local page = redis.call('XREVRANGE', KEYS[1], upto, '-', 'COUNT', 64) \
+    for _, e in ipairs(page) do \
+    recent[#recent + 1] = e \
+    for i = 1, #e[2], 2 do \
+    if e[2][i] == 'said' then said = said + (tonumber(e[2][i + 1]) or 0) end \
+    end \
+    if said >= want or #recent >= want then break end \
+    end \
+    if #page < 64 then break end \
+    upto = '(' .. page[#page][1] \
+    end \
     local seats = {} \
     for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do \
     seats[#seats + 1] = redis.call('HGETALL', ARGV[2] .. node) \
@@ -291,7 +307,7 @@ impl Cluster {
     /// Connects to `redis` and takes this node's number. An unreachable Redis (or
     /// one that refuses the password) is an error at start: a node that was asked
     /// to be part of a cluster does not run alone.
-    /// `backfill` is how many of the stream's last entries the hub is given at
+    /// `backfill` is how many of the stream's last messages the hub is given at
     /// start, for the rooms' histories (and `since`) on a node that was not
     /// running when they were said.
     pub fn join(
@@ -344,16 +360,17 @@ impl Cluster {
             .query(&mut con)
             .map_err(fail)?;
         let elsewhere = hashes.into_iter().flat_map(seats_of).collect();
-        let mut recent = entries(recent);
+        let recent = entries(recent);
         let start_after = recent
             .first()
             .map_or_else(|| "0-0".to_string(), |(id, _)| id.clone());
-        recent.truncate(backfill);
         // Oldest first, as the hub would have heard them.
-        let backfill = recent
+        let wanted = backfill;
+        let mut backfill: Vec<Event> = recent
             .iter()
             .rev()
-            .filter_map(|(id, fields)| relayed(id, fields))
+            .filter_map(|(id, fields)| events(id, fields))
+            .flatten()
             // The hashes say where everyone sits now.
             .filter(|event| {
                 !matches!(
@@ -362,6 +379,7 @@ impl Cluster {
                 )
             })
             .collect();
+        backfill.drain(..backfill.len().saturating_sub(wanted));
         Ok(Cluster {
             node,
             epoch,

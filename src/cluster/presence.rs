@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::read::checked_seat;
+use super::entry::checked_seat;
 use super::{
     EPOCH, IDS, LIFTED, Link, NODE_SET, NODES, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE,
     RAISE_IDS, RedisAccess, STREAM, STREAM_KEEPS,
@@ -197,8 +197,7 @@ const RELEASE: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end \
     if tid == id then seq = math.max(tonumber(string.sub(top[1], dash + 1)), 1) + 1 end \
     end \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-' .. seq, \
-    'room', '', 'from', '0', 'name', '', 'msg', '[]', 'ts', ARGV[3], 'except', '0', \
-    'to', '', 'kind', 'seats', 'node', ARGV[2]) \
+    'node', ARGV[2], 'said', '0', 'items', '[{\"k\":\"seats\",\"t\":' .. ARGV[3] .. '}]') \
     return 1";
 
 /// Where every other node's clients are, as their hashes say: field `id`,

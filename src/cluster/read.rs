@@ -8,16 +8,15 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
+use super::entry::{MAX_MESSAGE_ID, events, said_in};
 use super::presence::seats_of;
 use super::{JOIN, LIFTED, Link, NODE_SET, PRESENCE, RedisAccess, STREAM};
-use crate::event::{DirectMessage, Event, Location, RelayedMessage};
+use crate::event::Event;
 use crate::logging::{Noisy, Untrusted, limited};
-use crate::protocol::{self, ClientId, NamedClient};
-use crate::socketio;
 
-/// Entries one `XREAD` returns at most, and how long it blocks before looking at
-/// whether the server is stopping.
-pub(super) const READ_COUNT: usize = 512;
+/// Entries (batches) one `XREAD` returns at most, and how long it blocks before
+/// looking at whether the server is stopping.
+pub(super) const READ_COUNT: usize = 64;
 pub(super) const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
 /// `redis-in`: hands every entry after `after` to the hub, until `stop`.
@@ -112,32 +111,36 @@ impl Reading {
     ) -> Result<(), ()> {
         for (id, fields) in read {
             if let Some(n) = message_id(&id) {
-                // Only a message's entry (`<id>-1`) says its id was given: a
-                // seat's (`<the last id>-2`…) follows whatever came last, even a
-                // counter started again with no message yet.
-                if id.ends_with("-1") {
+                // Only an entry whose items took ids says they were given: one
+                // of seats (`<the last id>-2`…) follows whatever came last, even
+                // a counter started again with no message yet.
+                let said = said_in(&fields).unwrap_or(0);
+                if (1..=n).contains(&said) {
+                    let first = n + 1 - said;
                     if let Some(last) = self.last
-                        && n > last + 1
-                        && missed(link.get(), last, n)
+                        && first > last + 1
+                        && missed(link.get(), last, first)
                     {
                         self.resnapshot = true;
-                        hub.send(Event::Missed { upto: n - 1 }).map_err(drop)?;
+                        hub.send(Event::Missed { upto: first - 1 }).map_err(drop)?;
                     }
                     self.last = Some(n);
                 }
                 highest.fetch_max(n, Ordering::Relaxed);
             }
             self.after = id.clone();
-            let Some(event) = relayed(&id, &fields) else {
+            let Some(events) = events(&id, &fields) else {
                 // Anyone who can write to the stream chooses these.
                 limited!(
                     Noisy::BadStreamEntry,
-                    "redis: entry \"{}\" of {STREAM} is not a message: skipped",
+                    "redis: entry \"{}\" of {STREAM} is not a batch of messages: skipped",
                     Untrusted(&id)
                 );
                 continue;
             };
-            hub.send(event).map_err(drop)?;
+            for event in events {
+                hub.send(event).map_err(drop)?;
+            }
         }
         Ok(())
     }
@@ -248,7 +251,7 @@ fn text(value: redis::Value) -> Option<String> {
     }
 }
 
-/// The message id in a stream entry's id, `<message id>-1`; `None` for one no
+/// The last message id in a stream entry's id, `<id>-<n>`; `None` for one no
 /// node writes: 0 (the counter's first `INCR` gives 1), which would underflow
 /// the hub's arithmetic (`0-1` typed at `redis-cli`), and 2^53 or more, which a
 /// page's JavaScript cannot hold exactly and which would overflow the hub's
@@ -257,122 +260,4 @@ fn text(value: redis::Value) -> Option<String> {
 pub(super) fn message_id(entry: &str) -> Option<u64> {
     let id: u64 = entry.split('-').next()?.parse().ok()?;
     (1..MAX_MESSAGE_ID).contains(&id).then_some(id)
-}
-
-/// Past the largest message id (2^53 - 1, JavaScript's largest exact integer).
-const MAX_MESSAGE_ID: u64 = 1 << 53;
-
-/// A stream entry as the hub's event, or `None` for one that is not a message
-/// within the protocol's bounds. Every node checks what it appends, but an entry
-/// may come from anywhere that can write to Redis (another version, another
-/// `--max-message`, a typo at `redis-cli`), and the hub's bounds on a batch rely
-/// on the bounds of a message.
-pub(super) fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
-    let number = |key: &str| fields.get(key)?.parse::<u64>().ok();
-    // The last message id at the entry: the entry's own for a message (which
-    // [`message_id`] checks), 0 for a seat before any message.
-    let entry = id.split('-').next()?.parse::<u64>().ok()?;
-    if entry >= MAX_MESSAGE_ID {
-        return None;
-    }
-    match fields.get("kind").map_or("", String::as_str) {
-        "" => {}
-        "kick" => {
-            return Some(Event::RelayedKick {
-                target: ClientId(number("to")?),
-                by: ClientId(number("from")?),
-            });
-        }
-        "login" => {
-            let (room, client) = seat_in(fields, number("from")?)??;
-            return Some(Event::RelayedLogin {
-                id: entry,
-                room,
-                client,
-            });
-        }
-        "seat" => {
-            let id = ClientId(number("from")?);
-            let seat = seat_in(fields, id.0)?.map(|(room, client)| Location {
-                room,
-                name: client.name,
-            });
-            return Some(Event::RelayedSeat { entry, id, seat });
-        }
-        "seats" => {
-            return Some(Event::RelayedSeats {
-                entry,
-                node: number("node")?,
-                seats: seats_in(fields.get("msg")?)?,
-            });
-        }
-        _ => return None,
-    }
-    let entry = message_id(id)?;
-    let (name, msg) = (fields.get("name")?, fields.get("msg")?);
-    protocol::check_message(name, msg).ok()?;
-    if let Some(to) = number("to") {
-        return Some(Event::RelayedDirect {
-            id: entry,
-            ts: number("ts")?,
-            direct: DirectMessage {
-                from: ClientId(number("from")?),
-                name: name.clone(),
-                to: ClientId(to),
-                msg: msg.clone(),
-            },
-        });
-    }
-    Some(Event::Relayed(RelayedMessage {
-        id: entry,
-        ts: number("ts")?,
-        from: ClientId(number("from")?),
-        room: Some(fields.get("room")?)
-            .filter(|room| socketio::is_hub_room(room))?
-            .clone(),
-        name: name.clone(),
-        msg: msg.clone(),
-        except_sender: fields.get("except").is_some_and(|e| e == "1"),
-    }))
-}
-
-/// The room and the named client of a seat or login entry of client `id`:
-/// `Some(None)` for an empty room (gone), `None` outside the protocol's bounds.
-fn seat_in(fields: &HashMap<String, String>, id: u64) -> Option<Option<(String, NamedClient)>> {
-    let (room, name) = (fields.get("room")?, fields.get("name")?);
-    if room.is_empty() {
-        return Some(None);
-    }
-    Some(Some(checked_seat(id, room, name)?))
-}
-
-/// A seat within the protocol's bounds: a name goes into notifications, whose
-/// size the hub's batches count on.
-pub(super) fn checked_seat(id: u64, room: &str, name: &str) -> Option<(String, NamedClient)> {
-    if protocol::check_name(name).is_err() || !socketio::is_hub_room(room) || id == 0 {
-        return None;
-    }
-    let client = NamedClient {
-        id: ClientId(id),
-        name: name.to_string(),
-    };
-    Some((room.to_string(), client))
-}
-
-/// A seats entry's list (`[[id, room, name], …]`), each within the protocol's
-/// bounds (those that are not are left out).
-fn seats_in(list: &str) -> Option<Vec<(ClientId, Location)>> {
-    let list: Vec<(u64, String, String)> = serde_json::from_str(list).ok()?;
-    Some(
-        list.into_iter()
-            .filter_map(|(id, room, name)| checked_seat(id, &room, &name))
-            .map(|(room, client)| {
-                let seat = Location {
-                    room,
-                    name: client.name,
-                };
-                (client.id, seat)
-            })
-            .collect(),
-    )
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::access::redacted;
 use super::*;
-use crate::event::{DirectMessage, Location, RelayedMessage};
+use crate::event::{DirectMessage, Location, Publish, RelayedMessage};
 use crate::protocol::{self, ClientId};
 
 fn entry(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -79,130 +79,185 @@ fn a_bad_redis_url_or_ca_is_an_error_that_hides_the_password() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Entry `id` of node 2 whose items took `said` ids, holding `items` (JSON).
+fn batch(id: &str, said: u64, items: &str) -> Option<Vec<Event>> {
+    let fields = entry(&[("node", "2"), ("said", &said.to_string()), ("items", items)]);
+    entry::events(id, &fields)
+}
+
+const HI: &str = r#"{"r":"lobby","f":7,"n":"ann","m":"hi","t":1}"#;
+
+#[test]
+fn a_batch_s_items_take_its_ids_in_their_order() {
+    // Three ids up to 12: 10, 11 and 12; the seat between them takes none.
+    let seat = r#"{"k":"seat","r":"lobby","f":8589934593,"n":"bob"}"#;
+    let kick = r#"{"k":"kick","f":7,"o":9}"#;
+    let items = format!("[{HI},{seat},{HI},{kick}]");
+    let events = batch("12-1", 3, &items).expect("a batch");
+    let numbers: Vec<u64> = events
+        .iter()
+        .map(|event| match event {
+            Event::Relayed(RelayedMessage { id, .. }) => *id,
+            Event::RelayedSeat { entry, .. } => *entry,
+            Event::RelayedKick { .. } => 12,
+            _ => panic!("a message, a seat or a kick"),
+        })
+        .collect();
+    assert_eq!(numbers, [10, 10, 11, 12]);
+    assert!(matches!(
+        events[3],
+        Event::RelayedKick {
+            target: ClientId(9),
+            by: ClientId(7)
+        }
+    ));
+    // What `said` says must be what the items take.
+    assert!(batch("12-1", 2, &items).is_none());
+    assert!(batch("12-1", 4, &items).is_none());
+    // Items that take no id follow the last id given.
+    let Some(events) = batch("12-2", 0, &format!("[{seat}]")) else {
+        panic!("a seat")
+    };
+    assert!(matches!(events[..], [Event::RelayedSeat { entry: 12, .. }]));
+}
+
+#[test]
+fn what_a_node_appends_is_what_the_others_read() {
+    let publish = [
+        Publish::message(
+            "lobby",
+            ClientId(7),
+            protocol::ChatMessage {
+                name: "ann".into(),
+                msg: "hi \"there\"".into(),
+            },
+            true,
+            1,
+        ),
+        Publish::seats(
+            vec![(
+                ClientId(8_589_934_593),
+                Location {
+                    room: "games".into(),
+                    name: "bob".into(),
+                },
+            )],
+            2,
+        ),
+    ];
+    let items = entry::items_of(&publish);
+    let Some(events) = batch("5-1", 1, &items) else {
+        panic!("{items}")
+    };
+    let [
+        Event::Relayed(message),
+        Event::RelayedSeats { node: 2, seats, .. },
+    ] = &events[..]
+    else {
+        panic!("a message and a seats item")
+    };
+    assert_eq!(
+        (message.id, message.msg.as_str(), message.except_sender),
+        (5, "hi \"there\"", true)
+    );
+    assert_eq!(seats[0].1.room, "games");
+}
+
 #[test]
 fn an_entry_outside_the_protocol_s_bounds_is_not_a_message() {
-    let good = [
-        ("room", "lobby"),
-        ("from", "7"),
-        ("name", "ann"),
-        ("msg", "hi"),
-        ("ts", "1"),
-        ("except", "0"),
-        ("to", ""),
-        ("kick", "0"),
-    ];
     assert!(matches!(
-        relayed("5-1", &entry(&good)),
-        Some(Event::Relayed(RelayedMessage { id: 5, .. }))
+        batch("5-1", 1, &format!("[{HI}]")).as_deref(),
+        Some([Event::Relayed(RelayedMessage { id: 5, .. })])
     ));
     let long = "x".repeat(protocol::MAX_MSG_CHARS + 1);
     for (key, bad) in [
-        ("msg", long.as_str()),
-        ("msg", " "),
-        ("name", &"n".repeat(protocol::MAX_NAME_CHARS + 1)),
-        ("room", "no spaces"),
-        ("room", ""),
-        ("from", "seven"),
+        ("m", serde_json::json!(long)),
+        ("m", serde_json::json!(" ")),
+        (
+            "n",
+            serde_json::json!("n".repeat(protocol::MAX_NAME_CHARS + 1)),
+        ),
+        ("r", serde_json::json!("no spaces")),
+        ("r", serde_json::json!("")),
+        ("f", serde_json::json!("seven")),
     ] {
-        let mut fields = entry(&good);
-        fields.insert(key.to_string(), bad.to_string());
-        assert!(relayed("5-1", &fields).is_none(), "{key} = {bad:?}");
+        let mut item: serde_json::Value = serde_json::from_str(HI).unwrap();
+        item[key] = bad.clone();
+        // One bad item and the whole entry is suspect.
+        let items = format!("[{HI},{item}]");
+        assert!(batch("6-1", 2, &items).is_none(), "{key} = {bad}");
     }
-    assert!(relayed("not-an-id", &entry(&good)).is_none());
+    let items = format!("[{HI}]");
+    assert!(batch("not-an-id", 1, &items).is_none());
+    assert!(batch("5-1", 1, "not json").is_none());
     // Id 0, which no node gives, would underflow the hub's arithmetic.
-    assert!(relayed("0-1", &entry(&good)).is_none());
+    assert!(batch("0-1", 1, &items).is_none());
     // Nor one a page cannot read exactly, which would overflow it too.
-    assert!(relayed("9007199254740992-1", &entry(&good)).is_none());
-    assert!(relayed("9007199254740991-1", &entry(&good)).is_some());
-    // A direct message (no room) is checked the same way; a kick has no text.
-    // Both as `append` writes them.
-    let mut direct = entry(&good);
-    direct.insert("to".into(), "9".into());
-    direct.insert("room".into(), String::new());
+    assert!(batch("9007199254740992-1", 1, &items).is_none());
+    assert!(batch("9007199254740991-1", 1, &items).is_some());
+    // A direct message (no room) is checked the same way.
+    let direct = r#"[{"f":7,"n":"ann","m":"psst","t":1,"o":9}]"#;
     assert!(matches!(
-        relayed("6-1", &direct),
-        Some(Event::RelayedDirect {
+        batch("6-1", 1, direct).as_deref(),
+        Some([Event::RelayedDirect {
             direct: DirectMessage {
                 to: ClientId(9),
                 ..
             },
             ..
-        })
+        }])
     ));
-    direct.insert("msg".into(), long.clone());
-    assert!(relayed("6-1", &direct).is_none());
-    let kick = entry(&[
-        ("room", ""),
-        ("from", "7"),
-        ("name", ""),
-        ("msg", ""),
-        ("ts", "1"),
-        ("except", "0"),
-        ("to", "9"),
-        ("kind", "kick"),
-    ]);
-    assert!(matches!(
-        relayed("7-1", &kick),
-        Some(Event::RelayedKick {
-            target: ClientId(9),
-            by: ClientId(7)
-        })
-    ));
+    let direct = direct.replace("psst", &long);
+    assert!(batch("6-1", 1, &direct).is_none());
 }
 
 #[test]
-fn seat_entries_are_read_within_the_protocol_s_bounds() {
+fn seat_items_are_read_within_the_protocol_s_bounds() {
     let seat = |room: &str, name: &str| {
-        entry(&[
-            ("room", room),
-            ("from", "8589934593"),
-            ("name", name),
-            ("msg", ""),
-            ("ts", "1"),
-            ("kind", "seat"),
-            ("node", "2"),
-        ])
+        let item = serde_json::json!({"k": "seat", "r": room, "f": 8_589_934_593u64, "n": name});
+        batch("9-2", 0, &format!("[{item}]"))
     };
-    let Some(Event::RelayedSeat {
-        entry: 9,
-        id: ClientId(8_589_934_593),
-        seat: Some(Location { room, name }),
-    }) = relayed("9-1", &seat("lobby", "bob"))
+    let in_lobby = seat("lobby", "bob");
+    let Some(
+        [
+            Event::RelayedSeat {
+                entry: 9,
+                id: ClientId(8_589_934_593),
+                seat: Some(Location { room, name }),
+            },
+        ],
+    ) = in_lobby.as_deref()
     else {
         panic!("a seat in the lobby")
     };
     assert_eq!((room.as_str(), name.as_str()), ("lobby", "bob"));
     assert!(matches!(
-        relayed("9-1", &seat("", "")),
-        Some(Event::RelayedSeat { seat: None, .. })
+        seat("", "").as_deref(),
+        Some([Event::RelayedSeat { seat: None, .. }])
     ));
-    assert!(relayed("9-1", &seat("no room!", "bob")).is_none());
-    assert!(relayed("9-1", &seat("lobby", &"x".repeat(100))).is_none());
-    // A seats entry: the ones out of bounds left out, the rest kept.
-    let seats = |list: &str| {
-        entry(&[
-            ("room", ""),
-            ("from", "0"),
-            ("name", ""),
-            ("msg", list),
-            ("ts", "1"),
-            ("kind", "seats"),
-            ("node", "2"),
-        ])
-    };
-    let Some(Event::RelayedSeats {
-        node: 2,
-        seats: read,
-        ..
-    }) = relayed(
-        "10-1",
-        &seats(r#"[[8589934593,"lobby","bob"],[8589934594,"no room!","x"]]"#),
-    )
+    assert!(seat("no room!", "bob").is_none());
+    assert!(seat("lobby", &"x".repeat(100)).is_none());
+    // A seats item: the ones out of bounds left out, the rest kept.
+    let seats = r#"[{"k":"seats","s":[[8589934593,"lobby","bob"],[8589934594,"no room!","x"]]}]"#;
+    let read = batch("10-2", 0, seats);
+    let Some(
+        [
+            Event::RelayedSeats {
+                node: 2,
+                seats: read,
+                ..
+            },
+        ],
+    ) = read.as_deref()
     else {
         panic!("a seats entry")
     };
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].0, ClientId(8_589_934_593));
-    assert!(relayed("10-1", &seats("not a list")).is_none());
-    assert!(relayed("10-1", &seats("[]")).is_some());
+    assert!(batch("10-2", 0, r#"[{"k":"seats","s":"not a list"}]"#).is_none());
+    // As `RELEASE` writes it for a dead node: nobody.
+    assert!(matches!(
+        batch("10-2", 0, r#"[{"k":"seats","t":1}]"#).as_deref(),
+        Some([Event::RelayedSeats { seats, .. }]) if seats.is_empty()
+    ));
 }

@@ -96,14 +96,51 @@ fn redis_connection(url: impl AsRef<str>) -> redis::Connection {
         .unwrap()
 }
 
-/// Every entry of the chat's stream at `url`: its id and its fields.
+/// Every item of the chat's stream at `url`, with the fields the stream's
+/// entries had before a batch became one entry: `kind` (empty for a message),
+/// `room`, `from`, `name`, `msg` (a seats item's list as JSON), `to` and the
+/// entry's `node`; and an id of its own, `<its message id>-1` for an item that
+/// takes one, `<the last id>-2` for one that does not.
 fn stream_entries(url: impl AsRef<str>) -> Vec<(String, HashMap<String, String>)> {
-    redis::cmd("XRANGE")
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg("threadchat:messages")
         .arg("-")
         .arg("+")
         .query(&mut redis_connection(url))
-        .unwrap()
+        .unwrap();
+    let mut flat = Vec::new();
+    for (id, fields) in entries {
+        let last: u64 = id.split('-').next().unwrap().parse().unwrap();
+        let said: u64 = fields["said"].parse().unwrap();
+        let items: Vec<serde_json::Value> = serde_json::from_str(&fields["items"]).unwrap();
+        let mut next = last + 1 - said;
+        for item in items {
+            let text = |key: &str| item[key].as_str().unwrap_or_default().to_string();
+            let kind = text("k");
+            let id = if kind.is_empty() || kind == "kick" {
+                next += 1;
+                format!("{}-1", next - 1)
+            } else {
+                format!("{}-2", next - 1)
+            };
+            let msg = match kind.as_str() {
+                "seats" => item.get("s").map_or("[]".into(), ToString::to_string),
+                _ => text("m"),
+            };
+            let to = item.get("o").map_or_else(String::new, ToString::to_string);
+            let fields = [
+                ("kind", kind),
+                ("room", text("r")),
+                ("from", item["f"].as_u64().unwrap_or(0).to_string()),
+                ("name", text("n")),
+                ("msg", msg),
+                ("to", to),
+                ("node", fields["node"].clone()),
+            ];
+            flat.push((id, fields.map(|(k, v)| (k.to_string(), v)).into()));
+        }
+    }
+    flat
 }
 
 /// How many times Redis at `url` has run `command` (`INFO commandstats`).
@@ -370,6 +407,12 @@ fn one_chat_in_one_order(n: usize) {
         calls < total as u64 / 2,
         "{calls} calls for {total} messages"
     );
+    // And each batch is one entry, which every node reads once.
+    let entries: u64 = redis::cmd("XLEN")
+        .arg("threadchat:messages")
+        .query(&mut redis_connection(redis.url()))
+        .unwrap();
+    assert!(entries <= calls, "{entries} entries for {calls} batches");
 }
 
 #[test]

@@ -478,14 +478,12 @@ fn an_entry_with_an_id_no_node_gives_is_skipped_and_the_chat_goes_on() {
         .arg("threadchat:messages")
         .arg("0-1")
         .arg(&[
-            ("room", "lobby"),
-            ("from", "7"),
-            ("name", "typo"),
-            ("msg", "id zero"),
-            ("ts", "1"),
-            ("except", "0"),
-            ("to", ""),
-            ("kick", "0"),
+            ("node", "9"),
+            ("said", "1"),
+            (
+                "items",
+                r#"[{"r":"lobby","f":7,"n":"typo","m":"id zero","t":1}]"#,
+            ),
         ])
         .query(&mut con)
         .unwrap();
