@@ -15,9 +15,16 @@
 //! nothing: a node whose connection blinks has lost what was said meanwhile and
 //! has no position to resume from. A stream (`threadchat:messages`) keeps its last
 //! entries (`MAXLEN ~`), in one order, each with an id, and `XREAD` from the last
-//! id seen resumes with no gap and no duplicate. The message id clients see is the
-//! entry's id: a script takes the next number from `threadchat:ids` and appends the
-//! entry under it in one atomic step, so ids increase along the stream.
+//! id seen resumes with no gap and no duplicate.
+//!
+//! An entry is one batch of one node's ([`entry`]): its messages, kicks, logins
+//! and seats, in their order. The message ids clients see come from the entry's
+//! id: a script takes the batch's block of numbers from `threadchat:ids` and
+//! appends the entry under the last of them in one atomic step, so ids increase
+//! along the stream, and the entry says how many it took. One entry per batch,
+//! rather than per message, is what keeps Redis' work per message small: every
+//! node reads every entry, and an entry costs Redis about the same whatever its
+//! length.
 //!
 //! # The threads
 //!
@@ -25,8 +32,9 @@
 //!
 //! * `redis-out` (`append.rs`) takes what this node's clients said from the hub,
 //!   over a bounded channel the hub fills with `try_send` (the hub never waits
-//!   for Redis), and appends it, every message waiting in one call of a script
-//!   (so the nodes reading the stream wake once for them all).
+//!   for Redis), and appends it, every message waiting in one entry and one call
+//!   of a script (so the nodes reading the stream wake once for them all). At a
+//!   trickle it waits up to 5 ms for a batch to grow before appending it.
 //! * `redis-in` (`read.rs`) blocks in `XREAD` on the stream and hands every entry to the hub as
 //!   an ordinary event ([`Event::Relayed`], or a direct message or kick), once it
 //!   has checked it against the protocol's bounds. A room message is delivered
@@ -36,7 +44,7 @@
 //!
 //! # Who is where: seats on the stream
 //!
-//! Where a client sits (its room and name, or gone) is an entry of the stream
+//! Where a client sits (its room and name, or gone) is an item of the stream
 //! too, a seat entry: the hub hands one to `redis-out` at every join, move,
 //! rename and leave of its clients, in the same queue as their messages. Every
 //! node applies the other nodes' seat entries as it reads them, between the
@@ -65,8 +73,8 @@
 //!   hashes instead, once it has caught up. And a node off the list for 15 s
 //!   with no entry letting it go (it died while Redis was losing its data) has
 //!   its clients leave each node on its own.
-//! * Old and new nodes do not share a cluster: the entries' fields changed with
-//!   seats (`kind`). Upgrade every node together.
+//! * Old and new nodes do not share a cluster: an entry became a batch of
+//!   items. Upgrade every node together.
 //!
 //! # Without Redis
 //!
@@ -210,8 +218,10 @@ const EPOCH: &str = "threadchat:epoch";
 /// highest id the node that started it had seen (`seen`): see [`RAISE_IDS`].
 const LIFTED: &str = "threadchat:lifted";
 
-/// Entries the stream keeps, about (`MAXLEN ~`): what a node can catch up on
-/// after losing Redis for a while.
+/// What the stream keeps, about: the entries of its last this many message ids
+/// (`MINID ~`), and at most this many entries (`MAXLEN ~`, for a stream of
+/// seats with no message between them). What a node can catch up on after
+/// losing Redis for a while.
 const STREAM_KEEPS: usize = 100_000;
 
 /// Messages waiting for `redis-out`. When Redis is slower than the chat, the hub

@@ -216,9 +216,10 @@ fn a_node_cut_off_past_the_stream_s_trim_is_told_what_it_missed() {
 
     cable.cut();
     assert_eq!(recv_cluster(&mut ann)["connected"], false);
+    // One after the other has come back: two batches, so two entries.
     bob.send_chat("bob", "trimmed away");
-    bob.send_chat("bob", "b goes on");
     let trimmed = bob.recv_type("message");
+    bob.send_chat("bob", "b goes on");
     let kept = bob.recv_type("message");
     assert_eq!(kept["msg"], "b goes on");
     // The stream lets go of everything before "b goes on" (what `MAXLEN ~` does
