@@ -26,9 +26,9 @@ use crate::logging::Untrusted;
 /// (empty for a message: see [`kind_of`]) and the node.
 ///
 /// Messages, direct messages and kicks take the next ids, and their entries are
-/// `<id>-1`. Logins and seats take none (no client sees one as a message, and
-/// the ids the clients see follow each other): their entries are `<the last
-/// id>-2`, `-3`, …, after the last entry, which the script reads.
+/// `<id>-1`. Logins, seats and receipts take none (no client sees one as a
+/// message, and the ids the clients see follow each other): their entries are
+/// `<the last id>-2`, `-3`, …, after the last entry, which the script reads.
 ///
 /// The batch is one call: its ids are taken as one block (`INCRBY`), and the
 /// nodes blocked in `XREAD` wake once for it, not once per message, which is
@@ -107,7 +107,29 @@ pub(super) fn kind_of(entry: Entry) -> &'static str {
         Entry::Login => "login",
         Entry::Seat => "seat",
         Entry::Seats => "seats",
+        Entry::Receipt { delivered: true } => "delivered",
+        Entry::Receipt { delivered: false } => "undelivered",
     }
+}
+
+/// Appends node `node`'s first entry, a seats entry with nobody, on `con`
+/// before the node serves anyone: from it on, as the other nodes read the
+/// stream, the node is alive, and a direct message to one of its clients (an id
+/// that can only be learnt from the node) comes after it. Its own key records
+/// the one batch, for the script.
+pub(super) fn say_joined(con: &mut redis::Connection, node: u64) -> redis::RedisResult<()> {
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(con)?;
+    let batch = Batch {
+        number: 1,
+        messages: vec![Publish::seats(Vec::new(), crate::protocol::unix_millis())],
+    };
+    append(
+        con,
+        &sha,
+        &format!("threadchat:appended:{node}:joined"),
+        node,
+        &batch,
+    )
 }
 
 /// How long `redis-out` goes on trying a batch while Redis does not answer (the
@@ -289,10 +311,9 @@ impl<'a> Appender<'a> {
                     Untrusted(e),
                     unsent.len()
                 );
-                // Seats are said again later, whole (`append_messages`).
-                let said = unsent
-                    .iter()
-                    .filter(|m| !matches!(m.kind, Entry::Seat | Entry::Seats));
+                // Seats are said again later, whole (`append_messages`); a
+                // receipt's sender is on another node (and waits only so long).
+                let said = unsent.iter().filter(|m| m.kind.is_said_by_a_client());
                 for m in said {
                     let _ = hub.send(Event::NotRelayed {
                         from: m.from,

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::presence::seats_of;
-use super::{JOIN, LIFTED, Link, NODE_SET, PRESENCE, RedisAccess, STREAM};
-use crate::event::{DirectMessage, Event, Location, RelayedMessage};
+use super::{JOIN, Joined, LIFTED, Link, NODE_SET, PRESENCE, RedisAccess, STREAM, seated};
+use crate::event::{DirectMessage, Event, Location, Receipt, RelayedMessage};
 use crate::logging::{Noisy, Untrusted, limited};
 use crate::protocol::{self, ClientId, NamedClient};
 use crate::socketio;
@@ -178,7 +177,7 @@ fn entry_order(id: &str) -> (u64, u64) {
 /// Hands the hub where everyone sits now, as the seat hashes say (they change
 /// with the seat entries, in the same step).
 fn resnapshot(link: &mut Link<'_>, hub: &Sender<Event>) -> redis::RedisResult<()> {
-    let (_, hashes): (redis::Value, Vec<HashMap<String, String>>) = redis::cmd("EVAL")
+    let (_, hashes, listed): Joined = redis::cmd("EVAL")
         .arg(JOIN)
         .arg(2)
         .arg(STREAM)
@@ -186,8 +185,8 @@ fn resnapshot(link: &mut Link<'_>, hub: &Sender<Event>) -> redis::RedisResult<()
         .arg(1)
         .arg(PRESENCE)
         .query(link.get()?)?;
-    let seats = hashes.into_iter().flat_map(seats_of).collect();
-    let _ = hub.send(Event::SeatsNow { seats });
+    let (seats, nodes) = seated(hashes, listed);
+    let _ = hub.send(Event::SeatsNow { seats, nodes });
     Ok(())
 }
 
@@ -279,9 +278,23 @@ pub(super) fn relayed(id: &str, fields: &HashMap<String, String>) -> Option<Even
         "" => {}
         "kick" => {
             return Some(Event::RelayedKick {
+                id: message_id(id)?,
                 target: ClientId(number("to")?),
                 by: ClientId(number("from")?),
             });
+        }
+        kind @ ("delivered" | "undelivered") => {
+            let receipt = Receipt {
+                of: message_id(fields.get("msg")?)?,
+                target: ClientId(number("from")?),
+                sender: ClientId(number("to")?),
+                delivered: kind == "delivered",
+            };
+            return Some(Event::RelayedReceipt { entry, receipt });
+        }
+        "gone" => {
+            let node = number("node")?;
+            return Some(Event::RelayedGone { entry, node });
         }
         "login" => {
             let (room, client) = seat_in(fields, number("from")?)??;

@@ -144,9 +144,63 @@ fn an_entry_outside_the_protocol_s_bounds_is_not_a_message() {
     assert!(matches!(
         relayed("7-1", &kick),
         Some(Event::RelayedKick {
+            id: 7,
             target: ClientId(9),
             by: ClientId(7)
         })
+    ));
+}
+
+#[test]
+fn receipts_and_a_dead_node_s_entry_are_read_as_the_scripts_write_them() {
+    let receipt = |kind: &str, of: &str| {
+        entry(&[
+            ("room", ""),
+            ("from", "8589934593"),
+            ("name", ""),
+            ("msg", of),
+            ("ts", "1"),
+            ("except", "0"),
+            ("to", "4294967297"),
+            ("kind", kind),
+            ("node", "2"),
+        ])
+    };
+    let read = |kind: &str, of: &str| match relayed("12-3", &receipt(kind, of)) {
+        Some(Event::RelayedReceipt { entry: 12, receipt }) => Some(receipt),
+        _ => None,
+    };
+    let answer = crate::event::Receipt {
+        of: 11,
+        target: ClientId(8_589_934_593),
+        sender: ClientId(4_294_967_297),
+        delivered: true,
+    };
+    assert_eq!(read("delivered", "11"), Some(answer.clone()));
+    let missed = crate::event::Receipt {
+        delivered: false,
+        ..answer
+    };
+    assert_eq!(read("undelivered", "11"), Some(missed));
+    // The id of the message it answers is one the cluster gives.
+    for bad in ["", "0", "eleven", "9007199254740992"] {
+        assert_eq!(read("delivered", bad), None, "{bad:?}");
+    }
+    // RELEASE's entry: a node gone.
+    let gone = entry(&[
+        ("room", ""),
+        ("from", "0"),
+        ("name", ""),
+        ("msg", "[]"),
+        ("ts", "1"),
+        ("except", "0"),
+        ("to", ""),
+        ("kind", "gone"),
+        ("node", "3"),
+    ]);
+    assert!(matches!(
+        relayed("12-4", &gone),
+        Some(Event::RelayedGone { entry: 12, node: 3 })
     ));
 }
 
