@@ -80,8 +80,12 @@ pub enum Event {
     },
     /// Where every client of the cluster sits now, as the seat hashes say: read
     /// when seat entries may have gone unread (trimmed, or lost with Redis'
-    /// data). What was known of the other nodes' clients is replaced.
-    SeatsNow { seats: Vec<(ClientId, Location)> },
+    /// data). What was known of the other nodes' clients is replaced, and the
+    /// nodes alive are `nodes` (those with a hash).
+    SeatsNow {
+        seats: Vec<(ClientId, Location)>,
+        nodes: Vec<u64>,
+    },
     /// The other nodes may have lost track of this node's clients (Redis lost
     /// its data, or a cut-off outlasted its presence): say where they all are.
     Reannounce,
@@ -89,14 +93,23 @@ pub enum Event {
     /// clients go (Redis lost its data while it died): they leave. Not in the
     /// stream's order (nobody could append it), so each node at its own time.
     NodeGone { node: u64 },
+    /// Node `node` died without a word, as of entry `entry`: the first node to
+    /// find its hash expired let it go for everyone (a `gone` entry). Its
+    /// clients leave, and what awaits its answer is refused.
+    RelayedGone { entry: u64, node: u64 },
     /// Redis stopped (`up: false`) or started again answering this node.
     Linked { up: bool },
     /// The cluster's messages up to `upto` that this node has not heard are gone
     /// from the stream.
     Missed { upto: u64 },
     /// An admin client of any node (`by`) closes client `target`, perhaps one of
-    /// this node's.
-    RelayedKick { target: ClientId, by: ClientId },
+    /// this node's, in the cluster's order (numbered `id`, the number its
+    /// receipt names).
+    RelayedKick {
+        id: u64,
+        target: ClientId,
+        by: ClientId,
+    },
     /// A Socket.IO chat page of any node logged in, in the cluster's order
     /// (entry `id`): this node's members of its room hear of it.
     RelayedLogin {
@@ -111,6 +124,10 @@ pub enum Event {
         ts: u64,
         direct: DirectMessage,
     },
+    /// A receipt, in the cluster's order (after entry `entry`): the target's
+    /// node says whether the target of a direct message or kick got it, for
+    /// the sender's node.
+    RelayedReceipt { entry: u64, receipt: Receipt },
     /// The server is stopping: send every client close 1001.
     Shutdown,
     /// `/healthz` asks whether the hub is turning over: it answers on `answer`
@@ -178,6 +195,21 @@ pub struct RelayedMessage {
     pub except_sender: bool,
 }
 
+/// A node's answer to a direct message or kick read from the stream, for a
+/// client of another node (its sender): whether its target, a client of the
+/// answering node, got it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The direct message's (or kick's) id.
+    pub of: u64,
+    /// Its target.
+    pub target: ClientId,
+    /// Its sender, to whose node the receipt is addressed.
+    pub sender: ClientId,
+    /// Whether the target was there (and got the message, or was closed).
+    pub delivered: bool,
+}
+
 /// What this node puts on the stream, on its way to Redis: a room message (or,
 /// with `to`, a direct message) from one of its clients, or what [`Entry`] says.
 #[derive(Debug, Clone)]
@@ -207,6 +239,18 @@ pub enum Entry {
     Seat,
     /// This node's clients are `seats`, and no others.
     Seats,
+    /// The answer to direct message (or kick) `msg` of client `to`, another
+    /// node's, for client `from` of this node: whether `from` got it. Takes no
+    /// message id.
+    Receipt { delivered: bool },
+}
+
+impl Entry {
+    /// Whether a client of this node said it, and hears if it was not sent:
+    /// seats are said again whole, and a receipt's sender is on another node.
+    pub fn is_said_by_a_client(self) -> bool {
+        matches!(self, Entry::Said | Entry::Kick | Entry::Login)
+    }
 }
 
 /// What the hub holds of the bridge.
@@ -219,6 +263,8 @@ pub struct HubSide {
     /// Where the other nodes' clients were when this node joined the cluster
     /// (the stream's entries after that keep it current).
     pub elsewhere: Vec<(ClientId, Location)>,
+    /// The other nodes alive (with a seat hash) when this node joined.
+    pub alive: Vec<u64>,
     /// The highest message id this node has seen: where the hub's ids start, and
     /// how a node finds out that Redis lost data (a counter below it, or gone).
     pub highest: Arc<AtomicU64>,
@@ -327,6 +373,24 @@ impl Publish {
             to: None,
             kind: Entry::Seats,
             seats,
+        }
+    }
+
+    /// The answer of this node to direct message (or kick) `receipt.of`: whether
+    /// its target, a client here, got it. Addressed to its sender's node.
+    pub fn receipt(receipt: &Receipt, ts: u64) -> Publish {
+        Publish {
+            room: String::new(),
+            from: receipt.target,
+            name: String::new(),
+            msg: receipt.of.to_string(),
+            except_sender: false,
+            ts,
+            to: Some(receipt.sender),
+            kind: Entry::Receipt {
+                delivered: receipt.delivered,
+            },
+            seats: Vec::new(),
         }
     }
 }

@@ -100,6 +100,26 @@ const GATHER: Duration = Duration::from_millis(5);
 /// A batch this large is appended without waiting for more.
 const BATCH_ENOUGH: usize = 8;
 
+/// Appends node `node`'s first entry, a seats entry with nobody, on `con`
+/// before the node serves anyone: from it on, as the other nodes read the
+/// stream, the node is alive, and a direct message to one of its clients (an id
+/// that can only be learnt from the node) comes after it. Its own key records
+/// the one batch, for the script.
+pub(super) fn say_joined(con: &mut redis::Connection, node: u64) -> redis::RedisResult<()> {
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(con)?;
+    let batch = Batch {
+        number: 1,
+        messages: vec![Publish::seats(Vec::new(), crate::protocol::unix_millis())],
+    };
+    append(
+        con,
+        &sha,
+        &format!("threadchat:appended:{node}:joined"),
+        node,
+        &batch,
+    )
+}
+
 /// How long `redis-out` goes on trying a batch while Redis does not answer (the
 /// connection lost or timed out: the batch may be in, its answer lost). Long
 /// enough for a restart of Redis or a blip of the network; after it, the batch's
@@ -297,10 +317,9 @@ impl<'a> Appender<'a> {
                     Untrusted(e),
                     unsent.len()
                 );
-                // Seats are said again later, whole (`append_messages`).
-                let said = unsent
-                    .iter()
-                    .filter(|m| !matches!(m.kind, Entry::Seat | Entry::Seats));
+                // Seats are said again later, whole (`append_messages`); a
+                // receipt's sender is on another node (and waits only so long).
+                let said = unsent.iter().filter(|m| m.kind.is_said_by_a_client());
                 for m in said {
                     let _ = hub.send(Event::NotRelayed {
                         from: m.from,

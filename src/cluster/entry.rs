@@ -1,5 +1,6 @@
 //! The stream's entries: one for each batch a node appends, its items (the
-//! messages, kicks, logins and seats of the batch) in one field as JSON.
+//! messages, kicks, logins, seats and receipts of the batch) in one field as
+//! JSON.
 //!
 //! One entry per batch rather than one per message is most of what keeps Redis
 //! cheap: every node reads every entry, and Redis' work for an entry (finding
@@ -19,11 +20,12 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{DirectMessage, Entry, Event, Location, Publish, RelayedMessage};
+use crate::event::{DirectMessage, Entry, Event, Location, Publish, Receipt, RelayedMessage};
 use crate::protocol::{self, ClientId, NamedClient};
 use crate::socketio;
 
-/// One thing a batch says, with short keys (every node reads every item). What
+/// One thing a batch says (a message, a kick, a login, a seat, every seat of a
+/// node, a receipt, or a dead node let go), with short keys (every node reads every item). What
 /// [`Publish`] holds; a field at its default is left out.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct Item<'a> {
@@ -62,6 +64,8 @@ pub(super) fn kind_of(entry: Entry) -> &'static str {
         Entry::Login => "login",
         Entry::Seat => "seat",
         Entry::Seats => "seats",
+        Entry::Receipt { delivered: true } => "delivered",
+        Entry::Receipt { delivered: false } => "undelivered",
     }
 }
 
@@ -138,8 +142,26 @@ fn relayed(number: u64, node: u64, item: Item<'static>) -> Option<Event> {
     match &*item.kind {
         "" if id_given => said(number, item),
         "kick" if id_given => Some(Event::RelayedKick {
+            id: number,
             target: ClientId(item.to?),
             by: ClientId(item.from),
+        }),
+        kind @ ("delivered" | "undelivered") => {
+            let of: u64 = item.msg.parse().ok()?;
+            let receipt = Receipt {
+                of: Some(of).filter(|of| (1..MAX_MESSAGE_ID).contains(of))?,
+                target: ClientId(item.from),
+                sender: ClientId(item.to?),
+                delivered: kind == "delivered",
+            };
+            Some(Event::RelayedReceipt {
+                entry: number,
+                receipt,
+            })
+        }
+        "gone" => Some(Event::RelayedGone {
+            entry: number,
+            node,
         }),
         "login" => {
             let (room, client) = checked_seat(item.from, &item.room, &item.name)?;

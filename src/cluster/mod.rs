@@ -17,8 +17,8 @@
 //! entries (`MAXLEN ~`), in one order, each with an id, and `XREAD` from the last
 //! id seen resumes with no gap and no duplicate.
 //!
-//! An entry is one batch of one node's ([`entry`]): its messages, kicks, logins
-//! and seats, in their order. The message ids clients see come from the entry's
+//! An entry is one batch of one node's ([`entry`]): its messages, kicks,
+//! logins, seats and receipts, in their order. The message ids clients see come from the entry's
 //! id: a script takes the batch's block of numbers from `threadchat:ids` and
 //! appends the entry under the last of them in one atomic step, so ids increase
 //! along the stream, and the entry says how many it took. One entry per batch,
@@ -60,10 +60,14 @@
 //!   there.
 //! * Each node keeps its hash alive: it expires [`PRESENCE_TTL`] after the
 //!   node's last heartbeat ([`PRESENCE_EVERY`]). A node that dies without a word
-//!   lets its hash expire, and the first node to notice appends a seats entry
-//!   with nobody for it, once (a script takes it off the node list in the same
+//!   lets its hash expire, and the first node to notice appends a `gone`
+//!   entry for it, once (a script takes it off the node list in the same
 //!   step): everyone drops its clients at the same place in the stream, within
 //!   `PRESENCE_TTL + PRESENCE_EVERY`, 6 s.
+//! * So a node is alive, as of an entry, from its first entry (a seats entry
+//!   with nobody, appended when it joins, before it serves anyone) or any seats
+//!   or seat entry of its own, until its `gone` entry; a node that joins takes
+//!   the nodes with a hash for alive.
 //! * A node that finds itself off the list (Redis lost its data, or it was cut
 //!   off for longer than the TTL and let go) says where all its clients are in
 //!   one seats entry, which replaces what the others knew of them. So does a
@@ -162,10 +166,13 @@
 //! fails").
 //!
 //! A direct message goes through the stream too (for its id, in the same order):
-//! the target's node delivers it, the sender's node the sender's copy. So does an
-//! admin's kick of a client on another node: that client's node closes it. And
-//! so does a Socket.IO chat page's `login`, which its room hears on every node
-//! in the stream's order, before anything the page says after it.
+//! the target's node delivers it and appends a receipt (`delivered` or
+//! `undelivered`, which take no id), and the sender's node sends the sender's
+//! copy, or an error, when it reads the receipt (`hub/receipts.rs` says why).
+//! So does an admin's kick of a client on another node: that client's node
+//! closes it, or says it is not there. And so does a Socket.IO chat page's
+//! `login`, which its room hears on every node in the stream's order, before
+//! anything the page says after it.
 //!
 //! Client ids are unique across the cluster: each node takes a number from
 //! `threadchat:nodes` at start and numbers its clients from `node << 32`.
@@ -197,7 +204,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 pub use self::access::RedisAccess;
-use self::append::append_messages;
+use self::append::{append_messages, say_joined};
 use self::entry::events;
 use self::presence::{Keep, seats_of, share_presence};
 use self::read::{READ_BLOCK, entries, message_id, read_stream};
@@ -271,10 +278,11 @@ const RAISE_IDS: &str = "local seen = tonumber(ARGV[1]) \
 
 /// What a node that joins reads in one atomic step: the stream's last entries
 /// (KEYS[1]), back to ARGV[1] ids taken or ARGV[1] entries, whichever comes
-/// first, and every listed node's (KEYS[2]) seat hash (ARGV[2] and the node's
-/// number). The hashes change in the same step as the seat entries
-/// (`append.rs`), so they are where everyone sat at the stream's last entry, the
-/// one this node reads on from.
+/// first; every listed node's (KEYS[2]) seat hash (ARGV[2] and the node's
+/// number); and those nodes, in the same order. The hashes change in the same
+/// step as the seat entries (`append.rs`), so they are where everyone sat at
+/// the stream's last entry, the one this node reads on from, and the nodes
+/// with one are those alive there.
 const JOIN: &str = "local want = tonumber(ARGV[1]) \
     local recent, said, upto = {}, 0, '+' \
     while said < want and #recent < want do \
@@ -289,11 +297,30 @@ const JOIN: &str = "local want = tonumber(ARGV[1]) \
     if #page < 64 then break end \
     upto = '(' .. page[#page][1] \
     end \
+    local listed = redis.call('SMEMBERS', KEYS[2]) \
     local seats = {} \
-    for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do \
+    for _, node in ipairs(listed) do \
     seats[#seats + 1] = redis.call('HGETALL', ARGV[2] .. node) \
     end \
-    return {recent, seats}";
+    return {recent, seats, listed}";
+
+/// What [`JOIN`] answers: the recent entries, the listed nodes' seat hashes,
+/// and those nodes.
+type Joined = (redis::Value, Vec<HashMap<String, String>>, Vec<u64>);
+
+/// Where every other node's client sits, and the nodes alive (those whose
+/// hash is there: an expired one answers empty), from [`JOIN`]'s `hashes` of
+/// the `listed` nodes.
+fn seated(
+    hashes: Vec<HashMap<String, String>>,
+    listed: Vec<u64>,
+) -> (Vec<(ClientId, Location)>, Vec<u64>) {
+    let alive = (listed.iter().zip(&hashes))
+        .filter(|(_, hash)| !hash.is_empty())
+        .map(|(node, _)| *node)
+        .collect();
+    (hashes.into_iter().flat_map(seats_of).collect(), alive)
+}
 
 /// This node's place in the cluster.
 pub struct Cluster {
@@ -308,6 +335,8 @@ pub struct Cluster {
     highest: Arc<AtomicU64>,
     /// Where the other nodes' clients were when this node joined (once).
     elsewhere: Mutex<Vec<(ClientId, Location)>>,
+    /// The other nodes alive when this node joined (once).
+    alive: Mutex<Vec<u64>>,
     /// The stream's recent entries at start, for the hub's histories.
     backfill: Mutex<Vec<Event>>,
     stop: Arc<AtomicBool>,
@@ -359,8 +388,10 @@ impl Cluster {
             .ignore()
             .query(&mut con)
             .map_err(fail)?;
+        // Alive, for the others, before any client of this node has an id.
+        say_joined(&mut con, node).map_err(fail)?;
         let epoch: u64 = redis::cmd("GET").arg(EPOCH).query(&mut con).map_err(fail)?;
-        let (recent, hashes): (redis::Value, Vec<HashMap<String, String>>) = redis::cmd("EVAL")
+        let (recent, hashes, listed): Joined = redis::cmd("EVAL")
             .arg(JOIN)
             .arg(2)
             .arg(STREAM)
@@ -369,7 +400,8 @@ impl Cluster {
             .arg(PRESENCE)
             .query(&mut con)
             .map_err(fail)?;
-        let elsewhere = hashes.into_iter().flat_map(seats_of).collect();
+        let (elsewhere, mut alive) = seated(hashes, listed);
+        alive.retain(|n| *n != node);
         let recent = entries(recent);
         let start_after = recent
             .first()
@@ -381,11 +413,13 @@ impl Cluster {
             .rev()
             .filter_map(|(id, fields)| events(id, fields))
             .flatten()
-            // The hashes say where everyone sits now.
+            // The hashes say where everyone sits now, and which nodes are alive.
             .filter(|event| {
                 !matches!(
                     event,
-                    Event::RelayedSeat { .. } | Event::RelayedSeats { .. }
+                    Event::RelayedSeat { .. }
+                        | Event::RelayedSeats { .. }
+                        | Event::RelayedGone { .. }
                 )
             })
             .collect();
@@ -397,6 +431,7 @@ impl Cluster {
             highest: Arc::new(AtomicU64::new(message_id(&start_after).unwrap_or(0))),
             start_after,
             elsewhere: Mutex::new(elsewhere),
+            alive: Mutex::new(alive),
             backfill: Mutex::new(backfill),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -408,6 +443,7 @@ impl Cluster {
             node: self.node,
             outgoing,
             elsewhere: std::mem::take(&mut *crate::lock(&self.elsewhere)),
+            alive: std::mem::take(&mut *crate::lock(&self.alive)),
             highest: Arc::clone(&self.highest),
         }
     }

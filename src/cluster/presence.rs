@@ -145,8 +145,8 @@ fn keep_alive(con: &mut redis::Connection, keep: &Keep, mine: &str) -> redis::Re
 }
 
 /// Lets go of the seats of every node whose hash expired (it died without a
-/// word, or has been cut off for longer than [`PRESENCE_TTL`]): a seats entry
-/// with nobody, appended once, by whichever node finds it first ([`RELEASE`]).
+/// word, or has been cut off for longer than [`PRESENCE_TTL`]): a `gone`
+/// entry, appended once, by whichever node finds it first ([`RELEASE`]).
 /// Returns the other nodes still listed.
 fn release_the_dead(con: &mut redis::Connection, node: u64) -> redis::RedisResult<Vec<u64>> {
     let nodes: Vec<u64> = redis::cmd("SMEMBERS").arg(NODE_SET).query(con)?;
@@ -183,8 +183,9 @@ fn release_the_dead(con: &mut redis::Connection, node: u64) -> redis::RedisResul
 /// Lets node ARGV[2] go, once: KEYS[1] the stream, KEYS[2] the id counter,
 /// KEYS[3] the set of nodes, KEYS[4] the node's hash; ARGV[1] MAXLEN, ARGV[3]
 /// the time. Nothing if its hash is there after all, or another node let it go
-/// first (it is no longer listed); else a seats entry for it with nobody, which
-/// takes no id: `<the last id>-<next>`, as `append.rs` numbers seats.
+/// first (it is no longer listed); else a `gone` entry for it (its clients
+/// leave, and the node is dead), which takes no id: `<the last id>-<next>`, as
+/// `append.rs` numbers seats.
 const RELEASE: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end \
     if redis.call('SREM', KEYS[3], ARGV[2]) == 0 then return 0 end \
     local id = tonumber(redis.call('GET', KEYS[2]) or '0') \
@@ -197,7 +198,7 @@ const RELEASE: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end \
     if tid == id then seq = math.max(tonumber(string.sub(top[1], dash + 1)), 1) + 1 end \
     end \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-' .. seq, \
-    'node', ARGV[2], 'said', '0', 'items', '[{\"k\":\"seats\",\"t\":' .. ARGV[3] .. '}]') \
+    'node', ARGV[2], 'said', '0', 'items', '[{\"k\":\"gone\",\"t\":' .. ARGV[3] .. '}]') \
     return 1";
 
 /// Where every other node's clients are, as their hashes say: field `id`,

@@ -9,8 +9,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use super::entry::{MAX_MESSAGE_ID, events, said_in};
-use super::presence::seats_of;
-use super::{JOIN, LIFTED, Link, NODE_SET, PRESENCE, RedisAccess, STREAM};
+use super::{JOIN, Joined, LIFTED, Link, NODE_SET, PRESENCE, RedisAccess, STREAM, seated};
 use crate::event::Event;
 use crate::logging::{Noisy, Untrusted, limited};
 
@@ -181,7 +180,7 @@ fn entry_order(id: &str) -> (u64, u64) {
 /// Hands the hub where everyone sits now, as the seat hashes say (they change
 /// with the seat entries, in the same step).
 fn resnapshot(link: &mut Link<'_>, hub: &Sender<Event>) -> redis::RedisResult<()> {
-    let (_, hashes): (redis::Value, Vec<HashMap<String, String>>) = redis::cmd("EVAL")
+    let (_, hashes, listed): Joined = redis::cmd("EVAL")
         .arg(JOIN)
         .arg(2)
         .arg(STREAM)
@@ -189,8 +188,8 @@ fn resnapshot(link: &mut Link<'_>, hub: &Sender<Event>) -> redis::RedisResult<()
         .arg(1)
         .arg(PRESENCE)
         .query(link.get()?)?;
-    let seats = hashes.into_iter().flat_map(seats_of).collect();
-    let _ = hub.send(Event::SeatsNow { seats });
+    let (seats, nodes) = seated(hashes, listed);
+    let _ = hub.send(Event::SeatsNow { seats, nodes });
     Ok(())
 }
 

@@ -99,7 +99,7 @@ fn a_batch_s_items_take_its_ids_in_their_order() {
         .map(|event| match event {
             Event::Relayed(RelayedMessage { id, .. }) => *id,
             Event::RelayedSeat { entry, .. } => *entry,
-            Event::RelayedKick { .. } => 12,
+            Event::RelayedKick { id, .. } => *id,
             _ => panic!("a message, a seat or a kick"),
         })
         .collect();
@@ -107,6 +107,7 @@ fn a_batch_s_items_take_its_ids_in_their_order() {
     assert!(matches!(
         events[3],
         Event::RelayedKick {
+            id: 12,
             target: ClientId(9),
             by: ClientId(7)
         }
@@ -255,9 +256,47 @@ fn seat_items_are_read_within_the_protocol_s_bounds() {
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].0, ClientId(8_589_934_593));
     assert!(batch("10-2", 0, r#"[{"k":"seats","s":"not a list"}]"#).is_none());
-    // As `RELEASE` writes it for a dead node: nobody.
+    // As a node says it joined: nobody yet.
     assert!(matches!(
         batch("10-2", 0, r#"[{"k":"seats","t":1}]"#).as_deref(),
         Some([Event::RelayedSeats { seats, .. }]) if seats.is_empty()
+    ));
+}
+
+#[test]
+fn receipts_and_a_dead_node_s_entry_are_read_as_the_scripts_write_them() {
+    let read = |kind: &str, of: &str| {
+        let item = serde_json::json!({"k": kind, "f": 8_589_934_593u64, "m": of, "t": 1, "o": 4_294_967_297u64});
+        match batch("12-3", 0, &format!("[{item}]")).as_deref() {
+            Some([Event::RelayedReceipt { entry: 12, receipt }]) => Some(receipt.clone()),
+            _ => None,
+        }
+    };
+    let answer = crate::event::Receipt {
+        of: 11,
+        target: ClientId(8_589_934_593),
+        sender: ClientId(4_294_967_297),
+        delivered: true,
+    };
+    assert_eq!(read("delivered", "11"), Some(answer.clone()));
+    let missed = crate::event::Receipt {
+        delivered: false,
+        ..answer
+    };
+    assert_eq!(read("undelivered", "11"), Some(missed));
+    // The id of the message it answers is one the cluster gives.
+    for bad in ["", "0", "eleven", "9007199254740992"] {
+        assert_eq!(read("delivered", bad), None, "{bad:?}");
+    }
+    // What a node appends reads back the same.
+    let items = entry::items_of(&[Publish::receipt(&answer, 1)]);
+    assert!(matches!(
+        batch("12-3", 0, &items).as_deref(),
+        Some([Event::RelayedReceipt { receipt, .. }]) if *receipt == answer
+    ));
+    // RELEASE's entry: a node gone (the entry's node).
+    assert!(matches!(
+        batch("12-4", 0, r#"[{"k":"gone","t":1}]"#).as_deref(),
+        Some([Event::RelayedGone { entry: 12, node: 2 }])
     ));
 }

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::receipts::Unanswered;
 use super::rooms::{Client, Room};
 use super::{Hub, Turn};
 use crate::event::{self, DirectMessage, HubSide, Location, Publish, RelayedMessage};
@@ -29,6 +30,16 @@ pub(super) struct ClusterView {
     /// The other nodes' clients, as the stream's seat entries say: counted while
     /// linked, kept while cut off for when Redis is back.
     elsewhere: Elsewhere,
+    /// The other nodes alive as of the last entry read: from a node's first
+    /// entry (a seats entry with nobody, appended before it serves anyone) or
+    /// any seat or seats entry of its own, until its `gone` entry (or until it
+    /// is found gone off the list); at join and after seat entries went unread,
+    /// the nodes with a seat hash. A direct message or kick for a client of a
+    /// node not alive where it is read is refused there and then.
+    alive: HashSet<u64>,
+    /// This node's clients' direct messages and kicks for other nodes' clients,
+    /// awaiting those nodes' receipts.
+    pub(super) unanswered: Unanswered,
     /// A seat entry of this node's could not be handed to `redis-out` (or Redis
     /// refused it): the next turn says where all its clients are.
     reannounce: bool,
@@ -102,7 +113,7 @@ impl Elsewhere {
 
 /// The node a client id belongs to: each node numbers its clients from
 /// `node << 32`.
-fn node_of(id: ClientId) -> u64 {
+pub(super) fn node_of(id: ClientId) -> u64 {
     id.0 >> 32
 }
 
@@ -125,10 +136,13 @@ impl ClusterView {
             };
             elsewhere.seat(member, Some(seat.room));
         }
+        let alive = std::mem::take(&mut side.alive).into_iter().collect();
         ClusterView {
             side,
             link: Link::Linked,
             elsewhere,
+            alive,
+            unanswered: Unanswered::default(),
             reannounce: false,
             last_own_epoch: 0,
         }
@@ -138,9 +152,20 @@ impl ClusterView {
         matches!(self.link, Link::Linked)
     }
 
-    /// Whether client `id` is on another node, as far as this one knows.
-    fn is_elsewhere(&self, id: ClientId) -> bool {
-        self.is_linked() && self.elsewhere.seats.contains_key(&id)
+    /// This node's number.
+    pub(super) fn node(&self) -> u64 {
+        self.side.node
+    }
+
+    /// Hands `publish` to `redis-out` without waiting; `false` when it has no
+    /// room.
+    pub(super) fn offer(&self, publish: Publish) -> bool {
+        event::offer(&self.side.outgoing, publish)
+    }
+
+    /// Whether node `node` is alive as of the last entry read (this one is).
+    pub(super) fn is_alive(&self, node: u64) -> bool {
+        node == self.side.node || self.alive.contains(&node)
     }
 }
 
@@ -256,9 +281,18 @@ impl Hub {
         self.cluster.as_ref().is_some_and(|view| view.reannounce)
     }
 
+    /// A seat entry: client `id` of another node sits at `seat` (`None`:
+    /// gone), as of entry `entry`; its node, which appended it, is alive.
+    pub(super) fn relayed_seat(&mut self, entry: u64, id: ClientId, seat: Option<Location>) {
+        if let Some(view) = &mut self.cluster {
+            view.alive.insert(node_of(id));
+        }
+        self.seat_elsewhere(entry, id, seat);
+    }
+
     /// Client `id` of another node sits at `seat` (`None`: gone), as of entry
     /// `entry`: this node's members of the rooms it left and joined hear it.
-    pub(super) fn relayed_seat(&mut self, entry: u64, id: ClientId, seat: Option<Location>) {
+    fn seat_elsewhere(&mut self, entry: u64, id: ClientId, seat: Option<Location>) {
         self.last_message_id = self.last_message_id.max(entry);
         let Some(view) = &mut self.cluster else {
             return;
@@ -286,13 +320,37 @@ impl Hub {
         }
     }
 
-    /// Node `node`'s clients are `seats` and no others, as of entry `entry`.
+    /// A seats entry: node `node`'s clients are `seats` and no others, as of
+    /// entry `entry`, and the node, which appended it, is alive.
     pub(super) fn relayed_seats(
         &mut self,
         entry: u64,
         node: u64,
         seats: Vec<(ClientId, Location)>,
     ) {
+        if let Some(view) = &mut self.cluster {
+            view.alive.insert(node);
+        }
+        self.replace_seats(entry, node, seats);
+    }
+
+    /// Node `node` is gone as of entry `entry` (its `gone` entry, or off the
+    /// list for long, `NodeGone`): its clients leave, and whatever a client
+    /// here awaits its answer for is refused.
+    pub(super) fn node_gone(&mut self, entry: u64, node: u64) {
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        if node == view.side.node {
+            return; // let go while cut off: it says where its clients are when back
+        }
+        view.alive.remove(&node);
+        self.replace_seats(entry, node, Vec::new());
+        self.refuse_unanswered_of(node);
+    }
+
+    /// Node `node`'s clients are `seats` and no others, as of entry `entry`.
+    fn replace_seats(&mut self, entry: u64, node: u64, seats: Vec<(ClientId, Location)>) {
         self.last_message_id = self.last_message_id.max(entry);
         let Some(view) = &self.cluster else {
             return;
@@ -303,17 +361,27 @@ impl Hub {
         let staying: HashSet<ClientId> = seats.iter().map(|(id, _)| *id).collect();
         let gone = view.elsewhere.of_node(node).into_iter();
         for id in gone.filter(|id| !staying.contains(id)).collect::<Vec<_>>() {
-            self.relayed_seat(entry, id, None);
+            self.seat_elsewhere(entry, id, None);
         }
         for (id, seat) in seats.into_iter().filter(|(id, _)| node_of(*id) == node) {
-            self.relayed_seat(entry, id, Some(seat));
+            self.seat_elsewhere(entry, id, Some(seat));
         }
     }
 
     /// Where every client of the cluster sits now (the seat hashes, read after
     /// seat entries may have gone unread): each other node's clients are
-    /// replaced by its part of `seats`.
-    pub(super) fn seats_now(&mut self, seats: Vec<(ClientId, Location)>) {
+    /// replaced by its part of `seats`, and the nodes alive are `nodes`. What
+    /// awaits the answer of a node no longer alive is refused.
+    pub(super) fn seats_now(&mut self, seats: Vec<(ClientId, Location)>, nodes: Vec<u64>) {
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        let alive: HashSet<u64> = nodes.into_iter().collect();
+        let dead: Vec<u64> = view.alive.difference(&alive).copied().collect();
+        view.alive = alive;
+        for node in dead {
+            self.refuse_unanswered_of(node);
+        }
         let Some(view) = &self.cluster else {
             return;
         };
@@ -325,7 +393,7 @@ impl Hub {
             by_node.entry(node_of(id)).or_default().push((id, seat));
         }
         for (node, seats) in by_node {
-            self.relayed_seats(self.last_message_id, node, seats);
+            self.replace_seats(self.last_message_id, node, seats);
         }
     }
 
@@ -373,36 +441,39 @@ impl Hub {
         );
     }
 
-    /// A direct message in the cluster's order, to whichever of its two ends is
-    /// here.
-    pub(super) fn relayed_direct(&mut self, id: u64, ts: u64, direct: &DirectMessage) {
-        self.last_message_id = self.last_message_id.max(id);
-        self.deliver_direct(id, ts, direct);
-    }
-
     /// A direct message from a client here, through Redis like a room message
-    /// (for its id): the target's node delivers it, the sender's node the
-    /// sender's copy.
+    /// (for its id, and the cluster's order): the target's node delivers it and
+    /// answers, and the sender's copy waits for the answer. A target that may be
+    /// on another node goes, even one this node has not seen seated yet (its
+    /// seat entry not read yet): only the target's node knows. One of this
+    /// node's own numbers that is not here is refused at once.
     pub(super) fn direct_through_cluster(&mut self, direct: DirectMessage) {
         let (from, to) = (direct.from, direct.to);
-        let known = self.clients.contains_key(&to)
-            || (self.cluster.as_ref()).is_some_and(|view| view.is_elsewhere(to));
-        if !known || !self.clients.contains_key(&from) {
+        if !self.clients.contains_key(&from) {
+            return;
+        }
+        if self.is_own_and_absent(to) {
             return self.reply_error(from, &InputError::NoSuchClient(to));
         }
         self.publish(Publish::direct(direct, unix_millis()));
     }
 
-    /// An admin's kick of a client not on this node: its node closes it when the
-    /// kick comes back through the stream.
+    /// An admin's kick of a client not on this node: through the stream, to
+    /// its node, which closes it or answers that it is not there.
     pub(super) fn kick_elsewhere(&mut self, target: ClientId, by: ClientId) {
         let error = match &self.cluster {
             None => InputError::NoSuchClient(target),
             Some(view) if !view.is_linked() => InputError::Unreachable(target),
-            Some(view) if !view.is_elsewhere(target) => InputError::NoSuchClient(target),
+            Some(view) if node_of(target) == view.side.node => InputError::NoSuchClient(target),
             Some(_) => return self.publish(Publish::kick(target, by, unix_millis())),
         };
         self.reply_error(by, &error);
+    }
+
+    /// Whether `id` is one of this node's numbers, and no client here has it.
+    fn is_own_and_absent(&self, id: ClientId) -> bool {
+        (self.cluster.as_ref()).is_some_and(|view| node_of(id) == view.side.node)
+            && !self.clients.contains_key(&id)
     }
 
     /// Redis stopped or started answering: every room here hears it, and while it

@@ -119,42 +119,44 @@ impl Hub {
         self.deliver_direct(id, unix_millis(), &direct);
     }
 
-    /// A direct message to its target and the sender's copy, to whichever of the
-    /// two is on this node.
+    /// A direct message to its target and the sender's copy, both on this node.
     pub(super) fn deliver_direct(&mut self, id: u64, ts: u64, direct: &DirectMessage) {
-        let DirectMessage {
-            from,
-            ref name,
-            to,
-            ref msg,
-        } = *direct;
-        let frame = |delivered| Outgoing::Direct {
-            id,
-            ts,
-            from,
-            name,
-            to,
-            msg,
-            delivered,
+        self.direct_to_target(id, ts, direct);
+        self.direct_to_sender(id, ts, direct);
+    }
+
+    /// A direct message to its target, if it is on this node: whether it is. A
+    /// sender here pays for it; one that wrote to itself gets only its own
+    /// copy ([`Hub::direct_to_sender`]).
+    pub(super) fn direct_to_target(&mut self, id: u64, ts: u64, direct: &DirectMessage) -> bool {
+        let Some(target) = self.clients.get(&direct.to) else {
+            return false;
         };
-        let to_target = (self.clients.get(&to))
-            .filter(|_| to != from)
-            .map(|target| target.format.frame(&frame(false), &target.room));
-        let ack = self.ack_for(from);
-        let sender = self.clients.get(&from);
-        let to_sender = sender.map(|sender| sender.format.answer(&frame(true), ack, &sender.room));
-        // The sender's address pays for both copies (when it is on this node).
-        if let Some(sender) = sender {
-            let copies =
-                to_target.as_ref().map_or(0, Vec::len) + to_sender.as_ref().map_or(0, Vec::len);
-            sender.charge(copies);
+        if direct.to == direct.from {
+            return true;
         }
-        if let Some(to_target) = to_target {
-            self.turn.reply(to, to_target);
+        let bytes = target
+            .format
+            .frame(&direct_frame(id, ts, direct, false), &target.room);
+        if let Some(sender) = self.clients.get(&direct.from) {
+            sender.charge(bytes.len());
         }
-        if let Some(to_sender) = to_sender {
-            self.turn.reply(from, to_sender);
-        }
+        self.turn.reply(direct.to, bytes);
+        true
+    }
+
+    /// The sender's copy of a direct message its target got (`delivered`), if
+    /// the sender is on this node, paid for by its address: the answer it
+    /// awaits, if it awaits one.
+    pub(super) fn direct_to_sender(&mut self, id: u64, ts: u64, direct: &DirectMessage) {
+        let ack = self.ack_for(direct.from);
+        let Some(sender) = self.clients.get(&direct.from) else {
+            return;
+        };
+        let frame = direct_frame(id, ts, direct, true);
+        let bytes = sender.format.answer(&frame, ack, &sender.room);
+        sender.charge(bytes.len());
+        self.turn.reply(direct.from, bytes);
     }
 
     /// Whether client `id`'s address has spent what it may make the server send
@@ -217,4 +219,18 @@ impl Hub {
 pub(super) struct Awaited {
     pub id: ClientId,
     pub ack: u64,
+}
+
+/// Direct message `direct`, numbered `id` at `ts`: the target's copy, or
+/// (`delivered`) the sender's.
+fn direct_frame(id: u64, ts: u64, direct: &DirectMessage, delivered: bool) -> Outgoing<'_> {
+    Outgoing::Direct {
+        id,
+        ts,
+        from: direct.from,
+        name: &direct.name,
+        to: direct.to,
+        msg: &direct.msg,
+        delivered,
+    }
 }

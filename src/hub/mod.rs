@@ -33,11 +33,13 @@
 //! | `messages.rs` | room and direct messages, answers and errors for one client |
 //! | `history.rs` | a room's last messages, replayed to whoever joins |
 //! | `cluster.rs` | what a node knows of its cluster (none on a single server) |
+//! | `receipts.rs` | direct messages and kicks between nodes, and their receipts |
 
 mod batch;
 mod cluster;
 mod history;
 mod messages;
+mod receipts;
 mod rooms;
 #[cfg(test)]
 mod tests;
@@ -49,7 +51,7 @@ use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, never, select, tick};
+use crossbeam_channel::{Receiver, at, never, select, tick};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use self::cluster::ClusterView;
@@ -250,6 +252,9 @@ impl Hub {
             } else {
                 &heartbeat
             };
+            // A direct message awaiting another node's receipt is given up on
+            // time, however quiet the chat.
+            let late = self.receipt_due().map_or_else(never, at);
             let first = select! {
                 recv(events) -> event => match event {
                     Ok(event) => event,
@@ -257,6 +262,11 @@ impl Hub {
                 },
                 recv(timer) -> _ => {
                     self.ping_everyone();
+                    continue;
+                }
+                recv(late) -> _ => {
+                    self.give_up_late_receipts(Instant::now());
+                    self.flush();
                     continue;
                 }
             };
@@ -303,13 +313,15 @@ impl Hub {
             Event::RelayedSeat { entry, id, seat } => self.relayed_seat(entry, id, seat),
             Event::RelayedSeats { entry, node, seats } => self.relayed_seats(entry, node, seats),
             Event::Reannounce => self.reannounce(),
-            Event::SeatsNow { seats } => self.seats_now(seats),
-            Event::NodeGone { node } => self.relayed_seats(self.last_message_id, node, Vec::new()),
+            Event::SeatsNow { seats, nodes } => self.seats_now(seats, nodes),
+            Event::NodeGone { node } => self.node_gone(self.last_message_id, node),
+            Event::RelayedGone { entry, node } => self.node_gone(entry, node),
             Event::Linked { up } => self.linked_changed(up),
             Event::Missed { upto } => self.missed(upto),
-            Event::RelayedKick { target, by } => self.kick_out(target, by),
+            Event::RelayedKick { id, target, by } => self.relayed_kick(id, target, by),
             Event::RelayedLogin { id, room, client } => self.relayed_login(id, &room, &client),
-            Event::RelayedDirect { id, ts, direct } => self.relayed_direct(id, ts, &direct),
+            Event::RelayedDirect { id, ts, direct } => self.relayed_direct(id, ts, direct),
+            Event::RelayedReceipt { entry, receipt } => self.relayed_receipt(entry, &receipt),
             Event::Shutdown => self.shut_down(),
             Event::Probe { answer } => drop(answer.try_send(())),
         }

@@ -190,6 +190,9 @@ pub enum InputError {
     /// In a cluster cut off from Redis: a direct message or a kick for a
     /// connection that is not on this node.
     Unreachable(ClientId),
+    /// In a cluster: the node of a direct message's (or kick's) target did not
+    /// say in time whether it got it.
+    Unconfirmed(ClientId),
 }
 
 /// The most bytes an `error` frame takes on the wire, frame header included,
@@ -312,6 +315,11 @@ impl std::fmt::Display for InputError {
                 f,
                 "connection {id} is not on this server, and the chat's other servers \
                  cannot be reached: try again in a moment"
+            ),
+            InputError::Unconfirmed(id) => write!(
+                f,
+                "whether connection {id} got it could not be confirmed: its server did \
+                 not answer in time"
             ),
         }
     }

@@ -188,6 +188,7 @@ fn every_error_fits_its_bound_with_the_largest_numbers() {
         InputError::TooManyRooms(usize::MAX),
         InputError::NotRelayed("the chat is busy: try again"),
         InputError::Unreachable(ClientId(u64::MAX)),
+        InputError::Unconfirmed(ClientId(u64::MAX)),
     ];
     for error in errors {
         assert!(error_frame_bytes(&error) <= MAX_ERROR_FRAME, "{error}");

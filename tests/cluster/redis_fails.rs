@@ -397,6 +397,13 @@ fn after_redis_lost_its_data_the_nodes_know_who_is_where_again() {
     wait_until_who_lists(&mut cid, dan.id.unwrap(), None);
     dan.send_chat("dan", "all here");
     assert_eq!(cid.recv_type("message")["msg"], "all here");
+    // Each node takes the other for alive again: a direct message is answered.
+    let to = cid.id.unwrap();
+    dan.send_text(&format!(r#"{{"type":"direct","to":{to},"msg":"psst"}}"#));
+    assert_eq!(cid.recv_type("direct")["msg"], "psst");
+    let heard = frames_until(&mut dan, |f| f["type"] == "direct");
+    assert!(errors_in(&heard).is_empty(), "{heard:?}");
+    assert_eq!(heard.last().unwrap()["delivered"], true);
 }
 
 /// Redis restarts empty while the node that has seen the most ids is cut off

@@ -1,0 +1,286 @@
+//! Direct messages and kicks between the nodes of a cluster, and the receipts
+//! that answer them.
+//!
+//! On one server the hub knows whether a direct message's target is there when
+//! it hands the message over, so the sender's copy can say `delivered`. In a
+//! cluster the target may be on another node, and the sender's node cannot know:
+//!
+//! * Refusing a target the sender's node has not seen seated fails a client that
+//!   got its `welcome` on another node a moment ago (its seat entry not read
+//!   yet): "no such connection", though it exists.
+//! * Calling every message the sender's node read back `delivered` is a guess: a
+//!   target that left before its node read the message never got it.
+//!
+//! Only the target's node knows, when it reads the message from the stream. So
+//! it answers: a receipt entry (`delivered` or `undelivered`, for the message's
+//! id, addressed to the sender), which the sender's node reads from the stream
+//! in turn. The sender's copy (`"delivered":true`) waits for it, or an error
+//! comes instead; one more trip through the stream than a room message takes.
+//! An admin's kick goes the same way: its target's node closes it, or answers
+//! that it is not there.
+//!
+//! The wait is bounded three ways, so that no answer that never comes holds a
+//! sender (or the hub's memory) forever: a node that is not alive where the
+//! message is read gets no wait at all, a node found gone refuses what awaits
+//! it, and what is left waits at most [`RECEIPT_PATIENCE`], [`MOST_UNANSWERED`]
+//! at a time.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::Hub;
+use super::cluster::node_of;
+use crate::event::{DirectMessage, Publish, Receipt};
+use crate::protocol::{ClientId, InputError, unix_millis};
+
+/// Direct messages and kicks of a node's clients awaiting receipts at once, at
+/// most. Each holds its message (8 KiB at most) for the sender's copy, so they
+/// take 8 MiB at most; past that, the oldest is given up (its sender told that
+/// delivery could not be confirmed), and clients writing to a node that does
+/// not answer cannot grow the hub.
+pub(super) const MOST_UNANSWERED: usize = 1_024;
+
+/// How long a sender's node waits for a receipt before telling the sender that
+/// delivery could not be confirmed. A receipt takes milliseconds (two trips
+/// through the stream), but can be lost: the target's node found its queue to
+/// Redis full, Redis refused its batch, or Redis was away for longer than
+/// `redis-out` tries (10 s). Past that, the target's node may yet have
+/// delivered the message: the error says "could not be confirmed", not "not
+/// delivered".
+pub(super) const RECEIPT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What this node's clients sent to other nodes' clients and await a receipt
+/// for, by id (in the stream's order: the oldest first).
+#[derive(Default)]
+pub(super) struct Unanswered {
+    by_id: BTreeMap<u64, Sent>,
+}
+
+/// A direct message or kick read back from the stream, and when.
+struct Sent {
+    asked: Asked,
+    read: Instant,
+}
+
+/// What a receipt answers.
+pub(super) enum Asked {
+    /// A direct message, sent at `ts`: the sender's copy is made of it.
+    Direct { ts: u64, direct: DirectMessage },
+    /// An admin's kick: the admin hears only of a target that was not there.
+    Kick { target: ClientId, by: ClientId },
+}
+
+impl Asked {
+    fn sender(&self) -> ClientId {
+        match self {
+            Asked::Direct { direct, .. } => direct.from,
+            Asked::Kick { by, .. } => *by,
+        }
+    }
+
+    fn target(&self) -> ClientId {
+        match self {
+            Asked::Direct { direct, .. } => direct.to,
+            Asked::Kick { target, .. } => *target,
+        }
+    }
+}
+
+impl Unanswered {
+    /// `asked`, numbered `id`, read at `read`, awaits its receipt; the oldest,
+    /// given up, when there were [`MOST_UNANSWERED`] already.
+    fn insert(&mut self, id: u64, asked: Asked, read: Instant) -> Option<Asked> {
+        let dropped = (self.by_id.len() >= MOST_UNANSWERED)
+            .then(|| self.by_id.pop_first())
+            .flatten()
+            .map(|(_, oldest)| oldest.asked);
+        self.by_id.insert(id, Sent { asked, read });
+        dropped
+    }
+
+    /// The message `receipt` answers, no longer awaited: `None` if it was given
+    /// up, or the receipt names another sender or target (anyone who can write
+    /// to the stream can write a receipt).
+    fn answered(&mut self, receipt: &Receipt) -> Option<(u64, Asked)> {
+        let sent = self.by_id.get(&receipt.of)?;
+        if sent.asked.sender() != receipt.sender || sent.asked.target() != receipt.target {
+            return None;
+        }
+        let sent = self.by_id.remove(&receipt.of)?;
+        Some((receipt.of, sent.asked))
+    }
+
+    /// Those for a client of node `node`, no longer awaited.
+    fn of_node(&mut self, node: u64) -> Vec<Asked> {
+        let ids: Vec<u64> = (self.by_id.iter())
+            .filter(|(_, sent)| node_of(sent.asked.target()) == node)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| self.by_id.remove(&id))
+            .map(|sent| sent.asked)
+            .collect()
+    }
+
+    /// Those read [`RECEIPT_PATIENCE`] or longer before `now`, no longer
+    /// awaited. Read in the stream's order, so the oldest come first.
+    fn late(&mut self, now: Instant) -> Vec<Asked> {
+        let mut late = Vec::new();
+        while let Some(entry) = self.by_id.first_entry() {
+            if now.duration_since(entry.get().read) < RECEIPT_PATIENCE {
+                break;
+            }
+            late.push(entry.remove().asked);
+        }
+        late
+    }
+
+    /// When the oldest is given up, if any awaits.
+    fn due(&self) -> Option<Instant> {
+        let (_, oldest) = self.by_id.first_key_value()?;
+        Some(oldest.read + RECEIPT_PATIENCE)
+    }
+}
+
+impl Hub {
+    /// A direct message in the cluster's order, numbered `id` at `ts`. The
+    /// target's node delivers it, and answers a sender of another node with a
+    /// receipt; the sender's node awaits that receipt for the sender's copy. When
+    /// both are here, the copy (or the error) goes at once.
+    pub(super) fn relayed_direct(&mut self, id: u64, ts: u64, direct: DirectMessage) {
+        self.last_message_id = self.last_message_id.max(id);
+        let Some(node) = self.cluster.as_ref().map(|view| view.node()) else {
+            return;
+        };
+        let (from, to) = (direct.from, direct.to);
+        if node_of(to) == node {
+            let delivered = self.direct_to_target(id, ts, &direct);
+            if node_of(from) != node {
+                let receipt = Receipt {
+                    of: id,
+                    target: to,
+                    sender: from,
+                    delivered,
+                };
+                return self.answer(&receipt);
+            }
+            if delivered {
+                self.direct_to_sender(id, ts, &direct);
+            } else {
+                self.reply_error(from, &InputError::NoSuchClient(to));
+            }
+            return;
+        }
+        if node_of(from) == node {
+            self.await_receipt(id, Asked::Direct { ts, direct });
+        }
+    }
+
+    /// An admin's kick in the cluster's order, numbered `id`: the target's node
+    /// closes the target, and answers a kicker of another node with a receipt.
+    /// What the kicker hears of a kick that closed its target is what it would
+    /// on one node: the notification, if it shares the target's room.
+    pub(super) fn relayed_kick(&mut self, id: u64, target: ClientId, by: ClientId) {
+        self.last_message_id = self.last_message_id.max(id);
+        let Some(node) = self.cluster.as_ref().map(|view| view.node()) else {
+            return;
+        };
+        if node_of(target) == node {
+            let here = self.clients.contains_key(&target);
+            self.kick_out(target, by);
+            if node_of(by) != node {
+                let receipt = Receipt {
+                    of: id,
+                    target,
+                    sender: by,
+                    delivered: here,
+                };
+                self.answer(&receipt);
+            } else if !here {
+                self.reply_error(by, &InputError::NoSuchClient(target));
+            }
+            return;
+        }
+        if node_of(by) == node {
+            self.await_receipt(id, Asked::Kick { target, by });
+        }
+    }
+
+    /// Message `id` of a client here, read back from the stream, for a client
+    /// of another node: it awaits that node's receipt, unless that node is not
+    /// alive as of this entry (no receipt would come: refused now).
+    fn await_receipt(&mut self, id: u64, asked: Asked) {
+        let (sender, target) = (asked.sender(), asked.target());
+        if !self.clients.contains_key(&sender) {
+            return; // left meanwhile: nobody to tell
+        }
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        if !view.is_alive(node_of(target)) {
+            return self.reply_error(sender, &InputError::NoSuchClient(target));
+        }
+        if let Some(oldest) = view.unanswered.insert(id, asked, Instant::now()) {
+            self.reply_error(oldest.sender(), &InputError::Unconfirmed(oldest.target()));
+        }
+    }
+
+    /// A receipt in the cluster's order, after entry `entry`: for a client here,
+    /// the sender's copy of a message its target got, or an error.
+    pub(super) fn relayed_receipt(&mut self, entry: u64, receipt: &Receipt) {
+        self.last_message_id = self.last_message_id.max(entry);
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        if node_of(receipt.sender) != view.node() {
+            return;
+        }
+        let Some((id, asked)) = view.unanswered.answered(receipt) else {
+            return; // given up on already
+        };
+        match asked {
+            Asked::Direct { ts, direct } if receipt.delivered => {
+                self.direct_to_sender(id, ts, &direct);
+            }
+            Asked::Kick { .. } if receipt.delivered => {}
+            _ => self.reply_error(receipt.sender, &InputError::NoSuchClient(receipt.target)),
+        }
+    }
+
+    /// Hands `receipt` to `redis-out`. If it has no room, the receipt is lost,
+    /// and the sender's node gives up after [`RECEIPT_PATIENCE`].
+    fn answer(&mut self, receipt: &Receipt) {
+        if let Some(view) = &self.cluster {
+            view.offer(Publish::receipt(receipt, unix_millis()));
+        }
+    }
+
+    /// Node `node` is gone: what awaits its answer never gets one, and its
+    /// targets are no connection now (a receipt it appended would have come
+    /// before its `gone` entry).
+    pub(super) fn refuse_unanswered_of(&mut self, node: u64) {
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        for asked in view.unanswered.of_node(node) {
+            self.reply_error(asked.sender(), &InputError::NoSuchClient(asked.target()));
+        }
+    }
+
+    /// When the oldest message awaiting a receipt is given up, if one awaits:
+    /// the hub wakes for it.
+    pub(super) fn receipt_due(&self) -> Option<Instant> {
+        self.cluster.as_ref()?.unanswered.due()
+    }
+
+    /// What has awaited its receipt for [`RECEIPT_PATIENCE`] at `now` is given
+    /// up: its sender is told delivery could not be confirmed.
+    pub(super) fn give_up_late_receipts(&mut self, now: Instant) {
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        for asked in view.unanswered.late(now) {
+            self.reply_error(asked.sender(), &InputError::Unconfirmed(asked.target()));
+        }
+    }
+}
