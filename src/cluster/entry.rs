@@ -11,9 +11,9 @@
 //! node let go by another, the dead one); `said`, how many of its items took
 //! message ids; and `items`. Its id is `<the last id it took>-1`, so its items
 //! that take ids (messages, direct messages, kicks) have the `said` ids up to
-//! it, in their order. An entry whose items take none (logins, seats) is `<the
-//! last id given>-2`, `-3`, …, after the entry before it: the ids the clients
-//! see follow each other with nothing between them.
+//! it, in their order. An entry whose items take none (logins, seats,
+//! receipts) is `<the last id given>-2`, `-3`, …, after the entry before it:
+//! the ids the clients see follow each other with nothing between them.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
