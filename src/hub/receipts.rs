@@ -24,6 +24,13 @@
 //! message is read gets no wait at all, a node found gone refuses what awaits
 //! it, and what is left waits at most [`RECEIPT_PATIENCE`], [`MOST_UNANSWERED`]
 //! at a time.
+//!
+//! What this leaves open: a node let go while cut off from Redis (its hash
+//! expired, its clients left everyone's presence) still has its clients, and
+//! when it is back it reads and delivers what was sent to them meanwhile, though
+//! their senders were told there was no such connection (as the cluster counted
+//! it then); and a receipt that comes after its sender was told "could not be
+//! confirmed" is dropped.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
