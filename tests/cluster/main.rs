@@ -199,13 +199,14 @@ impl Cable {
                 };
                 list.push(near.try_clone().unwrap());
                 list.push(far.try_clone().unwrap());
-                let mut out = (near.try_clone().unwrap(), far.try_clone().unwrap());
-                thread::spawn(move || {
-                    let _ = std::io::copy(&mut out.0, &mut out.1);
-                    let _ = out.1.shutdown(std::net::Shutdown::Both);
-                });
-                let deaf = Arc::clone(&deaf_);
-                thread::spawn(move || answers(far, near, &deaf));
+                let out = (near.try_clone().unwrap(), far.try_clone().unwrap());
+                // Whether the node asked something since the cable went deaf:
+                // only such a question's answer is lost, so an answer on its way
+                // when the cable went deaf still arrives.
+                let asked = Arc::new(AtomicBool::new(false));
+                let (deaf, asked_) = (Arc::clone(&deaf_), Arc::clone(&asked));
+                thread::spawn(move || asks(out.0, out.1, &deaf, &asked_));
+                thread::spawn(move || answers(far, near, &asked));
             }
         });
         Cable {
@@ -233,19 +234,36 @@ impl Cable {
         self.deaf.store(false, Ordering::SeqCst);
     }
 
-    /// From now on Redis does what the node asks, and the node never hears back.
+    /// From now on Redis does what the node asks, and the node never hears back
+    /// (what it asked before still gets its answer).
     fn deafen(&self) {
         self.deaf.store(true, Ordering::SeqCst);
     }
 }
 
-/// Redis' side of a cable: copied to the node, unless the cable is deaf when it
-/// comes, which shuts the connection instead.
-fn answers(mut far: TcpStream, mut near: TcpStream, deaf: &AtomicBool) {
+/// The node's side of a cable: copied to Redis, marked `asked` once the cable
+/// is `deaf` (before it goes on, so that its answer finds the mark).
+fn asks(mut near: TcpStream, mut far: TcpStream, deaf: &AtomicBool, asked: &AtomicBool) {
+    use std::io::Write;
+    let mut buffer = [0u8; 16 * 1024];
+    while let Ok(n @ 1..) = near.read(&mut buffer) {
+        if deaf.load(Ordering::SeqCst) {
+            asked.store(true, Ordering::SeqCst);
+        }
+        if far.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = far.shutdown(std::net::Shutdown::Both);
+}
+
+/// Redis' side of a cable: copied to the node, unless the node `asked` it
+/// something since the cable went deaf, which shuts the connection instead.
+fn answers(mut far: TcpStream, mut near: TcpStream, asked: &AtomicBool) {
     use std::io::Write;
     let mut buffer = [0u8; 16 * 1024];
     while let Ok(n @ 1..) = far.read(&mut buffer) {
-        if deaf.load(Ordering::SeqCst) || near.write_all(&buffer[..n]).is_err() {
+        if asked.load(Ordering::SeqCst) || near.write_all(&buffer[..n]).is_err() {
             break;
         }
     }
@@ -656,6 +674,8 @@ fn answer_lost(
                 || line.contains("not appended")
         })
     });
+    // Its next read loses its answer too (within the read's block, 1 s).
+    a.wait_for_log("Redis does not answer");
     (a, b, ann, bob, taken)
 }
 
