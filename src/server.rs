@@ -407,7 +407,9 @@ fn wanted(config: &Config, page: &Page) -> capacity::Wanted {
         // The rooms' histories, and in a cluster what waits for Redis and the
         // histories of a time cut off from it.
         shared_bytes: if config.redis_url().is_some() {
-            2 * config.max_rooms * hub::HISTORY_BYTES as u64 + cluster::OUTGOING_BYTES
+            2 * config.max_rooms * hub::HISTORY_BYTES as u64
+                + cluster::OUTGOING_BYTES
+                + cluster::READ_BYTES
         } else {
             config.max_rooms * hub::HISTORY_BYTES as u64
         },

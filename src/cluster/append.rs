@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::entry::{items_of, takes_id};
+use super::entry::{BATCH_MOST, items_of, takes_id};
 use super::{
     IDS, LIFTED, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE_IDS, REDIS_BACKOFF, RedisAccess,
     STREAM, STREAM_KEEPS, connect, pause_after,
@@ -19,17 +19,18 @@ use crate::logging::Untrusted;
 
 /// Appends a batch as one entry ([`entry`](super::entry)) under the next ids,
 /// atomically: KEYS[1] the stream, KEYS[2] the id counter, KEYS[3] the number of
-/// the last batch this process appended; ARGV[1] how many entries (and message
-/// ids) the stream keeps, ARGV[2] the batch's number (its first item's in this
-/// process), ARGV[3] this node's seat hash ([`PRESENCE`]), ARGV[4] its time to
-/// live in ms, ARGV[5] the node, ARGV[6] how many ids the items take, ARGV[7]
-/// the items; then the seat hash's changes, three arguments each: `set`, a
-/// client and its room and name; `del` and a client; `all` (every seat goes).
+/// the last batch this process appended, KEYS[4] [`LIFTED`]; ARGV[1] how many
+/// entries (and message ids) the stream keeps, ARGV[2] the batch's number (its
+/// first item's in this process), ARGV[3] this node's seat hash ([`PRESENCE`]),
+/// ARGV[4] its time to live in ms, ARGV[5] the node, ARGV[6] how many ids the
+/// items take, ARGV[7] the items; then the seat hash's changes, three arguments
+/// each: `set`, a client and its room and name; `del` and a client; `all`
+/// (every seat goes).
 ///
-/// The ids are taken as one block (`INCRBY`), and the entry is
-/// `<the last of them>-1`; a batch that takes none (logins and seats: no client
-/// sees one as a message, and the ids the clients see follow each other) is
-/// `<the last id given>-2`, `-3`, …, after the stream's last entry.
+/// The ids are taken as one block, and the entry is `<the last of them>-1`; a
+/// batch that takes none (logins, seats and receipts: no client sees one as a
+/// message, and the ids the clients see follow each other) is `<the last id
+/// given>-2`, `-3`, …, after the stream's last entry.
 ///
 /// The batch is one call and one entry, which is most of what a message costs
 /// Redis: the nodes blocked in `XREAD` wake once for it, and read one entry.
@@ -37,14 +38,17 @@ use crate::logging::Untrusted;
 /// batch sent again after a lost answer is appended once; the number is written
 /// after the entry, so it is also where `redis-out` learns whether a refused
 /// batch is in ([`not_appended`]). A script is not rolled back, but nothing can
-/// fail half-way here: Redis refuses a write for memory only before the
-/// script's first write, and only the `XADD` can find its id taken. Ids are
+/// fail half-way here: the `XADD` is its first write (Redis refuses a write for
+/// memory only before the first), and the only command that can fail (its id
+/// taken by an entry nobody numbered); the counter is raised after it. Ids are
 /// written with `%.0f`: Lua's own `..` writes a number of more than 14 digits
 /// as `1.7e+15`, which no stream takes, and ids that long follow a loss of
 /// Redis' data ([`RAISE_IDS`]).
 ///
 /// The stream keeps about ARGV[1] entries (`MAXLEN ~`) and the entries of the
-/// last ARGV[1] ids (`MINID ~`): a batch of many messages is one entry.
+/// last ARGV[1] ids (`MINID ~`): a batch of many messages is one entry. Not by
+/// id within ARGV[1] of where the counter started again after a loss of data
+/// ([`LIFTED`]): the ids jumped there, and everything before would go at once.
 ///
 /// The seat hash changes in the same step as the seat items reach the stream,
 /// so the hashes are always what the stream says up to its last entry: a node
@@ -52,11 +56,11 @@ use crate::logging::Untrusted;
 const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     if done and tonumber(done) >= tonumber(ARGV[2]) then return 0 end \
     local said = tonumber(ARGV[6]) \
-    local id, seq = 0, 1 \
+    local id, seq = tonumber(redis.call('GET', KEYS[2]) or '0'), 1 \
     if said > 0 then \
-    id = redis.call('INCRBY', KEYS[2], said) \
+    id = id + said \
     else \
-    id, seq = tonumber(redis.call('GET', KEYS[2]) or '0'), 2 \
+    seq = 2 \
     local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
     if top then \
     local dash = string.find(top[1], '-', 1, true) \
@@ -66,9 +70,13 @@ const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     end \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-' .. seq, \
     'node', ARGV[5], 'said', ARGV[6], 'items', ARGV[7]) \
+    if said > 0 then \
+    redis.call('SET', KEYS[2], string.format('%.0f', id)) \
     local keeps = tonumber(ARGV[1]) \
-    if said > 0 and id > keeps then \
+    local lifted = tonumber(redis.call('HGET', KEYS[4], 'at') or '0') \
+    if id - keeps > lifted then \
     redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f', id - keeps)) \
+    end \
     end \
     if #ARGV > 7 then \
     for i = 8, #ARGV, 3 do \
@@ -86,9 +94,6 @@ const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     redis.call('SET', KEYS[3], ARGV[2], 'EX', 86400) \
     return id";
 
-/// The most items in one batch.
-const BATCH_MOST: usize = 512;
-
 /// How long `redis-out` waits for a batch to grow to [`BATCH_ENOUGH`] after its
 /// first item. Each batch costs Redis about the same, a script call and a
 /// wake-up of every node's read, whatever its length: at a chat's usual pace a
@@ -99,6 +104,11 @@ const GATHER: Duration = Duration::from_millis(5);
 
 /// A batch this large is appended without waiting for more.
 const BATCH_ENOUGH: usize = 8;
+
+/// The bytes of a batch's items, about, past which it takes no more: an entry
+/// is what every node reads in one piece
+/// ([`READ_COUNT`](super::read::READ_COUNT) of them at most).
+pub(super) const BATCH_BYTES: usize = 256 * 1024;
 
 /// Appends node `node`'s first entry, a seats entry with nobody, on `con`
 /// before the node serves anyone: from it on, as the other nodes read the
@@ -205,23 +215,34 @@ pub(super) fn append_messages(
 }
 
 /// A batch: `first` and what waits behind it, and when that is less than
-/// [`BATCH_ENOUGH`], what else comes within [`GATHER`] of it (up to
-/// [`BATCH_MOST`]). Under load, messages wait for each round trip to Redis, and
-/// a batch is large without waiting: holding it back then would only slow the
-/// chat down.
+/// [`BATCH_ENOUGH`], what else comes within [`GATHER`] of it; up to
+/// [`BATCH_MOST`] items and about [`BATCH_BYTES`]. Under load, messages wait
+/// for each round trip to Redis, and a batch is large without waiting: holding
+/// it back then would only slow the chat down.
 fn gather(first: Publish, outgoing: &Receiver<Publish>) -> Vec<Publish> {
     let until = Instant::now() + GATHER;
+    let mut bytes = size_of_item(&first);
     let mut messages = vec![first];
-    messages.extend(outgoing.try_iter().take(BATCH_MOST - 1));
-    while messages.len() < BATCH_ENOUGH {
-        match outgoing.recv_deadline(until) {
-            Ok(more) => messages.push(more),
-            // Time is up, or the hub is gone: what came is appended (and the
-            // next `recv` ends).
-            Err(_) => break,
-        }
+    let room =
+        |messages: &Vec<Publish>, bytes: usize| messages.len() < BATCH_MOST && bytes < BATCH_BYTES;
+    while room(&messages, bytes) {
+        let next = if messages.len() < BATCH_ENOUGH {
+            outgoing.recv_deadline(until).ok()
+        } else {
+            outgoing.try_recv().ok()
+        };
+        // Time is up, nothing waits, or the hub is gone: what came is appended
+        // (and the next `recv` ends).
+        let Some(more) = next else { break };
+        bytes += size_of_item(&more);
+        messages.push(more);
     }
     messages
+}
+
+/// About how many bytes `m` takes in a batch's items.
+fn size_of_item(m: &Publish) -> usize {
+    64 + m.room.len() + m.name.len() + m.msg.len() + 64 * m.seats.len()
 }
 
 /// Messages appended in one call: all of them or none.
@@ -415,10 +436,11 @@ fn append(
     let said = batch.messages.iter().filter(|m| takes_id(m.kind)).count();
     let mut call = redis::cmd("EVALSHA");
     call.arg(sha)
-        .arg(3)
+        .arg(4)
         .arg(STREAM)
         .arg(IDS)
         .arg(appended)
+        .arg(LIFTED)
         .arg(STREAM_KEEPS)
         .arg(batch.number)
         .arg(format!("{PRESENCE}{node}"))

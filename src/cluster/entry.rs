@@ -71,7 +71,13 @@ pub(super) fn kind_of(entry: Entry) -> &'static str {
 
 /// Whether an item of this kind takes a message id.
 pub(super) fn takes_id(entry: Entry) -> bool {
-    matches!(entry, Entry::Said | Entry::Kick)
+    kind_takes_id(kind_of(entry))
+}
+
+/// Whether an item whose `k` is `kind` takes a message id: messages, direct
+/// messages and kicks.
+fn kind_takes_id(kind: &str) -> bool {
+    matches!(kind, "" | "kick")
 }
 
 /// `m` as an item.
@@ -109,14 +115,18 @@ pub(super) fn events(id: &str, fields: &HashMap<String, String>) -> Option<Vec<E
     let said = said_in(fields)?;
     let items: Vec<Item<'static>> = serde_json::from_str(field("items")?).ok()?;
     let last: u64 = id.split('-').next()?.parse().ok()?;
-    if last >= MAX_MESSAGE_ID || said > last || items.len() < said as usize {
+    if last >= MAX_MESSAGE_ID
+        || said > last
+        || items.len() < said as usize
+        || items.len() > BATCH_MOST
+    {
         return None;
     }
     // The id the next item that takes one takes; before it, the last given.
     let mut next = last + 1 - said;
     let mut events = Vec::with_capacity(items.len());
     for item in items {
-        let takes = matches!(&*item.kind, "" | "kick");
+        let takes = kind_takes_id(&item.kind);
         if takes && next > last {
             return None; // more items than ids
         }
@@ -132,16 +142,19 @@ pub(super) fn said_in(fields: &HashMap<String, String>) -> Option<u64> {
     fields.get("said").map_or(Some(0), |said| said.parse().ok())
 }
 
+/// The most items in one batch (a node appends no more; a reader takes no
+/// more).
+pub(super) const BATCH_MOST: usize = 512;
+
 /// Past the largest message id (2^53 - 1, JavaScript's largest exact integer).
 pub(super) const MAX_MESSAGE_ID: u64 = 1 << 53;
 
 /// One item as the hub's event: numbered `number` (its own id, for an item that
 /// takes one; else the last id before it), of node `node`'s entry.
 fn relayed(number: u64, node: u64, item: Item<'static>) -> Option<Event> {
-    let id_given = number >= 1;
     match &*item.kind {
-        "" if id_given => said(number, item),
-        "kick" if id_given => Some(Event::RelayedKick {
+        "" => said(number, item),
+        "kick" => Some(Event::RelayedKick {
             id: number,
             target: ClientId(item.to?),
             by: ClientId(item.from),

@@ -14,7 +14,7 @@
 //! Pub/sub hands a message to whoever is subscribed at that instant and keeps
 //! nothing: a node whose connection blinks has lost what was said meanwhile and
 //! has no position to resume from. A stream (`threadchat:messages`) keeps its last
-//! entries (`MAXLEN ~`), in one order, each with an id, and `XREAD` from the last
+//! entries (`MINID ~`, `MAXLEN ~`), in one order, each with an id, and `XREAD` from the last
 //! id seen resumes with no gap and no duplicate.
 //!
 //! An entry is one batch of one node's ([`entry`]): its messages, kicks,
@@ -35,9 +35,10 @@
 //!   for Redis), and appends it, every message waiting in one entry and one call
 //!   of a script (so the nodes reading the stream wake once for them all). At a
 //!   trickle it waits up to 5 ms for a batch to grow before appending it.
-//! * `redis-in` (`read.rs`) blocks in `XREAD` on the stream and hands every entry to the hub as
-//!   an ordinary event ([`Event::Relayed`], or a direct message or kick), once it
-//!   has checked it against the protocol's bounds. A room message is delivered
+//! * `redis-in` (`read.rs`) blocks in `XREAD` on the stream and hands the items
+//!   of every entry to the hub as ordinary events ([`Event::Relayed`], a direct
+//!   message, a kick, a seat, a receipt…), once it has checked them against the
+//!   protocol's bounds. A room message is delivered
 //!   when it comes back this way, on every node alike.
 //! * `redis-presence` (`presence.rs`) keeps this node's seats alive in Redis
 //!   and lets go of a dead node's (below).
@@ -239,6 +240,13 @@ pub const OUTGOING_QUEUE: usize = 1_024;
 /// at times one seats entry, about 60 bytes per client of the node).
 pub const OUTGOING_BYTES: u64 = OUTGOING_QUEUE as u64 * 8 * 1024;
 
+/// What else the cluster's threads and the hub hold at most: one read of the
+/// stream (its entries, each a batch of about [`append::BATCH_BYTES`] at most,
+/// as Redis' answer and as events), and the direct messages awaiting other
+/// nodes' receipts (1,024 of 8 KiB).
+pub const READ_BYTES: u64 =
+    2 * read::READ_COUNT as u64 * append::BATCH_BYTES as u64 + 1_024 * 8 * 1024;
+
 /// How often a node keeps its seat hash alive and looks for dead nodes.
 pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 /// How long a node's seat hash outlives its last heartbeat.
@@ -286,15 +294,15 @@ const RAISE_IDS: &str = "local seen = tonumber(ARGV[1]) \
 const JOIN: &str = "local want = tonumber(ARGV[1]) \
     local recent, said, upto = {}, 0, '+' \
     while said < want and #recent < want do \
-    local page = redis.call('XREVRANGE', KEYS[1], upto, '-', 'COUNT', 64) \
+    local count = math.min(64, want - #recent) \
+    local page = redis.call('XREVRANGE', KEYS[1], upto, '-', 'COUNT', count) \
     for _, e in ipairs(page) do \
     recent[#recent + 1] = e \
     for i = 1, #e[2], 2 do \
     if e[2][i] == 'said' then said = said + (tonumber(e[2][i + 1]) or 0) end \
     end \
-    if said >= want or #recent >= want then break end \
     end \
-    if #page < 64 then break end \
+    if #page < count then break end \
     upto = '(' .. page[#page][1] \
     end \
     local listed = redis.call('SMEMBERS', KEYS[2]) \
@@ -320,6 +328,22 @@ fn seated(
         .map(|(node, _)| *node)
         .collect();
     (hashes.into_iter().flat_map(seats_of).collect(), alive)
+}
+
+/// The room messages and logins of `recent` (the stream's last entries, newest
+/// first) that the hub starts from, oldest first, `wanted` at most: what fills
+/// the rooms' histories. The hashes say where everyone sits now, and which nodes
+/// are alive; direct messages, kicks and receipts were for clients gone since.
+fn backfill_of(recent: &[(String, HashMap<String, String>)], wanted: usize) -> Vec<Event> {
+    let mut backfill: Vec<Event> = recent
+        .iter()
+        .rev()
+        .filter_map(|(id, fields)| events(id, fields))
+        .flatten()
+        .filter(|event| matches!(event, Event::Relayed(_) | Event::RelayedLogin { .. }))
+        .collect();
+    backfill.drain(..backfill.len().saturating_sub(wanted));
+    backfill
 }
 
 /// This node's place in the cluster.
@@ -357,6 +381,11 @@ impl Cluster {
         let shown = redis.shown();
         let fail = |e: redis::RedisError| format!("--redis {shown}: {e}");
         let mut con = connect(redis).map_err(fail)?;
+        // Trimming by id (`MINID`) came with Redis 6.2: an older one would take
+        // the first 100,000 messages and refuse every batch after them.
+        let _: u64 = (redis::cmd("XTRIM").arg(STREAM).arg("MINID").arg(0))
+            .query(&mut con)
+            .map_err(|e| format!("--redis {shown}: Redis 6.2 or newer is needed ({e})"))?;
         let node: u64 = redis::cmd("INCR")
             .arg(NODES)
             .query(&mut con)
@@ -406,24 +435,7 @@ impl Cluster {
         let start_after = recent
             .first()
             .map_or_else(|| "0-0".to_string(), |(id, _)| id.clone());
-        // Oldest first, as the hub would have heard them.
-        let wanted = backfill;
-        let mut backfill: Vec<Event> = recent
-            .iter()
-            .rev()
-            .filter_map(|(id, fields)| events(id, fields))
-            .flatten()
-            // The hashes say where everyone sits now, and which nodes are alive.
-            .filter(|event| {
-                !matches!(
-                    event,
-                    Event::RelayedSeat { .. }
-                        | Event::RelayedSeats { .. }
-                        | Event::RelayedGone { .. }
-                )
-            })
-            .collect();
-        backfill.drain(..backfill.len().saturating_sub(wanted));
+        let backfill = backfill_of(&recent, backfill);
         Ok(Cluster {
             node,
             epoch,

@@ -1,6 +1,7 @@
-//! `redis-in`: reads the stream from where this node left off and hands every
-//! entry to the hub as an event, once it has checked it against the protocol's
-//! bounds; notices when Redis stops answering, and what is gone for good.
+//! `redis-in`: reads the stream from where this node left off and hands the
+//! items of every entry (a batch) to the hub as events, once it has checked them
+//! against the protocol's bounds; notices when Redis stops answering, and what
+//! is gone for good.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,7 +93,7 @@ struct Reading {
     /// The last message id handed over, when there is one to follow. Message
     /// ids are consecutive along the stream (each is taken by the append that
     /// writes its entry), so a jump past it means entries this node will never
-    /// read: trimmed (`MAXLEN ~`) while it was cut off, or lost with Redis' data.
+    /// read: trimmed (`MINID ~`, `MAXLEN ~`) while it was cut off, or lost with Redis' data.
     last: Option<u64>,
     /// Seat entries may be gone unread: once caught up, where everyone sits is
     /// read from the hashes ([`resnapshot`]).
