@@ -16,6 +16,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::event::{Entry, Event, Publish};
 use crate::logging::Untrusted;
+use crate::protocol::unix_millis;
 
 /// Appends a batch as one entry ([`entry`](super::entry)) under the next ids,
 /// atomically: KEYS[1] the stream, KEYS[2] the id counter, KEYS[3] the number of
@@ -119,7 +120,7 @@ pub(super) fn say_joined(con: &mut redis::Connection, node: u64) -> redis::Redis
     let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(con)?;
     let batch = Batch {
         number: 1,
-        messages: vec![Publish::seats(Vec::new(), crate::protocol::unix_millis())],
+        messages: vec![Publish::seats(Vec::new(), unix_millis())],
     };
     append(
         con,
