@@ -764,30 +764,24 @@ fn a_direct_message_is_refused_at_once_when_no_answer_can_come() {
     hub.flush();
     refused_for(&mut ann_reads, of_node(1, 99));
     assert!(published.try_recv().is_err(), "nothing published");
-    // A node that has not joined where the message is read.
-    hub.apply(Event::RelayedDirect {
-        id: 3,
+    // Ann's direct message to `to`, read back from the stream as message `id`.
+    let read_back = |id, to| Event::RelayedDirect {
+        id,
         ts: 9,
-        direct: direct(ann, of_node(3, 1), "hi"),
-    });
+        direct: direct(ann, to, "hi"),
+    };
+    // A node that has not joined where the message is read.
+    hub.apply(read_back(3, of_node(3, 1)));
     hub.flush();
     refused_for(&mut ann_reads, of_node(3, 1));
     // A node that is gone before it answered.
     hub.apply(node_joins(2));
-    hub.apply(Event::RelayedDirect {
-        id: 4,
-        ts: 9,
-        direct: direct(ann, of_node(2, 1), "hi"),
-    });
+    hub.apply(read_back(4, of_node(2, 1)));
     hub.apply(Event::RelayedGone { entry: 4, node: 2 });
     hub.flush();
     refused_for(&mut ann_reads, of_node(2, 1));
     // And after it, at once, as for a node never seen.
-    hub.apply(Event::RelayedDirect {
-        id: 5,
-        ts: 9,
-        direct: direct(ann, of_node(2, 1), "hi"),
-    });
+    hub.apply(read_back(5, of_node(2, 1)));
     hub.flush();
     refused_for(&mut ann_reads, of_node(2, 1));
 }
