@@ -549,7 +549,13 @@ fn a_namespace_s_rooms_span_the_nodes() {
     on_b.send_text(&said("b", "b is in room1"));
     assert_eq!(chat_message(&mut on_b), "b is in room1");
     on_a.send_text(&said("a", "from a"));
-    assert_eq!(chat_message(&mut on_a), "from a");
+    // A page's join takes effect on its own node at once, before its node has
+    // read what was said in the room just before: it may hear that too.
+    let mut heard_on_a = chat_message(&mut on_a);
+    if heard_on_a == "b is in room1" {
+        heard_on_a = chat_message(&mut on_a);
+    }
+    assert_eq!(heard_on_a, "from a");
     assert_eq!(chat_message(&mut on_b), "from a");
 }
 
