@@ -54,7 +54,8 @@ use crate::http::MAX_HEAD;
 pub const FIXED_THREADS: u64 = 10;
 
 /// Descriptors the server holds whatever the load: stdin, stdout, stderr, the two
-/// listeners, signal-hook's pipe, a `/proc` file being read, and room.
+/// listeners, signal-hook's pipe, a `/proc` file being read, in a cluster four
+/// connections to Redis (appending, following, catching up, presence), and room.
 pub const FIXED_FDS: u64 = 16;
 
 /// Handshakes in progress the server allows when it can, from all addresses

@@ -10,8 +10,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::entry::{BATCH_MOST, items_of, takes_id};
 use super::{
-    IDS, LIFTED, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE_IDS, REDIS_BACKOFF, RedisAccess,
-    STREAM, STREAM_KEEPS, connect, pause_after,
+    IDS, LIFTED, LIVE, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE_IDS, REDIS_BACKOFF,
+    RedisAccess, STREAM, STREAM_KEEPS, connect, pause_after,
 };
 use crate::backoff::Backoff;
 use crate::event::{Entry, Event, Publish};
@@ -24,9 +24,9 @@ use crate::protocol::unix_millis;
 /// entries (and message ids) the stream keeps, ARGV[2] the batch's number (its
 /// first item's in this process), ARGV[3] this node's seat hash ([`PRESENCE`]),
 /// ARGV[4] its time to live in ms, ARGV[5] the node, ARGV[6] how many ids the
-/// items take, ARGV[7] the items; then the seat hash's changes, three arguments
-/// each: `set`, a client and its room and name; `del` and a client; `all`
-/// (every seat goes).
+/// items take, ARGV[7] the items, ARGV[8] the channel it is published on
+/// ([`LIVE`]); then the seat hash's changes, three arguments each: `set`, a
+/// client and its room and name; `del` and a client; `all` (every seat goes).
 ///
 /// The ids are taken as one block, and the entry is `<the last of them>-1`; a
 /// batch that takes none (logins, seats and receipts: no client sees one as a
@@ -34,7 +34,8 @@ use crate::protocol::unix_millis;
 /// given>-2`, `-3`, …, after the stream's last entry.
 ///
 /// The batch is one call and one entry, which is most of what a message costs
-/// Redis: the nodes blocked in `XREAD` wake once for it, and read one entry.
+/// Redis; and one `PUBLISH` of it in the same step, which hands it to every
+/// node following the stream with no request of theirs (`read.rs` says why).
 /// A batch whose number is not past the last one appended is skipped, so a
 /// batch sent again after a lost answer is appended once; the number is written
 /// after the entry, so it is also where `redis-out` learns whether a refused
@@ -69,8 +70,9 @@ const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     if tid >= id then id, seq = tid, math.max(tonumber(string.sub(top[1], dash + 1)), 1) + 1 end \
     end \
     end \
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-' .. seq, \
-    'node', ARGV[5], 'said', ARGV[6], 'items', ARGV[7]) \
+    local entry = string.format('%.0f', id) .. '-' .. seq \
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], entry, 'node', ARGV[5], 'said', ARGV[6], 'items', ARGV[7]) \
+    redis.call('PUBLISH', ARGV[8], entry .. '\\n' .. ARGV[5] .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[7]) \
     if said > 0 then \
     redis.call('SET', KEYS[2], string.format('%.0f', id)) \
     local keeps = tonumber(ARGV[1]) \
@@ -79,8 +81,8 @@ const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f', id - keeps)) \
     end \
     end \
-    if #ARGV > 7 then \
-    for i = 8, #ARGV, 3 do \
+    if #ARGV > 8 then \
+    for i = 9, #ARGV, 3 do \
     if ARGV[i] == 'all' then \
     redis.call('DEL', ARGV[3]) \
     redis.call('HSET', ARGV[3], '0', '') \
@@ -96,8 +98,8 @@ const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     return id";
 
 /// How long `redis-out` waits for a batch to grow to [`BATCH_ENOUGH`] after its
-/// first item. Each batch costs Redis about the same, a script call and a
-/// wake-up of every node's read, whatever its length: at a chat's usual pace a
+/// first item. Each batch costs Redis about the same, a wake-up, a script call
+/// and a write to every node, whatever its length: at a chat's usual pace a
 /// batch would be one message, and a few milliseconds (which nobody notices in
 /// a chat) make Redis' work per message several times smaller
 /// (docs/PERFORMANCE.md, "One entry per batch").
@@ -448,7 +450,8 @@ fn append(
         .arg(PRESENCE_TTL.as_millis() as u64)
         .arg(node)
         .arg(said)
-        .arg(items_of(&batch.messages));
+        .arg(items_of(&batch.messages))
+        .arg(LIVE);
     for m in &batch.messages {
         match m.kind {
             Entry::Seat if m.room.is_empty() => call.arg("del").arg(m.from.0).arg(""),

@@ -137,6 +137,19 @@ pub(super) fn events(id: &str, fields: &HashMap<String, String>) -> Option<Vec<E
     (next == last + 1).then_some(events)
 }
 
+/// An entry as the scripts publish it on [`LIVE`](super::LIVE) when they append
+/// it: its id, `node` and `said` a line each, then `items` (JSON, which holds no
+/// line break). `None` for a message no script of ours published.
+pub(super) fn published(payload: &[u8]) -> Option<(String, HashMap<String, String>)> {
+    let mut lines = std::str::from_utf8(payload).ok()?.splitn(4, '\n');
+    let id = lines.next()?.to_string();
+    let fields = ["node", "said", "items"]
+        .into_iter()
+        .map(|field| Some((field.to_string(), lines.next()?.to_string())))
+        .collect::<Option<HashMap<_, _>>>()?;
+    Some((id, fields))
+}
+
 /// How many ids an entry's items took (0 for an entry without the field).
 pub(super) fn said_in(fields: &HashMap<String, String>) -> Option<u64> {
     fields.get("said").map_or(Some(0), |said| said.parse().ok())

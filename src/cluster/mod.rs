@@ -9,13 +9,19 @@
 //! included, so every node delivers in Redis' order. The hub's rule, "a room's
 //! order is the order of one queue", still holds; the queue is now a Redis stream.
 //!
-//! # Why a stream, not PUBLISH/SUBSCRIBE
+//! # A stream to order and keep, PUBLISH to hand over
 //!
-//! Pub/sub hands a message to whoever is subscribed at that instant and keeps
-//! nothing: a node whose connection blinks has lost what was said meanwhile and
-//! has no position to resume from. A stream (`threadchat:messages`) keeps its last
-//! entries (`MINID ~`, `MAXLEN ~`), in one order, each with an id, and `XREAD` from the last
-//! id seen resumes with no gap and no duplicate.
+//! Pub/sub alone hands a message to whoever is subscribed at that instant and
+//! keeps nothing: a node whose connection blinks has lost what was said
+//! meanwhile and has no position to resume from. A stream (`threadchat:messages`)
+//! keeps its last entries (`MINID ~`, `MAXLEN ~`), in one order, each with an
+//! id, and reading from the last id seen resumes with no gap and no duplicate.
+//! But a node that waits for entries with a blocking `XREAD` asks Redis again
+//! after each one, and every request costs Redis a wake-up. So the script that
+//! appends an entry also publishes it on `threadchat:live`, in the same step:
+//! a node subscribed there gets every entry in the stream's order with no
+//! request of its own, and reads the stream only to catch up, when it
+//! (re)subscribes (`read.rs`).
 //!
 //! An entry is one batch of one node's ([`entry`]): its messages, kicks,
 //! logins, seats and receipts, in their order. The message ids clients see come from the entry's
@@ -35,8 +41,9 @@
 //!   for Redis), and appends it, every message waiting in one entry and one call
 //!   of a script (so the nodes reading the stream wake once for them all). At a
 //!   trickle it waits up to 5 ms for a batch to grow before appending it.
-//! * `redis-in` (`read.rs`) blocks in `XREAD` on the stream and hands the items
-//!   of every entry to the hub as ordinary events ([`Event::Relayed`], a direct
+//! * `redis-in` (`read.rs`) follows the stream (what is published as it is
+//!   appended; `XREAD` to catch up) and hands the items of every entry to the
+//!   hub as ordinary events ([`Event::Relayed`], a direct
 //!   message, a kick, a seat, a receipt…), once it has checked them against the
 //!   protocol's bounds. A room message is delivered
 //!   when it comes back this way, on every node alike.
@@ -216,6 +223,9 @@ use crate::protocol::ClientId;
 
 /// The stream every node appends to and reads.
 const STREAM: &str = "threadchat:messages";
+/// The channel every entry is published on as it is appended ([`entry::published`]):
+/// how the nodes following the stream live hear of it without asking.
+const LIVE: &str = "threadchat:live";
 /// The counter message ids come from.
 const IDS: &str = "threadchat:ids";
 /// The counter node numbers come from.
@@ -417,8 +427,19 @@ impl Cluster {
             .ignore()
             .query(&mut con)
             .map_err(fail)?;
-        // Alive, for the others, before any client of this node has an id.
-        say_joined(&mut con, node).map_err(fail)?;
+        // Alive, for the others, before any client of this node has an id. The
+        // first write of the script and of the channel: where a user made for an
+        // older version, without the channel, is refused.
+        say_joined(&mut con, node).map_err(|e| {
+            let denied = e.code() == Some("NOPERM") || e.to_string().contains("can't run");
+            let hint = format!(
+                " (the user needs the channel {LIVE} and +publish +subscribe +ping: DEPLOY.md)"
+            );
+            format!(
+                "--redis {shown}: {e}{}",
+                if denied { &hint[..] } else { "" }
+            )
+        })?;
         let epoch: u64 = redis::cmd("GET").arg(EPOCH).query(&mut con).map_err(fail)?;
         let (recent, hashes, listed): Joined = redis::cmd("EVAL")
             .arg(JOIN)
@@ -522,7 +543,8 @@ fn connect(redis: &RedisAccess) -> redis::RedisResult<redis::Connection> {
     let con = redis
         .client
         .get_connection_with_timeout(Duration::from_secs(5))?;
-    // Every command but the blocking read answers at once; a Redis that does not
+    // Every command answers at once (the subscription has deadlines of its own,
+    // `read.rs`); a Redis that does not
     // is treated as gone.
     con.set_write_timeout(Some(Duration::from_secs(5)))?;
     con.set_read_timeout(Some(READ_BLOCK + Duration::from_secs(5)))?;

@@ -13,7 +13,7 @@ use crossbeam_channel::Sender;
 
 use super::entry::checked_seat;
 use super::{
-    EPOCH, IDS, LIFTED, Link, NODE_SET, NODES, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE,
+    EPOCH, IDS, LIFTED, LIVE, Link, NODE_SET, NODES, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE,
     RAISE_IDS, RedisAccess, STREAM, STREAM_KEEPS,
 };
 use crate::event::{Event, Location};
@@ -175,6 +175,7 @@ fn release_the_dead(con: &mut redis::Connection, node: u64) -> redis::RedisResul
             .arg(STREAM_KEEPS)
             .arg(other)
             .arg(crate::protocol::unix_millis())
+            .arg(LIVE)
             .query(con)?;
     }
     Ok(listed)
@@ -182,7 +183,7 @@ fn release_the_dead(con: &mut redis::Connection, node: u64) -> redis::RedisResul
 
 /// Lets node ARGV[2] go, once: KEYS[1] the stream, KEYS[2] the id counter,
 /// KEYS[3] the set of nodes, KEYS[4] the node's hash; ARGV[1] MAXLEN, ARGV[3]
-/// the time. Nothing if its hash is there after all, or another node let it go
+/// the time, ARGV[4] the channel the entry is published on ([`LIVE`]). Nothing if its hash is there after all, or another node let it go
 /// first (it is no longer listed); else a `gone` entry for it (its clients
 /// leave, and the node is dead), which takes no id: `<the last id>-<next>`, as
 /// `append.rs` numbers seats.
@@ -197,8 +198,9 @@ const RELEASE: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end \
     if tid > id then id, seq = tid, 2 end \
     if tid == id then seq = math.max(tonumber(string.sub(top[1], dash + 1)), 1) + 1 end \
     end \
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f', id) .. '-' .. seq, \
-    'node', ARGV[2], 'said', '0', 'items', '[{\"k\":\"gone\",\"t\":' .. ARGV[3] .. '}]') \
+    local entry, items = string.format('%.0f', id) .. '-' .. seq, '[{\"k\":\"gone\",\"t\":' .. ARGV[3] .. '}]' \
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], entry, 'node', ARGV[2], 'said', '0', 'items', items) \
+    redis.call('PUBLISH', ARGV[4], entry .. '\\n' .. ARGV[2] .. '\\n0\\n' .. items) \
     return 1";
 
 /// Where every other node's clients are, as their hashes say: field `id`,

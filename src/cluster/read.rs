@@ -1,22 +1,48 @@
-//! `redis-in`: reads the stream from where this node left off and hands the
+//! `redis-in`: follows the stream from where this node left off and hands the
 //! items of every entry (a batch) to the hub as events, once it has checked them
 //! against the protocol's bounds; notices when Redis stops answering, and what
 //! is gone for good.
+//!
+//! # Why entries come by `PUBLISH`, and the stream is read to catch up
+//!
+//! Every request costs Redis a wake-up, a read and a write, whatever it asks:
+//! on a small machine that is about 23 µs of CPU, where the command itself
+//! (a `PING`, an `XREAD` of one entry) costs one or two. A node blocked in
+//! `XREAD` asks again after every entry it gets, so each batch cost Redis one
+//! request per node on top of its append. So the scripts that append an entry
+//! also publish it, in the same step, on [`LIVE`] ([`published`]), and Redis
+//! writes it to every node subscribed there with no request of theirs: in the
+//! order of the stream, since each script runs whole before the next.
+//!
+//! Pub/sub keeps nothing, so the stream stays what orders and keeps. A node
+//! subscribes first, then reads the stream after the last entry it handed over,
+//! until caught up; an entry appended after the subscription comes both ways,
+//! and its published copy is skipped (its id is not past what was handed
+//! over). Then it hands over what is published. A node whose subscription
+//! fails, or falls behind (Redis drops a subscriber whose unread messages pass
+//! its `client-output-buffer-limit pubsub`, 32 MB by default), subscribes again
+//! and catches up from the stream again, with no gap and no duplicate. An entry
+//! written into the stream by hand is published by nobody: a node reads it only
+//! when it next catches up.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::entry::{MAX_MESSAGE_ID, events, said_in};
-use super::{JOIN, Joined, LIFTED, Link, NODE_SET, PRESENCE, RedisAccess, STREAM, seated};
+use super::entry::{MAX_MESSAGE_ID, events, published, said_in};
+use super::{
+    JOIN, Joined, LIFTED, LIVE, Link, NODE_SET, PRESENCE, RedisAccess, STREAM, connect, seated,
+};
 use crate::event::Event;
 use crate::logging::{Noisy, Untrusted, limited};
 
-/// Entries (batches) one `XREAD` returns at most, and how long it blocks before
-/// looking at whether the server is stopping.
+/// Entries (batches) one `XREAD` of the catch-up returns at most.
 pub(super) const READ_COUNT: usize = 64;
+/// How long the subscription may be quiet before Redis is asked whether it is
+/// still there (and `redis-in` looks at whether the server is stopping).
 pub(super) const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
 /// `redis-in`: hands every entry after `after` to the hub, until `stop`.
@@ -33,56 +59,30 @@ pub(super) fn read_stream(
         last: message_id(&after).filter(|n| *n > 0),
         after,
         resnapshot: false,
-    };
-    // Whether the hub believes Redis answers: it is told when that changes.
-    let mut linked = true;
-    let tell = |up: bool, linked: &mut bool| {
-        if *linked != up {
-            *linked = up;
-            let _ = hub.send(Event::Linked { up });
-        }
+        linked: true,
     };
     while !stop.load(Ordering::Relaxed) {
-        let fresh = link.con.is_none();
-        let read = link.get().and_then(|c| {
-            if fresh {
-                reading.notice_a_reset(c)?;
-            }
-            redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("BLOCK")
-                .arg(READ_BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(STREAM)
-                .arg(&reading.after)
-                .query::<redis::Value>(c)
-        });
-        let reply = match read {
-            Ok(reply) => reply,
-            Err(e) => {
-                tell(false, &mut linked);
+        match reading.follow(redis, &mut link, hub, highest, stop) {
+            Err(Halt::Done) => return,
+            Err(Halt::Lost(e)) => {
+                reading.tell_linked(false, hub);
                 link.failed("read failed", &e);
-                continue;
             }
-        };
-        tell(true, &mut linked);
-        // [[stream, [entry, ...]]], or nil when BLOCK passed with nothing new.
-        let list = match reply {
-            redis::Value::Array(streams) => streams.into_iter().find_map(|stream| match stream {
-                redis::Value::Array(mut parts) => parts.pop(),
-                _ => None,
-            }),
-            _ => None,
-        };
-        let read = list.map(entries).unwrap_or_default();
-        let caught_up = read.len() < READ_COUNT;
-        if reading.hand_over(read, &mut link, hub, highest).is_err() {
-            return;
         }
-        if caught_up && reading.resnapshot && resnapshot(&mut link, hub).is_ok() {
-            reading.resnapshot = false;
-        }
+    }
+}
+
+/// Why `redis-in` stopped following the stream.
+enum Halt {
+    /// The server is stopping, or the hub is gone: the thread ends.
+    Done,
+    /// Redis failed or does not answer: follow again, on new connections.
+    Lost(redis::RedisError),
+}
+
+impl From<redis::RedisError> for Halt {
+    fn from(e: redis::RedisError) -> Halt {
+        Halt::Lost(e)
     }
 }
 
@@ -98,17 +98,122 @@ struct Reading {
     /// Seat entries may be gone unread: once caught up, where everyone sits is
     /// read from the hashes ([`resnapshot`]).
     resnapshot: bool,
+    /// Whether the hub believes Redis answers: it is told when that changes.
+    linked: bool,
 }
 
 impl Reading {
-    /// Hands `read` to the hub; `Err` when the hub is gone.
+    /// Follows the stream on a subscription of its own, until the server stops,
+    /// the hub is gone, or Redis fails.
+    fn follow(
+        &mut self,
+        redis: &RedisAccess,
+        link: &mut Link<'_>,
+        hub: &Sender<Event>,
+        highest: &AtomicU64,
+        stop: &AtomicBool,
+    ) -> Result<Infallible, Halt> {
+        let mut con = connect(redis)?;
+        let mut live = con.as_pubsub();
+        live.subscribe(LIVE)?;
+        self.catch_up(link, hub, highest)?;
+        live.set_read_timeout(Some(READ_BLOCK))?;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Err(Halt::Done);
+            }
+            let message = match live.get_message() {
+                Ok(message) => message,
+                Err(e) if e.is_timeout() => {
+                    // Quiet for a while: Redis answers a `PING` on the
+                    // subscription, or is gone (a deadline of its own: a
+                    // loaded Redis may take a moment).
+                    live.set_read_timeout(Some(ANSWER_PATIENCE))?;
+                    live.ping::<redis::Value>()?;
+                    live.set_read_timeout(Some(READ_BLOCK))?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some((id, fields)) = published(message.get_payload_bytes()) else {
+                // Anyone who can publish on the channel chooses these.
+                limited!(
+                    Noisy::BadStreamEntry,
+                    "redis: a message on {LIVE} is not an entry of {STREAM}: skipped"
+                );
+                continue;
+            };
+            // Already handed over from the stream, while catching up.
+            if entry_order(&id) <= entry_order(&self.after) {
+                continue;
+            }
+            self.hand_over(vec![(id, fields)], link, hub, highest)?;
+            if self.resnapshot {
+                resnapshot(link, hub)?;
+                self.resnapshot = false;
+            }
+        }
+    }
+
+    /// Reads the stream after the last entry handed over until caught up: what
+    /// was appended before the subscription, or while there was none.
+    fn catch_up(
+        &mut self,
+        link: &mut Link<'_>,
+        hub: &Sender<Event>,
+        highest: &AtomicU64,
+    ) -> Result<(), Halt> {
+        self.notice_a_reset(link.get()?)?;
+        loop {
+            let reply = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("STREAMS")
+                .arg(STREAM)
+                .arg(&self.after)
+                .query::<redis::Value>(link.get()?)?;
+            // Redis answers: the hub hears so before what it missed meanwhile.
+            self.tell_linked(true, hub);
+            // [[stream, [entry, ...]]], or nil when there is nothing new.
+            let list = match reply {
+                redis::Value::Array(streams) => {
+                    streams.into_iter().find_map(|stream| match stream {
+                        redis::Value::Array(mut parts) => parts.pop(),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            };
+            let read = list.map(entries).unwrap_or_default();
+            let caught_up = read.len() < READ_COUNT;
+            self.hand_over(read, link, hub, highest)?;
+            if caught_up {
+                break;
+            }
+        }
+        if self.resnapshot {
+            resnapshot(link, hub)?;
+            self.resnapshot = false;
+        }
+        Ok(())
+    }
+
+    /// Tells the hub when whether Redis answers changes.
+    fn tell_linked(&mut self, up: bool, hub: &Sender<Event>) {
+        if self.linked != up {
+            self.linked = up;
+            let _ = hub.send(Event::Linked { up });
+        }
+    }
+
+    /// Hands `read` to the hub; [`Halt::Done`] when the hub is gone.
     fn hand_over(
         &mut self,
         read: Vec<(String, HashMap<String, String>)>,
         link: &mut Link<'_>,
         hub: &Sender<Event>,
         highest: &AtomicU64,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Halt> {
         for (id, fields) in read {
             if let Some(n) = message_id(&id) {
                 // Only an entry whose items took ids says they were given: one
@@ -122,7 +227,8 @@ impl Reading {
                         && missed(link.get(), last, first)
                     {
                         self.resnapshot = true;
-                        hub.send(Event::Missed { upto: first - 1 }).map_err(drop)?;
+                        hub.send(Event::Missed { upto: first - 1 })
+                            .map_err(|_| Halt::Done)?;
                     }
                     self.last = Some(n);
                 }
@@ -139,7 +245,7 @@ impl Reading {
                 continue;
             };
             for event in events {
-                hub.send(event).map_err(drop)?;
+                hub.send(event).map_err(|_| Halt::Done)?;
             }
         }
         Ok(())
@@ -171,6 +277,9 @@ impl Reading {
         Ok(())
     }
 }
+
+/// How long Redis may take to answer a `PING` on the subscription.
+const ANSWER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A stream entry id as a pair of numbers, for comparing.
 fn entry_order(id: &str) -> (u64, u64) {

@@ -300,3 +300,25 @@ fn receipts_and_a_dead_node_s_entry_are_read_as_the_scripts_write_them() {
         Some([Event::RelayedGone { entry: 12, node: 2 }])
     ));
 }
+
+#[test]
+fn a_published_entry_is_its_id_and_fields_and_nothing_else_is() {
+    let items = r#"[{"r":"lobby","f":7,"n":"ann","m":"two\nlines","t":1}]"#;
+    let payload = format!("5-1\n2\n1\n{items}");
+    let Some((id, fields)) = entry::published(payload.as_bytes()) else {
+        panic!("{payload}")
+    };
+    assert_eq!(id, "5-1");
+    assert_eq!(
+        fields,
+        entry(&[("node", "2"), ("said", "1"), ("items", items)])
+    );
+    assert!(entry::events(&id, &fields).is_some());
+    for not_ours in ["", "5-1", "5-1\n2\n1", "\u{0}\u{ff}"] {
+        assert_eq!(entry::published(not_ours.as_bytes()), None, "{not_ours:?}");
+    }
+    assert_eq!(
+        entry::published(&[0xff, b'\n', b'1', b'\n', b'1', b'\n']),
+        None
+    );
+}

@@ -85,3 +85,61 @@ fn check_config_shows_the_redis_url_without_its_password_and_checks_its_ca() {
     ]);
     assert!(!ok && said.contains("--redis-ca /nonexistent"), "{said}");
 }
+
+/// A user of an older DEPLOY.md, without the chat's channel: the node cannot
+/// publish what it appends, and says so at start rather than chat half-deaf.
+#[test]
+fn a_user_without_the_chat_s_channel_is_refused_at_start_saying_why() {
+    let no_channel: Vec<&str> = CHAT_USER
+        .iter()
+        .copied()
+        .filter(|rule| !rule.starts_with('&') && !["+publish", "+subscribe"].contains(rule))
+        .collect();
+    let user = [&["--user", "default", "off", "--user"][..], &no_channel].concat();
+    let redis = Redis::start_with(&user);
+    let url = |who: &str| format!("redis://{who}@127.0.0.1:{}/", redis.port);
+    let log = refused_at_start(&url("threadchat:user-s3cret"), &[]);
+    assert_refused(
+        &log,
+        &url("threadchat:***"),
+        "channel threadchat:live",
+        "user-s3cret",
+    );
+}
+
+/// Redis drops a node's subscription (here its user loses the channel; a
+/// subscriber that falls behind is dropped the same way) while another node
+/// chats on. The node is cut off until it can subscribe again, and then hears
+/// from the stream what it missed, once and in order, before what comes live.
+#[test]
+fn a_node_whose_subscription_is_dropped_catches_up_from_the_stream_once() {
+    let redis = Redis::start_with(&[&["--user"][..], CHAT_USER].concat());
+    let follower = format!("redis://threadchat:user-s3cret@127.0.0.1:{}/", redis.port);
+    let (a, b) = (node_at(&follower, &[]), node(&redis));
+    let (mut ann, mut bob) = (Client::join(&a), Client::join(&b));
+    bob.send_chat("bob", "before");
+    assert_eq!(ann.recv_type("message")["msg"], "before");
+
+    let mut admin = redis_connection(redis.url());
+    let mut acl = |rules: &[&str]| {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("threadchat")
+            .arg(rules)
+            .query(&mut admin)
+            .unwrap();
+    };
+    acl(&["resetchannels"]);
+    assert_eq!(recv_cluster(&mut ann)["connected"], false);
+    let missed: Vec<String> = (0..3).map(|n| format!("missed {n}")).collect();
+    for text in &missed {
+        bob.send_chat("bob", text);
+    }
+    // In the stream: b heard them back.
+    assert_eq!(messages(&mut bob, 4).len(), 4);
+    acl(&["&threadchat:live"]);
+    assert_eq!(recv_cluster(&mut ann)["connected"], true);
+    bob.send_chat("bob", "live");
+    let heard: Vec<String> = messages(&mut ann, 4).into_iter().map(|m| m.1).collect();
+    assert_eq!(heard, [&missed[..], &["live".to_string()]].concat());
+}

@@ -1147,18 +1147,23 @@ fn assert_refused(log: &str, shown: &str, because: &str, secret: &str) {
     assert!(!log.contains(secret), "the password in the log: {log}");
 }
 
-/// The ACL user DEPLOY.md gives the nodes: the chat's keys, the commands that
-/// read and write them and run its scripts, nothing dangerous, no channels.
+/// The ACL user DEPLOY.md gives the nodes: the chat's keys and its one channel,
+/// the commands that read and write them, run its scripts and follow the
+/// channel, nothing dangerous.
 const CHAT_USER: &[&str] = &[
     "threadchat",
     "on",
     ">user-s3cret",
     "~threadchat:*",
     "resetchannels",
+    "&threadchat:live",
     "-@all",
     "+@read",
     "+@write",
     "+@scripting",
     "+@transaction",
+    "+publish",
+    "+subscribe",
+    "+ping",
     "-@dangerous",
 ];

@@ -46,6 +46,9 @@ pub(crate) struct Outcome {
     pub(crate) cpu_us_per_delivery: f64,
     /// Redis' CPU time likewise, in a cluster.
     pub(crate) redis_cpu_us_per_delivery: Option<f64>,
+    /// In a cluster, the Redis commands called in the measured window per
+    /// message sent in it, by name (most first): what the CPU time is spent on.
+    pub(crate) redis_calls_per_message: Vec<(String, f64)>,
 }
 
 /// Opens `n` clients, client `i` on `addrs[i % addrs.len()]`.
@@ -144,7 +147,8 @@ pub(crate) fn run_load(
     let cpu_at = |at: Instant| {
         thread::sleep(at.saturating_duration_since(Instant::now())); // a clock, not a sync
         let servers: Duration = servers.iter().map(Server::cpu).sum();
-        (servers, redis.as_ref().map(Redis::cpu))
+        let calls = redis.as_ref().map(Redis::calls).unwrap_or_default();
+        (servers, redis.as_ref().map(Redis::cpu), calls)
     };
     let cpu_from = cpu_at(measure_from);
     let cpu_to = cpu_at(end);
@@ -178,7 +182,31 @@ pub(crate) fn run_load(
         .1
         .zip(cpu_from.1)
         .map(|(to, from)| per_delivery(to - from));
+    outcome.redis_calls_per_message = calls_per_message(&cpu_from.2, &cpu_to.2, measured);
     Ok(outcome)
+}
+
+/// The commands called between `from` and `to`, per message of `messages`, most
+/// first (the window's own calls of `INFO` left out).
+fn calls_per_message(
+    from: &[(String, u64)],
+    to: &[(String, u64)],
+    messages: u64,
+) -> Vec<(String, f64)> {
+    let before = |name: &str| from.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    let mut calls: Vec<(String, f64)> = to
+        .iter()
+        .filter(|(name, _)| name != "info")
+        .map(|(name, n)| {
+            (
+                name.clone(),
+                (n - before(name)) as f64 / messages.max(1) as f64,
+            )
+        })
+        .filter(|(_, per)| *per > 0.0)
+        .collect();
+    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+    calls
 }
 
 /// What the clients' readers share, for a load of `members` per room.
@@ -372,6 +400,7 @@ pub(crate) fn summarize(
         settle_s,
         cpu_us_per_delivery: 0.0,
         redis_cpu_us_per_delivery: None,
+        redis_calls_per_message: Vec::new(),
     }
 }
 

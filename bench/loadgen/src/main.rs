@@ -220,7 +220,7 @@ fn print_load_row(label: &str, outcome: &Result<Outcome, String>, judged: bool) 
         o.settle_s,
         o.cpu_us_per_delivery,
         o.redis_cpu_us_per_delivery
-            .map_or_else(String::new, |r| format!(" + Redis {r:.2}"))
+            .map_or_else(String::new, |r| format!(" + Redis {r:.3}"))
     );
     bad
 }
@@ -312,6 +312,13 @@ fn main() {
             tally.anchor_rows
         );
     }
+    if !tally.redis_calls.is_empty() {
+        println!();
+        println!("Redis commands per message sent, in the measured window:");
+        for line in &tally.redis_calls {
+            println!("- {line}");
+        }
+    }
     if let Some(table) = footprint {
         println!();
         print!("{table}");
@@ -340,6 +347,8 @@ struct Tally {
     naive_bad: usize,
     anchor_rows: usize,
     anchor_bad: usize,
+    /// The cluster rows' Redis commands per message, printed under the table.
+    redis_calls: Vec<String>,
 }
 
 /// The load of scenario `name` (small with `--quick`), or `None` for a name that
@@ -412,6 +421,16 @@ fn load_rows(
             let outcome = run_load(&cli.server, true, load, None, nodes);
             let row = format!("{label} ({nodes} nodes)");
             tally.bad += usize::from(print_load_row(&row, &outcome, true));
+            if let Ok(o) = &outcome {
+                let calls: Vec<String> = o
+                    .redis_calls_per_message
+                    .iter()
+                    .map(|(name, per)| format!("{name} {per:.3}"))
+                    .collect();
+                tally
+                    .redis_calls
+                    .push(format!("{row}: {}", calls.join(", ")));
+            }
         }
     }
     if let Some(naive) = &cli.naive

@@ -45,6 +45,35 @@ impl Redis {
     pub(crate) fn cpu(&self) -> Duration {
         cpu_of(self.child.id())
     }
+
+    /// How many times each command has been called so far (`INFO commandstats`),
+    /// sorted by name; empty when Redis does not answer.
+    pub(crate) fn calls(&self) -> Vec<(String, u64)> {
+        use std::io::{BufRead, BufReader, Write};
+        let Ok(mut con) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return Vec::new();
+        };
+        let _ = con.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = con.write_all(b"INFO commandstats\r\nQUIT\r\n");
+        // `$<length>`, then `cmdstat_<name>:calls=<n>,usec=...` lines, then `+OK`.
+        let mut calls: Vec<(String, u64)> = BufReader::new(con)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| l != "+OK")
+            .filter_map(|l| {
+                let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let n = stats
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_string(), n))
+            })
+            .collect();
+        calls.sort();
+        calls
+    }
 }
 
 impl Drop for Redis {
