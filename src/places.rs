@@ -166,6 +166,30 @@ impl Caps {
     }
 }
 
+/// Where a client connects from, as a cap per address counts it: an IPv4
+/// address, or an IPv6 address's /64, since a host may pick a new address in it
+/// for every connection; the hosts of a /64 together have [`NETWORK_SHARES`]
+/// addresses' worth, as they have of places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Address(IpAddr),
+    Network(Network64),
+}
+
+impl Origin {
+    pub fn of(address: IpAddr) -> Origin {
+        network_of(address).map_or(Origin::Address(address), Origin::Network)
+    }
+
+    /// What a cap of `per_address` allows it.
+    pub fn cap(self, per_address: usize) -> usize {
+        match self {
+            Origin::Address(_) => per_address,
+            Origin::Network(_) => per_address.saturating_mul(NETWORK_SHARES),
+        }
+    }
+}
+
 /// An IPv6 /64: the network one host is normally given whole. Holds the address
 /// with its last 64 bits zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -23,7 +23,7 @@
 //! sender (or the hub's memory) forever: a node that is not alive where the
 //! message is read gets no wait at all, a node found gone refuses what awaits
 //! it, and what is left waits at most [`RECEIPT_PATIENCE`], [`MOST_UNANSWERED`]
-//! at a time.
+//! at a time and [`MOST_UNANSWERED_PER_ADDRESS`] of one address's.
 //!
 //! What this leaves open: a node let go while cut off from Redis (its hash
 //! expired, its clients left everyone's presence) still has its clients, and
@@ -32,12 +32,14 @@
 //! it then); and a receipt that comes after its sender was told "could not be
 //! confirmed" is dropped.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry as Count;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::Hub;
 use super::cluster::node_of;
 use crate::event::{DirectMessage, Publish, Receipt};
+use crate::places::Origin;
 use crate::protocol::{ClientId, InputError, unix_millis};
 
 /// Direct messages and kicks of a node's clients awaiting receipts at once, at
@@ -46,6 +48,14 @@ use crate::protocol::{ClientId, InputError, unix_millis};
 /// delivery could not be confirmed), and clients writing to a node that does
 /// not answer cannot grow the hub.
 pub(super) const MOST_UNANSWERED: usize = 1_024;
+
+/// Of those, one address's at most (an IPv6 /64's, [`crate::places::NETWORK_SHARES`]
+/// times as many: [`Origin`]): past that, its own oldest is given up, not
+/// anyone else's. So an address that floods a node which does not
+/// answer (up to [`RECEIPT_PATIENCE`] at its message budget's pace, from all its
+/// connections) takes its own share, and the others' messages keep waiting for
+/// their receipts.
+pub(super) const MOST_UNANSWERED_PER_ADDRESS: usize = 128;
 
 /// How long a sender's node waits for a receipt before telling the sender that
 /// delivery could not be confirmed. A receipt takes milliseconds (two trips
@@ -61,11 +71,15 @@ pub(super) const RECEIPT_PATIENCE: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub(super) struct Unanswered {
     by_id: BTreeMap<u64, Sent>,
+    /// How many of those each sender's address has.
+    per_address: HashMap<Origin, usize>,
 }
 
-/// A direct message or kick read back from the stream, and when.
+/// A direct message or kick read back from the stream, its sender's address,
+/// and when.
 struct Sent {
     asked: Asked,
+    origin: Origin,
     read: Instant,
 }
 
@@ -94,15 +108,43 @@ impl Asked {
 }
 
 impl Unanswered {
-    /// `asked`, numbered `id`, read at `read`, awaits its receipt; the oldest,
-    /// given up, when there were [`MOST_UNANSWERED`] already.
-    fn insert(&mut self, id: u64, asked: Asked, read: Instant) -> Option<Asked> {
-        let dropped = (self.by_id.len() >= MOST_UNANSWERED)
-            .then(|| self.by_id.pop_first())
-            .flatten()
-            .map(|(_, oldest)| oldest.asked);
-        self.by_id.insert(id, Sent { asked, read });
+    /// `asked`, numbered `id`, from a sender at `origin`, read at `read`,
+    /// awaits its receipt. Given up to make room: that address's oldest when it
+    /// has [`MOST_UNANSWERED_PER_ADDRESS`] waiting, else the oldest of all when
+    /// [`MOST_UNANSWERED`] wait.
+    fn insert(&mut self, id: u64, asked: Asked, origin: Origin, read: Instant) -> Option<Asked> {
+        self.remove(id); // an id read twice (anyone can write to the stream)
+        let own = self.per_address.get(&origin).copied().unwrap_or(0);
+        let make_way = if own >= origin.cap(MOST_UNANSWERED_PER_ADDRESS) {
+            (self.by_id.iter())
+                .find(|(_, sent)| sent.origin == origin)
+                .map(|(id, _)| *id)
+        } else if self.by_id.len() >= MOST_UNANSWERED {
+            self.by_id.keys().next().copied()
+        } else {
+            None
+        };
+        let dropped = make_way.and_then(|oldest| self.remove(oldest));
+        *self.per_address.entry(origin).or_default() += 1;
+        let sent = Sent {
+            asked,
+            origin,
+            read,
+        };
+        self.by_id.insert(id, sent);
         dropped
+    }
+
+    /// Message `id`, no longer awaited, and its address's count with it.
+    fn remove(&mut self, id: u64) -> Option<Asked> {
+        let sent = self.by_id.remove(&id)?;
+        if let Count::Occupied(mut count) = self.per_address.entry(sent.origin) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+        Some(sent.asked)
     }
 
     /// The message `receipt` answers, no longer awaited: `None` if it was given
@@ -113,8 +155,7 @@ impl Unanswered {
         if sent.asked.sender() != receipt.sender || sent.asked.target() != receipt.target {
             return None;
         }
-        let sent = self.by_id.remove(&receipt.of)?;
-        Some((receipt.of, sent.asked))
+        Some((receipt.of, self.remove(receipt.of)?))
     }
 
     /// Those for a client of node `node`, no longer awaited.
@@ -123,21 +164,18 @@ impl Unanswered {
             .filter(|(_, sent)| node_of(sent.asked.target()) == node)
             .map(|(id, _)| *id)
             .collect();
-        ids.into_iter()
-            .filter_map(|id| self.by_id.remove(&id))
-            .map(|sent| sent.asked)
-            .collect()
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
     /// Those read [`RECEIPT_PATIENCE`] or longer before `now`, no longer
     /// awaited. Read in the stream's order, so the oldest come first.
     fn late(&mut self, now: Instant) -> Vec<Asked> {
         let mut late = Vec::new();
-        while let Some(entry) = self.by_id.first_entry() {
-            if now.duration_since(entry.get().read) < RECEIPT_PATIENCE {
+        while let Some((&id, oldest)) = self.by_id.first_key_value() {
+            if now.duration_since(oldest.read) < RECEIPT_PATIENCE {
                 break;
             }
-            late.push(entry.remove().asked);
+            late.extend(self.remove(id));
         }
         late
     }
@@ -218,16 +256,20 @@ impl Hub {
     /// alive as of this entry (no receipt would come: refused now).
     fn await_receipt(&mut self, id: u64, asked: Asked) {
         let (sender, target) = (asked.sender(), asked.target());
-        if !self.clients.contains_key(&sender) {
+        let Some(origin) = self
+            .clients
+            .get(&sender)
+            .map(|client| Origin::of(client.address))
+        else {
             return; // left meanwhile: nobody to tell
-        }
+        };
         let Some(view) = &mut self.cluster else {
             return;
         };
         if !view.is_alive(node_of(target)) {
             return self.reply_error(sender, &InputError::NoSuchClient(target));
         }
-        if let Some(oldest) = view.unanswered.insert(id, asked, Instant::now()) {
+        if let Some(oldest) = view.unanswered.insert(id, asked, origin, Instant::now()) {
             self.reply_error(oldest.sender(), &InputError::Unconfirmed(oldest.target()));
         }
     }
@@ -289,5 +331,36 @@ impl Hub {
         for asked in view.unanswered.late(now) {
             self.reply_error(asked.sender(), &InputError::Unconfirmed(asked.target()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(n: u64) -> Asked {
+        Asked::Kick {
+            target: ClientId((2 << 32) + n),
+            by: ClientId((1 << 32) + 1),
+        }
+    }
+
+    #[test]
+    fn past_the_cap_of_all_the_oldest_of_all_makes_way_whatever_its_address() {
+        let mut waiting = Unanswered::default();
+        let now = Instant::now();
+        // Every address under its own cap.
+        let address = |n: u64| Origin::of([10, 0, (n >> 8) as u8, n as u8].into());
+        for n in 0..MOST_UNANSWERED as u64 {
+            assert!(waiting.insert(n, to(n), address(n % 16), now).is_none());
+        }
+        let dropped = waiting.insert(5_000, to(5_000), address(99), now);
+        assert_eq!(dropped.map(|asked| asked.target()), Some(to(0).target()));
+        assert_eq!(waiting.by_id.len(), MOST_UNANSWERED);
+        // The counts follow what is removed, whichever way.
+        assert_eq!(waiting.per_address[&address(0)], MOST_UNANSWERED / 16 - 1);
+        let late = waiting.late(now + RECEIPT_PATIENCE);
+        assert_eq!(late.len(), MOST_UNANSWERED);
+        assert!(waiting.per_address.is_empty() && waiting.due().is_none());
     }
 }

@@ -15,7 +15,7 @@ use crate::budget::Allowance;
 use crate::event::{Arrival, Endpoint, Join, Location, Publish};
 use crate::format::Format;
 use crate::outbox::{Failure, Outbox};
-use crate::places::{self, Network64};
+use crate::places::Origin;
 use crate::protocol::{
     ClientId, InputError, LOBBY, MAX_PRESENCE_FRAME, NamedClient, Outgoing, Presence, RoomCount,
     WhoEntry, presence_frame_size, unix_millis,
@@ -35,31 +35,7 @@ pub(super) struct Room {
     /// Who made it (none for the lobby, and for rooms made for the cluster's
     /// messages, which their own node counted): a maker that has made its share
     /// of rooms makes way among its own.
-    made_by: Option<Maker>,
-}
-
-/// Who made a room, as the cap on rooms per address counts: an IPv4 address, or
-/// an IPv6 address's /64, since a host may pick a new address in it for every
-/// connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Maker {
-    Address(IpAddr),
-    Network(Network64),
-}
-
-impl Maker {
-    fn of(address: IpAddr) -> Maker {
-        places::network_of(address).map_or(Maker::Address(address), Maker::Network)
-    }
-
-    /// The rooms it may have made: a /64's hosts together have
-    /// [`places::NETWORK_SHARES`] addresses' worth, as they have of places.
-    fn cap(self, per_address: usize) -> usize {
-        match self {
-            Maker::Address(_) => per_address,
-            Maker::Network(_) => per_address.saturating_mul(places::NETWORK_SHARES),
-        }
-    }
+    made_by: Option<Origin>,
 }
 
 /// A chat client, as the hub knows it besides its room's list.
@@ -68,7 +44,8 @@ pub(super) struct Client {
     pub(super) name: String,
     pub(super) format: Format,
     pub(super) outbox: Arc<Outbox>,
-    address: IpAddr,
+    /// Where it connects from: what its caps and budgets are counted by.
+    pub(super) address: IpAddr,
     /// Pays for what the hub sends on this client's behalf.
     allowance: Option<Arc<Allowance>>,
 }
@@ -96,7 +73,7 @@ impl Client {
 }
 
 impl Room {
-    pub(super) fn new(history: History, made_by: Option<Maker>) -> Room {
+    pub(super) fn new(history: History, made_by: Option<Origin>) -> Room {
         Room {
             members: Vec::new(),
             batch: Batch::default(),
@@ -489,7 +466,7 @@ impl Hub {
         if self.rooms.contains_key(room) {
             return Ok(());
         }
-        let maker = maker.map(Maker::of);
+        let maker = maker.map(Origin::of);
         let cap = maker.map_or(0, |m| m.cap(self.settings.max_rooms_per_host));
         let own = |r: &Room| maker.is_some() && r.made_by == maker;
         let made = self.rooms.values().filter(|r| own(r)).count();

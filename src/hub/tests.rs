@@ -836,11 +836,11 @@ fn the_target_s_node_delivers_and_answers_with_a_receipt() {
 
 #[test]
 fn what_awaits_a_receipt_is_bounded_in_number_and_in_time() {
-    use super::receipts::{MOST_UNANSWERED, RECEIPT_PATIENCE};
+    use super::receipts::{MOST_UNANSWERED_PER_ADDRESS as MOST, RECEIPT_PATIENCE};
     let (mut hub, _published, mut ann_reads) = ann_on_node_1();
     let ann = of_node(1, 1);
     hub.apply(node_joins(2));
-    let sent = MOST_UNANSWERED as u64 + 1;
+    let sent = MOST as u64 + 1;
     for n in 1..=sent {
         hub.apply(Event::RelayedDirect {
             id: n,
@@ -863,12 +863,73 @@ fn what_awaits_a_receipt_is_bounded_in_number_and_in_time() {
     hub.give_up_late_receipts(Instant::now() + RECEIPT_PATIENCE);
     hub.flush();
     assert_eq!(hub.receipt_due(), None);
-    let errors = received(&mut ann_reads, MOST_UNANSWERED);
+    let errors = received(&mut ann_reads, MOST);
     assert!(errors.iter().all(|e| e["type"] == "error"));
     assert!(
-        errors[MOST_UNANSWERED - 1]["msg"]
+        errors[MOST - 1]["msg"]
             .as_str()
             .unwrap()
             .contains(&of_node(2, sent).to_string())
+    );
+}
+
+#[test]
+fn one_address_flooding_a_node_that_does_not_answer_gives_up_only_its_own_oldest() {
+    use super::receipts::MOST_UNANSWERED_PER_ADDRESS;
+    let (mut hub, _published, mut ann_reads) = ann_on_node_1();
+    let (ann, eve) = (of_node(1, 1), of_node(1, 2));
+    let (eve_outbox, mut eve_reads) = client(eve.0);
+    let mut from_eve = connect(eve.0, &eve_outbox);
+    if let Event::Connect(Arrival { address, .. }) = &mut from_eve {
+        *address = std::net::Ipv4Addr::new(127, 0, 0, 2).into();
+    }
+    hub.apply(from_eve);
+    hub.apply(node_joins(2));
+    hub.flush();
+    received(&mut eve_reads, 1); // her welcome
+    received(&mut ann_reads, 1); // Eve's join
+    // Ann's one message, then Eve's flood, all for node 2, which never answers.
+    let to_bob = |id| Event::RelayedDirect {
+        id,
+        ts: 9,
+        direct: direct(ann, of_node(2, 1), "hi"),
+    };
+    hub.apply(to_bob(1));
+    let over = 10;
+    let flood = MOST_UNANSWERED_PER_ADDRESS as u64 + over;
+    for n in 1..=flood {
+        hub.apply(Event::RelayedDirect {
+            id: 1 + n,
+            ts: 9,
+            direct: direct(eve, of_node(2, 100 + n), "spam"),
+        });
+    }
+    hub.flush();
+    // Eve's own oldest are given up, in their order.
+    let errors = received(&mut eve_reads, over as usize);
+    for (n, error) in (1..).zip(&errors) {
+        let text = error["msg"].as_str().unwrap();
+        assert!(
+            text.contains("could not be confirmed")
+                && text.contains(&of_node(2, 100 + n).to_string()),
+            "{error}"
+        );
+    }
+    // Ann's still waits: node 2's receipt, when it comes, is her copy.
+    hub.apply(Event::RelayedReceipt {
+        entry: 1 + flood,
+        receipt: Receipt {
+            of: 1,
+            target: of_node(2, 1),
+            sender: ann,
+            delivered: true,
+        },
+    });
+    hub.flush();
+    let copy = received(&mut ann_reads, 1).remove(0);
+    assert_eq!(
+        (copy["type"].as_str(), copy["delivered"].as_bool()),
+        (Some("direct"), Some(true)),
+        "{copy}"
     );
 }
