@@ -223,6 +223,32 @@ fn the_environment_alone_configures_a_running_server_with_json_logs() {
     }
 }
 
+/// Ctrl-Z and `fg` (or `kill -STOP`, `-CONT`): Linux ends every blocked read
+/// that has a timeout with `EINTR` when the process goes on, and that is not
+/// the clients' doing. They stay, and chat on.
+#[test]
+fn a_server_stopped_and_continued_keeps_its_clients() {
+    let server = Process::start(&[]);
+    let (mut ann, mut bob) = (Client::join(&server), Client::join(&server));
+    assert_eq!(ann.recv_type("notification")["event"], "join");
+    server.signal(Signal::STOP);
+    support::eventually("the server stopped", || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap();
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    });
+    server.signal(Signal::CONT);
+    ann.send_chat("ann", "still here");
+    for client in [&mut ann, &mut bob] {
+        assert_eq!(client.recv_type("message")["msg"], "still here");
+    }
+    assert!(
+        !server.log_text().contains("connection error"),
+        "{}",
+        server.log_text()
+    );
+}
+
 #[test]
 fn sighup_logs_a_status_line_and_changes_nothing() {
     let mut server = Process::start(&["--log-format", "json"]);

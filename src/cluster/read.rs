@@ -124,8 +124,10 @@ impl Reading {
             }
             let message = match live.get_message() {
                 Ok(message) => message,
-                Err(e) if e.is_timeout() => {
-                    // Quiet for a while: Redis answers a `PING` on the
+                Err(e) if e.is_io_error() => {
+                    // Quiet for a while, or a read cut short (`EINTR` when the
+                    // process was stopped and continued: `read_on` in
+                    // `reader/stream.rs`): Redis answers a `PING` on the
                     // subscription, or is gone (a deadline of its own: a
                     // loaded Redis may take a moment).
                     live.set_read_timeout(Some(ANSWER_PATIENCE))?;

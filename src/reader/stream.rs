@@ -154,13 +154,27 @@ impl Read for ClientStream {
                     None => socket.read(buf),
                 }
             }
-            Stage::Attached { tls: false, .. } => (&*self.socket).read(buf),
+            Stage::Attached { tls: false, .. } => read_on(&self.socket, buf),
             Stage::Attached {
                 outbox,
                 tls: true,
                 unread,
                 ..
             } => read_decrypted(&self.socket, outbox, unread, buf),
+        }
+    }
+}
+
+/// A read of `socket` that goes on after `EINTR`. Linux ends a blocking read
+/// that has a timeout (`SO_RCVTIMEO`, which every reader sets) that way when the
+/// process is stopped and continued (Ctrl-Z and `fg`, `kill -STOP` and `-CONT`),
+/// with no signal handler involved (signal(7)): nothing the client did, and no
+/// reason to drop it.
+fn read_on(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match (&*socket).read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            read => return read,
         }
     }
 }
@@ -201,7 +215,7 @@ fn read_decrypted(
         if let Some(n) = opened {
             return Ok(n);
         }
-        fresh = (&*socket).read(&mut ciphertext)?;
+        fresh = read_on(socket, &mut ciphertext)?;
         if fresh == 0 {
             return Ok(0);
         }
