@@ -43,6 +43,12 @@ pub(super) struct ClusterView {
     /// A seat entry of this node's could not be handed to `redis-out` (or Redis
     /// refused it): the next turn says where all its clients are.
     reannounce: bool,
+    /// This node's own `gone` entry was read (another node let it go while it
+    /// was cut off) and no seats entry of its own since: as every other node
+    /// counts, its clients are not there, so what they are sent from other
+    /// nodes meanwhile (whose senders were told "no connection") is not
+    /// delivered.
+    let_go: bool,
     /// The last epoch of this node's own: the next one is greater.
     last_own_epoch: u64,
 }
@@ -144,6 +150,7 @@ impl ClusterView {
             alive,
             unanswered: Unanswered::default(),
             reannounce: false,
+            let_go: false,
             last_own_epoch: 0,
         }
     }
@@ -163,9 +170,13 @@ impl ClusterView {
         event::offer(&self.side.outgoing, publish)
     }
 
-    /// Whether node `node` is alive as of the last entry read (this one is).
+    /// Whether node `node` is alive as of the last entry read (this one is,
+    /// unless it was let go).
     pub(super) fn is_alive(&self, node: u64) -> bool {
-        node == self.side.node || self.alive.contains(&node)
+        if node == self.side.node {
+            return !self.let_go;
+        }
+        self.alive.contains(&node)
     }
 }
 
@@ -330,6 +341,9 @@ impl Hub {
     ) {
         if let Some(view) = &mut self.cluster {
             view.alive.insert(node);
+            if node == view.side.node {
+                view.let_go = false;
+            }
         }
         self.replace_seats(entry, node, seats);
     }
@@ -342,7 +356,9 @@ impl Hub {
             return;
         };
         if node == view.side.node {
-            return; // let go while cut off: it says where its clients are when back
+            // Let go while cut off: it says where its clients are when back.
+            view.let_go = true;
+            return;
         }
         view.alive.remove(&node);
         self.replace_seats(entry, node, Vec::new());
@@ -378,6 +394,7 @@ impl Hub {
         };
         let alive: HashSet<u64> = nodes.into_iter().collect();
         let dead: Vec<u64> = view.alive.difference(&alive).copied().collect();
+        view.let_go = !alive.contains(&view.side.node);
         view.alive = alive;
         for node in dead {
             self.refuse_unanswered_of(node);

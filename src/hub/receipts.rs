@@ -25,12 +25,14 @@
 //! it, and what is left waits at most [`RECEIPT_PATIENCE`], [`MOST_UNANSWERED`]
 //! at a time and [`MOST_UNANSWERED_PER_ADDRESS`] of one address's.
 //!
-//! What this leaves open: a node let go while cut off from Redis (its hash
-//! expired, its clients left everyone's presence) still has its clients, and
-//! when it is back it reads and delivers what was sent to them meanwhile, though
-//! their senders were told there was no such connection (as the cluster counted
-//! it then); and a receipt that comes after its sender was told "could not be
-//! confirmed" is dropped.
+//! A node let go while cut off from Redis (its hash expired, its clients left
+//! everyone's presence) still has its clients. When it is back it reads what
+//! other nodes' clients sent them meanwhile, whose senders were told there was
+//! no such connection, as the cluster counted it then: it does not deliver
+//! that, from its own `gone` entry until its clients are said again.
+//!
+//! What this leaves open: a receipt that comes after its sender was told "could
+//! not be confirmed" is dropped.
 
 use std::collections::hash_map::Entry as Count;
 use std::collections::{BTreeMap, HashMap};
@@ -199,7 +201,7 @@ impl Hub {
         };
         let (from, to) = (direct.from, direct.to);
         if node_of(to) == node {
-            let delivered = self.direct_to_target(id, ts, &direct);
+            let delivered = self.heard_from(from) && self.direct_to_target(id, ts, &direct);
             if node_of(from) != node {
                 let receipt = Receipt {
                     of: id,
@@ -231,8 +233,10 @@ impl Hub {
             return;
         };
         if node_of(target) == node {
-            let here = self.clients.contains_key(&target);
-            self.kick_out(target, by);
+            let here = self.heard_from(by) && self.clients.contains_key(&target);
+            if here {
+                self.kick_out(target, by);
+            }
             if node_of(by) != node {
                 let receipt = Receipt {
                     of: id,
@@ -249,6 +253,15 @@ impl Hub {
         if node_of(by) == node {
             self.await_receipt(id, Asked::Kick { target, by });
         }
+    }
+
+    /// Whether what `sender` sends this node's clients is theirs: not when it is
+    /// another node's client and this node was let go where it is read (the
+    /// sender's node refused it then: "no connection").
+    fn heard_from(&self, sender: ClientId) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|view| node_of(sender) == view.node() || view.is_alive(view.node()))
     }
 
     /// Message `id` of a client here, read back from the stream, for a client

@@ -568,3 +568,46 @@ fn a_jump_of_the_ids_after_a_loss_of_data_trims_nothing_before_it() {
         .collect();
     assert_eq!(said, ["before", "the", "jump", "after the jump"]);
 }
+
+/// A node cut off for longer than its seats live is let go by the others: its
+/// clients leave their presence, and a direct message to one of them is refused
+/// as "no connection". When it is back, that node reads the refused message
+/// too, and does not deliver it: its client hears only what was sent once it is
+/// counted again.
+#[test]
+fn a_node_let_go_while_cut_off_does_not_deliver_what_its_clients_were_refused() {
+    let redis = Redis::start();
+    let cable = Cable::to(&redis);
+    let a = node_at(&cable.url(), &[]);
+    let b = node(&redis);
+    let mut ann = Client::join(&a);
+    let mut bob = Client::join(&b);
+    let ann_id = ann.id.unwrap();
+    wait_until_who_lists(&mut bob, ann_id, None);
+
+    cable.cut();
+    assert_eq!(recv_cluster(&mut ann)["connected"], false);
+    // Her seat expires (5 s), and b lets her node go.
+    loop {
+        let note = bob.recv_type("notification");
+        if note["event"] == "leave" && note["id"] == ann_id {
+            break;
+        }
+    }
+    let direct = |to: u64, msg: &str| format!(r#"{{"type":"direct","to":{to},"msg":"{msg}"}}"#);
+    bob.send_text(&direct(ann_id, "while she was gone"));
+    let refused = bob.recv_type("error");
+    assert_eq!(
+        refused["msg"],
+        format!("there is no connection {ann_id}"),
+        "{refused}"
+    );
+
+    cable.mend();
+    assert_eq!(recv_cluster(&mut ann)["connected"], true);
+    // Her node says where its clients are: b counts her again.
+    wait_until_who_lists(&mut bob, ann_id, None);
+    bob.send_text(&direct(ann_id, "now"));
+    assert_eq!(bob.recv_type("direct")["delivered"], true);
+    assert_eq!(ann.recv_type("direct")["msg"], "now");
+}
