@@ -322,22 +322,50 @@ const JOIN: &str = "local want = tonumber(ARGV[1]) \
     end \
     return {recent, seats, listed}";
 
-/// What [`JOIN`] answers: the recent entries, the listed nodes' seat hashes,
-/// and those nodes.
-type Joined = (redis::Value, Vec<HashMap<String, String>>, Vec<u64>);
-
-/// Where every other node's client sits, and the nodes alive (those whose
-/// hash is there: an expired one answers empty), from [`JOIN`]'s `hashes` of
-/// the `listed` nodes.
-fn seated(
+/// What [`JOIN`] answers: the stream's last entries, and where everyone sits
+/// as of the last of them.
+struct Snapshot {
+    /// The last entries, newest first, as an `XREVRANGE` answers them.
+    recent: redis::Value,
+    /// Every listed node's seat hash (empty for one that expired), in the
+    /// order of `listed`.
     hashes: Vec<HashMap<String, String>>,
     listed: Vec<u64>,
-) -> (Vec<(ClientId, Location)>, Vec<u64>) {
-    let alive = (listed.iter().zip(&hashes))
-        .filter(|(_, hash)| !hash.is_empty())
-        .map(|(node, _)| *node)
-        .collect();
-    (hashes.into_iter().flat_map(seats_of).collect(), alive)
+}
+
+/// Where every other node's clients sit, and the nodes alive.
+struct Seating {
+    seats: Vec<(ClientId, Location)>,
+    /// The nodes whose hash is there.
+    alive: Vec<u64>,
+}
+
+impl Snapshot {
+    /// Runs [`JOIN`] on `con` for the entries that hold `wanted` messages.
+    fn take(con: &mut redis::Connection, wanted: usize) -> redis::RedisResult<Snapshot> {
+        let (recent, hashes, listed) = redis::cmd("EVAL")
+            .arg(JOIN)
+            .arg(2)
+            .arg(STREAM)
+            .arg(NODE_SET)
+            .arg(wanted)
+            .arg(PRESENCE)
+            .query(con)?;
+        Ok(Snapshot {
+            recent,
+            hashes,
+            listed,
+        })
+    }
+
+    fn seating(&self) -> Seating {
+        let alive = (self.listed.iter().zip(&self.hashes))
+            .filter(|(_, hash)| !hash.is_empty())
+            .map(|(node, _)| *node)
+            .collect();
+        let seats = self.hashes.iter().flat_map(seats_of).collect();
+        Seating { seats, alive }
+    }
 }
 
 /// The room messages and logins of `recent` (the stream's last entries, newest
@@ -441,18 +469,13 @@ impl Cluster {
             )
         })?;
         let epoch: u64 = redis::cmd("GET").arg(EPOCH).query(&mut con).map_err(fail)?;
-        let (recent, hashes, listed): Joined = redis::cmd("EVAL")
-            .arg(JOIN)
-            .arg(2)
-            .arg(STREAM)
-            .arg(NODE_SET)
-            .arg(backfill.clamp(1, STREAM_KEEPS))
-            .arg(PRESENCE)
-            .query(&mut con)
-            .map_err(fail)?;
-        let (elsewhere, mut alive) = seated(hashes, listed);
+        let snapshot = Snapshot::take(&mut con, backfill.clamp(1, STREAM_KEEPS)).map_err(fail)?;
+        let Seating {
+            seats: elsewhere,
+            mut alive,
+        } = snapshot.seating();
         alive.retain(|n| *n != node);
-        let recent = entries(recent);
+        let recent = entries(snapshot.recent);
         let start_after = recent
             .first()
             .map_or_else(|| "0-0".to_string(), |(id, _)| id.clone());

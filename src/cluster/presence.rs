@@ -206,7 +206,7 @@ const RELEASE: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end \
 /// Where every other node's clients are, as their hashes say: field `id`,
 /// value room and name (field `0` is no client). Those outside the protocol's
 /// bounds are left out.
-pub(super) fn seats_of(held: HashMap<String, String>) -> Vec<(ClientId, Location)> {
+pub(super) fn seats_of(held: &HashMap<String, String>) -> Vec<(ClientId, Location)> {
     held.iter()
         .filter_map(|(id, seat)| {
             let (room, name) = seat.split_once('\n')?;

@@ -33,9 +33,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use super::entry::{MAX_MESSAGE_ID, events, published, said_in};
-use super::{
-    JOIN, Joined, LIFTED, LIVE, Link, NODE_SET, PRESENCE, RedisAccess, STREAM, connect, seated,
-};
+use super::{LIFTED, LIVE, Link, RedisAccess, STREAM, Seating, Snapshot, connect};
 use crate::event::Event;
 use crate::logging::{Noisy, Untrusted, limited};
 
@@ -292,16 +290,11 @@ fn entry_order(id: &str) -> (u64, u64) {
 /// Hands the hub where everyone sits now, as the seat hashes say (they change
 /// with the seat entries, in the same step).
 fn resnapshot(link: &mut Link<'_>, hub: &Sender<Event>) -> redis::RedisResult<()> {
-    let (_, hashes, listed): Joined = redis::cmd("EVAL")
-        .arg(JOIN)
-        .arg(2)
-        .arg(STREAM)
-        .arg(NODE_SET)
-        .arg(1)
-        .arg(PRESENCE)
-        .query(link.get()?)?;
-    let (seats, nodes) = seated(hashes, listed);
-    let _ = hub.send(Event::SeatsNow { seats, nodes });
+    let Seating { seats, alive } = Snapshot::take(link.get()?, 1)?.seating();
+    let _ = hub.send(Event::SeatsNow {
+        seats,
+        nodes: alive,
+    });
     Ok(())
 }
 
