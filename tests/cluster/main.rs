@@ -27,42 +27,64 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        Redis::start_on(redis_port())
+        Redis::start_with(&[])
     }
 
+    /// On `port` again (a restart): a port taken meanwhile fails the test.
     fn start_on(port: u16) -> Redis {
         Redis::launch(port, &["--port", &port.to_string()])
+            .unwrap_or_else(|said| panic!("redis-server on {port} again:\n{said}"))
     }
 
     /// With `settings` on top (`--requirepass`, `--user`), on plain TCP.
     fn start_with(settings: &[&str]) -> Redis {
-        let port = redis_port();
-        Redis::launch(port, &[&["--port", &port.to_string()], settings].concat())
+        Redis::on_a_free_port(|port| {
+            let port = ["--port", &port.to_string()];
+            owned(&[&port[..], settings].concat())
+        })
+    }
+
+    /// On the first port from `redis_port` that redis-server gets: another
+    /// process can take a port between our check and its bind.
+    fn on_a_free_port(args: impl Fn(u16) -> Vec<String>) -> Redis {
+        for _ in 0..10 {
+            let port = redis_port();
+            let args = args(port);
+            match Redis::launch(port, &args.iter().map(String::as_str).collect::<Vec<_>>()) {
+                Ok(redis) => return redis,
+                Err(said) => eprintln!("redis-server on {port}, another port next:\n{said}"),
+            }
+        }
+        panic!("redis-server found no free port in ten tries");
     }
 
     /// Speaking TLS only, with `cert`'s certificate, to clients without one of
     /// their own (`tls-auth-clients no`: the password says who they are).
     fn start_tls(cert: &TestCert, settings: &[&str]) -> Redis {
-        let port = redis_port();
         let (cert, key) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
-        let tls = [
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--tls-cert-file",
-            cert,
-            "--tls-key-file",
-            key,
-            "--tls-ca-cert-file",
-            cert,
-            "--tls-auth-clients",
-            "no",
-        ];
-        Redis::launch(port, &[&tls[..], settings].concat())
+        Redis::on_a_free_port(|port| {
+            let tls = [
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                cert,
+                "--tls-auth-clients",
+                "no",
+            ];
+            owned(&[&tls[..], settings].concat())
+        })
     }
 
-    fn launch(port: u16, args: &[&str]) -> Redis {
+    /// Ready once its own log says it listens: a successful connect alone
+    /// could reach another process that took the port, while ours fails to
+    /// bind it. `Err` is its log, when it exits instead.
+    fn launch(port: u16, args: &[&str]) -> Result<Redis, String> {
         // Its log, to show if it goes away: a test that finds Redis gone says why.
         let log = std::env::temp_dir().join(format!("threadchat-redis-{port}.log"));
         let out = std::fs::File::create(&log).expect("a log file for redis-server");
@@ -73,19 +95,27 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
+        let mut exited = None;
         eventually("redis-server listens", || {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
             if let Ok(Some(status)) = child.try_wait() {
-                let said = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("redis-server on {port} exited ({status}):\n{said}");
+                exited = Some(format!("exited ({status}):\n{said}"));
             }
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            exited.is_some() || said.contains("Ready to accept connections")
         });
-        Redis { port, child }
+        match exited {
+            Some(said) => Err(said),
+            None => Ok(Redis { port, child }),
+        }
     }
 
     fn url(&self) -> String {
         redis_url(self.port)
     }
+}
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|arg| arg.to_string()).collect()
 }
 
 /// A connection to the test's Redis at `url`, as an operator would open one.
