@@ -1,5 +1,5 @@
 //! `redis-out`: appends what this node's clients said to the stream, a batch
-//! gathered for a few milliseconds in one entry, one round trip and one call of
+//! (gathered for up to 20 ms when messages come often) in one entry, one round trip and one call of
 //! a script, each batch numbered so that a batch sent again is appended once;
 //! and tells a sender "not sent" only when Redis is known not to hold it.
 
@@ -97,16 +97,66 @@ const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     redis.call('SET', KEYS[3], ARGV[2], 'EX', 86400) \
     return id";
 
-/// How long `redis-out` waits for a batch to grow to [`BATCH_ENOUGH`] after its
-/// first item. Each batch costs Redis about the same, a wake-up, a script call
-/// and a write to every node, whatever its length: at a chat's usual pace a
-/// batch would be one message, and a few milliseconds (which nobody notices in
-/// a chat) make Redis' work per message several times smaller
-/// (docs/PERFORMANCE.md, "One entry per batch").
-const GATHER: Duration = Duration::from_millis(5);
+/// The longest a batch waits for company after its first item, when items
+/// come often enough to share it ([`Pace`]). Each batch costs Redis about the
+/// same, a wake-up, a script call and a write to every node, whatever its
+/// length; at 500 messages/s per node this wait makes batches of about 13,
+/// and Redis' work per message about half of what it is with 5 ms
+/// (docs/PERFORMANCE.md, "Batches paced by the rate"). Nobody notices 20 ms in
+/// a chat.
+const GATHER: Duration = Duration::from_millis(20);
 
 /// A batch this large is appended without waiting for more.
-const BATCH_ENOUGH: usize = 8;
+const BATCH_ENOUGH: usize = 16;
+
+/// How often items must come for a batch to wait for company: at least one
+/// more expected within [`GATHER`] (50 items a second). Slower, a batch would
+/// mostly wait for nothing, and a quiet chat's message goes at once.
+const WORTH_WAITING: Duration = GATHER;
+
+/// How fast the hub hands items over, for how long a batch waits: the gap
+/// between items, smoothed over the last few dozen of them.
+#[derive(Debug)]
+struct Pace {
+    /// The gap between items, smoothed.
+    gap: Duration,
+    /// When the last item came.
+    last: Option<Instant>,
+}
+
+impl Default for Pace {
+    /// Nothing seen yet: as after a long quiet.
+    fn default() -> Pace {
+        Pace {
+            gap: QUIET,
+            last: None,
+        }
+    }
+}
+
+/// The gap counted for an item after a long quiet: one gap that long is
+/// enough to stop waiting, whatever came before it.
+const QUIET: Duration = Duration::from_secs(1);
+
+impl Pace {
+    /// An item was handed over `at`.
+    fn arrived(&mut self, at: Instant) {
+        if let Some(last) = self.last.replace(at) {
+            let gap = at.saturating_duration_since(last).min(QUIET);
+            // A moving average: 7/8 of the old and 1/8 of the new gap.
+            self.gap = (self.gap * 7 + gap) / 8;
+        }
+    }
+
+    /// Until when a batch whose first item came `at` waits for more.
+    fn wait_until(&self, at: Instant) -> Instant {
+        if self.gap <= WORTH_WAITING {
+            at + GATHER
+        } else {
+            at
+        }
+    }
+}
 
 /// The bytes of a batch's items, about, past which it takes no more: an entry
 /// is what every node reads in one piece
@@ -167,6 +217,7 @@ pub(super) fn append_messages(
 ) {
     let mut appender = Appender::new(redis, node, highest);
     let mut numbered = 0u64;
+    let mut pace = Pace::default();
     // A batch with seats in it that Redis may not hold: the hub is asked to say
     // where all its clients are, once Redis takes a batch again, or after a
     // pause (not at once: Redis may refuse that one too).
@@ -188,7 +239,7 @@ pub(super) fn append_messages(
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let messages = gather(first, outgoing);
+        let messages = gather(first, outgoing, &mut pace);
         let batch = Batch {
             number: numbered + 1,
             messages,
@@ -218,12 +269,14 @@ pub(super) fn append_messages(
 }
 
 /// A batch: `first` and what waits behind it, and when that is less than
-/// [`BATCH_ENOUGH`], what else comes within [`GATHER`] of it; up to
-/// [`BATCH_MOST`] items and about [`BATCH_BYTES`]. Under load, messages wait
-/// for each round trip to Redis, and a batch is large without waiting: holding
-/// it back then would only slow the chat down.
-fn gather(first: Publish, outgoing: &Receiver<Publish>) -> Vec<Publish> {
-    let until = Instant::now() + GATHER;
+/// [`BATCH_ENOUGH`] and items come often ([`Pace`]), what else comes within
+/// [`GATHER`] of it; up to [`BATCH_MOST`] items and about [`BATCH_BYTES`].
+/// Under load, messages wait for each round trip to Redis, and a batch is
+/// large without waiting: holding it back then would only slow the chat down.
+fn gather(first: Publish, outgoing: &Receiver<Publish>, pace: &mut Pace) -> Vec<Publish> {
+    let now = Instant::now();
+    pace.arrived(now);
+    let until = pace.wait_until(now);
     let mut bytes = size_of_item(&first);
     let mut messages = vec![first];
     let room =
@@ -237,6 +290,7 @@ fn gather(first: Publish, outgoing: &Receiver<Publish>) -> Vec<Publish> {
         // Time is up, nothing waits, or the hub is gone: what came is appended
         // (and the next `recv` ends).
         let Some(more) = next else { break };
+        pace.arrived(Instant::now());
         bytes += size_of_item(&more);
         messages.push(more);
     }
@@ -477,4 +531,44 @@ fn append(
 /// A seat as its node's hash holds it (`presence::seats_of` reads it).
 fn seat_value(room: &str, name: &str) -> String {
     format!("{room}\n{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Pace` that has seen `n` items, `gap` apart, the last at the returned
+    /// instant.
+    fn paced(n: u32, gap: Duration) -> (Pace, Instant) {
+        let (mut pace, start) = (Pace::default(), Instant::now());
+        for i in 0..n {
+            pace.arrived(start + gap * i);
+        }
+        (pace, start + gap * n.saturating_sub(1))
+    }
+
+    #[test]
+    fn a_quiet_chat_s_message_is_appended_without_waiting() {
+        let (first, now) = paced(1, Duration::ZERO);
+        assert_eq!(first.wait_until(now), now, "the first item ever");
+        let (slow, now) = paced(50, Duration::from_millis(100));
+        assert_eq!(slow.wait_until(now), now, "ten a second");
+    }
+
+    #[test]
+    fn items_coming_faster_than_the_gather_make_a_batch_wait_for_company() {
+        let (busy, now) = paced(50, Duration::from_millis(2));
+        assert_eq!(busy.wait_until(now), now + GATHER);
+        // A few dozen items turn a quiet pace into a busy one.
+        let (warming, now) = paced(5, Duration::from_millis(2));
+        assert_eq!(warming.wait_until(now), now, "too few yet to tell");
+    }
+
+    #[test]
+    fn one_long_quiet_ends_the_waiting() {
+        let (mut pace, then) = paced(200, Duration::from_millis(1));
+        let later = then + Duration::from_secs(5);
+        pace.arrived(later);
+        assert_eq!(pace.wait_until(later), later);
+    }
 }
