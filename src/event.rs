@@ -89,13 +89,10 @@ pub enum Event {
     /// The other nodes may have lost track of this node's clients (Redis lost
     /// its data, or a cut-off outlasted its presence): say where they all are.
     Reannounce,
-    /// Node `node` has been off Redis' list for a while though no entry let its
-    /// clients go (Redis lost its data while it died): they leave. Not in the
-    /// stream's order (nobody could append it), so each node at its own time.
-    NodeGone { node: u64 },
     /// Node `node` died without a word, as of entry `entry`: the first node to
-    /// find its hash expired let it go for everyone (a `gone` entry). Its
-    /// clients leave, and what awaits its answer is refused.
+    /// find its hash expired (or, after Redis lost its data, the node off the
+    /// list for long) let it go for everyone (a `gone` entry). Its clients
+    /// leave, and what awaits its answer is refused.
     RelayedGone { entry: u64, node: u64 },
     /// Redis stopped (`up: false`) or started again answering this node.
     Linked { up: bool },

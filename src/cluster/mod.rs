@@ -84,8 +84,9 @@
 //! * Seat entries a node may never read (the stream trimmed past it while it
 //!   was cut off, or started again when Redis lost its data) are read from the
 //!   hashes instead, once it has caught up. And a node off the list for 15 s
-//!   with no entry letting it go (it died while Redis was losing its data) has
-//!   its clients leave each node on its own.
+//!   with no entry letting it go (it died while Redis was losing its data) is
+//!   let go then, with a `gone` entry too: a mark in Redis, not the list, makes
+//!   that once.
 //! * Old and new nodes do not share a cluster: an entry became a batch of
 //!   items. Upgrade every node together.
 //!

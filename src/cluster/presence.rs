@@ -45,17 +45,17 @@ pub(super) fn share_presence(
         let beat = link.get().and_then(|c| {
             let missing = keep_alive(c, keep, &mine)?;
             let listed = release_the_dead(c, keep.node)?;
-            Ok((missing, listed))
+            // Off the list for long with no entry letting it go: it died while
+            // Redis was losing its data. Let go now, in the stream's order too.
+            for node in roll.call(&listed) {
+                let_go(c, node)?;
+            }
+            Ok(missing)
         });
         match beat {
-            Ok((missing, listed)) => {
+            Ok(missing) => {
                 if missing && hub.send(Event::Reannounce).is_err() {
                     return;
-                }
-                for node in roll.call(&listed) {
-                    if hub.send(Event::NodeGone { node }).is_err() {
-                        return;
-                    }
                 }
                 thread::sleep(PRESENCE_EVERY); // the period of a heartbeat
             }
@@ -139,6 +139,8 @@ fn keep_alive(con: &mut redis::Connection, keep: &Keep, mine: &str) -> redis::Re
         .arg(PRESENCE_TTL.as_millis() as u64)
         .ignore();
     pipe.cmd("SADD").arg(NODE_SET).arg(keep.node);
+    // Alive: a mark left by its being let go must not stop the next time.
+    pipe.cmd("DEL").arg(let_go_mark(keep.node)).ignore();
     let (hash_made, listed_anew): (u64, u64) = pipe.query(con)?;
     // A hash made anew had expired: what it said of the clients is gone.
     Ok(hash_made == 1 || listed_anew == 1)
@@ -163,32 +165,55 @@ fn release_the_dead(con: &mut redis::Connection, node: u64) -> redis::RedisResul
     for (other, alive) in others.iter().zip(alive) {
         if alive {
             listed.push(*other);
-            continue;
+        } else {
+            let_go(con, *other)?;
         }
-        let _: u64 = redis::cmd("EVAL")
-            .arg(RELEASE)
-            .arg(4)
-            .arg(STREAM)
-            .arg(IDS)
-            .arg(NODE_SET)
-            .arg(format!("{PRESENCE}{other}"))
-            .arg(STREAM_KEEPS)
-            .arg(other)
-            .arg(crate::protocol::unix_millis())
-            .arg(LIVE)
-            .query(con)?;
     }
     Ok(listed)
 }
 
+/// Lets node `node` go for everyone, once ([`LET_GO`]): a `gone` entry,
+/// unless its hash is there after all or another node let it go first.
+fn let_go(con: &mut redis::Connection, node: u64) -> redis::RedisResult<()> {
+    let _let_go: u64 = redis::cmd("EVAL")
+        .arg(LET_GO)
+        .arg(5)
+        .arg(STREAM)
+        .arg(IDS)
+        .arg(NODE_SET)
+        .arg(format!("{PRESENCE}{node}"))
+        .arg(let_go_mark(node))
+        .arg(STREAM_KEEPS)
+        .arg(node)
+        .arg(crate::protocol::unix_millis())
+        .arg(LIVE)
+        .query(con)?;
+    Ok(())
+}
+
+/// The key that says node `node` was let go: while it is there, nobody lets
+/// it go again; the node removes it at its next heartbeat, if it lives.
+fn let_go_mark(node: u64) -> String {
+    format!("{LET_GO_MARK}{node}")
+}
+
+/// The prefix of [`let_go_mark`]'s keys.
+const LET_GO_MARK: &str = "threadchat:let-go:";
+
 /// Lets node ARGV[2] go, once: KEYS[1] the stream, KEYS[2] the id counter,
-/// KEYS[3] the set of nodes, KEYS[4] the node's hash; ARGV[1] MAXLEN, ARGV[3]
-/// the time, ARGV[4] the channel the entry is published on ([`LIVE`]). Nothing if its hash is there after all, or another node let it go
-/// first (it is no longer listed); else a `gone` entry for it (its clients
-/// leave, and the node is dead), which takes no id: `<the last id>-<next>`, as
-/// `append.rs` numbers seats.
-const RELEASE: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end \
-    if redis.call('SREM', KEYS[3], ARGV[2]) == 0 then return 0 end \
+/// KEYS[3] the set of nodes, KEYS[4] the node's hash, KEYS[5] its mark
+/// ([`let_go_mark`]); ARGV[1] MAXLEN, ARGV[3] the time, ARGV[4] the channel the
+/// entry is published on ([`LIVE`]). Nothing if its hash is there after all,
+/// or the mark is (another node let it go first); else the mark (for an hour:
+/// long after every node that saw it listed has stopped looking), the node off
+/// the list, and a `gone` entry for it (its clients leave, and the node is
+/// dead), which takes no id: `<the last id>-<next>`, as `append.rs` numbers
+/// seats. The mark, not the list, makes it once: a node that died while Redis
+/// was losing its data is on no list, and every node that saw it listed lets
+/// it go ([`Roll`]).
+const LET_GO: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end \
+    if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', 3600) then return 0 end \
+    redis.call('SREM', KEYS[3], ARGV[2]) \
     local id = tonumber(redis.call('GET', KEYS[2]) or '0') \
     local seq = 2 \
     local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \

@@ -294,7 +294,7 @@ fn receipts_and_a_dead_node_s_entry_are_read_as_the_scripts_write_them() {
         batch("12-3", 0, &items).as_deref(),
         Some([Event::RelayedReceipt { receipt, .. }]) if *receipt == answer
     ));
-    // RELEASE's entry: a node gone (the entry's node).
+    // LET_GO's entry: a node gone (the entry's node).
     assert!(matches!(
         batch("12-4", 0, r#"[{"k":"gone","t":1}]"#).as_deref(),
         Some([Event::RelayedGone { entry: 12, node: 2 }])

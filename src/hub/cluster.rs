@@ -32,8 +32,8 @@ pub(super) struct ClusterView {
     elsewhere: Elsewhere,
     /// The other nodes alive as of the last entry read: from a node's first
     /// entry (a seats entry with nobody, appended before it serves anyone) or
-    /// any seat or seats entry of its own, until its `gone` entry (or until it
-    /// is found gone off the list); at join and after seat entries went unread,
+    /// any seat or seats entry of its own, until its `gone` entry; at join and
+    /// after seat entries went unread,
     /// the nodes with a seat hash. A direct message or kick for a client of a
     /// node not alive where it is read is refused there and then.
     alive: HashSet<u64>,
@@ -348,9 +348,8 @@ impl Hub {
         self.replace_seats(entry, node, seats);
     }
 
-    /// Node `node` is gone as of entry `entry` (its `gone` entry, or off the
-    /// list for long, `NodeGone`): its clients leave, and whatever a client
-    /// here awaits its answer for is refused.
+    /// Node `node` is gone as of entry `entry` (its `gone` entry): its clients
+    /// leave, and whatever a client here awaits its answer for is refused.
     pub(super) fn node_gone(&mut self, entry: u64, node: u64) {
         let Some(view) = &mut self.cluster else {
             return;

@@ -314,7 +314,6 @@ impl Hub {
             Event::RelayedSeats { entry, node, seats } => self.relayed_seats(entry, node, seats),
             Event::Reannounce => self.reannounce(),
             Event::SeatsNow { seats, nodes } => self.seats_now(seats, nodes),
-            Event::NodeGone { node } => self.node_gone(self.last_message_id, node),
             Event::RelayedGone { entry, node } => self.node_gone(entry, node),
             Event::Linked { up } => self.linked_changed(up),
             Event::Missed { upto } => self.missed(upto),

@@ -931,6 +931,131 @@ fn a_direct_message_right_after_a_welcome_on_another_node_arrives() {
     }
 }
 
+/// Waits until two connections to the Redis on `port` have checked node
+/// `node`'s hash (`EXISTS`, as every other node does once a second for each
+/// node it finds listed), as `MONITOR` shows them.
+fn wait_until_checked_by_two_nodes(port: u16, node: u64) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut monitor = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    monitor.write_all(b"MONITOR\r\n").unwrap();
+    monitor.set_read_timeout(Some(PATIENCE)).unwrap();
+    let wanted = format!("\"EXISTS\" \"threadchat:presence:{node}\"");
+    let mut checked_by = HashSet::new();
+    for line in BufReader::new(monitor).lines() {
+        let line = line.expect("MONITOR shows every node's heartbeat within PATIENCE");
+        // `+<time> [<db> <address>] "<command>" "<argument>"…`
+        if line.contains(&wanted)
+            && let Some(address) = line.split(['[', ']']).nth(1)
+        {
+            checked_by.insert(address.to_string());
+            if checked_by.len() == 2 {
+                return;
+            }
+        }
+    }
+    panic!("MONITOR ended");
+}
+
+/// A node dies as Redis loses what said it existed (its hash and its place on
+/// the node list, as after a restart without persistence): no node can let it
+/// go when its hash expires. Each node that saw it listed finds it off the
+/// list for 15 s and lets it go, through the stream, once: its client leaves
+/// every node at the same place among the messages around it.
+#[test]
+fn a_node_that_died_off_the_list_leaves_every_node_once_at_one_place_in_the_stream() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let (a, c) = (node(&redis), node(&redis));
+    let b = Process::start(&["--redis", &url]);
+    let mut ann = Client::join(&a);
+    let mut cid = Client::join(&c);
+    let mut dan = Client::join(&a);
+    let bob = Client::join(&b);
+    let bob_id = bob.id.unwrap();
+    for client in [&mut ann, &mut cid] {
+        wait_until_who_lists(client, bob_id, None);
+    }
+    let node_b = bob_id >> 32;
+    // Only a node that has seen b listed looks for it off the list.
+    wait_until_checked_by_two_nodes(redis.port, node_b);
+    b.signal(rustix::process::Signal::KILL);
+    // Off the list first: with a hash gone and still listed, the usual
+    // let-go (an expired hash) would find it.
+    redis::pipe()
+        .atomic()
+        .cmd("SREM")
+        .arg("threadchat:presence-nodes")
+        .arg(node_b)
+        .cmd("DEL")
+        .arg(format!("threadchat:presence:{node_b}"))
+        .query::<()>(&mut redis_connection(&url))
+        .unwrap();
+    // Dan chatters every 20 ms meanwhile: a leave applied at each node's own
+    // time would land between different messages on a and c.
+    let stop = Arc::new(AtomicBool::new(false));
+    let chatter = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            for n in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                dan.send_chat("dan", &format!("tick {n}"));
+                thread::sleep(std::time::Duration::from_millis(20)); // a pace, not a sync
+            }
+        })
+    };
+    // The last message each client heard before bob left, and whether it
+    // hears him leave again.
+    let mut before_leave = Vec::new();
+    for client in [&mut ann, &mut cid] {
+        let mut last = None;
+        let left = loop {
+            let frame = client.recv_json();
+            match frame["type"].as_str() {
+                Some("message") => last = frame["id"].as_u64(),
+                Some("notification") if frame["event"] == "leave" => break frame,
+                _ => {}
+            }
+        };
+        assert_eq!(left["id"].as_u64(), Some(bob_id), "{left}");
+        before_leave.push(last.expect("dan spoke before bob left"));
+    }
+    assert_eq!(
+        before_leave[0], before_leave[1],
+        "bob left a and c at different places"
+    );
+    stop.store(true, Ordering::Relaxed);
+    chatter.join().unwrap();
+    let let_go: Vec<_> = stream_entries(&url)
+        .into_iter()
+        .filter(|(_, fields)| {
+            fields.get("kind").map(String::as_str) == Some("gone")
+                && fields.get("node") == Some(&node_b.to_string())
+        })
+        .collect();
+    assert_eq!(let_go.len(), 1, "let go once: {let_go:?}");
+    // And neither hears him leave again (dan's own leave, as his thread
+    // ended, may come first).
+    let probe = |client: &mut Client| {
+        client.send_text(r#"{"type":"who"}"#);
+        loop {
+            let frame = client.recv_json();
+            if frame["event"] == "leave" && frame["id"].as_u64() == Some(bob_id) {
+                panic!("bob left again: {frame}");
+            }
+            if frame["type"] == "who" {
+                return frame;
+            }
+        }
+    };
+    for client in [&mut ann, &mut cid] {
+        let who = probe(client);
+        assert!(!who.to_string().contains(&bob_id.to_string()), "{who}");
+    }
+    drop(bob);
+}
+
 #[test]
 fn a_node_killed_without_a_word_leaves_everyone_s_presence_once() {
     let redis = Redis::start();

@@ -639,7 +639,7 @@ fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
         .map(|m| m["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, [(1 << 32) + 1, bob.0, zoe.0]);
-    // Node 2 says who it has: nobody now. Node 3 is gone, though nothing said so.
+    // Node 2 says who it has: nobody now. Node 3 is let go (a `gone` entry).
     let seen = heard_alone(
         &mut hub,
         &mut ann_reads,
@@ -650,6 +650,7 @@ fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
         },
     );
     assert_eq!(seen, ("leave".into(), bob.0.into(), 2.into()));
-    let seen = heard_alone(&mut hub, &mut ann_reads, Event::NodeGone { node: 3 });
+    let gone = Event::RelayedGone { entry: 6, node: 3 };
+    let seen = heard_alone(&mut hub, &mut ann_reads, gone);
     assert_eq!(seen, ("leave".into(), zoe.0.into(), 1.into()));
 }
