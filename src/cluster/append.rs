@@ -57,10 +57,10 @@ use crate::protocol::unix_millis;
 /// that joins reads both at once.
 const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     if done and tonumber(done) >= tonumber(ARGV[2]) then return 0 end \
-    local said = tonumber(ARGV[6]) \
+    local taken = tonumber(ARGV[6]) \
     local id, seq = tonumber(redis.call('GET', KEYS[2]) or '0'), 1 \
-    if said > 0 then \
-    id = id + said \
+    if taken > 0 then \
+    id = id + taken \
     else \
     seq = 2 \
     local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
@@ -73,7 +73,7 @@ const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     local entry = string.format('%.0f', id) .. '-' .. seq \
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], entry, 'node', ARGV[5], 'said', ARGV[6], 'items', ARGV[7]) \
     redis.call('PUBLISH', ARGV[8], entry .. '\\n' .. ARGV[5] .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[7]) \
-    if said > 0 then \
+    if taken > 0 then \
     redis.call('SET', KEYS[2], string.format('%.0f', id)) \
     local keeps = tonumber(ARGV[1]) \
     local lifted = tonumber(redis.call('HGET', KEYS[4], 'at') or '0') \
@@ -397,8 +397,8 @@ impl<'a> Appender<'a> {
                 );
                 // Seats are said again later, whole (`append_messages`); a
                 // receipt's sender is on another node (and waits only so long).
-                let said = unsent.iter().filter(|m| m.kind.is_said_by_a_client());
-                for m in said {
+                let from_clients = unsent.iter().filter(|m| m.kind.is_said_by_a_client());
+                for m in from_clients {
                     let _ = hub.send(Event::NotRelayed {
                         from: m.from,
                         why: "Redis refused it",
@@ -490,7 +490,7 @@ fn append(
     node: u64,
     batch: &Batch,
 ) -> redis::RedisResult<()> {
-    let said = batch.messages.iter().filter(|m| takes_id(m.kind)).count();
+    let taken = batch.messages.iter().filter(|m| takes_id(m.kind)).count();
     let mut call = redis::cmd("EVALSHA");
     call.arg(sha)
         .arg(4)
@@ -503,7 +503,7 @@ fn append(
         .arg(format!("{PRESENCE}{node}"))
         .arg(PRESENCE_TTL.as_millis() as u64)
         .arg(node)
-        .arg(said)
+        .arg(taken)
         .arg(items_of(&batch.messages))
         .arg(LIVE);
     for m in &batch.messages {

@@ -112,18 +112,18 @@ pub(super) fn items_of(batch: &[Publish]) -> String {
 pub(super) fn events(id: &str, fields: &HashMap<String, String>) -> Option<Vec<Event>> {
     let field = |key: &str| fields.get(key);
     let node: u64 = field("node")?.parse().ok()?;
-    let said = said_in(fields)?;
+    let taken = ids_taken_in(fields)?;
     let items: Vec<Item<'static>> = serde_json::from_str(field("items")?).ok()?;
     let last: u64 = id.split('-').next()?.parse().ok()?;
     if last >= MAX_MESSAGE_ID
-        || said > last
-        || items.len() < said as usize
+        || taken > last
+        || items.len() < taken as usize
         || items.len() > BATCH_MOST
     {
         return None;
     }
     // The id the next item that takes one takes; before it, the last given.
-    let mut next = last + 1 - said;
+    let mut next = last + 1 - taken;
     let mut events = Vec::with_capacity(items.len());
     for item in items {
         let takes = kind_takes_id(&item.kind);
@@ -150,9 +150,12 @@ pub(super) fn published(payload: &[u8]) -> Option<(String, HashMap<String, Strin
     Some((id, fields))
 }
 
-/// How many ids an entry's items took (0 for an entry without the field).
-pub(super) fn said_in(fields: &HashMap<String, String>) -> Option<u64> {
-    fields.get("said").map_or(Some(0), |said| said.parse().ok())
+/// How many ids an entry's items took, its field `said` (0 for an entry
+/// without it).
+pub(super) fn ids_taken_in(fields: &HashMap<String, String>) -> Option<u64> {
+    fields
+        .get("said")
+        .map_or(Some(0), |taken| taken.parse().ok())
 }
 
 /// The most items in one batch (a node appends no more; a reader takes no
@@ -166,7 +169,7 @@ pub(super) const MAX_MESSAGE_ID: u64 = 1 << 53;
 /// takes one; else the last id before it), of node `node`'s entry.
 fn relayed(number: u64, node: u64, item: Item<'static>) -> Option<Event> {
     match &*item.kind {
-        "" => said(number, item),
+        "" => message(number, item),
         "kick" => Some(Event::RelayedKick {
             id: number,
             target: ClientId(item.to?),
@@ -234,7 +237,7 @@ fn relayed(number: u64, node: u64, item: Item<'static>) -> Option<Event> {
 }
 
 /// A message item numbered `id`: a room message, or with a target a direct one.
-fn said(id: u64, item: Item<'static>) -> Option<Event> {
+fn message(id: u64, item: Item<'static>) -> Option<Event> {
     protocol::check_message(&item.name, &item.msg).ok()?;
     if let Some(to) = item.to {
         return Some(Event::RelayedDirect {

@@ -304,14 +304,14 @@ const RAISE_IDS: &str = "local seen = tonumber(ARGV[1]) \
 /// the stream's last entry, the one this node reads on from, and the nodes
 /// with one are those alive there.
 const JOIN: &str = "local want = tonumber(ARGV[1]) \
-    local recent, said, upto = {}, 0, '+' \
-    while said < want and #recent < want do \
+    local recent, taken, upto = {}, 0, '+' \
+    while taken < want and #recent < want do \
     local count = math.min(64, want - #recent) \
     local page = redis.call('XREVRANGE', KEYS[1], upto, '-', 'COUNT', count) \
     for _, e in ipairs(page) do \
     recent[#recent + 1] = e \
     for i = 1, #e[2], 2 do \
-    if e[2][i] == 'said' then said = said + (tonumber(e[2][i + 1]) or 0) end \
+    if e[2][i] == 'said' then taken = taken + (tonumber(e[2][i + 1]) or 0) end \
     end \
     end \
     if #page < count then break end \

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::entry::{MAX_MESSAGE_ID, events, published, said_in};
+use super::entry::{MAX_MESSAGE_ID, events, ids_taken_in, published};
 use super::{LIFTED, LIVE, Link, RedisAccess, STREAM, Seating, Snapshot, connect};
 use crate::event::Event;
 use crate::logging::{Noisy, Untrusted, limited};
@@ -219,9 +219,9 @@ impl Reading {
                 // Only an entry whose items took ids says they were given: one
                 // of seats (`<the last id>-2`…) follows whatever came last, even
                 // a counter started again with no message yet.
-                let said = said_in(&fields).unwrap_or(0);
-                if (1..=n).contains(&said) {
-                    let first = n + 1 - said;
+                let taken = ids_taken_in(&fields).unwrap_or(0);
+                if (1..=n).contains(&taken) {
+                    let first = n + 1 - taken;
                     if let Some(last) = self.last
                         && first > last + 1
                         && missed(link.get(), last, first)

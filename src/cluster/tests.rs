@@ -80,8 +80,12 @@ fn a_bad_redis_url_or_ca_is_an_error_that_hides_the_password() {
 }
 
 /// Entry `id` of node 2 whose items took `said` ids, holding `items` (JSON).
-fn batch(id: &str, said: u64, items: &str) -> Option<Vec<Event>> {
-    let fields = entry(&[("node", "2"), ("said", &said.to_string()), ("items", items)]);
+fn batch(id: &str, taken: u64, items: &str) -> Option<Vec<Event>> {
+    let fields = entry(&[
+        ("node", "2"),
+        ("said", &taken.to_string()),
+        ("items", items),
+    ]);
     entry::events(id, &fields)
 }
 
