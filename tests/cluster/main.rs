@@ -86,7 +86,7 @@ impl Redis {
     /// bind it. `Err` is its log, when it exits instead.
     fn launch(port: u16, args: &[&str]) -> Result<Redis, String> {
         // Its log, to show if it goes away: a test that finds Redis gone says why.
-        let log = std::env::temp_dir().join(format!("threadchat-redis-{port}.log"));
+        let log = redis_log(port);
         let out = std::fs::File::create(&log).expect("a log file for redis-server");
         let mut child = Command::new("redis-server")
             .args(args)
@@ -367,10 +367,21 @@ fn redis_port() -> u16 {
     }
 }
 
+/// Where the test's redis-server on `port` writes its log.
+fn redis_log(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("threadchat-redis-{port}.log"))
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what its Redis said (a node that could not
+        // reach it, or a reply it refused).
+        if thread::panicking() {
+            let said = std::fs::read_to_string(redis_log(self.port)).unwrap_or_default();
+            eprintln!("redis-server on {}, its log:\n{said}", self.port);
+        }
     }
 }
 
