@@ -47,8 +47,11 @@ pub(super) fn share_presence(
             let listed = release_the_dead(c, keep.node)?;
             // Off the list for long with no entry letting it go: it died while
             // Redis was losing its data. Let go now, in the stream's order too.
+            // Forgotten only once let go: if Redis fails first, the next
+            // beat tries again.
             for node in roll.call(&listed) {
                 let_go(c, node)?;
+                roll.forget(node);
             }
             Ok(missing)
         });
@@ -85,24 +88,26 @@ const OFF_THE_LIST: Duration = Duration::from_secs(15);
 
 impl Roll {
     /// The nodes gone now: seen before, and off the list for [`OFF_THE_LIST`].
+    /// Each stays in the roll until it is [`forgotten`](Roll::forget).
     fn call(&mut self, listed: &[u64]) -> Vec<u64> {
         let now = Instant::now();
         for node in self.seen.iter().filter(|n| !listed.contains(n)) {
             self.missing_since.entry(*node).or_insert(now);
         }
-        let gone: Vec<u64> = (self.missing_since.iter())
-            .filter(|(_, since)| now.duration_since(**since) >= OFF_THE_LIST)
-            .map(|(node, _)| *node)
-            .collect();
-        for node in &gone {
-            self.seen.remove(node);
-            self.missing_since.remove(node);
-        }
         for node in listed {
             self.seen.insert(*node);
             self.missing_since.remove(node);
         }
-        gone
+        (self.missing_since.iter())
+            .filter(|(_, since)| now.duration_since(**since) >= OFF_THE_LIST)
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
+    /// Node `node` was let go: no more to look for.
+    fn forget(&mut self, node: u64) {
+        self.seen.remove(&node);
+        self.missing_since.remove(&node);
     }
 }
 
