@@ -1,7 +1,8 @@
 //! `redis-out`: appends what this node's clients said to the stream, a batch
-//! (gathered for up to 20 ms when messages come often) in one entry, one round trip and one call of
-//! a script, each batch numbered so that a batch sent again is appended once;
-//! and tells a sender "not sent" only when Redis is known not to hold it.
+//! (gathered for up to 20 ms when messages come often) in one entry, one round
+//! trip and one call of a script, each batch numbered so that a batch sent
+//! again is appended once; and tells a sender "not sent" only when Redis is
+//! known not to hold it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -110,12 +111,14 @@ const GATHER: Duration = Duration::from_millis(20);
 const BATCH_ENOUGH: usize = 16;
 
 /// How often items must come for a batch to wait for company: at least one
-/// more expected within [`GATHER`] (50 items a second). Slower, a batch would
-/// mostly wait for nothing, and a quiet chat's message goes at once.
+/// more expected within [`GATHER`] (50 items a second or more). Slower, a
+/// batch would mostly wait for nothing, and a quiet chat's message goes at
+/// once.
 const WORTH_WAITING: Duration = GATHER;
 
-/// How fast the hub hands items over, for how long a batch waits: the gap
-/// between items, smoothed over the last few dozen of them.
+/// How fast items come, for how long a batch waits: the gap between the items
+/// `redis-out` takes, a moving average that weighs the last eight or so most
+/// (about thirty fast items turn a quiet pace into a busy one).
 #[derive(Debug)]
 struct Pace {
     /// The gap between items, smoothed.
@@ -282,7 +285,7 @@ fn gather(first: Publish, outgoing: &Receiver<Publish>, pace: &mut Pace) -> Vec<
     let room =
         |messages: &Vec<Publish>, bytes: usize| messages.len() < BATCH_MOST && bytes < BATCH_BYTES;
     while room(&messages, bytes) {
-        let next = if messages.len() < BATCH_ENOUGH {
+        let next = if messages.len() < BATCH_ENOUGH && Instant::now() < until {
             outgoing.recv_deadline(until).ok()
         } else {
             outgoing.try_recv().ok()
@@ -559,6 +562,11 @@ mod tests {
     fn items_coming_faster_than_the_gather_make_a_batch_wait_for_company() {
         let (busy, now) = paced(50, Duration::from_millis(2));
         assert_eq!(busy.wait_until(now), now + GATHER);
+        // Either side of 50 a second.
+        let (faster, now) = paced(200, Duration::from_millis(19));
+        assert_eq!(faster.wait_until(now), now + GATHER);
+        let (slower, now) = paced(200, Duration::from_millis(21));
+        assert_eq!(slower.wait_until(now), now);
         // A few dozen items turn a quiet pace into a busy one.
         let (warming, now) = paced(5, Duration::from_millis(2));
         assert_eq!(warming.wait_until(now), now, "too few yet to tell");

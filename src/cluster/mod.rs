@@ -267,6 +267,8 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(5);
 const PRESENCE: &str = "threadchat:presence:";
 /// The nodes that have said they exist (each removed once its hash is gone).
 const NODE_SET: &str = "threadchat:presence-nodes";
+/// The prefix of the keys that say a node was let go (`presence::let_go_mark`).
+const LET_GO_MARK: &str = "threadchat:let-go:";
 
 /// Raises a counter (KEYS[1]) to at least ARGV[1]: after Redis lost its data (a
 /// restart without persistence), the node numbers given out are not given again.

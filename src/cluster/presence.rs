@@ -13,8 +13,8 @@ use crossbeam_channel::Sender;
 
 use super::entry::checked_seat;
 use super::{
-    EPOCH, IDS, LIFTED, LIVE, Link, NODE_SET, NODES, PRESENCE, PRESENCE_EVERY, PRESENCE_TTL, RAISE,
-    RAISE_IDS, RedisAccess, STREAM, STREAM_KEEPS,
+    EPOCH, IDS, LET_GO_MARK, LIFTED, LIVE, Link, NODE_SET, NODES, PRESENCE, PRESENCE_EVERY,
+    PRESENCE_TTL, RAISE, RAISE_IDS, RedisAccess, STREAM, STREAM_KEEPS,
 };
 use crate::event::{Event, Location};
 use crate::protocol::ClientId;
@@ -145,6 +145,8 @@ fn keep_alive(con: &mut redis::Connection, keep: &Keep, mine: &str) -> redis::Re
         .ignore();
     pipe.cmd("SADD").arg(NODE_SET).arg(keep.node);
     // Alive: a mark left by its being let go must not stop the next time.
+    // After the `HSET`: `LET_GO` looks at the hash before the mark, so no
+    // other node lets this one go between the two.
     pipe.cmd("DEL").arg(let_go_mark(keep.node)).ignore();
     let (hash_made, listed_anew): (u64, u64) = pipe.query(con)?;
     // A hash made anew had expired: what it said of the clients is gone.
@@ -153,7 +155,7 @@ fn keep_alive(con: &mut redis::Connection, keep: &Keep, mine: &str) -> redis::Re
 
 /// Lets go of the seats of every node whose hash expired (it died without a
 /// word, or has been cut off for longer than [`PRESENCE_TTL`]): a `gone`
-/// entry, appended once, by whichever node finds it first ([`RELEASE`]).
+/// entry, appended once, by whichever node finds it first ([`LET_GO`]).
 /// Returns the other nodes still listed.
 fn release_the_dead(con: &mut redis::Connection, node: u64) -> redis::RedisResult<Vec<u64>> {
     let nodes: Vec<u64> = redis::cmd("SMEMBERS").arg(NODE_SET).query(con)?;
@@ -180,7 +182,7 @@ fn release_the_dead(con: &mut redis::Connection, node: u64) -> redis::RedisResul
 /// Lets node `node` go for everyone, once ([`LET_GO`]): a `gone` entry,
 /// unless its hash is there after all or another node let it go first.
 fn let_go(con: &mut redis::Connection, node: u64) -> redis::RedisResult<()> {
-    let _let_go: u64 = redis::cmd("EVAL")
+    let appended: u64 = redis::cmd("EVAL")
         .arg(LET_GO)
         .arg(5)
         .arg(STREAM)
@@ -193,6 +195,9 @@ fn let_go(con: &mut redis::Connection, node: u64) -> redis::RedisResult<()> {
         .arg(crate::protocol::unix_millis())
         .arg(LIVE)
         .query(con)?;
+    if appended == 1 {
+        log::info!("cluster: node {node} is gone without a word: its clients leave");
+    }
     Ok(())
 }
 
@@ -202,16 +207,13 @@ fn let_go_mark(node: u64) -> String {
     format!("{LET_GO_MARK}{node}")
 }
 
-/// The prefix of [`let_go_mark`]'s keys.
-const LET_GO_MARK: &str = "threadchat:let-go:";
-
 /// Lets node ARGV[2] go, once: KEYS[1] the stream, KEYS[2] the id counter,
 /// KEYS[3] the set of nodes, KEYS[4] the node's hash, KEYS[5] its mark
 /// ([`let_go_mark`]); ARGV[1] MAXLEN, ARGV[3] the time, ARGV[4] the channel the
 /// entry is published on ([`LIVE`]). Nothing if its hash is there after all,
-/// or the mark is (another node let it go first); else the mark (for an hour:
-/// long after every node that saw it listed has stopped looking), the node off
-/// the list, and a `gone` entry for it (its clients leave, and the node is
+/// or the mark is (another node let it go first); else the mark (for an hour,
+/// past every other node's 15 s off the list but for one cut off meanwhile,
+/// whose second `gone` entry finds nobody to drop), the node off the list, and a `gone` entry for it (its clients leave, and the node is
 /// dead), which takes no id: `<the last id>-<next>`, as `append.rs` numbers
 /// seats. The mark, not the list, makes it once: a node that died while Redis
 /// was losing its data is on no list, and every node that saw it listed lets

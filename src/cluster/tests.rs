@@ -79,7 +79,7 @@ fn a_bad_redis_url_or_ca_is_an_error_that_hides_the_password() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Entry `id` of node 2 whose items took `said` ids, holding `items` (JSON).
+/// Entry `id` of node 2 whose items took `taken` ids, holding `items` (JSON).
 fn batch(id: &str, taken: u64, items: &str) -> Option<Vec<Event>> {
     let fields = entry(&[
         ("node", "2"),

@@ -942,29 +942,43 @@ fn a_direct_message_right_after_a_welcome_on_another_node_arrives() {
     }
 }
 
-/// Waits until two connections to the Redis on `port` have checked node
-/// `node`'s hash (`EXISTS`, as every other node does once a second for each
-/// node it finds listed), as `MONITOR` shows them.
-fn wait_until_checked_by_two_nodes(port: u16, node: u64) {
-    use std::io::{BufRead, BufReader, Write};
-    let mut monitor = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    monitor.write_all(b"MONITOR\r\n").unwrap();
-    monitor.set_read_timeout(Some(PATIENCE)).unwrap();
-    let wanted = format!("\"EXISTS\" \"threadchat:presence:{node}\"");
-    let mut checked_by = HashSet::new();
-    for line in BufReader::new(monitor).lines() {
-        let line = line.expect("MONITOR shows every node's heartbeat within PATIENCE");
-        // `+<time> [<db> <address>] "<command>" "<argument>"…`
-        if line.contains(&wanted)
-            && let Some(address) = line.split(['[', ']']).nth(1)
-        {
-            checked_by.insert(address.to_string());
-            if checked_by.len() == 2 {
-                return;
-            }
+/// What a Redis is sent, as `MONITOR` shows it: every command of every
+/// connection, one line each, in the order Redis runs them.
+struct Monitor {
+    lines: std::io::Lines<std::io::BufReader<TcpStream>>,
+}
+
+impl Monitor {
+    fn watch(port: u16) -> Monitor {
+        use std::io::{BufRead, Write};
+        let mut monitor = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        monitor.write_all(b"MONITOR\r\n").unwrap();
+        monitor.set_read_timeout(Some(PATIENCE)).unwrap();
+        Monitor {
+            lines: std::io::BufReader::new(monitor).lines(),
         }
     }
-    panic!("MONITOR ended");
+
+    /// Reads on until two connections (each node's heartbeat has one of its
+    /// own, while it does not reconnect) have sent a command whose line holds
+    /// every one of `words`; scripts' own calls do not count.
+    fn until_two_connections_send(&mut self, words: &[&str]) {
+        let mut senders = HashSet::new();
+        for line in &mut self.lines {
+            let line = line.expect("MONITOR shows it within PATIENCE");
+            // `+<time> [<db> <address>] "<command>" "<argument>"…`
+            let Some(address) = line.split(['[', ']']).nth(1) else {
+                continue;
+            };
+            if !address.ends_with(" lua") && words.iter().all(|w| line.contains(w)) {
+                senders.insert(address.to_string());
+                if senders.len() == 2 {
+                    return;
+                }
+            }
+        }
+        panic!("MONITOR ended");
+    }
 }
 
 /// A node dies as Redis loses what said it existed (its hash and its place on
@@ -977,7 +991,7 @@ fn a_node_that_died_off_the_list_leaves_every_node_once_at_one_place_in_the_stre
     let redis = Redis::start();
     let url = redis.url();
     let (a, c) = (node(&redis), node(&redis));
-    let b = Process::start(&["--redis", &url]);
+    let mut b = Process::start(&["--redis", &url]);
     let mut ann = Client::join(&a);
     let mut cid = Client::join(&c);
     let mut dan = Client::join(&a);
@@ -987,9 +1001,14 @@ fn a_node_that_died_off_the_list_leaves_every_node_once_at_one_place_in_the_stre
         wait_until_who_lists(client, bob_id, None);
     }
     let node_b = bob_id >> 32;
-    // Only a node that has seen b listed looks for it off the list.
-    wait_until_checked_by_two_nodes(redis.port, node_b);
+    // Only a node that has seen b listed looks for it off the list: both
+    // check its hash (`EXISTS`) at a heartbeat.
+    let mut monitor = Monitor::watch(redis.port);
+    let hash_b = format!("\"threadchat:presence:{node_b}\"");
+    monitor.until_two_connections_send(&["\"EXISTS\"", &hash_b]);
     b.signal(rustix::process::Signal::KILL);
+    // Gone for sure: a heartbeat of its on the way would list it again.
+    b.wait_exit(PATIENCE).expect("a killed node exits");
     // Off the list first: with a hash gone and still listed, the usual
     // let-go (an expired hash) would find it.
     redis::pipe()
@@ -1038,6 +1057,10 @@ fn a_node_that_died_off_the_list_leaves_every_node_once_at_one_place_in_the_stre
     );
     stop.store(true, Ordering::Relaxed);
     chatter.join().unwrap();
+    // Both nodes have tried to let it go (the second a beat later, perhaps)
+    // before the stream is counted.
+    let mark_b = format!("\"threadchat:let-go:{node_b}\"");
+    monitor.until_two_connections_send(&["\"EVAL\"", &mark_b]);
     let let_go: Vec<_> = stream_entries(&url)
         .into_iter()
         .filter(|(_, fields)| {
