@@ -156,6 +156,16 @@ fn connect(id: u64, outbox: &Arc<Outbox>) -> Event {
     })
 }
 
+/// Client `id` moves to `room`, with no `since`.
+fn join(id: u64, room: &str) -> Event {
+    Event::Join(Join {
+        id: ClientId(id),
+        room: room.into(),
+        since: None,
+        epoch: None,
+    })
+}
+
 fn say(from: u64, text: &str) -> Event {
     Event::Message(Said {
         from: ClientId(from),
@@ -211,12 +221,7 @@ fn messages_get_increasing_ids_and_reach_their_room_in_one_order() {
     }
     hub.flush();
     // Cid goes elsewhere; Ann and Bob talk in the lobby, Cid in its room.
-    hub.apply(Event::Join(Join {
-        id: ClientId(3),
-        room: "side".into(),
-        since: None,
-        epoch: None,
-    }));
+    hub.apply(join(3, "side"));
     for (from, text) in [(1, "one"), (2, "two"), (3, "aside"), (1, "three")] {
         hub.apply(say(from, text));
     }
@@ -335,25 +340,10 @@ fn a_room_keeps_its_history_for_whoever_comes_back() {
     let mut hub = hub();
     let (ann, mut ann_reads) = client(1);
     hub.apply(connect(1, &ann));
-    hub.apply(Event::Join(Join {
-        id: ClientId(1),
-        room: "a".into(),
-        since: None,
-        epoch: None,
-    }));
+    hub.apply(join(1, "a"));
     hub.apply(say(1, "remember me"));
-    hub.apply(Event::Join(Join {
-        id: ClientId(1),
-        room: "b".into(),
-        since: None,
-        epoch: None,
-    }));
-    hub.apply(Event::Join(Join {
-        id: ClientId(1),
-        room: "a".into(),
-        since: None,
-        epoch: None,
-    }));
+    hub.apply(join(1, "b"));
+    hub.apply(join(1, "a"));
     hub.flush();
     let heard = received(&mut ann_reads, 9);
     let back = heard.iter().rposition(|f| f["type"] == "joined").unwrap();
@@ -361,31 +351,16 @@ fn a_room_keeps_its_history_for_whoever_comes_back() {
     assert_eq!(heard[back + 1]["msg"], "remember me");
     assert_eq!(heard[back + 1]["history"], true);
     // A fourth room takes the place of the least recently used empty one (b).
-    hub.apply(Event::Join(Join {
-        id: ClientId(1),
-        room: "c".into(),
-        since: None,
-        epoch: None,
-    }));
+    hub.apply(join(1, "c"));
     assert!(hub.rooms.contains_key("a") && !hub.rooms.contains_key("b"));
     // With someone in every room but the lobby, which never makes way, a fifth
     // finds no place: its maker is told, and stays where it was.
     let (bob, _bob_reads) = client(2);
     hub.apply(connect(2, &bob));
-    hub.apply(Event::Join(Join {
-        id: ClientId(2),
-        room: "a".into(),
-        since: None,
-        epoch: None,
-    }));
+    hub.apply(join(2, "a"));
     hub.flush();
     received(&mut ann_reads, 2); // c's `joined` and her own join there
-    hub.apply(Event::Join(Join {
-        id: ClientId(1),
-        room: "d".into(),
-        since: None,
-        epoch: None,
-    }));
+    hub.apply(join(1, "d"));
     hub.flush();
     let refused = received(&mut ann_reads, 1).pop().unwrap();
     assert_eq!(refused["type"], "error", "{refused}");
