@@ -402,7 +402,13 @@ fn wanted(config: &Config, page: &Page) -> capacity::Wanted {
         } else {
             0
         },
-        client_bytes: capacity::client_memory(config.max_backlog, config.max_message, tls),
+        // In a cluster, also what a client asks while its seat is on its way.
+        client_bytes: capacity::client_memory(config.max_backlog, config.max_message, tls)
+            + if config.redis_url().is_some() {
+                hub::HELD_MEMORY
+            } else {
+                0
+            },
         http_bytes: capacity::http_memory(page.largest_answer(), tls),
         // The rooms' histories, and in a cluster what waits for Redis and the
         // histories of a time cut off from it.

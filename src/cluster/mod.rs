@@ -56,10 +56,12 @@
 //! Where a client sits (its room and name, or gone) is an item of the stream
 //! too, a seat entry: the hub hands one to `redis-out` at every join, move,
 //! rename and leave of its clients, in the same queue as their messages. Every
-//! node applies the other nodes' seat entries as it reads them, between the
-//! messages around them, so counts, `who`, join and leave notifications and
-//! `welcome`'s count are the same on every node as of the same entry, and a
-//! client's join is heard everywhere before anything it says.
+//! node applies every seat entry as it reads them, its own included (the hub
+//! holds a client's change, and what the client asks after it, until its seat
+//! comes back: `hub/seating.rs`), between the messages around them, so counts,
+//! `who`, join and leave notifications, `welcome`'s count and history are the
+//! same on every node as of the same entry, and a client's join is heard
+//! everywhere before anything it says.
 //!
 //! * The script that appends a seat entry also writes it into the node's hash
 //!   (`threadchat:presence:<node>`: client id → room and name), in the same

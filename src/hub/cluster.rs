@@ -15,7 +15,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::receipts::Unanswered;
-use super::rooms::{Client, Room};
+use super::rooms::Room;
+use super::seating::Awaiting;
 use super::{Hub, Turn};
 use crate::event::{self, DirectMessage, HubSide, Location, Publish, RelayedMessage};
 use crate::protocol::{
@@ -51,6 +52,15 @@ pub(super) struct ClusterView {
     let_go: bool,
     /// The last epoch of this node's own: the next one is greater.
     last_own_epoch: u64,
+    /// This node's clients whose seat change is on its way through the stream
+    /// (`seating.rs`).
+    pub(super) awaiting: HashMap<ClientId, Awaiting>,
+    /// Set while a seat change read back is applied: that client, and the seat
+    /// the other nodes have for it.
+    pub(super) appended: Option<(ClientId, Option<Location>)>,
+    /// Cut off, and this node's seats entry not read back since: its own seat
+    /// items read meanwhile may be from before the cut-off.
+    pub(super) after_cut_off: bool,
 }
 
 /// The other nodes' clients: where each sits, and each room's members.
@@ -152,6 +162,9 @@ impl ClusterView {
             reannounce: false,
             let_go: false,
             last_own_epoch: 0,
+            awaiting: HashMap::new(),
+            appended: None,
+            after_cut_off: false,
         }
     }
 
@@ -168,6 +181,15 @@ impl ClusterView {
     /// room.
     pub(super) fn offer(&self, publish: Publish) -> bool {
         event::offer(&self.side.outgoing, publish)
+    }
+
+    /// Appends (through `redis-out`) that client `id` of this node sits at
+    /// `seat` (`None`: gone); one that finds no room is said in a seats entry
+    /// next turn.
+    pub(super) fn offer_seat(&mut self, id: ClientId, seat: Option<Location>) {
+        if !event::offer(&self.side.outgoing, Publish::seat(id, seat, unix_millis())) {
+            self.reannounce = true;
+        }
     }
 
     /// Whether node `node` is alive as of the last entry read (this one is,
@@ -267,11 +289,12 @@ impl Hub {
         if !self.is_linked() {
             return; // said in one seats entry when Redis is back
         }
-        let seat = self.clients.get(&id).map(Client::seat);
-        let view = self.cluster.as_mut().expect("linked");
-        if !event::offer(&view.side.outgoing, Publish::seat(id, seat, unix_millis())) {
-            view.reannounce = true;
+        let seat = self.clients.get(&id).map(super::rooms::Client::seat);
+        if self.seat_already_appended(id, &seat) {
+            return;
         }
+        let view = self.cluster.as_mut().expect("linked");
+        view.offer_seat(id, seat);
     }
 
     /// Says where every client of this node is, in one seats entry, which
@@ -281,8 +304,7 @@ impl Hub {
         if !self.is_linked() {
             return;
         }
-        let seats = self.clients.iter().map(|(id, client)| (*id, client.seat()));
-        let publish = Publish::seats(seats.collect(), unix_millis());
+        let publish = Publish::seats(self.seats_as_appended(), unix_millis());
         let view = self.cluster.as_mut().expect("linked");
         view.reannounce = !event::offer(&view.side.outgoing, publish);
     }
@@ -295,8 +317,13 @@ impl Hub {
     /// A seat entry: client `id` of another node sits at `seat` (`None`:
     /// gone), as of entry `entry`; its node, which appended it, is alive.
     pub(super) fn relayed_seat(&mut self, entry: u64, id: ClientId, seat: Option<Location>) {
-        if let Some(view) = &mut self.cluster {
-            view.alive.insert(node_of(id));
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        view.alive.insert(node_of(id));
+        if node_of(id) == view.side.node {
+            self.last_message_id = self.last_message_id.max(entry);
+            return self.own_seat_read_back(id);
         }
         self.seat_elsewhere(entry, id, seat);
     }
@@ -308,9 +335,6 @@ impl Hub {
         let Some(view) = &mut self.cluster else {
             return;
         };
-        if node_of(id) == view.side.node {
-            return; // this node's own: the hub knew first
-        }
         let (name, room) = match seat {
             Some(Location { room, name }) => (name, Some(room)),
             None => (
@@ -339,11 +363,16 @@ impl Hub {
         node: u64,
         seats: Vec<(ClientId, Location)>,
     ) {
-        if let Some(view) = &mut self.cluster {
-            view.alive.insert(node);
-            if node == view.side.node {
-                view.let_go = false;
-            }
+        let Some(view) = &mut self.cluster else {
+            return;
+        };
+        view.alive.insert(node);
+        if node == view.side.node {
+            // It says every seat change appended before it, whatever came back.
+            view.let_go = false;
+            view.after_cut_off = false;
+            self.last_message_id = self.last_message_id.max(entry);
+            return self.apply_every_awaiting();
         }
         self.replace_seats(entry, node, seats);
     }
@@ -411,6 +440,8 @@ impl Hub {
         for (node, seats) in by_node {
             self.replace_seats(self.last_message_id, node, seats);
         }
+        // This node's seat items among those unread came back, in effect.
+        self.apply_every_awaiting();
     }
 
     /// A member of another node came to (or left) `room_name`: its members here
@@ -519,6 +550,7 @@ impl Hub {
                 epoch: view.last_own_epoch,
                 last_id: self.last_message_id,
             };
+            view.after_cut_off = true;
             announce_elsewhere(
                 &mut self.rooms,
                 &mut self.turn,
@@ -534,6 +566,8 @@ impl Hub {
             "this server lost the rest of the chat: until it is back, only the people on this server hear you"
         };
         self.tell_every_room(msg, false);
+        // Nothing goes through the stream now: what waited for it is applied.
+        self.apply_every_awaiting();
         if up {
             // What this node's clients did meanwhile was never appended.
             self.reannounce();

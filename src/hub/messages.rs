@@ -132,6 +132,9 @@ impl Hub {
         let Some(target) = self.clients.get(&direct.to) else {
             return false;
         };
+        if self.is_leaving(direct.to) {
+            return false;
+        }
         if direct.to == direct.from {
             return true;
         }
@@ -185,7 +188,7 @@ impl Hub {
     pub(super) fn acked(&mut self, acked: Acked) {
         let Acked { id, ack, event } = acked;
         self.awaited = Some(Awaited { id, ack });
-        self.apply(*event);
+        self.apply_now(*event);
         self.awaited = None;
     }
 

@@ -34,6 +34,7 @@
 //! | `history.rs` | a room's last messages, replayed to whoever joins |
 //! | `cluster.rs` | what a node knows of its cluster (none on a single server) |
 //! | `receipts.rs` | direct messages and kicks between nodes, and their receipts |
+//! | `seating.rs` | this node's seat changes, applied when the stream hands them back |
 
 mod batch;
 mod cluster;
@@ -41,6 +42,7 @@ mod history;
 mod messages;
 mod receipts;
 mod rooms;
+mod seating;
 #[cfg(test)]
 mod tests;
 
@@ -66,6 +68,7 @@ use crate::stats::Stats;
 use messages::Awaited;
 
 pub use self::history::HISTORY_BYTES;
+pub use self::seating::HELD_MEMORY;
 
 /// Most events folded into one turn. Bounds the batch buffers and the time before
 /// the first client of a long burst hears anything.
@@ -296,6 +299,13 @@ impl Hub {
     /// about it goes into their rooms' batches (or the turn's replies).
     fn apply(&mut self, event: Event) {
         self.clock += 1;
+        if let Some(event) = self.hold(event) {
+            self.apply_now(event);
+        }
+    }
+
+    /// Applies `event` now, whatever seat change it might wait behind.
+    fn apply_now(&mut self, event: Event) {
         match event {
             Event::Connect(arrival) => self.connect(arrival),
             Event::Acked(acked) => self.acked(acked),
@@ -369,6 +379,7 @@ impl Hub {
     /// end of `redis-out`'s channel is dropped (`redis-out` ends with it).
     fn shut_down(&mut self) {
         self.shutting_down = true;
+        self.close_awaiting_arrivals();
         self.cluster = None;
         self.turn = Turn::default();
         for room in self.rooms.values_mut() {

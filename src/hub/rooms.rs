@@ -278,9 +278,34 @@ impl Hub {
     /// the tutorial's events.
     pub(super) fn login(&mut self, id: ClientId, name: String) {
         self.hello(id, name);
-        let Some(room_name) = self.clients.get(&id).map(|c| c.room.clone()) else {
+        self.speak_tutorial(id);
+        let Some(client) = self.clients.get(&id) else {
             return;
         };
+        let (room_name, name) = (client.room.clone(), client.name.clone());
+        if let Some(room) = self.rooms.get(&room_name) {
+            client.charge(presence_cost(room, &room_name, &name, id));
+        }
+        if self.is_linked() {
+            // Heard when Redis hands it back, on every node, in the cluster's
+            // order: before anything the page says next.
+            return self.publish(Publish::login(&room_name, id, &name, unix_millis()));
+        }
+        self.announce_login(&room_name, id, &name);
+    }
+
+    /// Client `id` (a Socket.IO chat page that logs in) is spelled the
+    /// tutorial's events from now on: at once, even while its login waits for
+    /// its seat to come back through the stream, since the page awaits them
+    /// from the moment it sent it.
+    pub(super) fn speak_tutorial(&mut self, id: ClientId) {
+        let Some(client) = self.clients.get(&id) else {
+            return;
+        };
+        if client.format == Format::SocketIoTutorial {
+            return;
+        }
+        let room_name = client.room.clone();
         // A format changes between batches, as a room does: what this turn has
         // so far was not spelled in the new one.
         self.flush();
@@ -294,14 +319,6 @@ impl Hub {
             member.format = Format::SocketIoTutorial;
         }
         room.batch.want(Format::SocketIoTutorial);
-        client.charge(presence_cost(room, &room_name, &client.name, id));
-        let name = client.name.clone();
-        if self.is_linked() {
-            // Heard when Redis hands it back, on every node, in the cluster's
-            // order: before anything the page says next.
-            return self.publish(Publish::login(&room_name, id, &name, unix_millis()));
-        }
-        self.announce_login(&room_name, id, &name);
     }
 
     /// A Socket.IO chat page of any node logged in, in the cluster's order.

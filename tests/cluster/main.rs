@@ -1198,6 +1198,107 @@ fn presence_is_in_the_stream_s_one_order_on_three_nodes() {
     assert!(lists.iter().all(|list| *list == lists[0]), "{lists:?}");
 }
 
+/// A client that notes the id of the last message it heard.
+struct Observer {
+    client: Client,
+    last: u64,
+}
+
+impl Observer {
+    /// The id of the last message heard before the notification `event` (join
+    /// or leave) about client `id`, reading on until it.
+    fn last_message_before(&mut self, event: &str, id: u64) -> u64 {
+        loop {
+            let frame = self.client.recv_json();
+            if frame["type"] == "message" {
+                self.last = frame["id"].as_u64().unwrap();
+            }
+            if frame["event"] == event && frame["id"] == id {
+                return self.last;
+            }
+        }
+    }
+}
+
+/// A client that joins while another client chatters is seated at one place
+/// among the messages, the same on its own node as on the other: its own
+/// node's clients hear its join and leave after the same message as the other
+/// node's, its history ends there and the first message it hears live is the
+/// next.
+#[test]
+fn a_join_and_a_leave_are_heard_at_the_same_place_on_their_own_node_as_on_another() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let observe = |node: &Server| Observer {
+        client: Client::join(node),
+        last: 0,
+    };
+    let (mut ann, mut mia) = (observe(&a), observe(&b));
+    // Dan chatters on the joiner's own node: some of what he said is always
+    // waiting there to be appended, before the joiner's seat.
+    let mut dan = Client::join(&b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let chatter = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            // Batches wait up to 20 ms at this pace.
+            for n in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                dan.send_chat("dan", &n.to_string());
+                thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    // Until B has seen Dan's pace and gathers his messages in batches.
+    for observer in [&mut ann, &mut mia] {
+        loop {
+            let said = observer.client.recv_type("message");
+            observer.last = said["id"].as_u64().unwrap();
+            if said["msg"] == "100" {
+                break;
+            }
+        }
+    }
+    for round in 0..5 {
+        let mut xia = Client::connect(&b.ws_url("/"));
+        let welcome = xia.recv_type("welcome");
+        let id = welcome["id"].as_u64().unwrap();
+        // Its history, then its own join; the first message after is live.
+        let mut history_ends = 0;
+        let first_live = loop {
+            let frame = xia.recv_json();
+            if frame["type"] == "message" {
+                history_ends = frame["id"].as_u64().unwrap();
+            }
+            if frame["event"] == "join" && frame["id"] == id {
+                break xia.recv_type("message")["id"].as_u64().unwrap();
+            }
+        };
+        drop(xia);
+        let on_a = ann.last_message_before("join", id);
+        let on_b = mia.last_message_before("join", id);
+        assert_eq!(
+            on_a, on_b,
+            "round {round}: heard joining after {on_a} on A, {on_b} on B"
+        );
+        assert_eq!(history_ends, on_a, "round {round}: its history");
+        assert!(
+            first_live > on_a,
+            "round {round}: {first_live} heard live after {on_a}"
+        );
+        let on_a = ann.last_message_before("leave", id);
+        let on_b = mia.last_message_before("leave", id);
+        assert_eq!(
+            on_a, on_b,
+            "round {round}: heard leaving after {on_a} on A, {on_b} on B"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    chatter.join().unwrap();
+}
+
 #[test]
 fn history_and_since_come_from_any_node_and_survive_a_restart() {
     let redis = Redis::start();

@@ -103,6 +103,9 @@ fn hub() -> Hub {
     Hub::new(settings, None, Arc::new(Stats::new()))
 }
 
+/// The first client of cluster node 1.
+const NODE_1: u64 = (1 << 32) + 1;
+
 /// A hub of cluster node 1 with no bridge behind it: the test reads what it would
 /// append (`Publish`) and hands back what `redis-in` would.
 fn clustered_hub() -> (Hub, crossbeam_channel::Receiver<Publish>) {
@@ -127,6 +130,36 @@ fn next_said(published: &crossbeam_channel::Receiver<Publish>) -> Publish {
             return publish;
         }
     }
+}
+
+/// Hands back what the hub appended, as `redis-in` would, up to its first
+/// message (or direct message, or receipt…), which is returned: the seat
+/// changes awaiting their seat and seats items are applied.
+fn read_back_seats(
+    hub: &mut Hub,
+    published: &crossbeam_channel::Receiver<Publish>,
+) -> Option<Publish> {
+    while let Ok(publish) = published.try_recv() {
+        let entry = hub.last_message_id;
+        let event = match publish.kind {
+            Entry::Seat => Event::RelayedSeat {
+                entry,
+                id: publish.from,
+                seat: (!publish.room.is_empty()).then_some(Location {
+                    room: publish.room,
+                    name: publish.name,
+                }),
+            },
+            Entry::Seats => Event::RelayedSeats {
+                entry,
+                node: hub.cluster.as_ref().unwrap().node(),
+                seats: publish.seats,
+            },
+            _ => return Some(publish),
+        };
+        hub.apply(event);
+    }
+    None
 }
 
 /// `publish` as the stream hands it back, numbered `id`.
@@ -480,9 +513,10 @@ fn an_ipv6_host_hopping_through_its_64_makes_the_64_s_share_of_rooms() {
 fn cut_off_twice_a_hub_numbers_alone_in_a_new_epoch_each_time_and_forgets_it_after() {
     // The hub's side of a cut: `Linked` is all it hears of it.
     let (mut hub, published) = clustered_hub();
-    let (ann, mut ann_reads) = client(1);
-    hub.apply(connect(1, &ann));
-    hub.apply(say(1, "a"));
+    let (ann, mut ann_reads) = client(NODE_1);
+    hub.apply(connect(NODE_1, &ann));
+    read_back_seats(&mut hub, &published);
+    hub.apply(say(NODE_1, "a"));
     hub.apply(relayed(next_said(&published), 1));
     hub.flush();
     received(&mut ann_reads, 3); // welcome, her join, "a" (id 1)
@@ -494,9 +528,9 @@ fn cut_off_twice_a_hub_numbers_alone_in_a_new_epoch_each_time_and_forgets_it_aft
             .collect::<Vec<_>>()
     };
     let mut epochs = Vec::new();
-    for (newcomer, text) in [(8, "b"), (9, "c")] {
+    for (newcomer, text) in [(NODE_1 + 7, "b"), (NODE_1 + 8, "c")] {
         hub.apply(Event::Linked { up: false });
-        hub.apply(say(1, text));
+        hub.apply(say(NODE_1, text));
         hub.flush();
         let heard = received(&mut ann_reads, 2);
         assert_eq!(heard[0]["connected"], false, "{}", heard[0]);
@@ -539,8 +573,10 @@ fn cut_off_twice_a_hub_numbers_alone_in_a_new_epoch_each_time_and_forgets_it_aft
     }
     assert!(epochs[1] > epochs[0], "{epochs:?}");
     // After: the history is the cluster's alone.
-    let (outbox, mut reads) = client(7);
-    hub.apply(connect(7, &outbox));
+    let (outbox, mut reads) = client(NODE_1 + 6);
+    hub.apply(connect(NODE_1 + 6, &outbox));
+    // The node's seats entry, appended once it was back, comes back first.
+    read_back_seats(&mut hub, &published);
     hub.flush();
     let welcomed = received(&mut reads, 3);
     assert_eq!(welcomed[0]["epoch"].as_u64(), Some(1));
@@ -552,8 +588,6 @@ fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
     let (mut hub, published) = clustered_hub();
     let (ann, mut ann_reads) = client((1 << 32) + 1);
     hub.apply(connect((1 << 32) + 1, &ann));
-    hub.flush();
-    received(&mut ann_reads, 2); // welcome, her join
     // Her seat goes out on the stream.
     let seat = published.try_recv().unwrap();
     assert_eq!(
@@ -567,12 +601,16 @@ fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
         })
     };
     let (bob, zoe) = (ClientId((2 << 32) + 1), ClientId((3 << 32) + 5));
-    // Node 1's own seat, come back, changes nothing.
+    // Node 1's own seat, come back: she is welcomed now, and nothing more is
+    // appended for her.
     hub.apply(Event::RelayedSeat {
         entry: 2,
         id: ClientId((1 << 32) + 1),
-        seat: lobby("ann"),
+        seat: lobby(""),
     });
+    hub.flush();
+    received(&mut ann_reads, 2); // welcome, her join
+    assert!(published.try_recv().is_err());
     // One turn each: a turn folds joins in a row into one notification.
     let heard_alone = |hub: &mut Hub, reads: &mut std::net::TcpStream, event: Event| {
         hub.apply(event);
@@ -628,4 +666,131 @@ fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
     let gone = Event::RelayedGone { entry: 6, node: 3 };
     let seen = heard_alone(&mut hub, &mut ann_reads, gone);
     assert_eq!(seen, ("leave".into(), zoe.0.into(), 1.into()));
+}
+
+#[test]
+fn a_client_here_is_seated_where_the_stream_hands_its_seat_back_and_what_it_asks_waits() {
+    let (mut hub, published) = clustered_hub();
+    let (ann, mut ann_reads) = client(NODE_1);
+    hub.apply(connect(NODE_1, &ann));
+    read_back_seats(&mut hub, &published);
+    hub.flush();
+    let bob = ClientId((2 << 32) + 1);
+    let bob_seat = |room: Option<&str>| Event::RelayedSeat {
+        entry: 0,
+        id: bob,
+        seat: room.map(|room| Location {
+            room: room.into(),
+            name: "bob".into(),
+        }),
+    };
+    hub.apply(bob_seat(Some(LOBBY)));
+    hub.flush();
+    received(&mut ann_reads, 3); // welcome, her join, Bob's
+    // Cid arrives here, says hello and asks who is there: only his seat is
+    // appended, and nothing is applied.
+    let cid = NODE_1 + 1;
+    let (cid_outbox, mut cid_reads) = client(cid);
+    hub.apply(connect(cid, &cid_outbox));
+    hub.apply(say(cid, "hello"));
+    hub.apply(Event::Who { id: ClientId(cid) });
+    let seat = published.try_recv().unwrap();
+    assert_eq!((seat.kind, seat.from), (Entry::Seat, ClientId(cid)));
+    assert!(published.try_recv().is_err(), "only his seat");
+    // What the stream holds before his seat: a message of Bob's, then his leave.
+    let mut before = Publish::message(
+        LOBBY,
+        bob,
+        ChatMessage {
+            name: "bob".into(),
+            msg: "bye".into(),
+        },
+        false,
+        9,
+    );
+    before.kind = Entry::Said;
+    hub.apply(relayed(before, 1));
+    hub.apply(bob_seat(None));
+    hub.flush();
+    // Then his seat; what he said is appended only now.
+    hub.apply(Event::RelayedSeat {
+        entry: 1,
+        id: ClientId(cid),
+        seat: Some(Location {
+            room: seat.room,
+            name: seat.name,
+        }),
+    });
+    hub.flush();
+    assert_eq!(next_said(&published).msg, "hello");
+    // Ann heard it all in the stream's order: Cid came after Bob left.
+    let heard = received(&mut ann_reads, 3);
+    let seen: Vec<_> = heard
+        .iter()
+        .map(|f| {
+            (
+                f["event"].as_str().or(f["msg"].as_str()),
+                f["count"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("bye"), None),
+            (Some("leave"), Some(1)),
+            (Some("join"), Some(2))
+        ]
+    );
+    // Cid's welcome is as of his seat: Bob gone, his message in the history
+    // only, then his own join and the answer to `who`.
+    let heard = received(&mut cid_reads, 4);
+    assert_eq!(
+        (heard[0]["type"].as_str(), heard[0]["count"].as_u64()),
+        (Some("welcome"), Some(2))
+    );
+    assert_eq!(heard[1]["msg"], "bye");
+    assert_eq!(heard[2]["event"], "join");
+    let who: Vec<u64> = (heard[3]["members"].as_array().unwrap().iter())
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(who, [NODE_1, cid]);
+}
+
+#[test]
+fn a_move_waits_for_its_seat_unless_the_node_is_cut_off_and_what_waits_behind_it_is_capped() {
+    let (mut hub, published) = clustered_hub();
+    let (ann, mut ann_reads) = client(NODE_1);
+    hub.apply(connect(NODE_1, &ann));
+    read_back_seats(&mut hub, &published);
+    hub.flush();
+    received(&mut ann_reads, 2); // welcome, her join
+    hub.apply(join(NODE_1, "side"));
+    for n in 0..seating::MAX_HELD + 1 {
+        hub.apply(say(NODE_1, &n.to_string()));
+    }
+    hub.flush();
+    // One too many: refused at once, while she is still in the lobby.
+    let refused = &received(&mut ann_reads, 1)[0];
+    assert!(
+        refused["msg"].as_str().unwrap().contains("busy"),
+        "{refused}"
+    );
+    assert_eq!(hub.clients[&ClientId(NODE_1)].room, LOBBY);
+    // Cut off: the move is made at once, and what waited is said in her new
+    // room, numbered by the node.
+    hub.apply(Event::Linked { up: false });
+    hub.flush();
+    let heard = received(&mut ann_reads, 2 + seating::MAX_HELD);
+    let joined = heard.iter().position(|f| f["type"] == "joined").unwrap();
+    let said: Vec<_> = heard[joined..]
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| (f["room"].as_str().unwrap(), f["msg"].as_str().unwrap()))
+        .collect();
+    let expected: Vec<_> = (0..seating::MAX_HELD).map(|n| n.to_string()).collect();
+    assert_eq!(said.len(), seating::MAX_HELD, "{heard:?}");
+    for ((room, msg), n) in said.iter().zip(&expected) {
+        assert_eq!((*room, *msg), ("side", n.as_str()));
+    }
 }

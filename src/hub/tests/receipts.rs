@@ -35,9 +35,9 @@ fn ann_on_node_1() -> (
     let (mut hub, published) = clustered_hub();
     let (ann, mut ann_reads) = client(of_node(1, 1).0);
     hub.apply(connect(of_node(1, 1).0, &ann));
+    assert!(read_back_seats(&mut hub, &published).is_none());
     hub.flush();
     received(&mut ann_reads, 2); // welcome, her join
-    assert_eq!(published.try_recv().unwrap().kind, Entry::Seat);
     (hub, published, ann_reads)
 }
 
@@ -168,6 +168,23 @@ fn the_target_s_node_delivers_and_answers_with_a_receipt() {
     });
     let undelivered = Entry::Receipt { delivered: false };
     assert_eq!(receipt(&published), (undelivered, missing, "6".into()));
+    // Nor one whose connection is gone, its leave on its way through the
+    // stream (still in its room as of now).
+    let (cid_outbox, _cid_reads) = client(of_node(1, 2).0);
+    hub.apply(connect(of_node(1, 2).0, &cid_outbox));
+    read_back_seats(&mut hub, &published);
+    hub.apply(Event::Leave { id: of_node(1, 2) });
+    assert_eq!(published.try_recv().unwrap().kind, Entry::Seat, "his leave");
+    hub.apply(Event::RelayedDirect {
+        id: 6,
+        ts: 9,
+        direct: direct(bob, of_node(1, 2), "psst"),
+    });
+    assert!(hub.clients.contains_key(&of_node(1, 2)), "still seated");
+    assert_eq!(
+        receipt(&published),
+        (undelivered, of_node(1, 2), "6".into())
+    );
     // A kick the same way: not here, then Ann, closed.
     hub.apply(Event::RelayedKick {
         id: 7,
@@ -227,7 +244,7 @@ fn what_awaits_a_receipt_is_bounded_in_number_and_in_time() {
 #[test]
 fn one_address_flooding_a_node_that_does_not_answer_gives_up_only_its_own_oldest() {
     use super::super::receipts::MOST_UNANSWERED_PER_ADDRESS;
-    let (mut hub, _published, mut ann_reads) = ann_on_node_1();
+    let (mut hub, published, mut ann_reads) = ann_on_node_1();
     let (ann, eve) = (of_node(1, 1), of_node(1, 2));
     let (eve_outbox, mut eve_reads) = client(eve.0);
     let mut from_eve = connect(eve.0, &eve_outbox);
@@ -235,6 +252,7 @@ fn one_address_flooding_a_node_that_does_not_answer_gives_up_only_its_own_oldest
         *address = std::net::Ipv4Addr::new(127, 0, 0, 2).into();
     }
     hub.apply(from_eve);
+    read_back_seats(&mut hub, &published);
     hub.apply(node_joins(2));
     hub.flush();
     received(&mut eve_reads, 1); // her welcome
