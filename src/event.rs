@@ -70,6 +70,8 @@ pub enum Event {
         entry: u64,
         id: ClientId,
         seat: Option<Location>,
+        /// Its number among its node's seat changes ([`Publish::offer`]).
+        offer: u64,
     },
     /// Where every client of node `node` is, in the cluster's order (entry
     /// `entry`): what was known of that node's clients before is replaced.
@@ -77,6 +79,8 @@ pub enum Event {
         entry: u64,
         node: u64,
         seats: Vec<(ClientId, Location)>,
+        /// The number of its node's last seat change before it.
+        offer: u64,
     },
     /// Where every client of the cluster sits now, as the seat hashes say: read
     /// when seat entries may have gone unread (trimmed, or lost with Redis'
@@ -89,6 +93,10 @@ pub enum Event {
     /// The other nodes may have lost track of this node's clients (Redis lost
     /// its data, or a cut-off outlasted its presence): say where they all are.
     Reannounce,
+    /// A batch with this node's seat changes up to number `upto` was refused
+    /// by Redis, or may not have been appended: they will not come back, and
+    /// are said again in a seats entry ([`Event::Reannounce`]).
+    SeatsNotTaken { upto: u64 },
     /// Node `node` died without a word, as of entry `entry`: the first node to
     /// find its hash expired (or, after Redis lost its data, the node off the
     /// list for long) let it go for everyone (a `gone` entry). Its clients
@@ -221,6 +229,10 @@ pub struct Publish {
     pub kind: Entry,
     /// With [`Entry::Seats`]: every client of this node, and where it is.
     pub seats: Vec<(ClientId, Location)>,
+    /// With [`Entry::Seat`] and [`Entry::Seats`]: its number among this
+    /// node's seat changes, so that the hub knows which one came back (0:
+    /// none).
+    pub offer: u64,
 }
 
 /// What a [`Publish`] asks the other nodes to do, besides its fields.
@@ -293,6 +305,7 @@ impl Publish {
             to: None,
             kind: Entry::Said,
             seats: Vec::new(),
+            offer: 0,
         }
     }
 
@@ -308,6 +321,7 @@ impl Publish {
             to: Some(direct.to),
             kind: Entry::Said,
             seats: Vec::new(),
+            offer: 0,
         }
     }
 
@@ -323,6 +337,7 @@ impl Publish {
             to: Some(target),
             kind: Entry::Kick,
             seats: Vec::new(),
+            offer: 0,
         }
     }
 
@@ -339,11 +354,13 @@ impl Publish {
             to: None,
             kind: Entry::Login,
             seats: Vec::new(),
+            offer: 0,
         }
     }
 
-    /// Client `id` is now at `seat`, or (`None`) gone.
-    pub fn seat(id: ClientId, seat: Option<Location>, ts: u64) -> Publish {
+    /// Client `id` is now at `seat`, or (`None`) gone: this node's seat change
+    /// number `offer`.
+    pub fn seat(id: ClientId, seat: Option<Location>, ts: u64, offer: u64) -> Publish {
         let (room, name) = seat.map_or_else(Default::default, |s| (s.room, s.name));
         Publish {
             room,
@@ -355,11 +372,13 @@ impl Publish {
             to: None,
             kind: Entry::Seat,
             seats: Vec::new(),
+            offer,
         }
     }
 
-    /// This node's clients are `seats`, and no others.
-    pub fn seats(seats: Vec<(ClientId, Location)>, ts: u64) -> Publish {
+    /// This node's clients are `seats`, and no others: said after its seat
+    /// changes up to number `offer`.
+    pub fn seats(seats: Vec<(ClientId, Location)>, ts: u64, offer: u64) -> Publish {
         Publish {
             room: String::new(),
             from: ClientId(0),
@@ -370,6 +389,7 @@ impl Publish {
             to: None,
             kind: Entry::Seats,
             seats,
+            offer,
         }
     }
 
@@ -388,6 +408,7 @@ impl Publish {
                 delivered: receipt.delivered,
             },
             seats: Vec::new(),
+            offer: 0,
         }
     }
 }

@@ -175,7 +175,7 @@ pub(super) fn say_joined(con: &mut redis::Connection, node: u64) -> redis::Redis
     let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(APPEND).query(con)?;
     let batch = Batch {
         number: 1,
-        messages: vec![Publish::seats(Vec::new(), unix_millis())],
+        messages: vec![Publish::seats(Vec::new(), unix_millis(), 0)],
     };
     append(
         con,
@@ -254,10 +254,17 @@ pub(super) fn append_messages(
             }
             continue;
         };
-        seats_lost |= batch
+        let seats = batch
             .messages
             .iter()
-            .any(|m| matches!(m.kind, Entry::Seat | Entry::Seats));
+            .filter(|m| matches!(m.kind, Entry::Seat | Entry::Seats));
+        if let Some(upto) = seats.map(|m| m.offer).max() {
+            seats_lost = true;
+            // The hub applies now the changes that waited for these.
+            if upto > 0 && hub.send(Event::SeatsNotTaken { upto }).is_err() {
+                return;
+            }
+        }
         if refused(&e) {
             appender.tell_unsent(&batch, &e, hub);
         } else {

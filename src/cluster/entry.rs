@@ -50,6 +50,14 @@ pub(super) struct Item<'a> {
     /// A seats item's list: id, room, name.
     #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
     pub seats: Vec<(u64, Cow<'a, str>, Cow<'a, str>)>,
+    /// A seat or seats item's number among its node's seat changes: only that
+    /// node reads it.
+    #[serde(rename = "q", default, skip_serializing_if = "is_zero")]
+    pub offer: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_false(b: &bool) -> bool {
@@ -94,6 +102,7 @@ pub(super) fn item_of(m: &Publish) -> Item<'_> {
         seats: (m.seats.iter())
             .map(|(id, seat)| (id.0, Cow::Borrowed(&*seat.room), Cow::Borrowed(&*seat.name)))
             .collect(),
+        offer: m.offer,
     }
 }
 
@@ -214,11 +223,13 @@ fn relayed(number: u64, node: u64, item: Item<'static>) -> Option<Event> {
                 entry: number,
                 id: ClientId(item.from),
                 seat,
+                offer: item.offer,
             })
         }
         "seats" => Some(Event::RelayedSeats {
             entry: number,
             node,
+            offer: item.offer,
             seats: (item.seats.into_iter())
                 .filter_map(|(id, room, name)| checked_seat(id, &room, &name))
                 .map(|(room, client)| {

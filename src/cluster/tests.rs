@@ -148,6 +148,7 @@ fn what_a_node_appends_is_what_the_others_read() {
                 },
             )],
             2,
+            7,
         ),
     ];
     let items = entry::items_of(&publish);
@@ -156,7 +157,12 @@ fn what_a_node_appends_is_what_the_others_read() {
     };
     let [
         Event::Relayed(message),
-        Event::RelayedSeats { node: 2, seats, .. },
+        Event::RelayedSeats {
+            node: 2,
+            seats,
+            offer: 7,
+            ..
+        },
     ] = &events[..]
     else {
         panic!("a message and a seats item")
@@ -229,6 +235,7 @@ fn seat_items_are_read_within_the_protocol_s_bounds() {
                 entry: 9,
                 id: ClientId(8_589_934_593),
                 seat: Some(Location { room, name }),
+                offer: 0,
             },
         ],
     ) = in_lobby.as_deref()

@@ -58,9 +58,9 @@ pub(super) struct ClusterView {
     /// Set while a seat change read back is applied: that client, and the seat
     /// the other nodes have for it.
     pub(super) appended: Option<(ClientId, Option<Location>)>,
-    /// Cut off, and this node's seats entry not read back since: its own seat
-    /// items read meanwhile may be from before the cut-off.
-    pub(super) after_cut_off: bool,
+    /// The number of this node's last seat change (or seats entry) offered to
+    /// `redis-out`: the one read back is known by it.
+    offers: u64,
 }
 
 /// The other nodes' clients: where each sits, and each room's members.
@@ -164,7 +164,7 @@ impl ClusterView {
             last_own_epoch: 0,
             awaiting: HashMap::new(),
             appended: None,
-            after_cut_off: false,
+            offers: 0,
         }
     }
 
@@ -184,12 +184,15 @@ impl ClusterView {
     }
 
     /// Appends (through `redis-out`) that client `id` of this node sits at
-    /// `seat` (`None`: gone); one that finds no room is said in a seats entry
-    /// next turn.
-    pub(super) fn offer_seat(&mut self, id: ClientId, seat: Option<Location>) {
-        if !event::offer(&self.side.outgoing, Publish::seat(id, seat, unix_millis())) {
+    /// `seat` (`None`: gone), as this node's next seat change: its number. One
+    /// that finds no room is said in a seats entry next turn.
+    pub(super) fn offer_seat(&mut self, id: ClientId, seat: Option<Location>) -> u64 {
+        self.offers += 1;
+        let publish = Publish::seat(id, seat, unix_millis(), self.offers);
+        if !event::offer(&self.side.outgoing, publish) {
             self.reannounce = true;
         }
+        self.offers
     }
 
     /// Whether node `node` is alive as of the last entry read (this one is,
@@ -304,8 +307,10 @@ impl Hub {
         if !self.is_linked() {
             return;
         }
-        let publish = Publish::seats(self.seats_as_appended(), unix_millis());
+        let seats = self.seats_as_appended();
         let view = self.cluster.as_mut().expect("linked");
+        view.offers += 1;
+        let publish = Publish::seats(seats, unix_millis(), view.offers);
         view.reannounce = !event::offer(&view.side.outgoing, publish);
     }
 
@@ -316,14 +321,20 @@ impl Hub {
 
     /// A seat entry: client `id` of another node sits at `seat` (`None`:
     /// gone), as of entry `entry`; its node, which appended it, is alive.
-    pub(super) fn relayed_seat(&mut self, entry: u64, id: ClientId, seat: Option<Location>) {
+    pub(super) fn relayed_seat(
+        &mut self,
+        entry: u64,
+        id: ClientId,
+        seat: Option<Location>,
+        offer: u64,
+    ) {
         let Some(view) = &mut self.cluster else {
             return;
         };
         view.alive.insert(node_of(id));
         if node_of(id) == view.side.node {
             self.last_message_id = self.last_message_id.max(entry);
-            return self.own_seat_read_back(id);
+            return self.own_seat_read_back(id, offer);
         }
         self.seat_elsewhere(entry, id, seat);
     }
@@ -356,23 +367,24 @@ impl Hub {
     }
 
     /// A seats entry: node `node`'s clients are `seats` and no others, as of
-    /// entry `entry`, and the node, which appended it, is alive.
+    /// entry `entry`, and the node, which appended it, is alive. One of this
+    /// node's own says its seat changes up to number `offer`.
     pub(super) fn relayed_seats(
         &mut self,
         entry: u64,
         node: u64,
         seats: Vec<(ClientId, Location)>,
+        offer: u64,
     ) {
         let Some(view) = &mut self.cluster else {
             return;
         };
         view.alive.insert(node);
         if node == view.side.node {
-            // It says every seat change appended before it, whatever came back.
+            // It says every seat change offered before it, whatever came back.
             view.let_go = false;
-            view.after_cut_off = false;
             self.last_message_id = self.last_message_id.max(entry);
-            return self.apply_every_awaiting();
+            return self.apply_awaiting_up_to(offer.saturating_sub(1));
         }
         self.replace_seats(entry, node, seats);
     }
@@ -440,8 +452,9 @@ impl Hub {
         for (node, seats) in by_node {
             self.replace_seats(self.last_message_id, node, seats);
         }
-        // This node's seat items among those unread came back, in effect.
-        self.apply_every_awaiting();
+        // This node's seat items among those unread came back, in effect (a
+        // change whose item was still on its way is applied a little early).
+        self.apply_awaiting_up_to(u64::MAX);
     }
 
     /// A member of another node came to (or left) `room_name`: its members here
@@ -550,7 +563,6 @@ impl Hub {
                 epoch: view.last_own_epoch,
                 last_id: self.last_message_id,
             };
-            view.after_cut_off = true;
             announce_elsewhere(
                 &mut self.rooms,
                 &mut self.turn,
@@ -567,7 +579,7 @@ impl Hub {
         };
         self.tell_every_room(msg, false);
         // Nothing goes through the stream now: what waited for it is applied.
-        self.apply_every_awaiting();
+        self.apply_awaiting_up_to(u64::MAX);
         if up {
             // What this node's clients did meanwhile was never appended.
             self.reannounce();

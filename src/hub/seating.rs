@@ -13,11 +13,13 @@
 //! (1–20 ms, `append.rs` says why), and the hub up to [`MAX_HELD`] events per
 //! client ([`HELD_MEMORY`], counted in the capacity plan).
 //!
-//! A seat item that never comes back is replaced by what follows it: the seats
-//! entry this node appends when an offer or a batch failed, or the seat hashes
-//! read after entries went unread, apply every change awaiting; a node cut off
-//! from Redis applies them at once. Own seat items read after a cut-off, before
-//! the node's seats entry, may be ones sent before it and are passed over.
+//! Each seat change carries its number among the node's seat changes, and only
+//! the item with the number a client awaits applies its change: an item sent
+//! before a cut-off and appended after it is passed over. A seat item that never
+//! comes back is replaced by what follows it: a batch of them Redis refused (or
+//! may not have taken) is applied at once, and said again in a seats entry,
+//! which applies every change offered before it; the seat hashes read after
+//! entries went unread, and a cut-off from Redis, apply them all.
 
 use std::collections::VecDeque;
 
@@ -45,11 +47,19 @@ pub(super) struct Awaiting {
     change: Event,
     /// Where it puts the client (`None`: gone), as appended.
     pub(super) seat: Option<Location>,
-    /// When it was offered, on the hub's clock: changes applied together go in
-    /// the order they were asked for.
-    asked: u64,
+    /// Its number among this node's seat changes: the item that applies it,
+    /// and the order of changes applied together.
+    offer: u64,
     /// What the client asked after it, in order.
     held: VecDeque<Event>,
+}
+
+/// `event`, or the request inside it when it awaits an acknowledgement.
+fn unwrapped(event: &Event) -> &Event {
+    match event {
+        Event::Acked(acked) => unwrapped(&acked.event),
+        other => other,
+    }
 }
 
 /// The client that asked for `event`, whose earlier seat change it must wait
@@ -82,7 +92,7 @@ impl Hub {
         let Some(asker) = asker(&event) else {
             return Some(event);
         };
-        let behind = match &event {
+        let behind = match unwrapped(&event) {
             // A kick of a client here takes effect at the kicked one's place.
             Event::Kick { target, by } if self.clients.contains_key(by) => [asker, *target],
             _ => [asker, asker],
@@ -109,20 +119,21 @@ impl Hub {
         let Some((id, seat)) = self.intended_seat(&mut event) else {
             return Some(event);
         };
-        if let Event::Login { id, .. } = &event {
+        if let Event::Login { id, .. } = unwrapped(&event) {
             self.speak_tutorial(*id);
         }
         let view = self.cluster.as_mut().expect("linked");
         // One that finds no room is said in the seats entry that follows,
         // which applies it.
-        view.offer_seat(id, seat.clone());
+        let offer = view.offer_seat(id, seat.clone());
         let awaiting = Awaiting {
             change: event,
             seat,
-            asked: self.clock,
+            offer,
             held: VecDeque::new(),
         };
-        view.awaiting.insert(id, awaiting);
+        let before = view.awaiting.insert(id, awaiting);
+        debug_assert!(before.is_none(), "a change waits behind the one before");
         None
     }
 
@@ -163,30 +174,33 @@ impl Hub {
         }
     }
 
-    /// Client `id`'s own seat item came back through the stream: its change
-    /// is applied here now, and what it asked after it follows.
-    pub(super) fn own_seat_read_back(&mut self, id: ClientId) {
+    /// Client `id`'s own seat item number `offer` came back through the
+    /// stream: if it is the change the client awaits, it is applied here now,
+    /// and what the client asked after it follows.
+    pub(super) fn own_seat_read_back(&mut self, id: ClientId, offer: u64) {
         let Some(view) = &mut self.cluster else {
             return;
         };
-        if view.after_cut_off {
-            return; // perhaps one sent before the cut-off: the seats entry decides
-        }
-        if let Some(awaiting) = view.awaiting.remove(&id) {
+        if view.awaiting.get(&id).is_some_and(|a| a.offer == offer) {
+            let awaiting = view.awaiting.remove(&id).expect("looked up above");
             self.seat_taken(id, awaiting);
         }
     }
 
-    /// Every seat change awaiting is applied now: this node's seats entry came
-    /// back (or the hashes were read), which says them all, or the node is cut
-    /// off, where nothing goes through the stream.
-    pub(super) fn apply_every_awaiting(&mut self) {
+    /// Every seat change numbered up to `upto` that still awaits its item is
+    /// applied now, in the order they were offered: this node's seats entry
+    /// came back, which says them, or their items will not come back (Redis
+    /// refused them, the hashes were read instead, or the node is cut off,
+    /// where nothing goes through the stream).
+    pub(super) fn apply_awaiting_up_to(&mut self, upto: u64) {
         let Some(view) = &mut self.cluster else {
             return;
         };
-        let mut all: Vec<_> = view.awaiting.drain().collect();
-        all.sort_unstable_by_key(|(_, awaiting)| awaiting.asked);
-        for (id, awaiting) in all {
+        let mut due: Vec<(ClientId, Awaiting)> = (view.awaiting)
+            .extract_if(|_, awaiting| awaiting.offer <= upto)
+            .collect();
+        due.sort_unstable_by_key(|(_, awaiting)| awaiting.offer);
+        for (id, awaiting) in due {
             self.seat_taken(id, awaiting);
         }
     }

@@ -306,8 +306,8 @@ fn a_message_whose_fate_the_node_cannot_learn_gets_no_error_and_arrives_once_if_
 /// the right to run scripts; READONLY and OOM are alike). The node does not try
 /// again and again, holding up what its clients say next: it asks Redis which
 /// of the batch's messages are in (a lost answer may have put one there) and
-/// tells the senders of the others "not sent". Once Redis is fixed, the chat
-/// goes on.
+/// tells the senders of the others "not sent". A client that arrives meanwhile
+/// is seated all the same. Once Redis is fixed, the chat goes on.
 #[test]
 fn a_message_redis_refuses_gets_its_sender_an_error_and_the_chat_goes_on_once_redis_is_fixed() {
     let redis = Redis::start_with(&[&["--user"][..], CHAT_USER].concat());
@@ -349,6 +349,10 @@ fn a_message_redis_refuses_gets_its_sender_an_error_and_the_chat_goes_on_once_re
             .starts_with("message not sent"),
         "{errors:?}"
     );
+    // A client that comes meanwhile is welcomed all the same: its seat, which
+    // Redis refuses too, is taken here at once.
+    let mut cid = Client::connect(&a.ws_url("/"));
+    cid.recv_type("welcome");
     scripts("+");
     ann.send_chat("ann", "fixed");
     heard.extend(frames_until(&mut ann, |f| f["msg"] == "fixed"));

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::event::{
-    Arrival, DirectMessage, Endpoint, Entry, Join, Location, Publish, Receipt, Said,
+    Acked, Arrival, DirectMessage, Endpoint, Entry, Join, Location, Publish, Receipt, Said,
 };
 use crate::format::Format;
 use crate::places;
@@ -149,11 +149,13 @@ fn read_back_seats(
                     room: publish.room,
                     name: publish.name,
                 }),
+                offer: publish.offer,
             },
             Entry::Seats => Event::RelayedSeats {
                 entry,
                 node: hub.cluster.as_ref().unwrap().node(),
                 seats: publish.seats,
+                offer: publish.offer,
             },
             _ => return Some(publish),
         };
@@ -607,6 +609,7 @@ fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
         entry: 2,
         id: ClientId((1 << 32) + 1),
         seat: lobby(""),
+        offer: seat.offer,
     });
     hub.flush();
     received(&mut ann_reads, 2); // welcome, her join
@@ -626,6 +629,7 @@ fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
             entry: 3,
             id: zoe,
             seat: lobby("zoe"),
+            offer: 1,
         },
     );
     assert_eq!(seen, ("join".into(), zoe.0.into(), 2.into()));
@@ -636,6 +640,7 @@ fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
             entry: 4,
             id: bob,
             seat: lobby("bob"),
+            offer: 1,
         },
     );
     assert_eq!(seen, ("join".into(), bob.0.into(), 3.into()));
@@ -660,6 +665,7 @@ fn seats_on_the_stream_are_heard_counted_and_listed_in_the_stream_s_order() {
             entry: 5,
             node: 2,
             seats: Vec::new(),
+            offer: 2,
         },
     );
     assert_eq!(seen, ("leave".into(), bob.0.into(), 2.into()));
@@ -683,6 +689,7 @@ fn a_client_here_is_seated_where_the_stream_hands_its_seat_back_and_what_it_asks
             room: room.into(),
             name: "bob".into(),
         }),
+        offer: 1,
     };
     hub.apply(bob_seat(Some(LOBBY)));
     hub.flush();
@@ -720,6 +727,7 @@ fn a_client_here_is_seated_where_the_stream_hands_its_seat_back_and_what_it_asks
             room: seat.room,
             name: seat.name,
         }),
+        offer: seat.offer,
     });
     hub.flush();
     assert_eq!(next_said(&published).msg, "hello");
@@ -793,4 +801,95 @@ fn a_move_waits_for_its_seat_unless_the_node_is_cut_off_and_what_waits_behind_it
     for ((room, msg), n) in said.iter().zip(&expected) {
         assert_eq!((*room, *msg), ("side", n.as_str()));
     }
+}
+
+/// The seat item `publish` (appended by this hub) as `redis-in` hands it back.
+fn seat_back(publish: &Publish) -> Event {
+    assert_eq!(publish.kind, Entry::Seat, "{publish:?}");
+    Event::RelayedSeat {
+        entry: 0,
+        id: publish.from,
+        seat: (!publish.room.is_empty()).then(|| Location {
+            room: publish.room.clone(),
+            name: publish.name.clone(),
+        }),
+        offer: publish.offer,
+    }
+}
+
+#[test]
+fn a_change_is_applied_by_its_own_item_or_what_says_it_and_by_nothing_else() {
+    let (mut hub, published) = clustered_hub();
+    let (ann, _ann_reads) = client(NODE_1);
+    hub.apply(connect(NODE_1, &ann));
+    read_back_seats(&mut hub, &published);
+    let room = |hub: &Hub| hub.clients[&ClientId(NODE_1)].room.clone();
+    // To b, then a seats entry, then to c: b's item applies b only.
+    hub.apply(join(NODE_1, "b"));
+    let to_b = published.try_recv().unwrap();
+    hub.apply(Event::Reannounce);
+    let seats = published.try_recv().unwrap();
+    assert_eq!(seats.kind, Entry::Seats);
+    hub.apply(seat_back(&to_b));
+    assert_eq!(room(&hub), "b");
+    hub.apply(join(NODE_1, "c"));
+    let to_c = published.try_recv().unwrap();
+    // The seats entry, offered before the move to c, says nothing of it.
+    hub.apply(Event::RelayedSeats {
+        entry: 0,
+        node: 1,
+        seats: seats.seats.clone(),
+        offer: seats.offer,
+    });
+    assert_eq!(room(&hub), "b");
+    // An item of hers from before (sent again after a cut, say) is passed over.
+    hub.apply(seat_back(&to_b));
+    assert_eq!(room(&hub), "b");
+    hub.apply(seat_back(&to_c));
+    assert_eq!(room(&hub), "c");
+    // A batch Redis refused: what it carried is applied at once.
+    hub.flush(); // b, empty, makes way (three rooms at most here)
+    hub.apply(join(NODE_1, "d"));
+    let to_d = published.try_recv().unwrap();
+    hub.apply(Event::SeatsNotTaken {
+        upto: to_d.offer - 1,
+    });
+    assert_eq!(room(&hub), "c");
+    hub.apply(Event::SeatsNotTaken { upto: to_d.offer });
+    assert_eq!(room(&hub), "d");
+}
+
+#[test]
+fn an_acknowledged_kick_waits_behind_its_target_s_change_and_loses_nothing() {
+    let (mut hub, published) = clustered_hub();
+    let (admin, target) = (NODE_1, NODE_1 + 1);
+    let (admin_outbox, _admin_reads) = client(admin);
+    let (target_outbox, _target_reads) = client(target);
+    hub.apply(connect(admin, &admin_outbox));
+    hub.apply(connect(target, &target_outbox));
+    assert!(read_back_seats(&mut hub, &published).is_none());
+    hub.apply(join(target, "b"));
+    hub.apply(say(target, "hi"));
+    hub.apply(Event::Acked(Acked {
+        id: ClientId(admin),
+        ack: 5,
+        event: Box::new(Event::Kick {
+            target: ClientId(target),
+            by: ClientId(admin),
+        }),
+    }));
+    // Only the move is appended; then, in order, what he said and the kick.
+    let to_b = published.try_recv().unwrap();
+    assert_eq!(to_b.room, "b");
+    assert!(published.try_recv().is_err());
+    hub.apply(seat_back(&to_b));
+    assert_eq!(next_said(&published).msg, "hi");
+    let gone = published.try_recv().unwrap();
+    assert_eq!((gone.kind, gone.room.as_str()), (Entry::Seat, ""));
+    assert!(
+        hub.clients.contains_key(&ClientId(target)),
+        "kicked at its place"
+    );
+    hub.apply(seat_back(&gone));
+    assert!(!hub.clients.contains_key(&ClientId(target)));
 }

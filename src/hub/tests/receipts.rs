@@ -23,6 +23,7 @@ fn node_joins(node: u64) -> Event {
         entry: 0,
         node,
         seats: Vec::new(),
+        offer: 0,
     }
 }
 
