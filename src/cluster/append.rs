@@ -98,6 +98,11 @@ const APPEND: &str = "local done = redis.call('GET', KEYS[3]) \
     redis.call('SET', KEYS[3], ARGV[2], 'EX', 86400) \
     return id";
 
+/// Whether `item` is a seat change of this node's (its client waits for it).
+fn is_seat(item: &Publish) -> bool {
+    matches!(item.kind, Entry::Seat | Entry::Seats)
+}
+
 /// The longest a batch waits for company after its first item, when items
 /// come often enough to share it ([`Pace`]). Each batch costs Redis about the
 /// same, a wake-up, a script call and a write to every node, whatever its
@@ -254,10 +259,7 @@ pub(super) fn append_messages(
             }
             continue;
         };
-        let seats = batch
-            .messages
-            .iter()
-            .filter(|m| matches!(m.kind, Entry::Seat | Entry::Seats));
+        let seats = batch.messages.iter().filter(|m| is_seat(m));
         if let Some(upto) = seats.map(|m| m.offer).max() {
             seats_lost = true;
             // The hub applies now the changes that waited for these.
@@ -283,16 +285,22 @@ pub(super) fn append_messages(
 /// [`GATHER`] of it; up to [`BATCH_MOST`] items and about [`BATCH_BYTES`].
 /// Under load, messages wait for each round trip to Redis, and a batch is
 /// large without waiting: holding it back then would only slow the chat down.
+/// A batch with a seat in it does not wait: its client waits for it to come
+/// back (its `welcome` or `joined`, and what it asked next), and joins are
+/// few beside messages. Waiting, 1,000 clients that connect and join a room
+/// one after another, 8 at a time, took 5 s rather than 0.3 to be seated.
 fn gather(first: Publish, outgoing: &Receiver<Publish>, pace: &mut Pace) -> Vec<Publish> {
     let now = Instant::now();
     pace.arrived(now);
     let until = pace.wait_until(now);
     let mut bytes = size_of_item(&first);
+    let mut awaited = is_seat(&first);
     let mut messages = vec![first];
     let room =
         |messages: &Vec<Publish>, bytes: usize| messages.len() < BATCH_MOST && bytes < BATCH_BYTES;
     while room(&messages, bytes) {
-        let next = if messages.len() < BATCH_ENOUGH && Instant::now() < until {
+        let wait = messages.len() < BATCH_ENOUGH && !awaited && Instant::now() < until;
+        let next = if wait {
             outgoing.recv_deadline(until).ok()
         } else {
             outgoing.try_recv().ok()
@@ -301,6 +309,7 @@ fn gather(first: Publish, outgoing: &Receiver<Publish>, pace: &mut Pace) -> Vec<
         // (and the next `recv` ends).
         let Some(more) = next else { break };
         pace.arrived(Instant::now());
+        awaited |= is_seat(&more);
         bytes += size_of_item(&more);
         messages.push(more);
     }

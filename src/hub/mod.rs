@@ -296,7 +296,9 @@ impl Hub {
     }
 
     /// Applies one event: who is where changes, and what the clients must hear
-    /// about it goes into their rooms' batches (or the turn's replies).
+    /// about it goes into their rooms' batches (or the turn's replies). In a
+    /// cluster, a client's seat change, and what the client asks after it,
+    /// wait until the stream hands the change back (`seating.rs`).
     fn apply(&mut self, event: Event) {
         self.clock += 1;
         if let Some(event) = self.hold(event) {
