@@ -9,9 +9,10 @@
 //! While a client's seat change is on its way ([`Awaiting`]), what the client
 //! asks next (its messages, `who`, another join) waits behind it, in order, so
 //! that nothing it says is appended before its seat and every answer is as of
-//! its new seat. That costs the client one trip through Redis after a join
-//! (1–20 ms, `append.rs` says why), and the hub up to [`MAX_HELD`] events per
-//! client ([`HELD_MEMORY`], counted in the capacity plan).
+//! its new seat. That costs the client one trip through Redis after a join (a
+//! batch with a seat in it goes at once, `append.rs`), and the hub up to
+//! [`MAX_HELD`] events per client ([`HELD_MEMORY`], counted in the capacity
+//! plan).
 //!
 //! Each seat change carries its number among the node's seat changes, and only
 //! the item with the number a client awaits applies its change: an item sent
