@@ -314,6 +314,16 @@ impl Hub {
         view.reannounce = !event::offer(&view.side.outgoing, publish);
     }
 
+    /// Redis refused (or may not have taken) this node's seat changes up to
+    /// number `upto`: they are applied here now, and a seats entry is owed,
+    /// which goes before anything their clients say next.
+    pub(super) fn seats_not_taken(&mut self, upto: u64) {
+        if let Some(view) = &mut self.cluster {
+            view.reannounce = true;
+        }
+        self.apply_awaiting_up_to(upto);
+    }
+
     /// Whether a seat entry of this node's is owed: see [`Hub::reannounce`].
     pub(super) fn owes_seats(&self) -> bool {
         self.cluster.as_ref().is_some_and(|view| view.reannounce)

@@ -335,7 +335,7 @@ impl Hub {
                 offer,
             } => self.relayed_seats(entry, node, seats, offer),
             Event::Reannounce => self.reannounce(),
-            Event::SeatsNotTaken { upto } => self.apply_awaiting_up_to(upto),
+            Event::SeatsNotTaken { upto } => self.seats_not_taken(upto),
             Event::SeatsNow { seats, nodes } => self.seats_now(seats, nodes),
             Event::RelayedGone { entry, node } => self.node_gone(entry, node),
             Event::Linked { up } => self.linked_changed(up),

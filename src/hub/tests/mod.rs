@@ -857,6 +857,32 @@ fn a_change_is_applied_by_its_own_item_or_what_says_it_and_by_nothing_else() {
     assert_eq!(room(&hub), "c");
     hub.apply(Event::SeatsNotTaken { upto: to_d.offer });
     assert_eq!(room(&hub), "d");
+    // What she says next goes after a seats entry that has her there.
+    hub.apply(say(NODE_1, "in d"));
+    let seats = published.try_recv().unwrap();
+    assert_eq!(seats.kind, Entry::Seats);
+    assert_eq!(seats.seats[0].1.room, "d");
+    assert_eq!(published.try_recv().unwrap().msg, "in d");
+}
+
+#[test]
+fn an_acknowledged_login_is_spelled_the_tutorial_s_way_at_once() {
+    let (mut hub, published) = clustered_hub();
+    let (page, _page_reads) = client(NODE_1);
+    hub.apply(connect(NODE_1, &page));
+    read_back_seats(&mut hub, &published);
+    hub.apply(Event::Acked(Acked {
+        id: ClientId(NODE_1),
+        ack: 1,
+        event: Box::new(Event::Login {
+            id: ClientId(NODE_1),
+            name: "xyz".into(),
+        }),
+    }));
+    // Its seat (the new name) is on its way; its frames are the tutorial's now.
+    assert_eq!(published.try_recv().unwrap().name, "xyz");
+    let format = hub.clients[&ClientId(NODE_1)].format;
+    assert_eq!(format, Format::SocketIoTutorial);
 }
 
 #[test]
