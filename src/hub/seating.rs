@@ -38,6 +38,9 @@ use crate::protocol::{ClientId, InputError, LOBBY, MAX_MESSAGE_FRAME};
 /// joins and speaks at once asks two or three things meanwhile.
 pub const MAX_HELD: usize = 8;
 
+/// What a client hears when more than [`MAX_HELD`] of its events would wait.
+const BUSY: &str = "the chat is busy: try again";
+
 /// Most memory the events held for one client take: each is at most a chat
 /// message, under a frame's worth of bytes.
 pub const HELD_MEMORY: u64 = MAX_HELD as u64 * MAX_MESSAGE_FRAME as u64;
@@ -103,6 +106,16 @@ impl Hub {
             let awaiting = view.awaiting.get_mut(&id).expect("found above");
             if awaiting.held.len() < MAX_HELD || matches!(event, Event::Leave { .. }) {
                 awaiting.held.push_back(event);
+            } else if !self.clients.contains_key(&asker) {
+                // Not welcomed yet, so not told yet: told once, after its
+                // welcome (one error for all it loses before then).
+                let told = matches!(awaiting.held.back(), Some(Event::NotRelayed { .. }));
+                if !told {
+                    awaiting.held.push_back(Event::NotRelayed {
+                        from: asker,
+                        why: BUSY,
+                    });
+                }
             } else {
                 // A request awaiting an acknowledgement gets the error as it.
                 if let Event::Acked(acked) = &event {
@@ -111,8 +124,7 @@ impl Hub {
                         ack: acked.ack,
                     });
                 }
-                let busy = InputError::NotRelayed("the chat is busy: try again");
-                self.reply_error(asker, &busy);
+                self.reply_error(asker, &InputError::NotRelayed(BUSY));
                 self.awaited = None;
             }
             return None;

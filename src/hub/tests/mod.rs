@@ -919,3 +919,28 @@ fn an_acknowledged_kick_waits_behind_its_target_s_change_and_loses_nothing() {
     hub.apply(seat_back(&gone));
     assert!(!hub.clients.contains_key(&ClientId(target)));
 }
+
+#[test]
+fn a_client_that_says_too_much_before_its_welcome_is_told_once_after_it() {
+    let (mut hub, published) = clustered_hub();
+    let (cid, mut cid_reads) = client(NODE_1);
+    hub.apply(connect(NODE_1, &cid));
+    for n in 0..seating::MAX_HELD + 5 {
+        hub.apply(say(NODE_1, &n.to_string()));
+    }
+    assert!(read_back_seats(&mut hub, &published).is_some());
+    hub.flush();
+    // Welcome, its own join, then one error for the five it lost.
+    let heard = received(&mut cid_reads, 3);
+    assert_eq!(heard[0]["type"], "welcome");
+    assert_eq!(heard[1]["event"], "join");
+    assert!(
+        heard[2]["msg"].as_str().unwrap().contains("busy"),
+        "{heard:?}"
+    );
+    let mut said = 1; // the first, returned above
+    while let Ok(publish) = published.try_recv() {
+        said += usize::from(publish.kind == Entry::Said);
+    }
+    assert_eq!(said, seating::MAX_HELD);
+}
