@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::receipts::Unanswered;
-use super::rooms::Room;
+use super::rooms::{Client, Room};
 use super::seating::Awaiting;
 use super::{Hub, Turn};
 use crate::event::{self, DirectMessage, HubSide, Location, Publish, RelayedMessage};
@@ -292,7 +292,7 @@ impl Hub {
         if !self.is_linked() {
             return; // said in one seats entry when Redis is back
         }
-        let seat = self.clients.get(&id).map(super::rooms::Client::seat);
+        let seat = self.clients.get(&id).map(Client::seat);
         if self.seat_already_appended(id, &seat) {
             return;
         }
