@@ -40,8 +40,10 @@
 //!   over a bounded channel the hub fills with `try_send` (the hub never waits
 //!   for Redis), and appends it, every message waiting in one entry and one call
 //!   of a script (so the nodes reading the stream wake once for them all). When
-//!   messages come often (50 a second or more), a batch waits up to 20 ms to
-//!   grow before it is appended; slower, each goes at once.
+//!   messages come often (50 a second or more), a batch waits to grow until
+//!   the next tick of the wall clock (every 20 ms, the same instants on every
+//!   node, so that Redis wakes once for all their batches); slower, each goes
+//!   at once.
 //! * `redis-in` (`read.rs`) follows the stream (what is published as it is
 //!   appended; `XREAD` to catch up) and hands the items of every entry to the
 //!   hub as ordinary events ([`Event::Relayed`], a direct
