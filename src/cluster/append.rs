@@ -176,11 +176,15 @@ impl Pace {
 /// item: a busy chat's batches then reach Redis together, from every node at
 /// once, and a Redis woken by the first often finds the others already there.
 /// A Redis that sleeps between requests pays for each wake-up several times
-/// what the request itself costs: with 3 nodes at the rooms' pace it woke 17%
-/// less often, and spent 14-16 µs per message instead of 16-26
-/// (docs/PERFORMANCE.md, "Batches on a shared tick"). The batches are as large as before (what comes within one
-/// `GATHER`), and a message waits no longer. Nodes whose clocks disagree only
-/// share fewer wake-ups; a clock that jumps moves one tick.
+/// what the request itself costs. With 3 nodes at the rooms' pace it woke 17%
+/// less often and spent 11-16 µs per message instead of 13-26, though batches
+/// are a little smaller (the round trip no longer lengthens the wait: 10
+/// messages instead of 12 at 500 a second). At a slow pace (100 messages a
+/// second per node) batches are smaller still and Redis pays about a fifth
+/// more per message, when it is nearly idle anyway (docs/PERFORMANCE.md,
+/// "Batches on a shared tick"). No message waits longer than before. Nodes
+/// whose clocks disagree only share fewer wake-ups; a clock that jumps moves
+/// one tick.
 fn to_next_tick(wall: Duration) -> Duration {
     let gather = GATHER.as_nanos();
     let phase = wall.as_nanos() % gather;
