@@ -78,6 +78,7 @@ bench-quick: build
 	target/debug/loadgen --quick --server target/debug/threadchat --naive target/debug/examples/naive \
 		--tls-scenarios saturate,idle --cluster-scenarios saturate --cluster-nodes 2 \
 		--socketio-scenarios saturate
+	bench/redis-append-floor.sh 200
 
 ## Coverage-guided fuzzing of the protocol parser and the path resolver, each for
 ## FUZZ_SECONDS (default 60). Needs `cargo install cargo-fuzz`. cargo-fuzz wants
