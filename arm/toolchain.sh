@@ -8,6 +8,19 @@ set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# apt-get update, tried three times: a mirror in the middle of a sync serves lists
+# that do not match its Release file ("Mirror sync in progress?"). If one list
+# still fails, apt keeps the one it had; the installs below then say whether
+# what they need is there.
+apt_update() {
+    local attempt
+    for attempt in 1 2 3; do
+        as_root apt-get update -qq && return 0
+        [ "$attempt" = 3 ] || sleep $((attempt * 20))
+    done
+    echo "apt-get update failed three times: going on with the lists apt has" >&2
+}
+
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 added=no
@@ -33,7 +46,7 @@ for package in "${packages[@]}"; do
 done
 # Always: arm/test.sh downloads the kernel package the lists name, and a stale list
 # names a version the archive no longer has.
-as_root apt-get update -qq
+apt_update
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
